@@ -1,0 +1,218 @@
+"""Typed configuration: config.yaml parsed once at start-up into pydantic models.
+
+Unknown keys are errors. Every problem becomes one `ConfigError` line naming the file, the key path
+and what is wrong, e.g. `config.yaml: models.instance.score_threshold: must be between 0 and 1, got 1.5`.
+"""
+from __future__ import annotations
+
+import copy
+from importlib import resources
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from .errors import ConfigError
+from .frames import LABEL_DIVISOR, Category
+
+
+def _unit_interval(value: float) -> float:
+    if not 0.0 <= value <= 1.0:
+        raise ValueError("must be between 0 and 1")
+    return value
+
+
+def _positive_multiple_of_32(value: int) -> int:
+    if value <= 0 or value % 32:
+        raise ValueError("must be a positive multiple of 32")
+    return value
+
+
+Unit = Annotated[float, AfterValidator(_unit_interval)]
+Mult32 = Annotated[int, AfterValidator(_positive_multiple_of_32)]
+RGB = tuple[Annotated[int, Field(ge=0, le=255)], Annotated[int, Field(ge=0, le=255)], Annotated[int, Field(ge=0, le=255)]]
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ClassSpec(Strict):
+    name: str = Field(min_length=1)
+    isthing: bool = False
+    color: RGB
+
+
+class SemanticModel(Strict):
+    arch: str = "Unet"  # any segmentation_models_pytorch architecture name
+    encoder: str = "resnet18"
+    weights: str = "none"  # none | path to .safetensors/.pth state dict | smp save_pretrained dir or hub id
+    input_size: tuple[Mult32, Mult32] = (512, 288)  # width, height fed to the network
+    classes: tuple[ClassSpec, ...] = Field(min_length=1)
+
+    @field_validator("classes")
+    @classmethod
+    def _unique_names(cls, classes: tuple[ClassSpec, ...]) -> tuple[ClassSpec, ...]:
+        names = [c.name for c in classes]
+        duplicated = sorted({n for n in names if names.count(n) > 1})
+        if duplicated:
+            raise ValueError(f"class names must be unique, repeated: {', '.join(duplicated)}")
+        return classes
+
+
+class InstanceModel(Strict):
+    arch: Literal["maskrcnn_resnet50_fpn", "maskrcnn_resnet50_fpn_v2"] = "maskrcnn_resnet50_fpn"
+    weights: str = "none"  # none | coco | path to a .safetensors/.pth state dict
+    min_size: int = Field(default=800, ge=32)  # Mask R-CNN's internal resize of the shorter side
+    max_size: int = Field(default=1333, ge=32)
+    score_threshold: Unit = 0.5  # passed to the model as box_score_thresh and used by fusion
+    detections_per_image: int = Field(default=100, ge=1, le=999)
+    class_map: dict[str, str] = Field(default_factory=dict)  # COCO class name -> panoptic category name
+
+
+class Models(Strict):
+    semantic: SemanticModel
+    instance: InstanceModel = InstanceModel()
+
+    @model_validator(mode="after")
+    def _class_map_targets_things(self) -> Models:
+        things = {c.name for c in self.semantic.classes if c.isthing}
+        for source_name, target in self.instance.class_map.items():
+            if target not in things:
+                raise ValueError(
+                    f"instance.class_map.{source_name}: '{target}' is not a thing class of models.semantic.classes "
+                    f"(things: {', '.join(sorted(things)) or 'none'})"
+                )
+        return self
+
+
+class Fusion(Strict):
+    mask_threshold: Unit = 0.5
+    overlap_threshold: Unit = 0.5
+    stuff_area_min: int = Field(default=1024, ge=0)  # pixels at frame resolution
+    label_divisor: int = Field(default=LABEL_DIVISOR, ge=2)
+
+
+class Source(Strict):
+    uri: str = Field(min_length=1)
+    id: str = Field(default="cam0", pattern=r"^[A-Za-z0-9_.-]{1,64}$")
+    buffer: Literal["auto", "block", "drop_oldest", "latest"] = "auto"  # auto: block for files, drop_oldest for live
+    queue_size: int = Field(default=4, ge=1, le=1024)
+    fps: float | None = Field(default=None, gt=0)  # frame rate for image folders, or to override a bad header
+
+
+class Render(Strict):
+    alpha: Unit = 0.5
+    contours: bool = True
+    labels: bool = True
+
+
+class Output(Strict):
+    video: str | None = None  # path of an H.264 MP4 to write
+    display: bool = False  # show a live window
+    export_dir: str | None = None  # COCO panoptic annotations
+
+
+class Runtime(Strict):
+    device: str = Field(default="auto", pattern=r"^(auto|cpu|cuda|cuda:\d+)$")
+    half: Literal["auto", "on", "off"] = "auto"  # fp16 autocast: auto = on for CUDA
+    max_frames: int | None = Field(default=None, ge=1)
+    torch_threads: int | None = Field(default=None, ge=1)
+    status_interval_s: float = Field(default=10.0, gt=0)
+    drain_timeout_s: float = Field(default=30.0, gt=0)  # how long a graceful stop may finish queued frames
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+
+
+class Config(Strict):
+    source: Source
+    models: Models
+    fusion: Fusion = Fusion()
+    render: Render = Render()
+    output: Output = Output()
+    runtime: Runtime = Runtime()
+
+    def categories(self) -> tuple[Category, ...]:
+        """The panoptic category table: the semantic classes in order, ids from 1."""
+        return tuple(
+            Category(id=i + 1, name=c.name, isthing=c.isthing, color=tuple(c.color))
+            for i, c in enumerate(self.models.semantic.classes)
+        )
+
+
+def default_config_path() -> Path:
+    """`./config.yaml` if present, else the copy packaged with streamer."""
+    local = Path("config.yaml")
+    if local.is_file():
+        return local
+    return Path(str(resources.files("streamer") / "default_config.yaml"))
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
+    """Read, apply `dotted.key=value` overrides, validate. Raises ConfigError (exit 78) or InputNotFound."""
+    path = Path(path) if path is not None else default_config_path()
+    if not path.is_file():
+        from .errors import InputNotFound
+
+        raise InputNotFound(f"{path}: config file not found; pass -c FILE or create ./config.yaml")
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (yaml.YAMLError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path}: not valid YAML: {' '.join(str(exc).split())}") from None
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping of sections, got {type(raw).__name__}")
+    raw = apply_overrides(raw, overrides)
+    return validate(raw, origin=str(path))
+
+
+def apply_overrides(raw: dict[str, Any], overrides: list[str] | tuple[str, ...]) -> dict[str, Any]:
+    """`a.b.c=value` sets raw['a']['b']['c']; the value is read as YAML (so 0.3 is a float, on/off bools)."""
+    raw = copy.deepcopy(raw)
+    for item in overrides:
+        key, sep, text = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"--set {item}: expected dotted.key=value")
+        try:
+            value = yaml.safe_load(text) if text.strip() else None
+        except yaml.YAMLError:
+            value = text
+        node = raw
+        parts = key.strip().split(".")
+        for part in parts[:-1]:
+            child = node.get(part)
+            if child is None:
+                child = node[part] = {}
+            if not isinstance(child, dict):
+                raise ConfigError(f"--set {item}: {part} is not a section")
+            node = child
+        node[parts[-1]] = value
+    return raw
+
+
+def validate(raw: dict[str, Any], origin: str = "config") -> Config:
+    try:
+        return Config.model_validate(raw)
+    except ValidationError as exc:
+        raise ConfigError(_first_error(exc, origin)) from None
+
+
+def _first_error(exc: ValidationError, origin: str) -> str:
+    errors = exc.errors()
+    first = errors[0]
+    where = ".".join(str(p) for p in first["loc"]) or "(top level)"
+    message = first["msg"].removeprefix("Value error, ")
+    if first["type"] == "extra_forbidden":
+        message = "unknown key (check the spelling; see the configuration reference in README.md)"
+    elif first["type"] == "missing":
+        message = "required key is missing"
+    elif "input" in first and not isinstance(first["input"], (dict, list)):
+        message += f", got {first['input']!r}"
+    more = f" (and {len(errors) - 1} more problem{'s' if len(errors) > 2 else ''})" if len(errors) > 1 else ""
+    return f"{origin}: {where}: {message}{more}"
+
+
+def to_yaml(config: Config) -> str:
+    """The resolved configuration, as check-config prints it."""
+    return yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False, default_flow_style=None)

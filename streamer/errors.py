@@ -1,0 +1,26 @@
+"""Errors that end a run with one clear line and a documented exit code."""
+from __future__ import annotations
+
+EXIT_OK = 0
+EXIT_FAILURE = 1
+EXIT_USAGE = 2
+EXIT_NOINPUT = 66  # EX_NOINPUT
+EXIT_CONFIG = 78  # EX_CONFIG
+
+
+class StreamerError(Exception):
+    """An expected failure: its message is the whole story, no traceback needed."""
+
+    exit_code = EXIT_FAILURE
+
+
+class UsageError(StreamerError):
+    exit_code = EXIT_USAGE
+
+
+class InputNotFound(StreamerError):
+    exit_code = EXIT_NOINPUT
+
+
+class ConfigError(StreamerError):
+    exit_code = EXIT_CONFIG

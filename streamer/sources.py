@@ -1,0 +1,199 @@
+"""Source URIs -> frame readers: camera, video file, image folder or glob, RTSP/HTTP stream, synthetic.
+
+A reader yields (image, pts_ms) pairs and says whether it is live. Opening checks what can be
+checked up front so bad input fails with one line before any model is loaded.
+"""
+from __future__ import annotations
+
+import glob
+import logging
+import math
+import re
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+from urllib.parse import urlsplit
+
+import cv2
+import numpy as np
+
+from .errors import InputNotFound, StreamerError, UsageError
+
+log = logging.getLogger(__name__)
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"}
+STREAM_SCHEMES = {"rtsp", "rtsps", "http", "https"}
+DEFAULT_FPS = 25.0
+
+
+def redact_uri(uri: str) -> str:
+    """`rtsp://user:pass@host/path` -> `rtsp://***@host/path`; anything without credentials unchanged.
+
+    The user-info part ends at the last '@' before the path, so passwords containing '@' or ':'
+    are hidden whole.
+    """
+    return re.sub(r"^([A-Za-z][A-Za-z0-9+.-]*://)[^/?#]*@", r"\1***@", uri)
+
+
+class Reader(Protocol):
+    description: str  # safe to log (credentials removed)
+    live: bool
+    fps: float
+
+    def read(self) -> tuple[np.ndarray, float] | None:
+        """Next (BGR image, pts in ms), or None when the source has ended."""
+
+    def close(self) -> None: ...
+
+
+class CaptureReader:
+    """A cv2.VideoCapture over the FFmpeg (or V4L2) backend."""
+
+    def __init__(self, capture: cv2.VideoCapture, description: str, live: bool, fps_override: float | None):
+        self._capture = capture
+        self.description = description
+        self.live = live
+        reported = capture.get(cv2.CAP_PROP_FPS)
+        self.fps = fps_override or (reported if reported and math.isfinite(reported) and 0 < reported < 1000 else DEFAULT_FPS)
+        self._started = time.monotonic()
+        self._last_pts = -math.inf
+        self._count = 0
+        self._peeked: tuple[np.ndarray, float] | None = None
+
+    def peek(self) -> bool:
+        """Decode the first frame now, so an undecodable input fails at open time; False if none."""
+        self._peeked = self.read()
+        return self._peeked is not None
+
+    def read(self) -> tuple[np.ndarray, float] | None:
+        if self._peeked is not None:
+            frame, self._peeked = self._peeked, None
+            return frame
+        ok, image = self._capture.read()
+        if not ok or image is None:
+            return None
+        pts = self._capture.get(cv2.CAP_PROP_POS_MSEC)
+        if self.live and (not math.isfinite(pts) or pts <= 0 or pts <= self._last_pts):
+            pts = (time.monotonic() - self._started) * 1000.0  # cameras often report no usable PTS
+        elif not math.isfinite(pts) or pts < 0 or (pts <= self._last_pts and self._count):
+            pts = self._count * 1000.0 / self.fps  # a file without timestamps: derive from the rate
+        self._last_pts = pts
+        self._count += 1
+        return image, pts
+
+    def close(self) -> None:
+        self._capture.release()
+
+
+class ImageFilesReader:
+    """A sorted list of image files played at a fixed rate."""
+
+    live = False
+
+    def __init__(self, paths: list[Path], description: str, fps: float):
+        self._paths = paths
+        self._next = 0
+        self.description = description
+        self.fps = fps
+
+    def read(self) -> tuple[np.ndarray, float] | None:
+        if self._next >= len(self._paths):
+            return None
+        path = self._paths[self._next]
+        image = cv2.imread(str(path), cv2.IMREAD_COLOR)
+        if image is None:
+            raise StreamerError(f"{path}: cannot decode this image; remove or replace it")
+        pts = self._next * 1000.0 / self.fps
+        self._next += 1
+        return image, pts
+
+    def close(self) -> None:
+        pass
+
+
+@dataclass(frozen=True)
+class SourceKind:
+    kind: str  # camera | file | images | stream | synthetic
+    target: str | int
+
+
+def classify(uri: str) -> SourceKind:
+    """What kind of source a URI names. Raises UsageError for an unknown scheme."""
+    if uri.isdigit():
+        return SourceKind("camera", int(uri))
+    if re.fullmatch(r"/dev/video\d+", uri):
+        return SourceKind("camera", uri)
+    if uri.startswith("synthetic:"):
+        return SourceKind("synthetic", uri)
+    scheme = urlsplit(uri).scheme.lower()
+    if "://" in uri:
+        if scheme in STREAM_SCHEMES:
+            return SourceKind("stream", uri)
+        if scheme == "file":
+            return classify(urlsplit(uri).path)
+        raise UsageError(
+            f"{redact_uri(uri)}: unknown source scheme '{scheme}'; use a camera index, /dev/videoN, a file, "
+            "a folder or glob of images, rtsp(s)://, http(s):// or synthetic:street"
+        )
+    if any(ch in uri for ch in "*?["):
+        return SourceKind("images", uri)
+    if Path(uri).is_dir():
+        return SourceKind("images", uri)
+    return SourceKind("file", uri)
+
+
+def open_source(uri: str, fps: float | None = None) -> Reader:
+    """Open a source for reading. Raises InputNotFound (66), UsageError (2) or StreamerError (1)."""
+    source = classify(uri)
+    description = redact_uri(uri)
+    if source.kind == "camera":
+        if isinstance(source.target, str) and not Path(source.target).exists():
+            raise InputNotFound(f"{uri}: no such camera device")
+        backend = cv2.CAP_V4L2 if isinstance(source.target, str) else cv2.CAP_ANY
+        capture = cv2.VideoCapture(source.target, backend)
+        if not capture.isOpened():
+            raise InputNotFound(f"camera {uri}: cannot be opened; check that it is connected and not in use")
+        return CaptureReader(capture, f"camera {uri}", live=True, fps_override=fps)
+    if source.kind == "stream":
+        capture = cv2.VideoCapture(uri, cv2.CAP_FFMPEG)
+        if not capture.isOpened():
+            raise StreamerError(f"{description}: cannot open the stream; check the address, credentials and network")
+        return CaptureReader(capture, description, live=True, fps_override=fps)
+    if source.kind == "images":
+        return _open_images(str(source.target), fps)
+    if source.kind == "synthetic":
+        from .synthetic import SyntheticReader
+
+        try:
+            return SyntheticReader(uri, fps)
+        except ValueError as exc:
+            raise UsageError(f"{uri}: {exc}") from None
+    return _open_file(Path(str(source.target)), fps)
+
+
+def _open_file(path: Path, fps: float | None) -> Reader:
+    if not path.exists():
+        raise InputNotFound(f"{path}: no such file; check the path given as source")
+    if not path.is_file():
+        raise InputNotFound(f"{path}: not a regular file")
+    if path.suffix.lower() in IMAGE_SUFFIXES:
+        return ImageFilesReader([path], str(path), fps or DEFAULT_FPS)
+    capture = cv2.VideoCapture(str(path), cv2.CAP_FFMPEG)
+    if not capture.isOpened():
+        raise StreamerError(f"{path}: not a readable video (FFmpeg cannot open it)")
+    reader = CaptureReader(capture, str(path), live=False, fps_override=fps)
+    if not reader.peek():
+        reader.close()
+        raise StreamerError(f"{path}: not a readable video (no frame could be decoded)")
+    return reader
+
+
+def _open_images(target: str, fps: float | None) -> Reader:
+    if Path(target).is_dir():
+        paths = sorted(p for p in Path(target).iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+    else:
+        paths = sorted(Path(p) for p in glob.glob(target) if Path(p).suffix.lower() in IMAGE_SUFFIXES)
+    if not paths:
+        raise InputNotFound(f"{target}: no image files found ({', '.join(sorted(IMAGE_SUFFIXES))})")
+    return ImageFilesReader(paths, target, fps or DEFAULT_FPS)
