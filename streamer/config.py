@@ -215,4 +215,4 @@ def _first_error(exc: ValidationError, origin: str) -> str:
 
 def to_yaml(config: Config) -> str:
     """The resolved configuration, as check-config prints it."""
-    return yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False, default_flow_style=None)
+    return yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False, default_flow_style=False)

@@ -56,6 +56,8 @@ class CaptureReader:
         self.live = live
         reported = capture.get(cv2.CAP_PROP_FPS)
         self.fps = fps_override or (reported if reported and math.isfinite(reported) and 0 < reported < 1000 else DEFAULT_FPS)
+        count = capture.get(cv2.CAP_PROP_FRAME_COUNT)
+        self.frame_count = int(count) if not live and count and math.isfinite(count) and count > 0 else None
         self._started = time.monotonic()
         self._last_pts = -math.inf
         self._count = 0
@@ -93,6 +95,7 @@ class ImageFilesReader:
 
     def __init__(self, paths: list[Path], description: str, fps: float):
         self._paths = paths
+        self.frame_count = len(paths)
         self._next = 0
         self.description = description
         self.fps = fps

@@ -1,0 +1,105 @@
+"""Command line: `streamer run`, `streamer check-config`.
+
+Every expected failure ends as one log line and a documented exit code (see errors.py).
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from . import __version__
+from .config import Config, load_config, to_yaml
+from .errors import EXIT_FAILURE, EXIT_OK, StreamerError, UsageError
+
+log = logging.getLogger("streamer")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="streamer", description="Live panoptic segmentation of video streams.")
+    parser.add_argument("--version", action="version", version=f"streamer {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    run = commands.add_parser("run", help="process a source: overlay video, live window, annotations")
+    add_config_arguments(run)
+    run.add_argument("--source", action="append", metavar="URI", help="camera index, /dev/videoN, file, image folder or glob, rtsp(s)://, http(s)://, synthetic:street?...")
+    run.add_argument("--output", metavar="PATH", help="write the overlaid video to this MP4 (H.264)")
+    run.add_argument("--display", action=argparse.BooleanOptionalAction, default=None, help="show a live window (q or Esc stops)")
+    run.add_argument("--device", metavar="DEV", help="auto, cpu, cuda or cuda:N")
+    run.add_argument("--max-frames", type=int, metavar="N", help="stop after N frames")
+    run.set_defaults(handler=cmd_run)
+
+    check = commands.add_parser("check-config", help="validate a configuration and print it resolved")
+    add_config_arguments(check)
+    check.set_defaults(handler=cmd_check_config)
+    return parser
+
+
+def add_config_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("-c", "--config", metavar="FILE", help="configuration file (default ./config.yaml, else the packaged default)")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override one setting, e.g. --set fusion.stuff_area_min=2048")
+    parser.add_argument("--log-level", choices=["debug", "info", "warning", "error"], help="default: runtime.log_level")
+
+
+def run_overrides(args: argparse.Namespace) -> list[str]:
+    """CLI flags as `--set` items, so they are validated exactly like the file."""
+    overrides = []
+    if args.source:
+        if len(args.source) > 1:
+            raise UsageError("--source: one source per process for now; run one streamer per camera")
+        overrides.append(f"source.uri={quote(args.source[0])}")
+    if args.output is not None:
+        overrides.append(f"output.video={quote(args.output)}")
+    if args.display is not None:
+        overrides.append(f"output.display={str(args.display).lower()}")
+    if args.device is not None:
+        overrides.append(f"runtime.device={quote(args.device)}")
+    if args.max_frames is not None:
+        overrides.append(f"runtime.max_frames={args.max_frames}")
+    return overrides + list(args.set)
+
+
+def quote(text: str) -> str:
+    """A YAML scalar that stays a string (so '0' is the camera index '0', not the number 0)."""
+    return "'" + text.replace("'", "''") + "'"
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from .pipeline import Pipeline
+
+    config = load_config(args.config, run_overrides(args))
+    configure_logging(args.log_level or config.runtime.log_level)
+    return Pipeline(config).run().exit_code
+
+
+def cmd_check_config(args: argparse.Namespace) -> int:
+    config: Config = load_config(args.config, args.set)
+    sys.stdout.write(to_yaml(config))
+    return EXIT_OK
+
+
+def configure_logging(level: str = "info") -> None:
+    logging.basicConfig(
+        level=getattr(logging, level.upper()),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+        force=True,
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    configure_logging(args.log_level or "info")
+    try:
+        return args.handler(args)
+    except StreamerError as exc:
+        log.error("%s", exc)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        log.warning("interrupted")
+        return EXIT_FAILURE
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,91 @@
+"""What the pipeline's threads share: stop/abort events, the end-of-stream marker, timed queue
+operations (no put or get ever blocks without a timeout) and the counters the status line reads."""
+from __future__ import annotations
+
+import collections
+import logging
+import queue
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from .errors import StreamerError
+
+log = logging.getLogger(__name__)
+
+POLL_S = 0.1  # how often a blocked thread looks at the stop/abort events
+
+
+class EndOfStream:
+    """Put after a stage's last item so the next stage knows to finish."""
+
+    def __repr__(self) -> str:
+        return "END"
+
+
+END = EndOfStream()
+
+
+class Control:
+    """Graceful stop (finish what is queued) and abort (leave now, still closing files)."""
+
+    def __init__(self) -> None:
+        self.stop = threading.Event()
+        self.abort = threading.Event()
+        self.failure: BaseException | None = None
+        self._lock = threading.Lock()
+
+    def fail(self, stage: str, exc: BaseException) -> None:
+        """Record the first failure, log it once, and abort every stage."""
+        with self._lock:
+            first = self.failure is None
+            if first:
+                self.failure = exc
+        if first:
+            if isinstance(exc, StreamerError):
+                log.error("%s", exc)
+            else:
+                log.error("%s stopped: %s: %s", stage, type(exc).__name__, exc)
+                log.debug("%s traceback", stage, exc_info=exc)
+        self.abort.set()
+
+
+def put(q: queue.Queue, item: Any, control: Control) -> bool:
+    """Blocking put that gives up (False) when the pipeline aborts."""
+    while not control.abort.is_set():
+        try:
+            q.put(item, timeout=POLL_S)
+            return True
+        except queue.Full:
+            continue
+    return False
+
+
+def get(q: queue.Queue, control: Control) -> Any | None:
+    """Blocking get that gives up (None) when the pipeline aborts."""
+    while not control.abort.is_set():
+        try:
+            return q.get(timeout=POLL_S)
+        except queue.Empty:
+            continue
+    return None
+
+
+@dataclass
+class Stats:
+    """Counters for one run. Each field is written by one thread only."""
+
+    read: int = 0
+    processed: int = 0
+    dropped: collections.Counter = field(default_factory=collections.Counter)  # cause -> frames
+    latencies: collections.deque = field(default_factory=lambda: collections.deque(maxlen=1000))  # seconds
+    started: float = field(default_factory=time.monotonic)
+
+    def latency_summary(self) -> tuple[float, float, float] | None:
+        """p50, p95 and max end-to-end latency (seconds) over the last frames."""
+        values = sorted(self.latencies)
+        if not values:
+            return None
+        pick = lambda q: values[min(len(values) - 1, int(q * len(values)))]  # noqa: E731
+        return pick(0.5), pick(0.95), values[-1]

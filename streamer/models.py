@@ -1,0 +1,245 @@
+"""Build and load the semantic (segmentation-models-pytorch) and instance (torchvision Mask R-CNN) models.
+
+Nothing is ever downloaded: weights come from local files, torch's hub cache or the Hugging Face
+cache. `.pth` files are read with `torch.load(..., weights_only=True)` only.
+"""
+from __future__ import annotations
+
+import contextlib
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+import torchvision
+from torchvision.models.detection import MaskRCNN_ResNet50_FPN_V2_Weights, MaskRCNN_ResNet50_FPN_Weights
+
+from . import config as cfg
+from .errors import InputNotFound, StreamerError, UsageError
+from .frames import Category
+
+log = logging.getLogger(__name__)
+
+COCO_WEIGHTS = {
+    "maskrcnn_resnet50_fpn": MaskRCNN_ResNet50_FPN_Weights.COCO_V1,
+    "maskrcnn_resnet50_fpn_v2": MaskRCNN_ResNet50_FPN_V2_Weights.COCO_V1,
+}
+COCO_CLASSES: list[str] = list(MaskRCNN_ResNet50_FPN_Weights.COCO_V1.meta["categories"])
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise UsageError(f"--device {name}: CUDA is not available on this machine; use --device cpu or auto")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise UsageError(f"--device {name}: only {torch.cuda.device_count()} CUDA device(s) present")
+    return device
+
+
+# ---------------------------------------------------------------------------------------------
+# Weights files
+
+
+def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
+    """A state dict from `.safetensors` or `.pth` (weights only). One clear error for a bad file."""
+    if not path.is_file():
+        raise InputNotFound(f"{path}: weights file not found")
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            state = load_file(str(path), device="cpu")
+        else:
+            state = torch.load(str(path), map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - any failure to parse is the same user-facing problem
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise StreamerError(
+            f"{path}: not a loadable weights file ({type(exc).__name__}: {reason[:200]}); "
+            "expected a state dict saved with torch.save(model.state_dict()) or safetensors"
+        ) from None
+    for wrapper in ("state_dict", "model"):
+        if isinstance(state, dict) and isinstance(state.get(wrapper), dict):
+            state = state[wrapper]
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise StreamerError(f"{path}: does not hold a state dict of tensors")
+    return state
+
+
+def load_weights(module: torch.nn.Module, state: dict[str, torch.Tensor], origin: str) -> None:
+    """Strict load with a one-line explanation of the first mismatch."""
+    expected = module.state_dict()
+    for key, tensor in state.items():
+        if key in expected and expected[key].shape != tensor.shape:
+            raise StreamerError(
+                f"{origin}: wrong shape for {key}: file has {list(tensor.shape)}, model expects "
+                f"{list(expected[key].shape)}; do the weights match the configured architecture and classes?"
+            )
+    missing = [k for k in expected if k not in state]
+    unexpected = [k for k in state if k not in expected]
+    if missing or unexpected:
+        detail = f"{len(missing)} missing (e.g. {missing[0]})" if missing else f"{len(unexpected)} unexpected (e.g. {unexpected[0]})"
+        raise StreamerError(f"{origin}: weights do not fit the configured model: {detail} keys")
+    module.load_state_dict(state)
+
+
+def _is_weights_file(text: str) -> bool:
+    return Path(text).suffix in {".pth", ".pt", ".safetensors"}
+
+
+# ---------------------------------------------------------------------------------------------
+# Semantic model
+
+
+def build_semantic(settings: cfg.SemanticModel) -> torch.nn.Module:
+    import segmentation_models_pytorch as smp
+
+    classes = len(settings.classes)
+    weights = settings.weights
+    if weights != "none" and not _is_weights_file(weights):
+        return _semantic_from_pretrained(weights, classes)
+    try:
+        model = smp.create_model(settings.arch, encoder_name=settings.encoder, encoder_weights=None, classes=classes)
+    except (KeyError, ValueError) as exc:
+        raise cfg.ConfigError(f"models.semantic: cannot build {settings.arch} with encoder {settings.encoder}: {exc}") from None
+    if weights != "none":
+        load_weights(model, read_state_dict(Path(weights)), weights)
+    return model
+
+
+def _semantic_from_pretrained(name: str, classes: int) -> torch.nn.Module:
+    """An smp `save_pretrained` folder or a Hugging Face hub id that is already in the local cache."""
+    import segmentation_models_pytorch as smp
+
+    is_local = Path(name).exists()
+    if not is_local and (name.startswith((".", "/", "~")) or name.count("/") != 1):
+        raise InputNotFound(f"{name}: semantic weights not found (no such file or folder)")
+    try:
+        model = smp.from_pretrained(name, local_files_only=True)
+    except Exception as exc:  # noqa: BLE001
+        hint = "" if is_local else f"; download it once where there is network (huggingface-cli download {name}) so it is cached"
+        raise StreamerError(f"{name}: cannot load smp model ({type(exc).__name__}){hint}") from None
+    out_channels = model.segmentation_head[0].out_channels
+    if out_channels != classes:
+        raise StreamerError(
+            f"{name}: the model predicts {out_channels} classes but models.semantic.classes lists {classes}"
+        )
+    return model
+
+
+# ---------------------------------------------------------------------------------------------
+# Instance model
+
+
+def coco_cache_file(arch: str) -> Path:
+    url = COCO_WEIGHTS[arch].url
+    return Path(torch.hub.get_dir()) / "checkpoints" / url.rsplit("/", 1)[1]
+
+
+def build_instance(settings: cfg.InstanceModel) -> tuple[torch.nn.Module, list[str]]:
+    """The Mask R-CNN and the class names its labels index."""
+    builder = getattr(torchvision.models.detection, settings.arch)
+    model = builder(
+        weights=None,
+        weights_backbone=None,  # never fetch ImageNet weights
+        num_classes=len(COCO_CLASSES),
+        min_size=settings.min_size,
+        max_size=settings.max_size,
+        box_score_thresh=settings.score_threshold,
+        box_detections_per_img=settings.detections_per_image,
+    )
+    if settings.weights == "coco":
+        path = coco_cache_file(settings.arch)
+        if not path.is_file():
+            raise InputNotFound(
+                f"COCO weights for {settings.arch} are not in torch's cache: place {COCO_WEIGHTS[settings.arch].url} "
+                f"at {path} (or set TORCH_HOME to a folder whose checkpoints/ holds it)"
+            )
+        load_weights(model, read_state_dict(path), str(path))
+    elif settings.weights != "none":
+        load_weights(model, read_state_dict(Path(settings.weights)), settings.weights)
+    return model, COCO_CLASSES
+
+
+def category_lookup(class_names: list[str], class_map: dict[str, str], categories: tuple[Category, ...]) -> torch.Tensor:
+    """Model label index -> panoptic category id (0 = ignored)."""
+    by_name = {c.name: c.id for c in categories}
+    unknown = sorted(set(class_map) - set(class_names))
+    if unknown:
+        raise cfg.ConfigError(f"models.instance.class_map: unknown instance class(es): {', '.join(unknown)}")
+    return torch.tensor([by_name.get(class_map.get(name, ""), 0) for name in class_names], dtype=torch.long)
+
+
+# ---------------------------------------------------------------------------------------------
+# Inference
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """Both models' raw output for one frame, on the model device, at frame resolution."""
+
+    semantic: torch.Tensor  # H x W category ids
+    masks: torch.Tensor  # N x H x W mask probabilities
+    scores: torch.Tensor  # N
+    categories: torch.Tensor  # N category ids
+
+
+class PanopticModels:
+    """The two networks on one device, with the pre- and post-processing around them."""
+
+    def __init__(self, settings: cfg.Models, categories: tuple[Category, ...], device: torch.device, half: str):
+        self.device = device
+        self.autocast = device.type == "cuda" and half != "off"
+        self.input_size = settings.semantic.input_size
+        self.semantic = build_semantic(settings.semantic).to(device).eval()
+        self.instance, class_names = build_instance(settings.instance)
+        self.instance = self.instance.to(device).eval()
+        self.lookup = category_lookup(class_names, settings.instance.class_map, categories).to(device)
+        self.is_thing = torch.tensor([False] + [c.isthing for c in categories], device=device)
+        self._mean = torch.tensor(IMAGENET_MEAN, device=device).view(1, 3, 1, 1)
+        self._std = torch.tensor(IMAGENET_STD, device=device).view(1, 3, 1, 1)
+
+    def _precision(self):
+        if self.autocast:
+            return torch.autocast(device_type="cuda", dtype=torch.float16)
+        return contextlib.nullcontext()
+
+    @torch.inference_mode()
+    def predict(self, images: list[np.ndarray]) -> list[Prediction]:
+        """Run both models on BGR uint8 frames (any sizes)."""
+        tensors = [to_rgb_tensor(image, self.device) for image in images]
+        with self._precision():
+            semantic = [self._semantic(t) for t in tensors]
+            detections = self.instance(tensors)
+        predictions = []
+        for sem, det in zip(semantic, detections):
+            categories = self.lookup[det["labels"]]
+            keep = categories > 0
+            predictions.append(
+                Prediction(
+                    semantic=sem,
+                    masks=det["masks"][keep, 0].float(),
+                    scores=det["scores"][keep].float(),
+                    categories=categories[keep],
+                )
+            )
+        return predictions
+
+    def _semantic(self, rgb: torch.Tensor) -> torch.Tensor:
+        height, width = rgb.shape[-2:]
+        x = F.interpolate(rgb[None], size=(self.input_size[1], self.input_size[0]), mode="bilinear", align_corners=False)
+        logits = self.semantic((x - self._mean) / self._std)
+        logits = F.interpolate(logits.float(), size=(height, width), mode="bilinear", align_corners=False)
+        return logits[0].argmax(0) + 1
+
+
+def to_rgb_tensor(image: np.ndarray, device: torch.device) -> torch.Tensor:
+    """BGR uint8 H x W x 3 -> RGB float 3 x H x W in [0, 1] on the device."""
+    tensor = torch.from_numpy(np.ascontiguousarray(image)).to(device, non_blocking=True)
+    return tensor.permute(2, 0, 1).flip(0).float().div_(255.0)

@@ -1,0 +1,217 @@
+"""Wires source, capture thread, worker thread and sink thread together; owns the lifecycle.
+
+The main thread handles signals, shows the window (GUI calls stay on one thread) and prints
+progress. First SIGINT/SIGTERM: stop reading and finish the queued frames (bounded by
+runtime.drain_timeout_s). Second one: stop at once; the outputs are still closed properly.
+"""
+from __future__ import annotations
+
+import logging
+import queue
+import signal
+import sys
+import threading
+import time
+from dataclasses import dataclass
+
+import torch
+
+from . import control as ctl
+from .capture import capture_loop, effective_policy
+from .config import Config
+from .errors import EXIT_FAILURE, EXIT_OK, StreamerError
+from .fusion import FusionParams
+from .models import PanopticModels, resolve_device
+from .render import Renderer
+from .sinks import DisplayOutput, VideoOutput, Window, require_display, sink_loop
+from .sources import open_source
+from .worker import worker_loop
+
+log = logging.getLogger(__name__)
+
+RESULT_QUEUE_SIZE = 4
+JOIN_TIMEOUT_S = 10.0
+
+
+def fusion_params(config: Config) -> FusionParams:
+    return FusionParams(
+        score_threshold=config.models.instance.score_threshold,
+        mask_threshold=config.fusion.mask_threshold,
+        overlap_threshold=config.fusion.overlap_threshold,
+        stuff_area_min=config.fusion.stuff_area_min,
+        label_divisor=config.fusion.label_divisor,
+    )
+
+
+@dataclass
+class RunSummary:
+    exit_code: int
+    read: int
+    processed: int
+    dropped: dict[str, int]
+
+
+class Pipeline:
+    def __init__(self, config: Config):
+        self.config = config
+        self.control = ctl.Control()
+        self.stats = ctl.Stats()
+        self._signals = 0
+
+    def run(self) -> RunSummary:
+        config = self.config
+        if config.output.display:
+            require_display()  # before anything slow, and before OpenCV could abort the process
+        reader = open_source(config.source.uri, config.source.fps)
+        try:
+            outputs = []
+            if config.output.video:
+                outputs.append(VideoOutput(config.output.video, reader.fps))
+            if config.runtime.torch_threads:
+                torch.set_num_threads(config.runtime.torch_threads)
+            device = resolve_device(config.runtime.device)
+            categories = config.categories()
+            started = time.monotonic()
+            models = PanopticModels(config.models, categories, device, config.runtime.half)
+            log.info("models ready on %s in %.1f s", device, time.monotonic() - started)
+        except BaseException:
+            reader.close()
+            raise
+        display = DisplayOutput() if config.output.display else None
+        if display:
+            outputs.append(display)
+        renderer = Renderer(categories, config.fusion.label_divisor, config.render.alpha, config.render.contours, config.render.labels)
+        policy = effective_policy(config.source.buffer, reader.live)
+        frames: queue.Queue = queue.Queue(maxsize=config.source.queue_size)
+        results: queue.Queue = queue.Queue(maxsize=RESULT_QUEUE_SIZE)
+        log.info("reading %s (%s, %.3g fps, buffer %s)", reader.description, "live" if reader.live else "file", reader.fps, policy)
+
+        threads = [
+            threading.Thread(
+                target=capture_loop,
+                args=(reader, config.source.id, frames, policy, self.control, self.stats, config.runtime.max_frames),
+                name="capture", daemon=True,
+            ),
+            threading.Thread(
+                target=worker_loop, args=(models, fusion_params(config), frames, results, self.control),
+                name="worker", daemon=True,
+            ),
+            threading.Thread(
+                target=sink_loop,
+                args=(results, outputs, lambda r: renderer.overlay(r.frame.image, r.panoptic_map, r.segments), self.control, self.stats),
+                name="sink", daemon=True,
+            ),
+        ]
+        previous = self._install_signal_handlers()
+        try:
+            for thread in threads:
+                thread.start()
+            self._supervise(threads, display, total=getattr(reader, "frame_count", None), queues=(frames, results))
+        finally:
+            self._restore_signal_handlers(previous)
+            self.control.abort.set()
+            for thread in threads:
+                thread.join(JOIN_TIMEOUT_S)
+                if thread.is_alive():
+                    log.error("%s thread did not stop within %.0f s", thread.name, JOIN_TIMEOUT_S)
+
+        failure = self.control.failure
+        if isinstance(failure, StreamerError):
+            raise failure
+        summary = RunSummary(EXIT_FAILURE if failure else EXIT_OK, self.stats.read, self.stats.processed, dict(self.stats.dropped))
+        log.info(
+            "done: %d frames read, %d processed, %d dropped",
+            summary.read, summary.processed, sum(summary.dropped.values()),
+        )
+        return summary
+
+    # -- main thread -----------------------------------------------------------------------
+
+    def _supervise(self, threads, display: DisplayOutput | None, total: int | None, queues) -> None:
+        """Wait for the sink to finish, showing the window and progress meanwhile."""
+        sink = threads[-1]
+        window = Window(f"streamer - {self.config.source.id}") if display else None
+        progress = Progress(self.stats, queues, total, self.config.runtime.status_interval_s)
+        drain_deadline = None
+        try:
+            while sink.is_alive():
+                if window is not None:
+                    try:
+                        image = display.frames.get(timeout=0.02)
+                    except queue.Empty:
+                        image = None
+                    if not window.show(image) and not self.control.stop.is_set():
+                        log.info("window closed: stopping")
+                        self.control.stop.set()
+                else:
+                    sink.join(0.2)
+                progress.update()
+                if self.control.stop.is_set() and drain_deadline is None:
+                    drain_deadline = time.monotonic() + self.config.runtime.drain_timeout_s
+                if drain_deadline is not None and time.monotonic() > drain_deadline and not self.control.abort.is_set():
+                    log.warning("queued frames not finished within %.0f s: stopping now", self.config.runtime.drain_timeout_s)
+                    self.control.abort.set()
+        finally:
+            progress.close()
+            if window is not None:
+                window.close()
+
+    def _install_signal_handlers(self):
+        if threading.current_thread() is not threading.main_thread():
+            return None
+        previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+        for sig in previous:
+            signal.signal(sig, self._on_signal)
+        return previous
+
+    def _restore_signal_handlers(self, previous) -> None:
+        for sig, handler in (previous or {}).items():
+            signal.signal(sig, handler)
+
+    def _on_signal(self, signum, _frame) -> None:
+        self._signals += 1
+        name = signal.Signals(signum).name
+        if self._signals == 1:
+            log.info("%s: finishing the frames in flight, then stopping (send again to stop at once)", name)
+            self.control.stop.set()
+        else:
+            log.warning("%s again: stopping now", name)
+            self.control.abort.set()
+
+
+class Progress:
+    """A tqdm bar for file sources on a terminal; otherwise one status line every interval."""
+
+    def __init__(self, stats: ctl.Stats, queues, total: int | None, interval_s: float):
+        self.stats = stats
+        self.queues = queues
+        self.interval = interval_s
+        self._next_line = time.monotonic() + interval_s
+        self._last_count = 0
+        self._last_time = time.monotonic()
+        self._bar = None
+        if total and sys.stderr.isatty():
+            from tqdm import tqdm
+
+            self._bar = tqdm(total=total, unit="frame", dynamic_ncols=True)
+
+    def update(self) -> None:
+        if self._bar is not None:
+            self._bar.update(self.stats.processed - self._bar.n)
+            return
+        now = time.monotonic()
+        if now < self._next_line:
+            return
+        fps = (self.stats.processed - self._last_count) / max(now - self._last_time, 1e-9)
+        self._last_count, self._last_time, self._next_line = self.stats.processed, now, now + self.interval
+        latency = self.stats.latency_summary()
+        latency_text = "latency p50/p95/max %.2f/%.2f/%.2f s" % latency if latency else "latency -"
+        depths = " ".join(f"{q.qsize()}/{q.maxsize}" for q in self.queues)
+        log.info(
+            "status: %.1f fps, %d processed, queues %s, dropped %d, %s",
+            fps, self.stats.processed, depths, sum(self.stats.dropped.values()), latency_text,
+        )
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.close()

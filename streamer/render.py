@@ -1,0 +1,91 @@
+"""Draw a panoptic map over its frame: palette, alpha blend, instance contours, labels (pure numpy/OpenCV)."""
+from __future__ import annotations
+
+import colorsys
+
+import cv2
+import numpy as np
+
+from .frames import Category, Segment
+
+INSTANCE_COLORS = 256  # instance ids cycle through this many hues per category
+CONTOUR_COLOR = (255, 255, 255)
+
+
+def stuff_palette(categories: tuple[Category, ...]) -> np.ndarray:
+    """(C+1) x 3 BGR: index = category id, row 0 (void) black."""
+    lut = np.zeros((len(categories) + 1, 3), dtype=np.uint8)
+    for category in categories:
+        lut[category.id] = category.color[::-1]
+    return lut
+
+
+def instance_palette(categories: tuple[Category, ...]) -> np.ndarray:
+    """(C+1) x INSTANCE_COLORS x 3 BGR: a distinct, stable colour for every (category, instance id).
+
+    Hues step by the golden ratio from the category colour's own hue, so neighbouring ids differ
+    clearly and the same id always gets the same colour.
+    """
+    lut = np.zeros((len(categories) + 1, INSTANCE_COLORS, 3), dtype=np.uint8)
+    for category in categories:
+        r, g, b = (c / 255.0 for c in category.color)
+        hue, _, _ = colorsys.rgb_to_hsv(r, g, b)
+        for index in range(INSTANCE_COLORS):
+            h = (hue + index * 0.618033988749895) % 1.0
+            value = 0.95 - 0.25 * ((index * 7) % 4) / 3
+            rgb = colorsys.hsv_to_rgb(h, 0.85, value)
+            lut[category.id, index] = [round(255 * c) for c in rgb[::-1]]
+    return lut
+
+
+class Renderer:
+    """Holds the palettes for one category table; `overlay` is the per-frame call."""
+
+    def __init__(self, categories: tuple[Category, ...], label_divisor: int, alpha: float, contours: bool, labels: bool):
+        self.categories = {c.id: c for c in categories}
+        self.divisor = label_divisor
+        self.alpha = alpha
+        self.contours = contours
+        self.labels = labels
+        self._stuff = stuff_palette(categories)
+        self._instances = instance_palette(categories)
+
+    def colorize(self, panoptic: np.ndarray) -> np.ndarray:
+        """H x W x 3 BGR colour of every segment; void black."""
+        category = panoptic // self.divisor
+        instance = panoptic % self.divisor
+        colors = self._instances[category, instance % INSTANCE_COLORS]
+        return np.where((instance > 0)[..., None], colors, self._stuff[category])
+
+    def overlay(self, image: np.ndarray, panoptic: np.ndarray, segments: tuple[Segment, ...]) -> np.ndarray:
+        """The frame with its segmentation blended in; void pixels keep the original image."""
+        colors = self.colorize(panoptic)
+        blended = cv2.addWeighted(image, 1.0 - self.alpha, colors, self.alpha, 0.0)
+        out = np.where((panoptic > 0)[..., None], blended, image)
+        if self.contours:
+            out[instance_boundaries(panoptic, self.divisor)] = CONTOUR_COLOR
+        if self.labels:
+            for segment in segments:
+                if segment.isthing:
+                    self._label(out, segment)
+        return out
+
+    def _label(self, image: np.ndarray, segment: Segment) -> None:
+        name = self.categories[segment.category_id].name
+        text = f"{name} {segment.score:.2f}" if segment.score is not None else name
+        x, y = segment.bbox[0], max(segment.bbox[1] - 3, 10)
+        cv2.putText(image, text, (x, y), cv2.FONT_HERSHEY_SIMPLEX, 0.4, (0, 0, 0), 3, cv2.LINE_AA)
+        cv2.putText(image, text, (x, y), cv2.FONT_HERSHEY_SIMPLEX, 0.4, (255, 255, 255), 1, cv2.LINE_AA)
+
+
+def instance_boundaries(panoptic: np.ndarray, divisor: int) -> np.ndarray:
+    """Boolean H x W: pixels of a thing segment that touch a different segment to the right or below."""
+    is_instance = panoptic % divisor > 0
+    edges = np.zeros(panoptic.shape, dtype=bool)
+    horizontal = panoptic[:, 1:] != panoptic[:, :-1]
+    vertical = panoptic[1:, :] != panoptic[:-1, :]
+    edges[:, :-1] |= horizontal & is_instance[:, :-1]
+    edges[:, 1:] |= horizontal & is_instance[:, 1:]
+    edges[:-1, :] |= vertical & is_instance[:-1, :]
+    edges[1:, :] |= vertical & is_instance[1:, :]
+    return edges

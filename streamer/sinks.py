@@ -1,0 +1,205 @@
+"""Outputs: H.264 MP4 through PyAV, and a live OpenCV window.
+
+Every output has `write(result, rendered)` and `close()`; the sink thread calls them in frame order.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import queue
+import socket
+import time
+from collections.abc import Callable
+from fractions import Fraction
+from pathlib import Path
+
+import av
+import cv2
+import numpy as np
+
+from . import control as ctl
+from .errors import StreamerError, UsageError
+from .frames import Panoptic
+
+log = logging.getLogger(__name__)
+
+VIDEO_TIME_BASE = Fraction(1, 90000)  # fine enough that 29.97 fps timestamps stay exact
+SYSTEM_FONTS = "/usr/share/fonts/truetype/dejavu"
+
+
+class VideoOutput:
+    """H.264 in MP4. Written as `NAME.partial` beside the target and renamed once closed cleanly.
+
+    Opened on the first frame (its size is the video's size); timestamps are the frames' own PTS,
+    forced strictly increasing.
+    """
+
+    def __init__(self, path: str | Path, fps: float, encoder_options: dict[str, str] | None = None):
+        self.path = Path(path)
+        self.partial = self.path.with_name(self.path.name + ".partial")
+        self.fps = fps
+        self.options = encoder_options or {"preset": "veryfast", "crf": "23"}
+        self.frames = 0
+        self._container = None
+        self._stream = None
+        self._first_pts: float | None = None
+        self._last_pts = -1
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise StreamerError(f"{self.path}: cannot create its folder: {exc.strerror}") from None
+
+    def _open(self, width: int, height: int) -> None:
+        self._container = av.open(str(self.partial), mode="w", format="mp4")
+        stream = self._container.add_stream("libx264", rate=Fraction(self.fps).limit_denominator(1001))
+        stream.width, stream.height = width, height
+        # 4:2:0 is what browsers and players expect; it needs even sizes, so odd ones keep full chroma.
+        stream.pix_fmt = "yuv420p" if width % 2 == 0 and height % 2 == 0 else "yuv444p"
+        stream.time_base = VIDEO_TIME_BASE
+        stream.codec_context.time_base = VIDEO_TIME_BASE
+        stream.options = self.options
+        self._stream = stream
+
+    def write(self, result: Panoptic, rendered: np.ndarray) -> None:
+        if self._container is None:
+            self._open(rendered.shape[1], rendered.shape[0])
+        if (rendered.shape[1], rendered.shape[0]) != (self._stream.width, self._stream.height):
+            rendered = cv2.resize(rendered, (self._stream.width, self._stream.height), interpolation=cv2.INTER_AREA)
+        if self._first_pts is None:
+            self._first_pts = result.frame.pts_ms
+        pts = max(round((result.frame.pts_ms - self._first_pts) * 90), self._last_pts + 1)
+        self._last_pts = pts
+        frame = av.VideoFrame.from_ndarray(rendered, format="bgr24")
+        frame.pts = pts
+        frame.time_base = VIDEO_TIME_BASE
+        for packet in self._stream.encode(frame):
+            self._container.mux(packet)
+        self.frames += 1
+
+    def close(self) -> None:
+        if self._container is None:
+            log.warning("%s: no frame was processed, so no video was written", self.path)
+            return
+        for packet in self._stream.encode(None):
+            self._container.mux(packet)
+        self._container.close()
+        self._container = None
+        os.replace(self.partial, self.path)
+        log.info("wrote %s (%d frames)", self.path, self.frames)
+
+
+def display_available() -> bool:
+    """True when an X server answers at $DISPLAY (or a Wayland socket exists).
+
+    OpenCV's Qt backend aborts the whole process when it cannot reach a display, so this is checked
+    before the first window is made.
+    """
+    runtime_dir = os.environ.get("XDG_RUNTIME_DIR", "")
+    wayland = os.environ.get("WAYLAND_DISPLAY")
+    if wayland and Path(runtime_dir, wayland).exists():
+        return True
+    display = os.environ.get("DISPLAY", "")
+    host, _, number = display.rpartition(":")
+    number = number.split(".")[0]
+    if not number.isdigit():
+        return False
+    try:
+        if host in ("", "unix"):
+            with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+                sock.settimeout(2.0)
+                try:
+                    sock.connect(f"/tmp/.X11-unix/X{number}")
+                except OSError:
+                    sock.connect(f"\0/tmp/.X11-unix/X{number}")  # Linux abstract socket
+            return True
+        with socket.create_connection((host, 6000 + int(number)), timeout=2.0):
+            return True
+    except OSError:
+        return False
+
+
+def require_display() -> None:
+    if not display_available():
+        raise UsageError(
+            "--display: no display available (DISPLAY is unset or its X server does not answer); "
+            "run without --display, or under a desktop session or Xvfb"
+        )
+
+
+class DisplayOutput:
+    """Hands rendered frames to the main thread, which owns the window (GUI calls stay on one thread).
+
+    Only the newest frame waits: a slow screen never holds the pipeline back.
+    """
+
+    def __init__(self):
+        self.frames: queue.Queue[np.ndarray] = queue.Queue(maxsize=1)
+
+    def write(self, result: Panoptic, rendered: np.ndarray) -> None:
+        try:
+            self.frames.get_nowait()
+        except queue.Empty:
+            pass
+        self.frames.put_nowait(rendered)
+
+    def close(self) -> None:
+        pass
+
+
+class Window:
+    """The OpenCV window, driven from the main thread."""
+
+    KEYS_THAT_STOP = {ord("q"), ord("Q"), 27}  # q or Esc
+
+    def __init__(self, title: str):
+        self.title = title
+        if "QT_QPA_FONTDIR" not in os.environ and Path(SYSTEM_FONTS).is_dir():
+            os.environ["QT_QPA_FONTDIR"] = SYSTEM_FONTS  # OpenCV's bundled Qt ships no fonts
+        cv2.namedWindow(title, cv2.WINDOW_AUTOSIZE)
+
+    def show(self, image: np.ndarray | None, wait_ms: int = 20) -> bool:
+        """Show a frame (or just pump events); False when the user asked to stop."""
+        if image is not None:
+            cv2.imshow(self.title, image)
+        key = cv2.waitKey(wait_ms)
+        if key != -1 and (key & 0xFF) in self.KEYS_THAT_STOP:
+            return False
+        try:
+            return cv2.getWindowProperty(self.title, cv2.WND_PROP_VISIBLE) >= 1
+        except cv2.error:
+            return False
+
+    def close(self) -> None:
+        try:
+            cv2.destroyWindow(self.title)
+            cv2.waitKey(1)
+        except cv2.error:
+            pass
+
+
+def sink_loop(
+    results: queue.Queue, outputs: list, render: Callable[[Panoptic], np.ndarray], control: ctl.Control, stats: ctl.Stats
+) -> None:
+    """Render each result once and hand it to every output; closes every output at the end, always.
+
+    """
+    try:
+        while True:
+            result = ctl.get(results, control)
+            if result is None or result is ctl.END:
+                break
+            started = time.perf_counter()
+            rendered = render(result)
+            result.timings["render"] = time.perf_counter() - started
+            for output in outputs:
+                output.write(result, rendered)
+            stats.processed += 1
+            stats.latencies.append(time.monotonic() - result.frame.captured_mono)
+    except Exception as exc:  # noqa: BLE001
+        control.fail("sink", exc)
+    finally:
+        for output in outputs:
+            try:
+                output.close()
+            except Exception as exc:  # noqa: BLE001
+                control.fail("sink", exc)
