@@ -73,8 +73,8 @@ def capture_loop(
             stats.read += 1
             if not offer(frames, frame, policy, control, stats):
                 break
-    except Exception as exc:  # noqa: BLE001 - reported through control, which stops the pipeline
-        control.fail("capture", exc)
+    except Exception as exc:  # noqa: BLE001 - the run fails, but the frames already read are finished
+        control.fail("capture", exc, abort=False)
     finally:
         reader.close()
         ctl.put(frames, ctl.END, control)

@@ -65,10 +65,10 @@ def quote(text: str) -> str:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    config = load_config(args.config, run_overrides(args))  # before importing torch: bad config fails fast
+    configure_logging(args.log_level or config.runtime.log_level)
     from .pipeline import Pipeline
 
-    config = load_config(args.config, run_overrides(args))
-    configure_logging(args.log_level or config.runtime.log_level)
     return Pipeline(config).run().exit_code
 
 
@@ -98,6 +98,10 @@ def main(argv: list[str] | None = None) -> int:
         return exc.exit_code
     except KeyboardInterrupt:
         log.warning("interrupted")
+        return EXIT_FAILURE
+    except Exception as exc:  # noqa: BLE001 - a bug, still reported as one line (traceback at debug level)
+        log.error("internal error: %s: %s (run with --log-level debug for the traceback)", type(exc).__name__, exc)
+        log.debug("traceback", exc_info=exc)
         return EXIT_FAILURE
 
 

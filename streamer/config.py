@@ -101,6 +101,11 @@ class Source(Strict):
     queue_size: int = Field(default=4, ge=1, le=1024)
     fps: float | None = Field(default=None, gt=0)  # frame rate for image folders, or to override a bad header
 
+    @field_validator("uri", mode="before")
+    @classmethod
+    def _camera_index_as_text(cls, value: object) -> object:
+        return str(value) if isinstance(value, int) and not isinstance(value, bool) else value
+
 
 class Render(Strict):
     alpha: Unit = 0.5

@@ -10,7 +10,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from .errors import StreamerError
+from .errors import EXIT_FAILURE, EXIT_OK, StreamerError
 
 log = logging.getLogger(__name__)
 
@@ -36,8 +36,9 @@ class Control:
         self.failure: BaseException | None = None
         self._lock = threading.Lock()
 
-    def fail(self, stage: str, exc: BaseException) -> None:
-        """Record the first failure, log it once, and abort every stage."""
+    def fail(self, stage: str, exc: BaseException, abort: bool = True) -> None:
+        """Record the first failure and log it once; abort every stage unless told the stage can end
+        cleanly instead (a source that fails still lets the frames already read be finished)."""
         with self._lock:
             first = self.failure is None
             if first:
@@ -48,7 +49,14 @@ class Control:
             else:
                 log.error("%s stopped: %s: %s", stage, type(exc).__name__, exc)
                 log.debug("%s traceback", stage, exc_info=exc)
-        self.abort.set()
+        if abort:
+            self.abort.set()
+
+    @property
+    def exit_code(self) -> int:
+        if self.failure is None:
+            return EXIT_OK
+        return self.failure.exit_code if isinstance(self.failure, StreamerError) else EXIT_FAILURE
 
 
 def put(q: queue.Queue, item: Any, control: Control) -> bool:

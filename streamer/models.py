@@ -159,7 +159,7 @@ def build_instance(settings: cfg.InstanceModel) -> tuple[torch.nn.Module, list[s
         if not path.is_file():
             raise InputNotFound(
                 f"COCO weights for {settings.arch} are not in torch's cache: place {COCO_WEIGHTS[settings.arch].url} "
-                f"at {path} (or set TORCH_HOME to a folder whose checkpoints/ holds it)"
+                f"at {path} (or set TORCH_HOME to a folder whose hub/checkpoints/ holds it)"
             )
         load_weights(model, read_state_dict(path), str(path))
     elif settings.weights != "none":

@@ -19,7 +19,6 @@ import torch
 from . import control as ctl
 from .capture import capture_loop, effective_policy
 from .config import Config
-from .errors import EXIT_FAILURE, EXIT_OK, StreamerError
 from .fusion import FusionParams
 from .models import PanopticModels, resolve_device
 from .render import Renderer
@@ -115,10 +114,7 @@ class Pipeline:
                 if thread.is_alive():
                     log.error("%s thread did not stop within %.0f s", thread.name, JOIN_TIMEOUT_S)
 
-        failure = self.control.failure
-        if isinstance(failure, StreamerError):
-            raise failure
-        summary = RunSummary(EXIT_FAILURE if failure else EXIT_OK, self.stats.read, self.stats.processed, dict(self.stats.dropped))
+        summary = RunSummary(self.control.exit_code, self.stats.read, self.stats.processed, dict(self.stats.dropped))
         log.info(
             "done: %d frames read, %d processed, %d dropped",
             summary.read, summary.processed, sum(summary.dropped.values()),

@@ -155,7 +155,7 @@ class Window:
         self.title = title
         if "QT_QPA_FONTDIR" not in os.environ and Path(SYSTEM_FONTS).is_dir():
             os.environ["QT_QPA_FONTDIR"] = SYSTEM_FONTS  # OpenCV's bundled Qt ships no fonts
-        cv2.namedWindow(title, cv2.WINDOW_AUTOSIZE)
+        cv2.namedWindow(title, cv2.WINDOW_AUTOSIZE | cv2.WINDOW_GUI_NORMAL)  # the frame only, no toolbar
 
     def show(self, image: np.ndarray | None, wait_ms: int = 20) -> bool:
         """Show a frame (or just pump events); False when the user asked to stop."""

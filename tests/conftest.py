@@ -1,0 +1,110 @@
+"""Shared test helpers: small real videos, a fast configuration, running the real CLI."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from fractions import Fraction
+from pathlib import Path
+
+import av
+import numpy as np
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+
+# Random-init models made small and quick for CPU tests; everything else as in config.yaml.
+FAST_OVERRIDES = {
+    "models": {
+        "semantic": {"encoder": "resnet18", "input_size": [128, 96]},
+        "instance": {"min_size": 96, "max_size": 160},
+    },
+    "runtime": {"device": "cpu", "torch_threads": 1, "status_interval_s": 1},
+}
+
+
+def deep_merge(base: dict, extra: dict) -> dict:
+    merged = dict(base)
+    for key, value in extra.items():
+        merged[key] = deep_merge(base[key], value) if isinstance(value, dict) and isinstance(base.get(key), dict) else value
+    return merged
+
+
+def moving_pattern(index: int, width: int, height: int) -> np.ndarray:
+    """A frame with a textured background and a bright square that moves: easy to tell frames apart."""
+    y, x = np.mgrid[0:height, 0:width]
+    image = np.stack([(x * 3 + index * 5) % 256, (y * 4) % 256, ((x + y) * 2) % 256], axis=-1).astype(np.uint8)
+    size = max(8, height // 4)
+    left = (index * 7) % max(1, width - size)
+    image[height // 3 : height // 3 + size, left : left + size] = (40, 220, 250)
+    return image
+
+
+def make_video(path: Path, frames: int = 12, size: tuple[int, int] = (160, 120), fps: Fraction | int = 10) -> Path:
+    """An H.264 MP4 written with PyAV (BGR frames from moving_pattern)."""
+    width, height = size
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("libx264", rate=fps)
+        stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
+        for index in range(frames):
+            frame = av.VideoFrame.from_ndarray(moving_pattern(index, width, height), format="bgr24")
+            for packet in stream.encode(frame):
+                container.mux(packet)
+        for packet in stream.encode(None):
+            container.mux(packet)
+    return path
+
+
+def probe(path: Path) -> dict:
+    """Decode every frame with PyAV: count, size, frame rate, and the frames' timestamps."""
+    with av.open(str(path)) as container:
+        stream = container.streams.video[0]
+        times = [frame.time for frame in container.decode(stream)]
+        return {
+            "frames": len(times),
+            "width": stream.codec_context.width,
+            "height": stream.codec_context.height,
+            "rate": stream.average_rate,
+            "codec": stream.codec_context.name,
+            "times": times,
+        }
+
+
+@pytest.fixture
+def fast_config(tmp_path: Path) -> Path:
+    """A config file: config.yaml with small random-init models on the CPU."""
+    base = yaml.safe_load((ROOT / "config.yaml").read_text())
+    path = tmp_path / "fast.yaml"
+    path.write_text(yaml.safe_dump(deep_merge(base, FAST_OVERRIDES)))
+    return path
+
+
+@pytest.fixture
+def small_video(tmp_path: Path) -> Path:
+    return make_video(tmp_path / "input.mp4")
+
+
+def cli_env(**extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k not in ("DISPLAY", "WAYLAND_DISPLAY")}
+    env.update(PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1", **extra)
+    return env
+
+
+def run_cli(*args: str, timeout: float = 300, env: dict[str, str] | None = None, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    """`python -m streamer ARGS` in a fresh process, as a user would run it."""
+    return subprocess.run(
+        [sys.executable, "-m", "streamer", *args],
+        capture_output=True, text=True, timeout=timeout, env=env or cli_env(), cwd=cwd,
+    )
+
+
+def popen_cli(*args: str, env: dict[str, str] | None = None, cwd: Path | None = None) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, "-m", "streamer", *args],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env or cli_env(), cwd=cwd,
+    )
+
+
+def error_lines(stderr: str) -> list[str]:
+    return [line for line in stderr.splitlines() if " ERROR " in line or "error:" in line]

@@ -1,0 +1,300 @@
+"""Bad input through the real CLI: every case ends with its documented exit code and one clear
+ERROR line that names the problem, never a traceback.
+
+Exit codes (DESIGN.md): 0 ok, 1 other failure, 2 usage, 66 input not found, 78 bad configuration.
+Runs that fail while loading weights use the fast random-init config and the default synthetic
+source, so no inference is run except in the two positive controls.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+import pickle
+import re
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from conftest import cli_env, error_lines, run_cli
+
+EXIT_FAILURE, EXIT_USAGE, EXIT_NOINPUT = 1, 2, 66
+
+
+def the_error(result, code: int) -> str:
+    """Assert the exit code, one ERROR line and no traceback; return the message after the logger name."""
+    detail = f"exit {result.returncode}\n--- stderr ---\n{result.stderr}\n--- stdout ---\n{result.stdout[-2000:]}"
+    assert result.returncode == code, detail
+    assert "Traceback" not in result.stderr, detail
+    lines = error_lines(result.stderr)
+    assert len(lines) == 1, detail
+    match = re.search(r" ERROR streamer[\w.]*: (.+)$", lines[0])
+    assert match, detail  # our logger's line, not argparse's or a library's complaint
+    return match.group(1)
+
+
+def run_fast(config: Path, source: Path | str, *args: str, env: dict[str, str] | None = None):
+    """`streamer run -c CONFIG --source SOURCE ARGS` in a subprocess."""
+    return run_cli("run", "-c", str(config), "--source", str(source), *args, env=env)
+
+
+# ---------------------------------------------------------------------------------------------
+# Sources
+
+
+def test_missing_source_file(fast_config, tmp_path):
+    missing = tmp_path / "nowhere" / "clip.mp4"
+    message = the_error(run_cli("run", "-c", str(fast_config), "--source", str(missing)), EXIT_NOINPUT)
+    assert str(missing) in message
+    assert "no such file" in message
+
+
+@pytest.mark.parametrize(
+    "content",
+    [
+        pytest.param(b"this is a text file, not a video\n" * 20, id="text"),
+        pytest.param(os.urandom(64 * 1024), id="random-bytes"),
+        pytest.param(b"", id="empty"),
+    ],
+)
+def test_file_that_is_not_a_video(fast_config, tmp_path, content):
+    fake = tmp_path / "x.mp4"
+    fake.write_bytes(content)
+    message = the_error(run_cli("run", "-c", str(fast_config), "--source", str(fake)), EXIT_FAILURE)
+    assert str(fake) in message
+    assert "not a readable video" in message
+
+
+def test_unknown_uri_scheme(fast_config):
+    message = the_error(run_cli("run", "-c", str(fast_config), "--source", "foo://x"), EXIT_USAGE)
+    assert "foo://x" in message
+    assert "unknown source scheme 'foo'" in message
+
+
+def test_credentials_are_not_logged_for_unknown_scheme(fast_config):
+    message = the_error(run_cli("run", "-c", str(fast_config), "--source", "foo://alice:s3cret@cam/x"), EXIT_USAGE)
+    assert "s3cret" not in message
+    assert "foo://***@cam/x" in message
+
+
+@pytest.mark.parametrize("layout", ["empty", "no-images", "glob"])
+def test_image_folder_or_glob_without_images(fast_config, tmp_path, layout):
+    folder = tmp_path / "frames"
+    folder.mkdir()
+    if layout == "no-images":
+        (folder / "notes.txt").write_text("not an image")
+        (folder / "clip.mp4").write_bytes(b"")
+    target = str(folder / "*.png") if layout == "glob" else str(folder)
+    message = the_error(run_cli("run", "-c", str(fast_config), "--source", target), EXIT_NOINPUT)
+    assert target in message
+    assert "no image files found" in message
+
+
+def test_two_sources_is_a_usage_error(fast_config, small_video):
+    message = the_error(
+        run_cli("run", "-c", str(fast_config), "--source", str(small_video), "--source", str(small_video)), EXIT_USAGE
+    )
+    assert "--source" in message
+
+
+# ---------------------------------------------------------------------------------------------
+# Display
+
+
+@pytest.mark.parametrize(
+    "env",
+    [
+        pytest.param({}, id="DISPLAY-unset"),
+        pytest.param({"DISPLAY": ":87"}, id="no-X-server-at-DISPLAY"),
+    ],
+)
+def test_display_without_a_display(fast_config, small_video, env):
+    result = run_cli("run", "-c", str(fast_config), "--source", str(small_video), "--display", env=cli_env(**env))
+    message = the_error(result, EXIT_USAGE)
+    assert "--display" in message
+    assert "no display" in message
+
+
+# ---------------------------------------------------------------------------------------------
+# Weights files
+
+
+def unet_state(classes: int) -> dict[str, torch.Tensor]:
+    import segmentation_models_pytorch as smp
+
+    torch.manual_seed(0)
+    model = smp.create_model("Unet", encoder_name="resnet18", encoder_weights=None, classes=classes)
+    return {k: v.contiguous() for k, v in model.state_dict().items()}
+
+
+@pytest.fixture(scope="module")
+def weights(tmp_path_factory) -> dict[str, Path]:
+    """Real smp Unet resnet18 state dicts: 6 classes (fits config.yaml) and 3 classes (does not)."""
+    folder = tmp_path_factory.mktemp("weights")
+    files = {}
+    good = unet_state(6)
+    torch.save(good, folder / "unet6.pth")
+    files["good.pth"] = folder / "unet6.pth"
+    blob = (folder / "unet6.pth").read_bytes()
+    (folder / "truncated.pth").write_bytes(blob[: len(blob) // 2])
+    files["truncated.pth"] = folder / "truncated.pth"
+    wrong = unet_state(3)
+    save_file(wrong, str(folder / "unet3.safetensors"))
+    torch.save(wrong, folder / "unet3.pth")
+    files["wrong.safetensors"] = folder / "unet3.safetensors"
+    files["wrong.pth"] = folder / "unet3.pth"
+    return files
+
+
+def test_semantic_weights_that_fit_load_and_run(fast_config, small_video, weights):
+    """Positive control: a genuine state dict of the configured model loads with weights_only."""
+    result = run_cli(
+        "run", "-c", str(fast_config), "--source", str(small_video), "--max-frames", "1",
+        "--set", f"models.semantic.weights={weights['good.pth']}",
+    )
+    assert result.returncode == 0, result.stderr
+    assert not error_lines(result.stderr), result.stderr
+
+
+@pytest.mark.parametrize(
+    "key, name",
+    [("models.semantic.weights", "nonexistent.safetensors"), ("models.instance.weights", "nonexistent.pth")],
+)
+def test_missing_weights_file(fast_config, small_video, tmp_path, key, name):
+    missing = tmp_path / name
+    message = the_error(run_fast(fast_config, small_video, "--set", f"{key}={missing}"), EXIT_NOINPUT)
+    assert str(missing) in message
+    assert "not found" in message
+
+
+def test_missing_semantic_pretrained_folder(fast_config, small_video, tmp_path):
+    missing = tmp_path / "no_such_smp_folder"
+    message = the_error(run_fast(fast_config, small_video, "--set", f"models.semantic.weights={missing}"), EXIT_NOINPUT)
+    assert str(missing) in message
+    assert "not found" in message
+
+
+@pytest.mark.parametrize("fmt", ["wrong.safetensors", "wrong.pth"])
+def test_semantic_weights_of_the_wrong_shape(fast_config, small_video, weights, fmt):
+    path = weights[fmt]
+    message = the_error(run_fast(fast_config, small_video, "--set", f"models.semantic.weights={path}"), EXIT_FAILURE)
+    assert str(path) in message
+    assert "wrong shape" in message
+    assert re.search(r"wrong shape for segmentation_head\.0\.\w+: file has \[3\b.*model expects \[6\b", message)
+
+
+def test_instance_weights_of_the_wrong_shape(fast_config, small_video, tmp_path):
+    path = tmp_path / "maskrcnn_3classes.safetensors"
+    save_file({"roi_heads.box_predictor.cls_score.weight": torch.zeros(3, 1024)}, str(path))
+    message = the_error(run_fast(fast_config, small_video, "--set", f"models.instance.weights={path}"), EXIT_FAILURE)
+    assert str(path) in message
+    assert "wrong shape for roi_heads.box_predictor.cls_score.weight" in message
+
+
+def test_instance_weights_with_missing_keys(fast_config, small_video, tmp_path):
+    path = tmp_path / "maskrcnn_partial.safetensors"
+    save_file({"roi_heads.box_predictor.cls_score.weight": torch.zeros(91, 1024)}, str(path))
+    message = the_error(run_fast(fast_config, small_video, "--set", f"models.instance.weights={path}"), EXIT_FAILURE)
+    assert str(path) in message
+    assert "missing" in message
+
+
+@pytest.mark.parametrize(
+    "name, make",
+    [
+        pytest.param("truncated.pth", None, id="truncated-pth"),
+        pytest.param("random.safetensors", lambda p: p.write_bytes(os.urandom(4096)), id="random-safetensors"),
+        pytest.param("random.pth", lambda p: p.write_bytes(os.urandom(4096)), id="random-pth"),
+        pytest.param("empty.safetensors", lambda p: p.write_bytes(b""), id="empty-safetensors"),
+        pytest.param("list.pth", lambda p: torch.save([torch.zeros(2)], p), id="pth-not-a-dict"),
+    ],
+)
+def test_unreadable_weights_file(fast_config, small_video, weights, tmp_path, name, make):
+    if make is None:
+        path = weights[name]
+    else:
+        path = tmp_path / name
+        make(path)
+    message = the_error(run_fast(fast_config, small_video, "--set", f"models.semantic.weights={path}"), EXIT_FAILURE)
+    assert str(path) in message
+    assert "not a loadable weights file" in message or "state dict" in message
+
+
+class Payload:
+    """Unpickling this runs a shell command: what a malicious checkpoint does."""
+
+    def __init__(self, command: str):
+        self.command = command
+
+    def __reduce__(self):
+        return (os.system, (self.command,))
+
+
+def write_payload(path: Path, marker: Path, fmt: str) -> Path:
+    payload = {"state_dict": {"encoder.conv1.weight": Payload(f"touch {marker}")}}
+    if fmt == "torch.save":
+        torch.save(payload, path)
+    else:
+        with open(path, "wb") as handle:
+            pickle.dump(payload, handle)
+    return path
+
+
+@pytest.mark.parametrize(
+    "key, fmt",
+    [
+        ("models.semantic.weights", "torch.save"),
+        ("models.semantic.weights", "pickle"),
+        ("models.instance.weights", "torch.save"),
+    ],
+)
+def test_malicious_pth_is_refused_without_running_code(fast_config, small_video, tmp_path, fmt, key):
+    # The payload is live: an unsafe load runs it.
+    control_marker = tmp_path / "CONTROL"
+    control = write_payload(tmp_path / "control.pth", control_marker, fmt)
+    with contextlib.suppress(Exception):  # a bare pickle is no torch file, but it runs first
+        torch.load(control, weights_only=False)
+    assert control_marker.exists()
+
+    marker = tmp_path / "MARKER"
+    evil = write_payload(tmp_path / "evil.pth", marker, fmt)
+    message = the_error(run_fast(fast_config, small_video, "--set", f"{key}={evil}"), EXIT_FAILURE)
+    assert not marker.exists(), "loading the weights ran code from the pickle"
+    assert str(evil) in message
+    assert "not a loadable weights file" in message
+
+
+def test_coco_weights_not_in_an_empty_torch_home(fast_config, small_video, tmp_path):
+    """The message names the file and where torch looks for it; putting a file there is what it reads."""
+    from torchvision.models.detection import MaskRCNN_ResNet50_FPN_Weights
+
+    url = MaskRCNN_ResNet50_FPN_Weights.COCO_V1.url
+    torch_home = tmp_path / "torch_home"
+    torch_home.mkdir()
+    env = cli_env(TORCH_HOME=str(torch_home))
+    args = ("--set", "models.instance.weights=coco")
+    message = the_error(run_fast(fast_config, small_video, *args, env=env), EXIT_NOINPUT)
+    assert url in message  # which file
+    expected = torch_home / "hub" / "checkpoints" / url.rsplit("/", 1)[1]  # torch.hub.get_dir() is $TORCH_HOME/hub
+    assert f"at {expected}" in message  # where to place it
+    assert [p for p in torch_home.rglob("*") if p.is_file()] == [], "nothing may be downloaded"
+
+    # Following the advice: a file at that place is the one loaded (this one is garbage, so exit 1).
+    expected.parent.mkdir(parents=True)
+    expected.write_bytes(b"not really a checkpoint")
+    message = the_error(run_fast(fast_config, small_video, *args, env=env), EXIT_FAILURE)
+    assert str(expected) in message
+    assert "not a loadable weights file" in message
+
+
+# ---------------------------------------------------------------------------------------------
+# Sanity: the same fixtures do work when nothing is wrong
+
+
+def test_valid_small_run_still_works(fast_config, small_video):
+    result = run_cli("run", "-c", str(fast_config), "--source", str(small_video), "--max-frames", "2")
+    assert result.returncode == 0, result.stderr
+    assert not error_lines(result.stderr), result.stderr
+    assert "Traceback" not in result.stderr
+    assert "2 processed" in result.stderr

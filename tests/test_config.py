@@ -1,0 +1,305 @@
+"""Configuration: the shipped files, `check-config`, `--set` typing, and every kind of invalid
+configuration through the real CLI (exit 78, or 66 for a missing file; one ERROR line naming the
+file and the key; no traceback).
+"""
+from __future__ import annotations
+
+import copy
+import re
+from pathlib import Path
+
+import pytest
+import yaml
+
+from conftest import ROOT, error_lines, run_cli
+
+EXIT_NOINPUT, EXIT_CONFIG = 66, 78
+PACKAGED = ROOT / "streamer" / "default_config.yaml"
+MINIMAL = {
+    "source": {"uri": "clip.mp4"},
+    "models": {"semantic": {"classes": [{"name": "road", "color": [1, 2, 3]}]}},
+}
+
+
+def the_error(result, code: int) -> str:
+    """Assert the exit code, one ERROR line and no traceback; return the message after the logger name."""
+    detail = f"exit {result.returncode}\n--- stderr ---\n{result.stderr}\n--- stdout ---\n{result.stdout[-2000:]}"
+    assert result.returncode == code, detail
+    assert "Traceback" not in result.stderr, detail
+    lines = error_lines(result.stderr)
+    assert len(lines) == 1, detail
+    match = re.search(r" ERROR streamer[\w.]*: (.+)$", lines[0])
+    assert match, detail
+    return match.group(1)
+
+
+def write_yaml(path: Path, data) -> Path:
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    return path
+
+
+def check_config(*args: str, cwd: Path | None = None):
+    return run_cli("check-config", *args, cwd=cwd)
+
+
+def resolved(result) -> dict:
+    assert result.returncode == 0, result.stderr
+    assert not error_lines(result.stderr), result.stderr
+    return yaml.safe_load(result.stdout)
+
+
+# ---------------------------------------------------------------------------------------------
+# The shipped configuration
+
+
+def test_config_yaml_and_packaged_default_are_identical():
+    assert (ROOT / "config.yaml").read_bytes() == PACKAGED.read_bytes()
+
+
+@pytest.mark.parametrize("path", [ROOT / "config.yaml", PACKAGED], ids=["config.yaml", "default_config.yaml"])
+def test_shipped_config_validates(path):
+    from streamer.config import load_config
+
+    config = load_config(path)
+    assert [c.name for c in config.models.semantic.classes] == ["road", "sidewalk", "building", "sky", "car", "person"]
+    printed = resolved(check_config("-c", str(path)))
+    assert printed["models"]["semantic"]["input_size"] == [512, 288]
+
+
+def test_without_c_the_packaged_default_is_used_where_there_is_no_config_yaml(tmp_path):
+    here = resolved(check_config(cwd=tmp_path))
+    assert here == resolved(check_config("-c", str(PACKAGED)))
+
+
+def test_without_c_the_local_config_yaml_is_used(tmp_path):
+    data = copy.deepcopy(MINIMAL)
+    data["source"]["id"] = "from_cwd"
+    write_yaml(tmp_path / "config.yaml", data)
+    assert resolved(check_config(cwd=tmp_path))["source"]["id"] == "from_cwd"
+
+
+def test_without_c_a_bad_local_config_yaml_names_itself(tmp_path):
+    data = copy.deepcopy(MINIMAL)
+    data["models"]["instance"] = {"score_threshold": 1.5}
+    write_yaml(tmp_path / "config.yaml", data)
+    message = the_error(check_config(cwd=tmp_path), EXIT_CONFIG)
+    assert message == "config.yaml: models.instance.score_threshold: must be between 0 and 1, got 1.5"
+
+
+# ---------------------------------------------------------------------------------------------
+# check-config on good files
+
+
+def test_check_config_prints_the_resolved_config(fast_config):
+    result = check_config("-c", str(fast_config))
+    printed = resolved(result)
+    assert printed["runtime"]["device"] == "cpu"  # from the file
+    assert printed["models"]["instance"]["min_size"] == 96
+    assert printed["models"]["semantic"]["input_size"] == [128, 96]
+    assert set(printed) == {"source", "models", "fusion", "render", "output", "runtime"}
+    # What it prints is itself a valid configuration that resolves to the same thing.
+    again = write_yaml(fast_config.parent / "again.yaml", printed)
+    assert check_config("-c", str(again)).stdout == result.stdout
+
+
+def test_check_config_fills_in_defaults(tmp_path):
+    printed = resolved(check_config("-c", str(write_yaml(tmp_path / "min.yaml", MINIMAL))))
+    assert printed["source"] == {"uri": "clip.mp4", "id": "cam0", "buffer": "auto", "queue_size": 4, "fps": None}
+    assert printed["models"]["semantic"]["classes"] == [{"name": "road", "isthing": False, "color": [1, 2, 3]}]
+    assert printed["models"]["instance"]["arch"] == "maskrcnn_resnet50_fpn"
+    assert printed["fusion"]["label_divisor"] == 1000
+    assert printed["runtime"]["half"] == "auto"
+    assert printed["output"] == {"video": None, "display": False, "export_dir": None}
+
+
+# ---------------------------------------------------------------------------------------------
+# --set values are read as YAML
+
+
+def test_set_values_are_typed_from_yaml(tmp_path):
+    config = write_yaml(tmp_path / "min.yaml", MINIMAL)
+    printed = resolved(
+        check_config(
+            "-c", str(config),
+            "--set", "fusion.stuff_area_min=2048",
+            "--set", "models.instance.score_threshold=0.3",
+            "--set", "models.semantic.input_size=[256, 160]",
+            "--set", "render.contours=false",
+            "--set", "render.alpha=0.25",  # a section the file does not have
+            "--set", "output.export_dir=null",
+            "--set", "source.id=first",
+            "--set", "source.id=second",  # the last one wins
+            "--set", "models.instance.class_map={}",
+        )
+    )
+    assert printed["fusion"]["stuff_area_min"] == 2048 and type(printed["fusion"]["stuff_area_min"]) is int
+    assert printed["models"]["instance"]["score_threshold"] == 0.3
+    assert printed["models"]["semantic"]["input_size"] == [256, 160]
+    assert printed["render"]["contours"] is False
+    assert printed["render"]["alpha"] == 0.25
+    assert printed["output"]["export_dir"] is None  # YAML null, not the string 'null'
+    assert printed["source"]["id"] == "second"
+    assert printed["models"]["instance"]["class_map"] == {}
+
+
+def test_set_quoted_string_stays_a_string(tmp_path):
+    config = write_yaml(tmp_path / "min.yaml", MINIMAL)
+    printed = resolved(check_config("-c", str(config), "--set", "source.uri='0'"))
+    assert printed["source"]["uri"] == "0"
+
+
+@pytest.mark.parametrize("uri", ["0", "007", "yes", "null", "1.5", "it's", "[a]", "#x", "a: b"])
+def test_source_flag_stays_a_string(fast_config, uri):
+    """`run --source 0` is the camera '0' (a string), whatever YAML would make of the text."""
+    from streamer.cli import build_parser, run_overrides
+    from streamer.config import load_config
+
+    args = build_parser().parse_args(["run", "-c", str(fast_config), "--source", uri, "--output", uri])
+    config = load_config(args.config, run_overrides(args))
+    assert config.source.uri == uri
+    assert config.output.video == uri
+
+
+# ---------------------------------------------------------------------------------------------
+# Invalid configuration files
+
+
+def _set(path: str, value):
+    def mutate(data):
+        *parents, last = path.split(".")
+        node = data
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[last] = value
+
+    return mutate
+
+
+def _drop(section: str):
+    return lambda data: data.pop(section)
+
+
+# id -> (change to the fast config, or raw file bytes), text the message must hold after "<file>: "
+BAD_FILES = {
+    "unknown-nested-key": (_set("models.instance.bogus", 1), "models.instance.bogus: unknown key"),
+    "unknown-section": (_set("extras", {"a": 1}), "extras: unknown key"),
+    "out-of-range": (
+        _set("models.instance.score_threshold", 1.5),
+        "models.instance.score_threshold: must be between 0 and 1, got 1.5",
+    ),
+    "negative": (_set("fusion.stuff_area_min", -5), "fusion.stuff_area_min: Input should be greater than or equal to 0"),
+    "wrong-type-int": (_set("runtime.max_frames", "many"), "runtime.max_frames: Input should be a valid integer"),
+    "wrong-type-bool": (_set("render.contours", "maybe"), "render.contours: Input should be a valid boolean"),
+    "wrong-type-section": (_set("fusion", [1, 2]), "fusion: Input should be"),
+    "input-size-not-32": (
+        _set("models.semantic.input_size", [100, 96]),
+        "models.semantic.input_size.0: must be a positive multiple of 32, got 100",
+    ),
+    "bad-choice": (_set("source.buffer", "newest"), "source.buffer: Input should be"),
+    "bad-device": (_set("runtime.device", "gpu"), "runtime.device: String should match pattern"),
+    "missing-section": (_drop("source"), "source: required key is missing"),
+    "class-map-to-stuff": (
+        _set("models.instance.class_map", {"car": "road"}),
+        "instance.class_map.car: 'road' is not a thing class",
+    ),
+    "duplicate-class": (
+        lambda d: d["models"]["semantic"]["classes"].append({"name": "car", "color": [0, 0, 0]}),
+        "models.semantic.classes: class names must be unique, repeated: car",
+    ),
+    "yaml-syntax": (b"source:\n  uri: [unclosed\nmodels: {\n", "not valid YAML"),
+    "not-utf8": (b"source:\n  uri: \xff\xfe\n", "not valid YAML"),
+    "top-level-list": (b"- source\n- models\n", "the top level must be a mapping"),
+}
+RUN_TOO = {"unknown-nested-key", "out-of-range", "wrong-type-int", "input-size-not-32", "yaml-syntax"}
+
+
+def write_bad(fast_config: Path, change) -> Path:
+    path = fast_config.parent / "bad.yaml"
+    if isinstance(change, bytes):
+        path.write_bytes(change)
+    else:
+        data = yaml.safe_load(fast_config.read_text())
+        change(data)
+        write_yaml(path, data)
+    return path
+
+
+@pytest.mark.parametrize(
+    "command, case",
+    [("check-config", case) for case in BAD_FILES] + [("run", case) for case in BAD_FILES if case in RUN_TOO],
+)
+def test_invalid_config_file(fast_config, command, case):
+    change, expected = BAD_FILES[case]
+    path = write_bad(fast_config, change)
+    result = run_cli(command, "-c", str(path))
+    message = the_error(result, EXIT_CONFIG)
+    assert message.startswith(f"{path}: "), message
+    assert expected in message
+    assert result.stdout == ""
+
+
+def test_the_first_problem_is_named_and_the_others_counted(fast_config):
+    def two_problems(data):
+        data["models"]["instance"]["bogus"] = 1
+        data["fusion"]["mask_threshold"] = 2
+
+    message = the_error(check_config("-c", str(write_bad(fast_config, two_problems))), EXIT_CONFIG)
+    assert "(and 1 more problem)" in message
+
+
+@pytest.mark.parametrize("command", ["check-config", "run"])
+def test_missing_config_file(tmp_path, command):
+    missing = tmp_path / "nope" / "config.yaml"
+    message = the_error(run_cli(command, "-c", str(missing)), EXIT_NOINPUT)
+    assert str(missing) in message
+    assert "config file not found" in message
+
+
+# ---------------------------------------------------------------------------------------------
+# The same errors through --set
+
+BAD_SETS = {
+    "unknown-nested-key": ("models.instance.bogus=1", "models.instance.bogus: unknown key"),
+    "out-of-range": (
+        "models.instance.score_threshold=1.5",
+        "models.instance.score_threshold: must be between 0 and 1, got 1.5",
+    ),
+    "wrong-type": ("runtime.max_frames=many", "runtime.max_frames: Input should be a valid integer"),
+    "input-size-not-32": (
+        "models.semantic.input_size=[256, 100]",
+        "models.semantic.input_size.1: must be a positive multiple of 32, got 100",
+    ),
+    "negative": ("fusion.stuff_area_min=-1", "fusion.stuff_area_min: Input should be greater than or equal to 0"),
+    "null-required": ("source.uri=null", "source.uri: Input should be a valid string"),
+    "int-for-string": ("source.id=7", "source.id: Input should be a valid string"),
+}
+BAD_SET_SYNTAX = {
+    "no-equals": ("fusion.stuff_area_min", "--set fusion.stuff_area_min: expected dotted.key=value"),
+    "empty-key": ("=3", "--set =3: expected dotted.key=value"),
+    "into-a-value": ("source.uri.x=1", "--set source.uri.x=1: uri is not a section"),
+}
+SET_RUN_TOO = {"unknown-nested-key", "out-of-range", "no-equals"}
+
+
+@pytest.mark.parametrize(
+    "command, case",
+    [("check-config", case) for case in BAD_SETS] + [("run", case) for case in BAD_SETS if case in SET_RUN_TOO],
+)
+def test_invalid_set(fast_config, command, case):
+    item, expected = BAD_SETS[case]
+    result = run_cli(command, "-c", str(fast_config), "--set", item)
+    message = the_error(result, EXIT_CONFIG)
+    assert message.startswith(f"{fast_config}: "), message  # the file the override was applied to
+    assert expected in message
+    assert result.stdout == ""
+
+
+@pytest.mark.parametrize(
+    "command, case",
+    [("check-config", case) for case in BAD_SET_SYNTAX] + [("run", case) for case in BAD_SET_SYNTAX if case in SET_RUN_TOO],
+)
+def test_malformed_set(fast_config, command, case):
+    item, expected = BAD_SET_SYNTAX[case]
+    result = run_cli(command, "-c", str(fast_config), "--set", item)
+    message = the_error(result, EXIT_CONFIG)
+    assert message == expected
