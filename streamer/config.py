@@ -121,7 +121,13 @@ class Output(Strict):
 
 class Runtime(Strict):
     device: str = Field(default="auto", pattern=r"^(auto|cpu|cuda|cuda:\d+)$")
-    half: Literal["auto", "on", "off"] = "auto"  # fp16 autocast: auto = on for CUDA
+    half: Literal["auto", "on", "off"] = "auto"  # fp16 autocast on CUDA: auto (= on for CUDA), on, off
+
+    @field_validator("half", mode="before")
+    @classmethod
+    def _yaml_on_off(cls, value: object) -> object:
+        """YAML reads a bare on/off as a boolean."""
+        return {True: "on", False: "off"}.get(value, value) if isinstance(value, bool) else value
     max_frames: int | None = Field(default=None, ge=1)
     torch_threads: int | None = Field(default=None, ge=1)
     status_interval_s: float = Field(default=10.0, gt=0)
