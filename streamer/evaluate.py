@@ -83,7 +83,7 @@ def match_frame(pred_map: np.ndarray, gt_map: np.ndarray, label_divisor: int = L
 
 
 def _check_maps(pred_map: np.ndarray, gt_map: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    pred, gt = np.asarray(pred_map), np.asarray(gt_map)
+    pred, gt = _numpy(pred_map), _numpy(gt_map)
     if pred.ndim != 2 or pred.shape != gt.shape:
         raise ValueError(f"panoptic maps must be two H x W arrays of one shape, got {pred.shape} and {gt.shape}")
     for name, array in (("predicted", pred), ("ground-truth", gt)):
@@ -260,7 +260,8 @@ def naive_fusion(
     semantic = _numpy(semantic).astype(np.int64)
     masks, categories = _numpy(masks), _numpy(categories).astype(np.int64)
     if first_instance_id + len(masks) > label_divisor:
-        raise ValueError(f"{len(masks)} instances from id {first_instance_id} do not fit under label_divisor {label_divisor}")
+        raise ValueError(f"{len(masks)} instances numbered from {first_instance_id} "
+                         f"do not fit under label_divisor {label_divisor}")
     panoptic = semantic * label_divisor
     binary = masks if masks.dtype == bool else masks >= mask_threshold
     for index, (mask, category) in enumerate(zip(binary, categories)):

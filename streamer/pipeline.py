@@ -19,6 +19,7 @@ import torch
 from . import control as ctl
 from .capture import capture_loop, effective_policy
 from .config import Config
+from .export import PanopticExport
 from .fusion import FusionParams
 from .models import PanopticModels, resolve_device
 from .render import Renderer
@@ -63,13 +64,15 @@ class Pipeline:
             require_display()  # before anything slow, and before OpenCV could abort the process
         reader = open_source(config.source.uri, config.source.fps)
         try:
+            categories = config.categories()
             outputs = []
             if config.output.video:
                 outputs.append(VideoOutput(config.output.video, reader.fps))
+            if config.output.export_dir:
+                outputs.append(PanopticExport(config.output.export_dir, categories))
             if config.runtime.torch_threads:
                 torch.set_num_threads(config.runtime.torch_threads)
             device = resolve_device(config.runtime.device)
-            categories = config.categories()
             started = time.monotonic()
             models = PanopticModels(config.models, categories, device, config.runtime.half)
             log.info("models ready on %s in %.1f s", device, time.monotonic() - started)

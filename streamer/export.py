@@ -1,0 +1,150 @@
+"""COCO panoptic export: one PNG per frame plus JSON, safe against a crash at any moment.
+
+Layout of an export folder:
+  panoptic/NNNNNN.png   segment id per pixel as R + 256*G + 256*256*B (0 = void)
+  segments.jsonl        one line per finished frame (its segments_info), appended and flushed
+  categories.json       the category table, written first
+  panoptic.json         images + annotations + categories, written when the run finishes
+                        (or rebuilt from segments.jsonl by `streamer export-json DIR`)
+Each PNG is written under a temporary name and renamed, and its line in segments.jsonl is
+written after it, so every line names a complete PNG.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+
+from .errors import InputNotFound, StreamerError
+from .frames import Category, Panoptic, Segment
+
+log = logging.getLogger(__name__)
+
+PNG_DIR = "panoptic"
+LINES = "segments.jsonl"
+CATEGORIES = "categories.json"
+COCO_JSON = "panoptic.json"
+
+
+def id_to_rgb(ids: np.ndarray) -> np.ndarray:
+    """H x W segment ids -> H x W x 3 uint8 RGB with id = R + 256*G + 256*256*B."""
+    ids = ids.astype(np.uint32)
+    return np.stack([ids & 255, (ids >> 8) & 255, (ids >> 16) & 255], axis=-1).astype(np.uint8)
+
+
+def rgb_to_id(rgb: np.ndarray) -> np.ndarray:
+    rgb = rgb.astype(np.uint32)
+    return rgb[..., 0] + 256 * rgb[..., 1] + 256 * 256 * rgb[..., 2]
+
+
+def segment_info(segment: Segment) -> dict[str, Any]:
+    info: dict[str, Any] = {
+        "id": segment.id,
+        "category_id": segment.category_id,
+        "area": segment.area,
+        "bbox": list(segment.bbox),
+        "iscrowd": 0,
+    }
+    if segment.score is not None:
+        info["score"] = round(segment.score, 4)
+    if segment.track_id is not None:
+        info["track_id"] = segment.track_id
+    return info
+
+
+def category_info(category: Category) -> dict[str, Any]:
+    return {
+        "id": category.id,
+        "name": category.name,
+        "isthing": int(category.isthing),
+        "color": list(category.color),
+        "supercategory": "thing" if category.isthing else "stuff",
+    }
+
+
+def write_atomic(path: Path, data: bytes) -> None:
+    temporary = path.with_name(f".{path.name}.tmp")
+    with open(temporary, "wb") as handle:
+        handle.write(data)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(temporary, path)
+
+
+class PanopticExport:
+    """A sink output writing every result in COCO panoptic format."""
+
+    def __init__(self, folder: str | Path, categories: tuple[Category, ...]):
+        self.folder = Path(folder)
+        try:
+            (self.folder / PNG_DIR).mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise StreamerError(f"{self.folder}: cannot create the export folder: {exc.strerror}") from None
+        if (self.folder / LINES).exists():
+            raise StreamerError(f"{self.folder}: already holds an export; choose an empty folder")
+        write_atomic(self.folder / CATEGORIES, json.dumps([category_info(c) for c in categories], indent=1).encode())
+        self._lines = open(self.folder / LINES, "a", encoding="utf-8")
+        self.frames = 0
+
+    def write(self, result: Panoptic, rendered: np.ndarray) -> None:
+        frame = result.frame
+        name = f"{frame.index:06d}.png"
+        target = self.folder / PNG_DIR / name
+        temporary = target.with_name(f".{frame.index:06d}.tmp.png")
+        if not cv2.imwrite(str(temporary), id_to_rgb(result.panoptic_map)[..., ::-1]):
+            raise StreamerError(f"{temporary}: cannot write the PNG (disk full or not writable?)")
+        os.replace(temporary, target)
+        height, width = result.panoptic_map.shape
+        line = {
+            "image_id": frame.index,
+            "file_name": name,
+            "width": width,
+            "height": height,
+            "source_id": frame.source_id,
+            "pts_ms": round(frame.pts_ms, 3),
+            "segments_info": [segment_info(s) for s in result.segments],
+        }
+        self._lines.write(json.dumps(line) + "\n")
+        self._lines.flush()
+        self.frames += 1
+
+    def close(self) -> None:
+        self._lines.close()
+        build_coco_json(self.folder)
+        log.info("exported %d frames to %s", self.frames, self.folder)
+
+
+def build_coco_json(folder: str | Path) -> int:
+    """Write panoptic.json from segments.jsonl and categories.json; returns the frame count.
+
+    A last line cut short by a crash is skipped, as is a line whose PNG is missing.
+    """
+    folder = Path(folder)
+    if not (folder / LINES).is_file() or not (folder / CATEGORIES).is_file():
+        raise InputNotFound(f"{folder}: no export here ({LINES} and {CATEGORIES} are needed)")
+    categories = json.loads((folder / CATEGORIES).read_text(encoding="utf-8"))
+    images, annotations = [], []
+    for number, text in enumerate((folder / LINES).read_text(encoding="utf-8").splitlines(), start=1):
+        try:
+            line = json.loads(text)
+        except json.JSONDecodeError:
+            log.warning("%s line %d: incomplete (cut off by a crash?), skipped", folder / LINES, number)
+            continue
+        if not (folder / PNG_DIR / line["file_name"]).is_file():
+            log.warning("%s: missing, frame %s skipped", line["file_name"], line["image_id"])
+            continue
+        images.append({
+            "id": line["image_id"],
+            "file_name": line["file_name"].replace(".png", ".jpg"),
+            "width": line["width"],
+            "height": line["height"],
+        })
+        annotations.append({"image_id": line["image_id"], "file_name": line["file_name"], "segments_info": line["segments_info"]})
+    coco = {"info": {"description": "streamer panoptic export"}, "images": images, "annotations": annotations, "categories": categories}
+    write_atomic(folder / COCO_JSON, json.dumps(coco).encode())
+    return len(images)
