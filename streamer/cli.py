@@ -5,6 +5,7 @@ Every expected failure ends as one log line and a documented exit code (see erro
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import sys
 import time
@@ -39,6 +40,14 @@ def build_parser() -> argparse.ArgumentParser:
     synth.add_argument("--fps", type=float, default=15.0)
     synth.add_argument("--out", required=True, metavar="DIR", help="gets video.mp4, panoptic/*.png and panoptic.json")
     synth.set_defaults(handler=cmd_synth)
+
+    evaluate = commands.add_parser("eval", help="panoptic quality (PQ) of the models on synthetic scenes with ground truth")
+    add_config_arguments(evaluate)
+    evaluate.add_argument("--source", required=True, metavar="URI", help="synthetic:street?seed=S&frames=N (use seeds >= 1000: never trained on)")
+    evaluate.add_argument("--device", metavar="DEV", help="auto, cpu, cuda or cuda:N")
+    evaluate.add_argument("--json", action="store_true", help="print the results as JSON instead of tables")
+    evaluate.add_argument("--export-dir", metavar="DIR", help="also write the fused predictions in COCO panoptic format")
+    evaluate.set_defaults(handler=cmd_eval)
 
     rebuild = commands.add_parser("export-json", help="rebuild panoptic.json of an export folder (after a crash)")
     rebuild.add_argument("folder", metavar="DIR")
@@ -113,6 +122,17 @@ def cmd_synth(args: argparse.Namespace) -> int:
         video.close()
         export.close()
     log.info("wrote %d frames of synthetic:street?seed=%d to %s", args.frames, args.seed, out)
+    return EXIT_OK
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    overrides = [f"source.uri={quote(args.source)}"] + ([f"runtime.device={quote(args.device)}"] if args.device else [])
+    config = load_config(args.config, overrides + list(args.set))
+    configure_logging(args.log_level or config.runtime.log_level)
+    from .scoring import evaluate_synthetic
+
+    report = evaluate_synthetic(config, args.export_dir)
+    sys.stdout.write(json.dumps(report.to_dict(), indent=1) + "\n" if args.json else report.text() + "\n")
     return EXIT_OK
 
 

@@ -311,3 +311,27 @@ def _numpy(array: Any) -> np.ndarray:
     if hasattr(array, "detach"):
         array = array.detach().cpu().numpy()
     return np.asarray(array)
+
+
+# --------------------------------------------------------------------------------------------
+# scoring a model on a synthetic scene
+
+
+METHODS = ("fused", "naive", "semantic_only")
+
+
+def gt_remap(gt_categories: Iterable[Category], categories: Iterable[Category]) -> np.ndarray:
+    """Ground-truth category id -> the configured category id of the same name."""
+    by_name = {c.name: c.id for c in categories}
+    gt_categories = list(gt_categories)
+    missing = [c.name for c in gt_categories if c.name not in by_name]
+    if missing:
+        raise ValueError(f"the configured classes lack {', '.join(missing)}, which the ground truth uses")
+    lut = np.zeros(max(c.id for c in gt_categories) + 1, np.int64)
+    for c in gt_categories:
+        lut[c.id] = by_name[c.name]
+    return lut
+
+
+def relabel(panoptic: np.ndarray, lut: np.ndarray, label_divisor: int = LABEL_DIVISOR) -> np.ndarray:
+    return lut[panoptic // label_divisor] * label_divisor + panoptic % label_divisor
