@@ -6,6 +6,8 @@ Layout of an export folder:
   categories.json       the category table, written first
   panoptic.json         images + annotations + categories, written when the run finishes
                         (or rebuilt from segments.jsonl by `streamer export-json DIR`)
+The frames themselves are not exported; `images[].file_name` is the conventional NNNNNN.jpg of
+frame NNNNNN of the source.
 Each PNG is written under a temporary name and renamed, and its line in segments.jsonl is
 written after it, so every line names a complete PNG.
 """
@@ -67,7 +69,18 @@ def category_info(category: Category) -> dict[str, Any]:
     }
 
 
+def _complete_png(path: Path) -> bool:
+    """The file exists and ends with PNG's IEND chunk (a cut-off write does not)."""
+    try:
+        with open(path, "rb") as handle:
+            handle.seek(-12, os.SEEK_END)
+            return handle.read(12)[4:8] == b"IEND"
+    except OSError:
+        return False
+
+
 def write_atomic(path: Path, data: bytes) -> None:
+    """Write to a hidden temporary file beside `path`, fsync, rename: `path` is always whole."""
     temporary = path.with_name(f".{path.name}.tmp")
     with open(temporary, "wb") as handle:
         handle.write(data)
@@ -77,28 +90,37 @@ def write_atomic(path: Path, data: bytes) -> None:
 
 
 class PanopticExport:
-    """A sink output writing every result in COCO panoptic format."""
+    """A sink output writing every result in COCO panoptic format.
+
+    Nothing is written before the first frame, so a run that fails at start-up leaves no export
+    behind that would block its retry.
+    """
 
     def __init__(self, folder: str | Path, categories: tuple[Category, ...]):
         self.folder = Path(folder)
+        self.categories = categories
+        self.frames = 0
+        self._lines = None
+        if (self.folder / LINES).exists() or (self.folder / COCO_JSON).exists() or any((self.folder / PNG_DIR).glob("*.png")):
+            raise StreamerError(f"{self.folder}: already holds an export; choose an empty folder")
+
+    def _open(self) -> None:
         try:
             (self.folder / PNG_DIR).mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise StreamerError(f"{self.folder}: cannot create the export folder: {exc.strerror}") from None
-        if (self.folder / LINES).exists():
-            raise StreamerError(f"{self.folder}: already holds an export; choose an empty folder")
-        write_atomic(self.folder / CATEGORIES, json.dumps([category_info(c) for c in categories], indent=1).encode())
+        write_atomic(self.folder / CATEGORIES, json.dumps([category_info(c) for c in self.categories], indent=1).encode())
         self._lines = open(self.folder / LINES, "a", encoding="utf-8")
-        self.frames = 0
 
     def write(self, result: Panoptic, rendered: np.ndarray) -> None:
+        if self._lines is None:
+            self._open()
         frame = result.frame
         name = f"{frame.index:06d}.png"
-        target = self.folder / PNG_DIR / name
-        temporary = target.with_name(f".{frame.index:06d}.tmp.png")
-        if not cv2.imwrite(str(temporary), id_to_rgb(result.panoptic_map)[..., ::-1]):
-            raise StreamerError(f"{temporary}: cannot write the PNG (disk full or not writable?)")
-        os.replace(temporary, target)
+        ok, png = cv2.imencode(".png", id_to_rgb(result.panoptic_map)[..., ::-1])
+        if not ok:
+            raise StreamerError(f"frame {frame.index}: cannot encode the panoptic PNG")
+        write_atomic(self.folder / PNG_DIR / name, png.tobytes())
         height, width = result.panoptic_map.shape
         line = {
             "image_id": frame.index,
@@ -114,6 +136,9 @@ class PanopticExport:
         self.frames += 1
 
     def close(self) -> None:
+        if self._lines is None:
+            log.warning("%s: no frame was processed, so nothing was exported", self.folder)
+            return
         self._lines.close()
         build_coco_json(self.folder)
         log.info("exported %d frames to %s", self.frames, self.folder)
@@ -132,19 +157,19 @@ def build_coco_json(folder: str | Path) -> int:
     for number, text in enumerate((folder / LINES).read_text(encoding="utf-8").splitlines(), start=1):
         try:
             line = json.loads(text)
-        except json.JSONDecodeError:
-            log.warning("%s line %d: incomplete (cut off by a crash?), skipped", folder / LINES, number)
+            png = folder / PNG_DIR / line["file_name"]
+            image = {"id": line["image_id"], "file_name": Path(line["file_name"]).stem + ".jpg", "width": line["width"], "height": line["height"]}
+            annotation = {"image_id": line["image_id"], "file_name": line["file_name"], "segments_info": line["segments_info"]}
+        except (json.JSONDecodeError, KeyError, TypeError):
+            log.warning("%s line %d: incomplete or damaged (cut off by a crash?), skipped", folder / LINES, number)
             continue
-        if not (folder / PNG_DIR / line["file_name"]).is_file():
-            log.warning("%s: missing, frame %s skipped", line["file_name"], line["image_id"])
+        if not _complete_png(png):
+            log.warning("%s: missing or incomplete, frame %s skipped", png, line["image_id"])
             continue
-        images.append({
-            "id": line["image_id"],
-            "file_name": line["file_name"].replace(".png", ".jpg"),
-            "width": line["width"],
-            "height": line["height"],
-        })
-        annotations.append({"image_id": line["image_id"], "file_name": line["file_name"], "segments_info": line["segments_info"]})
+        images.append(image)
+        annotations.append(annotation)
+    for leftover in (folder / PNG_DIR).glob(".*.tmp"):  # a write cut off by a crash
+        leftover.unlink()
     coco = {"info": {"description": "streamer panoptic export"}, "images": images, "annotations": annotations, "categories": categories}
     write_atomic(folder / COCO_JSON, json.dumps(coco).encode())
     return len(images)

@@ -79,7 +79,7 @@ class Renderer:
 
 
 def instance_boundaries(panoptic: np.ndarray, divisor: int) -> np.ndarray:
-    """Boolean H x W: pixels of a thing segment that touch a different segment to the right or below."""
+    """Boolean H x W: pixels of a thing segment that touch a different segment (4-neighbourhood)."""
     is_instance = panoptic % divisor > 0
     edges = np.zeros(panoptic.shape, dtype=bool)
     horizontal = panoptic[:, 1:] != panoptic[:, :-1]
