@@ -17,6 +17,7 @@ import torchvision
 from torchvision.models.detection import MaskRCNN_ResNet50_FPN_V2_Weights, MaskRCNN_ResNet50_FPN_Weights
 
 from . import config as cfg
+from . import demo_models
 from .errors import InputNotFound, StreamerError, UsageError
 from .frames import Category
 
@@ -102,6 +103,10 @@ def build_semantic(settings: cfg.SemanticModel) -> torch.nn.Module:
 
     classes = len(settings.classes)
     weights = settings.weights
+    if weights == "demo":
+        model = demo_models.build_demo_semantic(classes)
+        load_weights(model, read_state_dict(demo_models.SEMANTIC_FILE), "demo semantic weights")
+        return model
     if weights != "none" and not _is_weights_file(weights):
         return _semantic_from_pretrained(weights, classes)
     try:
@@ -144,6 +149,12 @@ def coco_cache_file(arch: str) -> Path:
 
 def build_instance(settings: cfg.InstanceModel) -> tuple[torch.nn.Module, list[str]]:
     """The Mask R-CNN and the class names its labels index."""
+    if settings.weights == "demo":
+        model, names = demo_models.build_demo_instance(
+            settings.min_size, settings.max_size, settings.score_threshold, settings.detections_per_image
+        )
+        load_weights(model, read_state_dict(demo_models.INSTANCE_FILE), "demo instance weights")
+        return model, names
     builder = getattr(torchvision.models.detection, settings.arch)
     model = builder(
         weights=None,
@@ -172,7 +183,7 @@ def category_lookup(class_names: list[str], class_map: dict[str, str], categorie
     by_name = {c.name: c.id for c in categories}
     unknown = sorted(set(class_map) - set(class_names))
     if unknown:
-        raise cfg.ConfigError(f"models.instance.class_map: unknown instance class(es): {', '.join(unknown)}")
+        log.info("models.instance.class_map: the instance model has no class %s; those entries are unused", ", ".join(unknown))
     return torch.tensor([by_name.get(class_map.get(name, ""), 0) for name in class_names], dtype=torch.long)
 
 
