@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from fractions import Fraction
@@ -108,3 +109,15 @@ def popen_cli(*args: str, env: dict[str, str] | None = None, cwd: Path | None = 
 
 def error_lines(stderr: str) -> list[str]:
     return [line for line in stderr.splitlines() if " ERROR " in line or "error:" in line]
+
+
+def the_error(result, code: int) -> str:
+    """Assert the exit code, one ERROR line and no traceback; return the message after the logger name."""
+    detail = f"exit {result.returncode}\n--- stderr ---\n{result.stderr}\n--- stdout ---\n{result.stdout[-2000:]}"
+    assert result.returncode == code, detail
+    assert "Traceback" not in result.stderr, detail
+    lines = error_lines(result.stderr)
+    assert len(lines) == 1, detail
+    match = re.search(r" ERROR streamer[\w.]*: (.+)$", lines[0])
+    assert match, detail  # our logger's line, not argparse's or a library's complaint
+    return match.group(1)

@@ -17,21 +17,9 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from conftest import cli_env, error_lines, run_cli
+from conftest import cli_env, error_lines, run_cli, the_error
 
 EXIT_FAILURE, EXIT_USAGE, EXIT_NOINPUT = 1, 2, 66
-
-
-def the_error(result, code: int) -> str:
-    """Assert the exit code, one ERROR line and no traceback; return the message after the logger name."""
-    detail = f"exit {result.returncode}\n--- stderr ---\n{result.stderr}\n--- stdout ---\n{result.stdout[-2000:]}"
-    assert result.returncode == code, detail
-    assert "Traceback" not in result.stderr, detail
-    lines = error_lines(result.stderr)
-    assert len(lines) == 1, detail
-    match = re.search(r" ERROR streamer[\w.]*: (.+)$", lines[0])
-    assert match, detail  # our logger's line, not argparse's or a library's complaint
-    return match.group(1)
 
 
 def run_fast(config: Path, source: Path | str, *args: str, env: dict[str, str] | None = None):

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import ROOT, error_lines, run_cli
+from conftest import ROOT, error_lines, run_cli, the_error
 
 EXIT_NOINPUT, EXIT_CONFIG = 66, 78
 PACKAGED = ROOT / "streamer" / "default_config.yaml"
@@ -19,18 +19,6 @@ MINIMAL = {
     "source": {"uri": "clip.mp4"},
     "models": {"semantic": {"classes": [{"name": "road", "color": [1, 2, 3]}]}},
 }
-
-
-def the_error(result, code: int) -> str:
-    """Assert the exit code, one ERROR line and no traceback; return the message after the logger name."""
-    detail = f"exit {result.returncode}\n--- stderr ---\n{result.stderr}\n--- stdout ---\n{result.stdout[-2000:]}"
-    assert result.returncode == code, detail
-    assert "Traceback" not in result.stderr, detail
-    lines = error_lines(result.stderr)
-    assert len(lines) == 1, detail
-    match = re.search(r" ERROR streamer[\w.]*: (.+)$", lines[0])
-    assert match, detail
-    return match.group(1)
 
 
 def write_yaml(path: Path, data) -> Path:
