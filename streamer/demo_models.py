@@ -21,8 +21,8 @@ SEMANTIC_FILE = DEMO_DIR / "demo_semantic.safetensors"
 INSTANCE_FILE = DEMO_DIR / "demo_instance.safetensors"
 
 SEMANTIC_ARCH = "Unet"
-SEMANTIC_ENCODER = "tu-mobilenetv3_large_100"
-SEMANTIC_DECODER_CHANNELS = (96, 64, 48, 32, 16)
+SEMANTIC_ENCODER = "tu-mobilenetv3_large_075"
+SEMANTIC_DECODER_CHANNELS = (64, 48, 32, 24, 16)
 INSTANCE_CLASSES = ["__background__", "car", "person"]
 FPN_CHANNELS = 96
 
@@ -34,11 +34,13 @@ DEMO_SETTINGS: dict = {
     "instance_max_size": 960,
     "score_threshold": 0.5,
     "detections_per_image": 100,
+    # models.instance.class_map: the demo Mask R-CNN's class names are the panoptic category names
+    "class_map": {"car": "car", "person": "person"},
 }
 
 
 def build_demo_semantic(num_classes: int = 6) -> nn.Module:
-    """Unet with a MobileNetV3-Large encoder (random init) and a slim decoder."""
+    """Unet with a MobileNetV3-Large-0.75 encoder (random init) and a slim decoder."""
     import segmentation_models_pytorch as smp
 
     return smp.create_model(
