@@ -49,6 +49,9 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--export-dir", metavar="DIR", help="also write the fused predictions in COCO panoptic format")
     evaluate.set_defaults(handler=cmd_eval)
 
+    # Listed for --help; main() hands its arguments to streamer.train_demo untouched.
+    commands.add_parser("train-demo", help="train the bundled demo models from scratch (see streamer/weights/MODEL_CARD.md)")
+
     rebuild = commands.add_parser("export-json", help="rebuild panoptic.json of an export folder (after a crash)")
     rebuild.add_argument("folder", metavar="DIR")
     rebuild.set_defaults(handler=cmd_export_json)
@@ -174,6 +177,12 @@ def configure_logging(level: str = "info") -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["train-demo"]:
+        from .train_demo import main as train_demo
+
+        configure_logging("info")
+        return train_demo(argv[1:])
     parser = build_parser()
     args = parser.parse_args(argv)
     configure_logging(getattr(args, "log_level", None) or "info")
