@@ -1,15 +1,45 @@
-"""Capture thread: read a source into a bounded queue under its buffer policy."""
+"""Capture thread: read a source into a bounded queue under its buffer policy, and keep a live
+source alive: reconnect with backoff, abandon a read that hangs, log every state change.
+
+The blocking `read()` runs in a helper thread that can be left behind: OpenCV may block inside
+FFmpeg for several times its read timeout on a stalled stream, and the pipeline must not wait.
+"""
 from __future__ import annotations
 
+import enum
 import logging
 import queue
+import random
+import threading
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 
 from . import control as ctl
+from .errors import StreamerError
 from .frames import Frame
 from .sources import Reader
 
 log = logging.getLogger(__name__)
+
+
+class State(enum.Enum):
+    CONNECTING = "connecting"
+    STREAMING = "streaming"
+    RECONNECTING = "reconnecting"
+    ENDED = "ended"
+
+
+@dataclass(frozen=True)
+class Liveness:
+    """Watchdog and reconnect settings of one source."""
+
+    live: bool
+    stall_timeout_s: float = 15.0
+    max_attempts: int | None = None  # reconnect attempts in a row; None = forever
+    initial_delay_s: float = 1.0
+    max_delay_s: float = 30.0
+    healthy_after_s: float = 30.0
 
 
 def effective_policy(policy: str, live: bool) -> str:
@@ -17,6 +47,41 @@ def effective_policy(policy: str, live: bool) -> str:
     if policy != "auto":
         return policy
     return "drop_oldest" if live else "block"
+
+
+def backoff_delay(attempt: int, initial: float, maximum: float, rng: random.Random) -> float:
+    """Exponential backoff with jitter: attempt 0, 1, 2... waits about initial * 2**attempt, capped,
+    drawn from [half, full] of that so that many cameras do not retry in lockstep."""
+    ceiling = min(maximum, initial * 2 ** min(attempt, 30))
+    return rng.uniform(ceiling / 2, ceiling)
+
+
+class LiveClock:
+    """Timestamps for a live source that survive reconnects.
+
+    Within one connection the stream's own PTS is used (smooth), shifted so that the connection's
+    first frame sits at its wall-clock time since the session started; a stream without usable
+    PTS falls back to wall-clock time. An outage therefore shows as a gap, never as a jump back.
+    """
+
+    def __init__(self) -> None:
+        self._session_start = time.monotonic()
+        self._offset: float | None = None
+        self._last = -1.0
+
+    def new_connection(self) -> None:
+        self._offset = None
+
+    def stamp(self, stream_pts: float, captured_mono: float) -> float:
+        wall = (captured_mono - self._session_start) * 1000.0
+        if self._offset is None:
+            self._offset = wall - stream_pts
+        pts = stream_pts + self._offset
+        if pts <= self._last or abs(pts - wall) > 2000.0:  # PTS went back or drifted: re-anchor
+            self._offset = wall - stream_pts
+            pts = max(wall, self._last + 1.0)
+        self._last = pts
+        return pts
 
 
 def offer(frames: queue.Queue, frame: Frame, policy: str, control: ctl.Control, stats: ctl.Stats) -> bool:
@@ -50,31 +115,174 @@ def _drop_all(frames: queue.Queue, stats: ctl.Stats, cause: str) -> None:
         _drop_one(frames, stats, cause)
 
 
-def capture_loop(
-    reader: Reader,
-    source_id: str,
-    frames: queue.Queue,
-    policy: str,
-    control: ctl.Control,
-    stats: ctl.Stats,
-    max_frames: int | None = None,
-) -> None:
-    """Read until the source ends, max_frames, a stop or an abort; always ends with END."""
+class _ReadError:
+    def __init__(self, exc: BaseException):
+        self.exc = exc
+
+
+def _read_ahead(reader: Reader, handoff: queue.Queue, alive: threading.Event) -> None:
+    """Helper thread: read frames into `handoff` until the source ends or this reader is abandoned."""
     try:
-        while not control.stop.is_set() and not control.abort.is_set():
-            if max_frames is not None and stats.read >= max_frames:
-                break
+        while alive.is_set():
             item = reader.read()
+            while alive.is_set():
+                try:
+                    handoff.put(item, timeout=ctl.POLL_S)
+                    break
+                except queue.Full:
+                    continue
             if item is None:
-                log.info("%s: end of stream after %d frames", reader.description, stats.read)
-                break
-            image, pts_ms = item
-            frame = Frame(source_id, stats.read, image, pts_ms, time.time(), time.monotonic())
-            stats.read += 1
-            if not offer(frames, frame, policy, control, stats):
-                break
-    except Exception as exc:  # noqa: BLE001 - the run fails, but the frames already read are finished
-        control.fail("capture", exc, abort=False)
+                return
+    except Exception as exc:  # noqa: BLE001 - handed to the capture thread, which decides
+        handoff.put(_ReadError(exc))
     finally:
         reader.close()
-        ctl.put(frames, ctl.END, control)
+
+
+class Capture:
+    """One source's capture thread body: connect, stream, and for live sources reconnect."""
+
+    def __init__(
+        self,
+        open_reader: Callable[[], Reader],
+        source_id: str,
+        description: str,
+        frames: queue.Queue,
+        policy: str,
+        liveness: Liveness,
+        control: ctl.Control,
+        stats: ctl.Stats,
+        max_frames: int | None = None,
+        seed: int | None = None,
+    ):
+        self.open_reader = open_reader
+        self.source_id = source_id
+        self.description = description
+        self.frames = frames
+        self.policy = policy
+        self.liveness = liveness
+        self.control = control
+        self.stats = stats
+        self.max_frames = max_frames
+        self.state = State.CONNECTING
+        self.reconnects = 0
+        self._rng = random.Random(seed)
+        self._clock = LiveClock()
+        self._down_since: float | None = None
+
+    def run(self) -> None:
+        """Always ends by putting END on the queue."""
+        try:
+            self._run()
+        except Exception as exc:  # noqa: BLE001 - the run fails, but the frames already read are finished
+            self.control.fail("capture", exc, abort=False)
+        finally:
+            self._set_state(State.ENDED)
+            ctl.put(self.frames, ctl.END, self.control)
+
+    def _stopping(self) -> bool:
+        return self.control.stop.is_set() or self.control.abort.is_set() or self._enough()
+
+    def _enough(self) -> bool:
+        return self.max_frames is not None and self.stats.read >= self.max_frames
+
+    def _run(self) -> None:
+        attempt = 0
+        first = True
+        while not self._stopping():
+            try:
+                reader = self.open_reader()
+            except StreamerError as exc:
+                if first and not self.liveness.live:
+                    raise
+                if not self._wait_before_retry(attempt, exc):
+                    return
+                attempt += 1
+                continue
+            first = False
+            self._set_state(State.STREAMING)
+            self._clock.new_connection()
+            connected = time.monotonic()
+            outcome = self._pump(reader)
+            if outcome == "ended" and not self.liveness.live:
+                log.info("%s: end of stream after %d frames", self.description, self.stats.read)
+                return
+            if outcome == "stopped":
+                return
+            if time.monotonic() - connected >= self.liveness.healthy_after_s:
+                attempt = 0
+            self._down_since = time.monotonic()
+            self.reconnects += 1
+            self.stats.reconnects += 1
+            self._set_state(State.RECONNECTING)
+            if not self._wait_before_retry(attempt, None):
+                return
+            attempt += 1
+
+    def _wait_before_retry(self, attempt: int, error: StreamerError | None) -> bool:
+        """Sleep the backoff delay (interruptibly); False when attempts are exhausted or we stop."""
+        if self._down_since is None:
+            self._down_since = time.monotonic()
+        limit = self.liveness.max_attempts
+        if limit is not None and attempt >= limit:
+            raise StreamerError(f"{self.description}: gave up after {attempt} reconnect attempt(s)" + (f": {error}" if error else ""))
+        delay = backoff_delay(attempt, self.liveness.initial_delay_s, self.liveness.max_delay_s, self._rng)
+        if error is not None:
+            log.warning("%s: %s; retrying in %.1f s (attempt %d)", self.source_id, error, delay, attempt + 1)
+        else:
+            log.info("%s: reconnecting in %.1f s (attempt %d)", self.source_id, delay, attempt + 1)
+        deadline = time.monotonic() + delay
+        while time.monotonic() < deadline:
+            if self._stopping():
+                return False
+            time.sleep(min(ctl.POLL_S, max(0.0, deadline - time.monotonic())))
+        return True
+
+    def _pump(self, reader: Reader) -> str:
+        """Move frames from a connected reader to the queue. Returns ended | stalled | failed | stopped."""
+        handoff: queue.Queue = queue.Queue(maxsize=1)
+        alive = threading.Event()
+        alive.set()
+        threading.Thread(target=_read_ahead, args=(reader, handoff, alive), name=f"read-{self.source_id}", daemon=True).start()
+        try:
+            last_frame = time.monotonic()
+            while not self._stopping():
+                try:
+                    item = handoff.get(timeout=ctl.POLL_S)
+                except queue.Empty:
+                    stalled_for = time.monotonic() - last_frame
+                    if self.liveness.live and stalled_for > self.liveness.stall_timeout_s:
+                        log.warning("%s: no frame for %.1f s: abandoning the stalled connection", self.source_id, stalled_for)
+                        return "stalled"
+                    continue
+                if item is None:
+                    if self.liveness.live:
+                        log.warning("%s: the stream ended", self.source_id)
+                    return "ended"
+                if isinstance(item, _ReadError):
+                    if not self.liveness.live:
+                        raise item.exc
+                    log.warning("%s: read failed: %s", self.source_id, item.exc)
+                    return "failed"
+                last_frame = time.monotonic()
+                if not self._emit(*item, captured_mono=last_frame):
+                    return "stopped"
+            return "stopped"
+        finally:
+            alive.clear()  # the helper thread exits (and closes the reader) as soon as its read returns
+
+    def _emit(self, image, stream_pts: float, captured_mono: float) -> bool:
+        pts = self._clock.stamp(stream_pts, captured_mono) if self.liveness.live else stream_pts
+        frame = Frame(self.source_id, self.stats.read, image, pts, time.time(), captured_mono)
+        self.stats.read += 1
+        return offer(self.frames, frame, self.policy, self.control, self.stats)
+
+    def _set_state(self, state: State) -> None:
+        if state == self.state:
+            return
+        outage = ""
+        if state == State.STREAMING and self._down_since is not None:
+            outage = f" after an outage of {time.monotonic() - self._down_since:.1f} s"
+            self._down_since = None
+        log.info("%s: %s -> %s%s (%s)", self.source_id, self.state.value, state.value, outage, self.description)
+        self.state = state

@@ -94,12 +94,31 @@ class Fusion(Strict):
     label_divisor: int = Field(default=LABEL_DIVISOR, ge=2)
 
 
+class Reconnect(Strict):
+    max_attempts: int | None = Field(default=None, ge=1)  # None: forever
+    initial_delay_s: float = Field(default=1.0, gt=0)
+    max_delay_s: float = Field(default=30.0, gt=0)
+    healthy_after_s: float = Field(default=30.0, gt=0)  # streaming this long resets the backoff
+
+    @model_validator(mode="after")
+    def _ordered(self) -> Reconnect:
+        if self.max_delay_s < self.initial_delay_s:
+            raise ValueError(f"max_delay_s ({self.max_delay_s}) must not be below initial_delay_s ({self.initial_delay_s})")
+        return self
+
+
 class Source(Strict):
     uri: str = Field(min_length=1)
     id: str = Field(default="cam0", pattern=r"^[A-Za-z0-9_.-]{1,64}$")
     buffer: Literal["auto", "block", "drop_oldest", "latest"] = "auto"  # auto: block for files, drop_oldest for live
     queue_size: int = Field(default=4, ge=1, le=1024)
     fps: float | None = Field(default=None, gt=0)  # frame rate for image folders, or to override a bad header
+    # Live sources (cameras, rtsp/http streams):
+    open_timeout_s: float = Field(default=10.0, gt=0)
+    read_timeout_s: float = Field(default=5.0, gt=0)
+    stall_timeout_s: float = Field(default=15.0, gt=0)  # no frame for this long: abandon and reopen
+    rtsp_transport: Literal["tcp", "udp"] = "tcp"
+    reconnect: Reconnect = Reconnect()
 
     @field_validator("uri", mode="before")
     @classmethod

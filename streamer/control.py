@@ -86,6 +86,7 @@ class Stats:
 
     read: int = 0
     processed: int = 0
+    reconnects: int = 0
     dropped: collections.Counter = field(default_factory=collections.Counter)  # cause -> frames
     latencies: collections.deque = field(default_factory=lambda: collections.deque(maxlen=1000))  # seconds
     started: float = field(default_factory=time.monotonic)

@@ -17,14 +17,14 @@ from dataclasses import dataclass
 import torch
 
 from . import control as ctl
-from .capture import capture_loop, effective_policy
+from .capture import Capture, Liveness, effective_policy
 from .config import Config
 from .export import PanopticExport
 from .fusion import FusionParams
 from .models import PanopticModels, resolve_device
 from .render import Renderer
 from .sinks import DisplayOutput, VideoOutput, Window, require_display, sink_loop
-from .sources import open_source
+from .sources import DEFAULT_FPS, LiveOptions, Reader, is_live, open_source, redact_uri
 from .worker import worker_loop
 
 log = logging.getLogger(__name__)
@@ -51,6 +51,14 @@ class RunSummary:
     dropped: dict[str, int]
 
 
+def _once(reader: Reader):
+    """An opener that hands out an already opened reader, once."""
+    def opener() -> Reader:
+        return reader
+
+    return opener
+
+
 class Pipeline:
     def __init__(self, config: Config):
         self.config = config
@@ -62,12 +70,18 @@ class Pipeline:
         config = self.config
         if config.output.display:
             require_display()  # before anything slow, and before OpenCV could abort the process
-        reader = open_source(config.source.uri, config.source.fps)
+        source = config.source
+        live_options = LiveOptions(source.open_timeout_s, source.read_timeout_s, source.rtsp_transport)
+        live = is_live(source.uri)
+        # A file is opened now, so a bad one fails before the models load; a live source is
+        # connected by its capture thread, which keeps retrying while the camera is away.
+        reader = None if live else open_source(source.uri, source.fps, live_options)
+        fps = reader.fps if reader else (source.fps or DEFAULT_FPS)
         try:
             categories = config.categories()
             outputs = []
             if config.output.video:
-                outputs.append(VideoOutput(config.output.video, reader.fps))
+                outputs.append(VideoOutput(config.output.video, fps))
             if config.output.export_dir:
                 outputs.append(PanopticExport(config.output.export_dir, categories))
             if config.runtime.torch_threads:
@@ -77,23 +91,29 @@ class Pipeline:
             models = PanopticModels(config.models, categories, device, config.runtime.half)
             log.info("models ready on %s in %.1f s", device, time.monotonic() - started)
         except BaseException:
-            reader.close()
+            if reader:
+                reader.close()
             raise
         display = DisplayOutput() if config.output.display else None
         if display:
             outputs.append(display)
         renderer = Renderer(categories, config.fusion.label_divisor, config.render.alpha, config.render.contours, config.render.labels)
-        policy = effective_policy(config.source.buffer, reader.live)
+        policy = effective_policy(source.buffer, live)
         frames: queue.Queue = queue.Queue(maxsize=config.source.queue_size)
         results: queue.Queue = queue.Queue(maxsize=RESULT_QUEUE_SIZE)
-        log.info("reading %s (%s, %.3g fps, buffer %s)", reader.description, "live" if reader.live else "file", reader.fps, policy)
+        description = reader.description if reader else redact_uri(source.uri)
+        log.info("reading %s (%s, buffer %s)", description, "live" if live else "file", policy)
+        reconnect = source.reconnect
+        capture = Capture(
+            (lambda: open_source(source.uri, source.fps, live_options)) if live else _once(reader),
+            source.id, description, frames, policy,
+            Liveness(live, source.stall_timeout_s, reconnect.max_attempts, reconnect.initial_delay_s,
+                     reconnect.max_delay_s, reconnect.healthy_after_s),
+            self.control, self.stats, config.runtime.max_frames,
+        )
 
         threads = [
-            threading.Thread(
-                target=capture_loop,
-                args=(reader, config.source.id, frames, policy, self.control, self.stats, config.runtime.max_frames),
-                name="capture", daemon=True,
-            ),
+            threading.Thread(target=capture.run, name="capture", daemon=True),
             threading.Thread(
                 target=worker_loop, args=(models, fusion_params(config), frames, results, self.control),
                 name="worker", daemon=True,

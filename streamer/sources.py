@@ -8,7 +8,9 @@ from __future__ import annotations
 import glob
 import logging
 import math
+import os
 import re
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -116,6 +118,38 @@ class ImageFilesReader:
 
 
 @dataclass(frozen=True)
+class LiveOptions:
+    """How live sources (cameras, streams) are opened."""
+
+    open_timeout_s: float = 10.0
+    read_timeout_s: float = 5.0
+    rtsp_transport: str = "tcp"  # tcp | udp
+
+
+_FFMPEG_OPTIONS = "OPENCV_FFMPEG_CAPTURE_OPTIONS"
+_ffmpeg_env_lock = threading.Lock()  # OpenCV reads that variable (process-wide) when a capture opens
+
+
+def open_stream(uri: str, options: LiveOptions) -> cv2.VideoCapture:
+    """An FFmpeg-backend capture with explicit open/read timeouts and this stream's RTSP transport."""
+    params = [
+        cv2.CAP_PROP_OPEN_TIMEOUT_MSEC, int(options.open_timeout_s * 1000),
+        cv2.CAP_PROP_READ_TIMEOUT_MSEC, int(options.read_timeout_s * 1000),
+    ]
+    with _ffmpeg_env_lock:
+        previous = os.environ.get(_FFMPEG_OPTIONS)
+        if urlsplit(uri).scheme.lower() in ("rtsp", "rtsps"):
+            os.environ[_FFMPEG_OPTIONS] = f"rtsp_transport;{options.rtsp_transport}"
+        try:
+            return cv2.VideoCapture(uri, cv2.CAP_FFMPEG, params)
+        finally:
+            if previous is None:
+                os.environ.pop(_FFMPEG_OPTIONS, None)
+            else:
+                os.environ[_FFMPEG_OPTIONS] = previous
+
+
+@dataclass(frozen=True)
 class SourceKind:
     kind: str  # camera | file | images | stream | synthetic
     target: str | int
@@ -146,7 +180,7 @@ def classify(uri: str) -> SourceKind:
     return SourceKind("file", uri)
 
 
-def open_source(uri: str, fps: float | None = None) -> Reader:
+def open_source(uri: str, fps: float | None = None, live: LiveOptions = LiveOptions()) -> Reader:
     """Open a source for reading. Raises InputNotFound (66), UsageError (2) or StreamerError (1)."""
     source = classify(uri)
     description = redact_uri(uri)
@@ -159,7 +193,7 @@ def open_source(uri: str, fps: float | None = None) -> Reader:
             raise InputNotFound(f"camera {uri}: cannot be opened; check that it is connected and not in use")
         return CaptureReader(capture, f"camera {uri}", live=True, fps_override=fps)
     if source.kind == "stream":
-        capture = cv2.VideoCapture(uri, cv2.CAP_FFMPEG)
+        capture = open_stream(uri, live)
         if not capture.isOpened():
             raise StreamerError(f"{description}: cannot open the stream; check the address, credentials and network")
         return CaptureReader(capture, description, live=True, fps_override=fps)
@@ -200,3 +234,8 @@ def _open_images(target: str, fps: float | None) -> Reader:
     if not paths:
         raise InputNotFound(f"{target}: no image files found ({', '.join(sorted(IMAGE_SUFFIXES))})")
     return ImageFilesReader(paths, target, fps or DEFAULT_FPS)
+
+
+def is_live(uri: str) -> bool:
+    """Cameras and network streams are live: they can stall, drop and come back."""
+    return classify(uri).kind in ("camera", "stream")

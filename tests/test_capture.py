@@ -8,7 +8,7 @@ import time
 import numpy as np
 
 from streamer import control as ctl
-from streamer.capture import capture_loop, effective_policy, offer
+from streamer.capture import Capture, Liveness, effective_policy, offer
 from streamer.frames import Frame
 
 
@@ -31,6 +31,11 @@ class ListReader:
 
     def close(self):
         self.closed = True
+
+
+def capture_loop(reader, source_id, frames, policy, control, stats, max_frames=None):
+    """Capture one reader to its end (no reconnects)."""
+    Capture(lambda: reader, source_id, "list", frames, policy, Liveness(live=False), control, stats, max_frames).run()
 
 
 def drain(q: queue.Queue) -> list:

@@ -51,7 +51,9 @@ def test_shipped_config_validates(path):
     config = load_config(path)
     assert [c.name for c in config.models.semantic.classes] == ["road", "sidewalk", "building", "sky", "car", "person"]
     printed = resolved(check_config("-c", str(path)))
-    assert printed["models"]["semantic"]["input_size"] == [512, 288]
+    written = yaml.safe_load(path.read_text())
+    assert printed["models"]["semantic"]["input_size"] == written["models"]["semantic"]["input_size"]
+    assert printed["models"]["semantic"]["weights"] == printed["models"]["instance"]["weights"] == "demo"
 
 
 def test_without_c_the_packaged_default_is_used_where_there_is_no_config_yaml(tmp_path):
@@ -92,7 +94,8 @@ def test_check_config_prints_the_resolved_config(fast_config):
 
 def test_check_config_fills_in_defaults(tmp_path):
     printed = resolved(check_config("-c", str(write_yaml(tmp_path / "min.yaml", MINIMAL))))
-    assert printed["source"] == {"uri": "clip.mp4", "id": "cam0", "buffer": "auto", "queue_size": 4, "fps": None}
+    assert printed["source"] | {"uri": "clip.mp4", "id": "cam0", "buffer": "auto", "queue_size": 4, "fps": None} == printed["source"]
+    assert printed["source"]["reconnect"]["max_attempts"] is None  # live sources retry forever by default
     assert printed["models"]["semantic"]["classes"] == [{"name": "road", "isthing": False, "color": [1, 2, 3]}]
     assert printed["models"]["instance"]["arch"] == "maskrcnn_resnet50_fpn"
     assert printed["fusion"]["label_divisor"] == 1000
