@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from . import control as ctl
 from .errors import StreamerError
 from .frames import Frame
-from .sources import Reader
+from .sources import Reader, redact_uri
 
 log = logging.getLogger(__name__)
 
@@ -225,10 +225,11 @@ class Capture:
             self._down_since = time.monotonic()
         limit = self.liveness.max_attempts
         if limit is not None and attempt >= limit:
-            raise StreamerError(f"{self.description}: gave up after {attempt} reconnect attempt(s)" + (f": {error}" if error else ""))
+            reason = f": {redact_uri(str(error))}" if error else ""
+            raise StreamerError(f"{self.description}: gave up after {attempt} reconnect attempt(s){reason}")
         delay = backoff_delay(attempt, self.liveness.initial_delay_s, self.liveness.max_delay_s, self._rng)
         if error is not None:
-            log.warning("%s: %s; retrying in %.1f s (attempt %d)", self.source_id, error, delay, attempt + 1)
+            log.warning("%s: %s; retrying in %.1f s (attempt %d)", self.source_id, redact_uri(str(error)), delay, attempt + 1)
         else:
             log.info("%s: reconnecting in %.1f s (attempt %d)", self.source_id, delay, attempt + 1)
         deadline = time.monotonic() + delay
@@ -262,7 +263,7 @@ class Capture:
                 if isinstance(item, _ReadError):
                     if not self.liveness.live:
                         raise item.exc
-                    log.warning("%s: read failed: %s", self.source_id, item.exc)
+                    log.warning("%s: read failed: %s", self.source_id, redact_uri(str(item.exc)))
                     return "failed"
                 last_frame = time.monotonic()
                 if not self._emit(*item, captured_mono=last_frame):

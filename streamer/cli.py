@@ -14,6 +14,7 @@ from pathlib import Path
 from . import __version__
 from .config import Config, load_config, to_yaml
 from .errors import EXIT_FAILURE, EXIT_OK, StreamerError, UsageError
+from .sources import redact_uri
 
 log = logging.getLogger("streamer")
 
@@ -189,13 +190,13 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.handler(args)
     except StreamerError as exc:
-        log.error("%s", exc)
+        log.error("%s", redact_uri(str(exc)))
         return exc.exit_code
     except KeyboardInterrupt:
         log.warning("interrupted")
         return EXIT_FAILURE
     except Exception as exc:  # noqa: BLE001 - a bug, still reported as one line (traceback at debug level)
-        log.error("internal error: %s: %s (run with --log-level debug for the traceback)", type(exc).__name__, exc)
+        log.error("internal error: %s: %s (run with --log-level debug for the traceback)", type(exc).__name__, redact_uri(str(exc)))
         log.debug("traceback", exc_info=exc)
         return EXIT_FAILURE
 

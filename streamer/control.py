@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .errors import EXIT_FAILURE, EXIT_OK, StreamerError
+from .sources import redact_uri
 
 log = logging.getLogger(__name__)
 
@@ -45,9 +46,9 @@ class Control:
                 self.failure = exc
         if first:
             if isinstance(exc, StreamerError):
-                log.error("%s", exc)
+                log.error("%s", redact_uri(str(exc)))
             else:
-                log.error("%s stopped: %s: %s", stage, type(exc).__name__, exc)
+                log.error("%s stopped: %s: %s", stage, type(exc).__name__, redact_uri(str(exc)))
                 log.debug("%s traceback", stage, exc_info=exc)
         if abort:
             self.abort.set()

@@ -226,9 +226,10 @@ class Progress:
         latency = self.stats.latency_summary()
         latency_text = "latency p50/p95/max %.2f/%.2f/%.2f s" % latency if latency else "latency -"
         depths = " ".join(f"{q.qsize()}/{q.maxsize}" for q in self.queues)
+        dropped = ", ".join(f"{cause} {n}" for cause, n in sorted(self.stats.dropped.items())) or "0"
         log.info(
-            "status: %.1f fps, %d processed, queues %s, dropped %d, %s",
-            fps, self.stats.processed, depths, sum(self.stats.dropped.values()), latency_text,
+            "status: %.1f fps, %d processed, queues %s, dropped %s, reconnects %d, %s",
+            fps, self.stats.processed, depths, dropped, self.stats.reconnects, latency_text,
         )
 
     def close(self) -> None:

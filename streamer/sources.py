@@ -29,13 +29,13 @@ STREAM_SCHEMES = {"rtsp", "rtsps", "http", "https"}
 DEFAULT_FPS = 25.0
 
 
-def redact_uri(uri: str) -> str:
-    """`rtsp://user:pass@host/path` -> `rtsp://***@host/path`; anything without credentials unchanged.
+def redact_uri(text: str) -> str:
+    """Hide credentials in every URL of a text: `rtsp://user:pass@host/path` -> `rtsp://***@host/path`.
 
-    The user-info part ends at the last '@' before the path, so passwords containing '@' or ':'
-    are hidden whole.
+    The user-info part runs to the last '@' before the path, so passwords holding '@', ':' or
+    percent escapes are hidden whole. Works on URIs and on error messages that quote one.
     """
-    return re.sub(r"^([A-Za-z][A-Za-z0-9+.-]*://)[^/?#]*@", r"\1***@", uri)
+    return re.sub(r"\b([A-Za-z][A-Za-z0-9+.-]*://)[^/?#\s]*@", r"\1***@", text)
 
 
 class Reader(Protocol):
