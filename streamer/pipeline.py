@@ -139,8 +139,8 @@ class Pipeline:
 
         summary = RunSummary(self.control.exit_code, self.stats.read, self.stats.processed, dict(self.stats.dropped))
         log.info(
-            "done: %d frames read, %d processed, %d dropped",
-            summary.read, summary.processed, sum(summary.dropped.values()),
+            "done: %d frames read, %d processed, %d dropped, %d reconnects",
+            summary.read, summary.processed, sum(summary.dropped.values()), self.stats.reconnects,
         )
         return summary
 

@@ -2,7 +2,7 @@
 OpenCV's FFmpeg backend reading from GStreamer's RTSP server, each in its own process."""
 from __future__ import annotations
 
-import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -145,7 +145,10 @@ def test_a_frozen_server_blocks_a_read_for_about_three_read_timeouts(video, reco
 @needs_rtsp
 def test_stop_ends_the_server_cleanly_on_sigterm(video):
     with RtspServer(video) as server:
-        assert server.stop() == 0
+        with OpenCvClient(server.url, read_timeout_ms=3000) as client:
+            assert client.wait_frames(5) >= 5, describe(client, server)
+            assert server.stop() == 0  # even with a client streaming
+            assert client.result(timeout=20)["failed"], describe(client, server)
         assert not server.running
         assert "stopping" in server.log()
         assert not read_frames(server.url, 1, open_timeout_ms=2000)["opened"]
@@ -175,7 +178,8 @@ def test_a_file_without_h264_is_an_error_with_the_server_log(tmp_path):
     bad = tmp_path / "bad.mp4"
     bad.write_bytes(b"not a video at all" * 100)
     with pytest.raises(RtspServerError, match="did not start") as caught:
-        RtspServer(bad).start()
+        with RtspServer(bad):  # a failed start cleans up after itself
+            pass
     assert "rtsp_server" in str(caught.value)  # the server's own stderr is in the message
 
 
@@ -186,12 +190,14 @@ def test_the_server_goes_when_the_test_process_dies(video):
         sys.path.insert(0, {str(Path(__file__).parent)!r})
         from rtsp import RtspServer
         server = RtspServer({str(video)!r}).start()
-        print(server.pid, flush=True)
+        print(server.pid, server._dir, flush=True)
         os._exit(0)  # no cleanup at all
     """)
     orphan = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
     assert orphan.returncode == 0, orphan.stderr
-    pid = int(orphan.stdout.split()[0])
+    pid, files = orphan.stdout.split()
+    pid = int(pid)
+    shutil.rmtree(files, ignore_errors=True)
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline and alive(pid):
         time.sleep(0.05)

@@ -1,0 +1,137 @@
+"""Live RTSP sources against a real RTSP server: reconnect, stall watchdog, backoff, masked credentials."""
+from __future__ import annotations
+
+import re
+import signal
+import threading
+import time
+
+from conftest import make_video, popen_cli
+from rtsp import RtspServer, free_port, needs_rtsp
+
+pytestmark = needs_rtsp
+
+# Quick retries and short timeouts so faults play out in seconds.
+LIVE = [
+    "--set", "source.reconnect.initial_delay_s=0.3", "--set", "source.reconnect.max_delay_s=1.0",
+    "--set", "source.open_timeout_s=3", "--set", "runtime.status_interval_s=0.5",
+]
+
+
+class Daemon:
+    """`streamer run` in a subprocess whose stderr lines are collected, each with the time it arrived."""
+
+    def __init__(self, *args: str):
+        self.process = popen_cli("run", *args)
+        self.lines: list[tuple[float, str]] = []
+        self._reader = threading.Thread(target=self._collect, daemon=True)
+        self._reader.start()
+
+    def _collect(self) -> None:
+        for line in self.process.stderr:
+            self.lines.append((time.monotonic(), line))
+
+    def wait_for(self, pattern: str, timeout: float = 60.0, after: float = 0.0) -> float:
+        """Time at which a line matching `pattern` arrived (after `after`)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            for at, line in list(self.lines):
+                if at >= after and re.search(pattern, line):
+                    return at
+            assert self.process.poll() is None or self._reader.join(1) or True
+            time.sleep(0.05)
+        raise AssertionError(f"no line matching {pattern!r} within {timeout} s:\n{self.text()}")
+
+    def processed(self) -> int:
+        counts = [int(m.group(1)) for _, line in self.lines if (m := re.search(r"status: .* (\d+) processed", line))]
+        return max(counts, default=0)
+
+    def finish(self, timeout: float = 60.0) -> int:
+        code = self.process.wait(timeout)
+        self._reader.join(5)
+        return code
+
+    def terminate(self) -> int:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+        return self.finish()
+
+    def text(self) -> str:
+        return "".join(line for _, line in self.lines)
+
+
+def test_server_killed_and_restarted_the_daemon_resumes_with_one_reconnect(tmp_path, fast_config):
+    video = make_video(tmp_path / "in.mp4", frames=50, size=(160, 120), fps=25)
+    with RtspServer(video) as server:
+        daemon = Daemon("-c", str(fast_config), "--source", server.url, "--max-frames", "250", *LIVE)
+        try:
+            daemon.wait_for(r"cam0: connecting -> streaming")
+            daemon.wait_for(r"status: .* [1-9]\d* processed")
+            server.kill()
+            lost = daemon.wait_for(r"cam0: streaming -> reconnecting", timeout=30)
+            time.sleep(1.0)
+            server.restart()
+            back = daemon.wait_for(r"reconnecting -> streaming after an outage of [\d.]+ s", after=lost)
+            assert back > lost
+            assert daemon.finish(timeout=120) == 0, daemon.text()
+        finally:
+            daemon.terminate() if daemon.process.poll() is None else None
+    done = re.search(r"done: (\d+) frames read, (\d+) processed, \d+ dropped, (\d+) reconnects", daemon.text())
+    assert done, daemon.text()
+    assert int(done.group(1)) == 250 and int(done.group(3)) == 1
+
+
+def test_a_frozen_server_is_detected_by_the_watchdog_and_streaming_resumes(tmp_path, fast_config):
+    video = make_video(tmp_path / "in.mp4", frames=50, size=(160, 120), fps=25)
+    stall = 2.0
+    with RtspServer(video) as server:
+        # A read timeout far longer than the stall timeout: only the watchdog can notice in time.
+        daemon = Daemon("-c", str(fast_config), "--source", server.url, *LIVE,
+                        "--set", "source.read_timeout_s=30", "--set", f"source.stall_timeout_s={stall}")
+        try:
+            daemon.wait_for(r"cam0: connecting -> streaming")
+            daemon.wait_for(r"status: .* [1-9]\d* processed")
+            frozen = time.monotonic()
+            server.freeze()
+            detected = daemon.wait_for(r"no frame for [\d.]+ s: abandoning", timeout=30, after=frozen)
+            # OpenCV hands out a few frames it still holds before it blocks (up to ~2 reads of the
+            # read timeout, here cut short by the stall timeout), then the watchdog fires.
+            assert detected - frozen <= 2 * stall + 1.5, detected - frozen
+            time.sleep(2.0)
+            server.thaw()
+            daemon.wait_for(r"-> streaming after an outage of [\d.]+ s", timeout=60, after=detected)
+            assert daemon.terminate() == 0, daemon.text()
+        finally:
+            server.thaw()
+            daemon.terminate() if daemon.process.poll() is None else None
+
+
+def test_refused_port_backs_off_instead_of_busy_looping_and_hides_the_password(tmp_path, fast_config):
+    port = free_port()
+    url = f"rtsp://admin:s3cr%3At@x@127.0.0.1:{port}/stream"
+    daemon = Daemon("-c", str(fast_config), "--source", url, *LIVE)
+    try:
+        time.sleep(8.0)
+    finally:
+        assert daemon.terminate() == 0, daemon.text()
+    text = daemon.text()
+    attempts = len(re.findall(r"retrying in [\d.]+ s", text))
+    # Delays: [0.15, 0.3], [0.3, 0.6], then [0.5, 1.0] each (max_delay 1.0), plus an open attempt
+    # each: in 8 s that is between ~6 and ~16 attempts; a busy loop would make hundreds.
+    assert 4 <= attempts <= 20, text
+    assert "s3cr" not in text and "admin" not in text
+    assert f"rtsp://***@127.0.0.1:{port}/stream" in text
+
+
+def test_wrong_path_is_retried_with_clear_lines(tmp_path, fast_config):
+    video = make_video(tmp_path / "in.mp4", frames=25, size=(160, 120), fps=25)
+    with RtspServer(video, user="viewer", password="pa:ss@word") as server:
+        wrong = server.url.replace("/stream", "/nothing-here")
+        daemon = Daemon("-c", str(fast_config), "--source", wrong, *LIVE)
+        try:
+            daemon.wait_for(r"retrying in [\d.]+ s \(attempt 2\)", timeout=30)
+        finally:
+            assert daemon.terminate() == 0, daemon.text()
+    text = daemon.text()
+    assert "cannot open the stream" in text and "/nothing-here" in text
+    assert "pa:ss" not in text and "viewer" not in text
