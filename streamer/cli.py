@@ -26,7 +26,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     run = commands.add_parser("run", help="process a source: overlay video, live window, annotations")
     add_config_arguments(run)
-    run.add_argument("--source", action="append", metavar="URI", help="camera index, /dev/videoN, file, image folder or glob, rtsp(s)://, http(s)://, synthetic:street?...")
+    run.add_argument("--source", action="append", metavar="URI", help="camera index, /dev/videoN, file, image folder or glob, rtsp(s)://, http(s)://, synthetic:street?... (repeat for several sources: cam0, cam1, ...)")
     run.add_argument("--output", metavar="PATH", help="write the overlaid video to this MP4 (H.264)")
     run.add_argument("--export-dir", metavar="DIR", help="write COCO panoptic annotations (PNG + JSON) to this folder")
     run.add_argument("--display", action=argparse.BooleanOptionalAction, default=None, help="show a live window (q or Esc stops)")
@@ -72,10 +72,11 @@ def add_config_arguments(parser: argparse.ArgumentParser) -> None:
 def run_overrides(args: argparse.Namespace) -> list[str]:
     """CLI flags as `--set` items, so they are validated exactly like the file."""
     overrides = []
-    if args.source:
-        if len(args.source) > 1:
-            raise UsageError("--source: one source per process for now; run one streamer per camera")
+    if args.source and len(args.source) == 1:
         overrides.append(f"source.uri={quote(args.source[0])}")
+    elif args.source:  # several: cam0, cam1, ... sharing the file's `source:` options
+        listed = ", ".join(f"{{uri: {quote(uri)}, id: cam{i}}}" for i, uri in enumerate(args.source))
+        overrides.append(f"sources=[{listed}]")
     if args.output is not None:
         overrides.append(f"output.video={quote(args.output)}")
     if args.export_dir is not None:

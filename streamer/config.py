@@ -155,12 +155,39 @@ class Runtime(Strict):
 
 
 class Config(Strict):
-    source: Source
+    source: Source | None = None  # one source; with `sources:` it holds the options all of them share
+    sources: tuple[Source, ...] = ()  # several sources in one process, each with its own id and outputs
     models: Models
     fusion: Fusion = Fusion()
     render: Render = Render()
     output: Output = Output()
     runtime: Runtime = Runtime()
+
+    @model_validator(mode="before")
+    @classmethod
+    def _shared_source_options(cls, raw: Any) -> Any:
+        """`source:` beside `sources:` gives defaults to every listed source."""
+        if not isinstance(raw, dict) or not raw.get("sources"):
+            return raw
+        shared = {k: v for k, v in (raw.get("source") or {}).items() if k not in ("uri", "id")}
+        listed = raw["sources"]
+        if not isinstance(listed, list):
+            return raw
+        items = [{**shared, **item} if isinstance(item, dict) else item for item in listed]
+        return {**raw, "source": None, "sources": items}
+
+    @model_validator(mode="after")
+    def _one_way_to_name_sources(self) -> Config:
+        if self.source is None and not self.sources:
+            raise ValueError("source: required key is missing (or give a sources: list)")
+        ids = [s.id for s in self.all_sources()]
+        repeated = sorted({i for i in ids if ids.count(i) > 1})
+        if repeated:
+            raise ValueError(f"sources: every source needs its own id, repeated: {', '.join(repeated)}")
+        return self
+
+    def all_sources(self) -> tuple[Source, ...]:
+        return self.sources or ((self.source,) if self.source else ())
 
     def categories(self) -> tuple[Category, ...]:
         """The panoptic category table: the semantic classes in order, ids from 1."""
@@ -231,7 +258,7 @@ def validate(raw: dict[str, Any], origin: str = "config") -> Config:
 def _first_error(exc: ValidationError, origin: str) -> str:
     errors = exc.errors()
     first = errors[0]
-    where = ".".join(str(p) for p in first["loc"]) or "(top level)"
+    where = ".".join(str(p) for p in first["loc"])
     message = first["msg"].removeprefix("Value error, ")
     if first["type"] == "extra_forbidden":
         message = "unknown key (check the spelling; see the configuration reference in README.md)"
@@ -240,7 +267,7 @@ def _first_error(exc: ValidationError, origin: str) -> str:
     elif "input" in first and not isinstance(first["input"], (dict, list)):
         message += f", got {first['input']!r}"
     more = f" (and {len(errors) - 1} more problem{'s' if len(errors) > 2 else ''})" if len(errors) > 1 else ""
-    return f"{origin}: {where}: {message}{more}"
+    return f"{origin}: {where + ': ' if where else ''}{message}{more}"
 
 
 def to_yaml(config: Config) -> str:

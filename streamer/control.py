@@ -92,10 +92,12 @@ class Stats:
     latencies: collections.deque = field(default_factory=lambda: collections.deque(maxlen=1000))  # seconds
     started: float = field(default_factory=time.monotonic)
 
-    def latency_summary(self) -> tuple[float, float, float] | None:
-        """p50, p95 and max end-to-end latency (seconds) over the last frames."""
-        values = sorted(self.latencies)
-        if not values:
-            return None
-        pick = lambda q: values[min(len(values) - 1, int(q * len(values)))]  # noqa: E731
-        return pick(0.5), pick(0.95), values[-1]
+
+
+def latency_summary(latencies) -> tuple[float, float, float] | None:
+    """p50, p95 and max of end-to-end latencies (seconds)."""
+    values = sorted(latencies)
+    if not values:
+        return None
+    pick = lambda q: values[min(len(values) - 1, int(q * len(values)))]  # noqa: E731
+    return pick(0.5), pick(0.95), values[-1]

@@ -6,6 +6,7 @@ runtime.drain_timeout_s). Second one: stop at once; the outputs are still closed
 """
 from __future__ import annotations
 
+import collections
 import logging
 import queue
 import signal
@@ -13,12 +14,13 @@ import sys
 import threading
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 
 from . import control as ctl
 from .capture import Capture, Liveness, effective_policy
-from .config import Config
+from .config import Config, Source
 from .export import PanopticExport
 from .fusion import FusionParams
 from .models import PanopticModels, resolve_device
@@ -59,31 +61,48 @@ def _once(reader: Reader):
     return opener
 
 
+def output_path(template: str, source_id: str, several: bool) -> str:
+    """`{source}` in an output path becomes the source id; with several sources and no
+    placeholder, the id goes before the suffix (`out.mp4` -> `out-cam1.mp4`, `dir` -> `dir-cam1`)."""
+    if "{source}" in template:
+        return template.replace("{source}", source_id)
+    if not several:
+        return template
+    path = Path(template)
+    return str(path.with_name(f"{path.stem}-{source_id}{path.suffix}"))
+
+
+@dataclass
+class SourceRun:
+    """One source's share of the pipeline: its capture, queues, outputs and counters."""
+
+    settings: Source
+    capture: Capture
+    frames: queue.Queue
+    results: queue.Queue
+    outputs: list
+    display: DisplayOutput | None
+    stats: ctl.Stats
+    reader: Reader | None  # a file opened up front; live sources connect in their capture thread
+    total: int | None  # frames in a file, for the progress bar
+
+
 class Pipeline:
     def __init__(self, config: Config):
         self.config = config
         self.control = ctl.Control()
-        self.stats = ctl.Stats()
         self._signals = 0
 
     def run(self) -> RunSummary:
         config = self.config
         if config.output.display:
             require_display()  # before anything slow, and before OpenCV could abort the process
-        source = config.source
-        live_options = LiveOptions(source.open_timeout_s, source.read_timeout_s, source.rtsp_transport)
-        live = is_live(source.uri)
-        # A file is opened now, so a bad one fails before the models load; a live source is
-        # connected by its capture thread, which keeps retrying while the camera is away.
-        reader = None if live else open_source(source.uri, source.fps, live_options)
-        fps = reader.fps if reader else (source.fps or DEFAULT_FPS)
+        categories = config.categories()
+        runs: list[SourceRun] = []
         try:
-            categories = config.categories()
-            outputs = []
-            if config.output.video:
-                outputs.append(VideoOutput(config.output.video, fps))
-            if config.output.export_dir:
-                outputs.append(PanopticExport(config.output.export_dir, categories))
+            several = len(config.all_sources()) > 1
+            for source in config.all_sources():
+                runs.append(self._prepare(source, categories, several))
             if config.runtime.torch_threads:
                 torch.set_num_threads(config.runtime.torch_threads)
             device = resolve_device(config.runtime.device)
@@ -91,79 +110,97 @@ class Pipeline:
             models = PanopticModels(config.models, categories, device, config.runtime.half)
             log.info("models ready on %s in %.1f s", device, time.monotonic() - started)
         except BaseException:
+            for run in runs:
+                if run.reader:
+                    run.reader.close()
+            raise
+        renderer = Renderer(categories, config.fusion.label_divisor, config.render.alpha, config.render.contours, config.render.labels)
+        render = lambda r: renderer.overlay(r.frame.image, r.panoptic_map, r.segments)  # noqa: E731
+        routes = [(run.frames, run.results) for run in runs]
+        threads = [threading.Thread(target=run.capture.run, name=f"capture-{run.settings.id}", daemon=True) for run in runs]
+        threads.append(threading.Thread(target=worker_loop, args=(models, fusion_params(config), routes, self.control), name="worker", daemon=True))
+        sinks = [
+            threading.Thread(target=sink_loop, args=(run.results, run.outputs, render, self.control, run.stats), name=f"sink-{run.settings.id}", daemon=True)
+            for run in runs
+        ]
+        previous = self._install_signal_handlers()
+        try:
+            for thread in threads + sinks:
+                thread.start()
+            self._supervise(sinks, runs)
+        finally:
+            self._restore_signal_handlers(previous)
+            self.control.abort.set()
+            for thread in threads + sinks:
+                thread.join(JOIN_TIMEOUT_S)
+                if thread.is_alive():
+                    log.error("%s thread did not stop within %.0f s", thread.name, JOIN_TIMEOUT_S)
+
+        stats = [run.stats for run in runs]
+        summary = RunSummary(
+            self.control.exit_code, sum(s.read for s in stats), sum(s.processed for s in stats),
+            dict(sum((s.dropped for s in stats), collections.Counter())),
+        )
+        log.info(
+            "done: %d frames read, %d processed, %d dropped, %d reconnects",
+            summary.read, summary.processed, sum(summary.dropped.values()), sum(s.reconnects for s in stats),
+        )
+        return summary
+
+    def _prepare(self, source: Source, categories, several: bool) -> SourceRun:
+        """Open a file source now (a bad one fails before the models load); a live source is
+        connected by its capture thread, which keeps retrying while the camera is away."""
+        config = self.config
+        live_options = LiveOptions(source.open_timeout_s, source.read_timeout_s, source.rtsp_transport)
+        live = is_live(source.uri)
+        reader = None if live else open_source(source.uri, source.fps, live_options)
+        outputs = []
+        try:
+            if config.output.video:
+                fps = reader.fps if reader else (source.fps or DEFAULT_FPS)
+                outputs.append(VideoOutput(output_path(config.output.video, source.id, several), fps))
+            if config.output.export_dir:
+                outputs.append(PanopticExport(output_path(config.output.export_dir, source.id, several), categories))
+        except BaseException:
             if reader:
                 reader.close()
             raise
         display = DisplayOutput() if config.output.display else None
         if display:
             outputs.append(display)
-        renderer = Renderer(categories, config.fusion.label_divisor, config.render.alpha, config.render.contours, config.render.labels)
         policy = effective_policy(source.buffer, live)
-        frames: queue.Queue = queue.Queue(maxsize=config.source.queue_size)
-        results: queue.Queue = queue.Queue(maxsize=RESULT_QUEUE_SIZE)
         description = reader.description if reader else redact_uri(source.uri)
-        log.info("reading %s (%s, buffer %s)", description, "live" if live else "file", policy)
+        log.info("%s: %s (%s, buffer %s)", source.id, description, "live" if live else "file", policy)
+        stats = ctl.Stats()
+        frames: queue.Queue = queue.Queue(maxsize=source.queue_size)
         reconnect = source.reconnect
         capture = Capture(
             (lambda: open_source(source.uri, source.fps, live_options)) if live else _once(reader),
             source.id, description, frames, policy,
             Liveness(live, source.stall_timeout_s, reconnect.max_attempts, reconnect.initial_delay_s,
                      reconnect.max_delay_s, reconnect.healthy_after_s),
-            self.control, self.stats, config.runtime.max_frames,
+            self.control, stats, config.runtime.max_frames,
         )
-
-        threads = [
-            threading.Thread(target=capture.run, name="capture", daemon=True),
-            threading.Thread(
-                target=worker_loop, args=(models, fusion_params(config), frames, results, self.control),
-                name="worker", daemon=True,
-            ),
-            threading.Thread(
-                target=sink_loop,
-                args=(results, outputs, lambda r: renderer.overlay(r.frame.image, r.panoptic_map, r.segments), self.control, self.stats),
-                name="sink", daemon=True,
-            ),
-        ]
-        previous = self._install_signal_handlers()
-        try:
-            for thread in threads:
-                thread.start()
-            self._supervise(threads, display, total=getattr(reader, "frame_count", None), queues=(frames, results))
-        finally:
-            self._restore_signal_handlers(previous)
-            self.control.abort.set()
-            for thread in threads:
-                thread.join(JOIN_TIMEOUT_S)
-                if thread.is_alive():
-                    log.error("%s thread did not stop within %.0f s", thread.name, JOIN_TIMEOUT_S)
-
-        summary = RunSummary(self.control.exit_code, self.stats.read, self.stats.processed, dict(self.stats.dropped))
-        log.info(
-            "done: %d frames read, %d processed, %d dropped, %d reconnects",
-            summary.read, summary.processed, sum(summary.dropped.values()), self.stats.reconnects,
-        )
-        return summary
+        total = getattr(reader, "frame_count", None)
+        return SourceRun(source, capture, frames, queue.Queue(maxsize=RESULT_QUEUE_SIZE), outputs, display, stats, reader, total)
 
     # -- main thread -----------------------------------------------------------------------
 
-    def _supervise(self, threads, display: DisplayOutput | None, total: int | None, queues) -> None:
-        """Wait for the sink to finish, showing the window and progress meanwhile."""
-        sink = threads[-1]
-        window = Window(f"streamer - {self.config.source.id}") if display else None
-        progress = Progress(self.stats, queues, total, self.config.runtime.status_interval_s)
+    def _supervise(self, sinks: list[threading.Thread], runs: list[SourceRun]) -> None:
+        """Wait for every sink to finish, showing the windows and progress meanwhile."""
+        windows = {run.settings.id: Window(f"streamer - {run.settings.id}") for run in runs if run.display}
+        totals = [run.total for run in runs]
+        progress = Progress(
+            [run.stats for run in runs], [q for run in runs for q in (run.frames, run.results)],
+            sum(totals) if all(totals) else None, self.config.runtime.status_interval_s,
+        )
         drain_deadline = None
         try:
-            while sink.is_alive():
-                if window is not None:
-                    try:
-                        image = display.frames.get(timeout=0.02)
-                    except queue.Empty:
-                        image = None
-                    if not window.show(image) and not self.control.stop.is_set():
-                        log.info("window closed: stopping")
-                        self.control.stop.set()
+            while any(sink.is_alive() for sink in sinks):
+                if windows:
+                    self._show(runs, windows)
                 else:
-                    sink.join(0.2)
+                    time.sleep(0.1)
                 progress.update()
                 if self.control.stop.is_set() and drain_deadline is None:
                     drain_deadline = time.monotonic() + self.config.runtime.drain_timeout_s
@@ -172,8 +209,20 @@ class Pipeline:
                     self.control.abort.set()
         finally:
             progress.close()
-            if window is not None:
+            for window in windows.values():
                 window.close()
+
+    def _show(self, runs: list[SourceRun], windows: dict) -> None:
+        for run in runs:
+            if run.display is None:
+                continue
+            try:
+                image = run.display.frames.get_nowait()
+            except queue.Empty:
+                image = None
+            if not windows[run.settings.id].show(image, wait_ms=max(1, 20 // len(windows))) and not self.control.stop.is_set():
+                log.info("window closed: stopping")
+                self.control.stop.set()
 
     def _install_signal_handlers(self):
         if threading.current_thread() is not threading.main_thread():
@@ -201,12 +250,12 @@ class Pipeline:
 class Progress:
     """A tqdm bar for file sources on a terminal; otherwise one status line every interval."""
 
-    def __init__(self, stats: ctl.Stats, queues, total: int | None, interval_s: float):
+    def __init__(self, stats: list[ctl.Stats], queues, total: int | None, interval_s: float):
         self.stats = stats
         self.queues = queues
         self.interval = interval_s
         self._next_line = time.monotonic() + interval_s
-        self._last_count = 0
+        self._last_counts = [0] * len(stats)
         self._last_time = time.monotonic()
         self._bar = None
         if total and sys.stderr.isatty():
@@ -215,21 +264,26 @@ class Progress:
             self._bar = tqdm(total=total, unit="frame", dynamic_ncols=True)
 
     def update(self) -> None:
+        processed = sum(s.processed for s in self.stats)
         if self._bar is not None:
-            self._bar.update(self.stats.processed - self._bar.n)
+            self._bar.update(processed - self._bar.n)
             return
         now = time.monotonic()
         if now < self._next_line:
             return
-        fps = (self.stats.processed - self._last_count) / max(now - self._last_time, 1e-9)
-        self._last_count, self._last_time, self._next_line = self.stats.processed, now, now + self.interval
-        latency = self.stats.latency_summary()
+        counts = [s.processed for s in self.stats]
+        elapsed = max(now - self._last_time, 1e-9)
+        rates = [(count - last) / elapsed for count, last in zip(counts, self._last_counts)]
+        self._last_counts, self._last_time, self._next_line = counts, now, now + self.interval
+        per_source = f" ({', '.join(f'{r:.1f}' for r in rates)})" if len(rates) > 1 else ""
+        latency = ctl.latency_summary([v for s in self.stats for v in s.latencies])
         latency_text = "latency p50/p95/max %.2f/%.2f/%.2f s" % latency if latency else "latency -"
         depths = " ".join(f"{q.qsize()}/{q.maxsize}" for q in self.queues)
-        dropped = ", ".join(f"{cause} {n}" for cause, n in sorted(self.stats.dropped.items())) or "0"
+        dropped = sum((s.dropped for s in self.stats), collections.Counter())
+        dropped_text = ", ".join(f"{cause} {n}" for cause, n in sorted(dropped.items())) or "0"
         log.info(
-            "status: %.1f fps, %d processed, queues %s, dropped %s, reconnects %d, %s",
-            fps, self.stats.processed, depths, dropped, self.stats.reconnects, latency_text,
+            "status: %.1f fps%s, %d processed, queues %s, dropped %s, reconnects %d, %s",
+            sum(rates), per_source, processed, depths, dropped_text, sum(s.reconnects for s in self.stats), latency_text,
         )
 
     def close(self) -> None:

@@ -9,6 +9,8 @@ from .frames import Frame, Panoptic
 from .fusion import FusionParams, fuse
 from .models import PanopticModels
 
+IDLE_POLL_S = 0.005  # how often an idle worker looks at the queues again
+
 
 def infer(models: PanopticModels, params: FusionParams, frame: Frame) -> Panoptic:
     """One frame through the models and the fusion rule."""
@@ -31,22 +33,35 @@ def infer(models: PanopticModels, params: FusionParams, frame: Frame) -> Panopti
 def worker_loop(
     models: PanopticModels,
     params: FusionParams,
-    frames: queue.Queue,
-    results: queue.Queue,
+    routes: list[tuple[queue.Queue, queue.Queue]],
     control: ctl.Control,
 ) -> None:
-    """Process frames until END (which it passes on) or an abort."""
+    """Serve every source's (frames, results) queue pair in turn, one frame each per round, so a
+    fast source cannot starve a slow one. Passes each source's END on; returns when all ended."""
+    waiting = list(routes)
     try:
-        while True:
-            frame = ctl.get(frames, control)
-            if frame is None or frame is ctl.END:
-                break
-            waited = time.monotonic() - frame.captured_mono
-            result = infer(models, params, frame)
-            result.timings["queue_wait"] = waited
-            if not ctl.put(results, result, control):
-                break
+        while waiting and not control.abort.is_set():
+            served = False
+            for route in list(waiting):
+                frames, results = route
+                try:
+                    frame = frames.get_nowait()
+                except queue.Empty:
+                    continue
+                served = True
+                if frame is ctl.END:
+                    waiting.remove(route)
+                    ctl.put(results, ctl.END, control)
+                    continue
+                waited = time.monotonic() - frame.captured_mono
+                result = infer(models, params, frame)
+                result.timings["queue_wait"] = waited
+                if not ctl.put(results, result, control):
+                    return
+            if not served:
+                time.sleep(IDLE_POLL_S)
     except Exception as exc:  # noqa: BLE001
         control.fail("worker", exc)
     finally:
-        ctl.put(results, ctl.END, control)
+        for _, results in waiting:
+            ctl.put(results, ctl.END, control)

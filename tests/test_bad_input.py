@@ -79,11 +79,12 @@ def test_image_folder_or_glob_without_images(fast_config, tmp_path, layout):
     assert "no image files found" in message
 
 
-def test_two_sources_is_a_usage_error(fast_config, small_video):
+def test_one_missing_source_among_several_fails_before_anything_runs(fast_config, small_video, tmp_path):
+    missing = tmp_path / "gone.mp4"
     message = the_error(
-        run_cli("run", "-c", str(fast_config), "--source", str(small_video), "--source", str(small_video)), EXIT_USAGE
+        run_cli("run", "-c", str(fast_config), "--source", str(small_video), "--source", str(missing)), EXIT_NOINPUT
     )
-    assert "--source" in message
+    assert str(missing) in message
 
 
 # ---------------------------------------------------------------------------------------------
