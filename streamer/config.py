@@ -111,7 +111,7 @@ class Source(Strict):
     uri: str = Field(min_length=1)
     id: str = Field(default="cam0", pattern=r"^[A-Za-z0-9_.-]{1,64}$")
     buffer: Literal["auto", "block", "drop_oldest", "latest"] = "auto"  # auto: block for files, drop_oldest for live
-    queue_size: int = Field(default=4, ge=1, le=1024)
+    queue_size: int = Field(default=2, ge=1, le=1024)  # frames waiting for the model; small keeps live latency low
     fps: float | None = Field(default=None, gt=0)  # frame rate for image folders, or to override a bad header
     # Live sources (cameras, rtsp/http streams):
     open_timeout_s: float = Field(default=10.0, gt=0)

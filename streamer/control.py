@@ -89,7 +89,8 @@ class Stats:
     processed: int = 0
     reconnects: int = 0
     dropped: collections.Counter = field(default_factory=collections.Counter)  # cause -> frames
-    latencies: collections.deque = field(default_factory=lambda: collections.deque(maxlen=1000))  # seconds
+    latencies: collections.deque = field(default_factory=lambda: collections.deque(maxlen=1000))  # capture -> sink, s
+    model_times: collections.deque = field(default_factory=lambda: collections.deque(maxlen=1000))  # inference + fusion, s
     started: float = field(default_factory=time.monotonic)
 
 

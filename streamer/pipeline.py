@@ -142,8 +142,9 @@ class Pipeline:
             dict(sum((s.dropped for s in stats), collections.Counter())),
         )
         log.info(
-            "done: %d frames read, %d processed, %d dropped, %d reconnects",
+            "done: %d frames read, %d processed, %d dropped, %d reconnects, %s",
             summary.read, summary.processed, sum(summary.dropped.values()), sum(s.reconnects for s in stats),
+            timing_text(stats),
         )
         return summary
 
@@ -247,6 +248,15 @@ class Pipeline:
             self.control.abort.set()
 
 
+def timing_text(stats: list[ctl.Stats]) -> str:
+    """End-to-end latency (capture to sink) p50/p95/max and the median model time per frame."""
+    latency = ctl.latency_summary([v for s in stats for v in s.latencies])
+    model = ctl.latency_summary([v for s in stats for v in s.model_times])
+    if latency is None or model is None:
+        return "latency -"
+    return "latency p50/p95/max %.3f/%.3f/%.3f s, model %.3f s/frame" % (*latency, model[0])
+
+
 class Progress:
     """A tqdm bar for file sources on a terminal; otherwise one status line every interval."""
 
@@ -276,14 +286,12 @@ class Progress:
         rates = [(count - last) / elapsed for count, last in zip(counts, self._last_counts)]
         self._last_counts, self._last_time, self._next_line = counts, now, now + self.interval
         per_source = f" ({', '.join(f'{r:.1f}' for r in rates)})" if len(rates) > 1 else ""
-        latency = ctl.latency_summary([v for s in self.stats for v in s.latencies])
-        latency_text = "latency p50/p95/max %.2f/%.2f/%.2f s" % latency if latency else "latency -"
         depths = " ".join(f"{q.qsize()}/{q.maxsize}" for q in self.queues)
         dropped = sum((s.dropped for s in self.stats), collections.Counter())
         dropped_text = ", ".join(f"{cause} {n}" for cause, n in sorted(dropped.items())) or "0"
         log.info(
             "status: %.1f fps%s, %d processed, queues %s, dropped %s, reconnects %d, %s",
-            sum(rates), per_source, processed, depths, dropped_text, sum(s.reconnects for s in self.stats), latency_text,
+            sum(rates), per_source, processed, depths, dropped_text, sum(s.reconnects for s in self.stats), timing_text(self.stats),
         )
 
     def close(self) -> None:

@@ -195,6 +195,7 @@ def sink_loop(
                 output.write(result, rendered)
             stats.processed += 1
             stats.latencies.append(time.monotonic() - result.frame.captured_mono)
+            stats.model_times.append(result.timings.get("inference", 0.0) + result.timings.get("fusion", 0.0))
     except Exception as exc:  # noqa: BLE001
         control.fail("sink", exc)
     finally:

@@ -94,7 +94,7 @@ def test_check_config_prints_the_resolved_config(fast_config):
 
 def test_check_config_fills_in_defaults(tmp_path):
     printed = resolved(check_config("-c", str(write_yaml(tmp_path / "min.yaml", MINIMAL))))
-    assert printed["source"] | {"uri": "clip.mp4", "id": "cam0", "buffer": "auto", "queue_size": 4, "fps": None} == printed["source"]
+    assert printed["source"] | {"uri": "clip.mp4", "id": "cam0", "buffer": "auto", "queue_size": 2, "fps": None} == printed["source"]
     assert printed["source"]["reconnect"]["max_attempts"] is None  # live sources retry forever by default
     assert printed["models"]["semantic"]["classes"] == [{"name": "road", "isthing": False, "color": [1, 2, 3]}]
     assert printed["models"]["instance"]["arch"] == "maskrcnn_resnet50_fpn"

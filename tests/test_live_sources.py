@@ -1,4 +1,5 @@
-"""Live RTSP sources against a real RTSP server: reconnect, stall watchdog, backoff, masked credentials."""
+"""Live RTSP sources against a real RTSP server: reconnect, stall watchdog, backoff, masked credentials,
+bounded latency and flat memory when the source is faster than the model."""
 from __future__ import annotations
 
 import re
@@ -6,6 +7,7 @@ import signal
 import threading
 import time
 
+import pytest
 from conftest import make_video, popen_cli
 from rtsp import RtspServer, free_port, needs_rtsp
 
@@ -137,3 +139,41 @@ def test_wrong_path_is_retried_with_clear_lines(tmp_path, fast_config):
     text = daemon.text()
     assert "cannot open the stream" in text and "/nothing-here" in text
     assert "pa:ss" not in text and "viewer" not in text
+
+
+def _rss_kib(pid: int) -> int | None:
+    try:
+        with open(f"/proc/{pid}/status") as status:
+            return int(next(line for line in status if line.startswith("VmRSS:")).split()[1])
+    except (OSError, StopIteration):
+        return None
+
+
+@pytest.mark.parametrize("policy", ["drop_oldest", "latest"])
+def test_a_source_faster_than_the_model_keeps_latency_bounded_and_memory_flat(tmp_path, fast_config, policy):
+    video = make_video(tmp_path / "in.mp4", frames=50, size=(160, 120), fps=25)
+    with RtspServer(video) as server:
+        # The semantic model at 640x352 makes each frame cost more than the stream's 40 ms.
+        daemon = Daemon("-c", str(fast_config), "--source", server.url, *LIVE, "--max-frames", "1000",
+                        "--set", f"source.buffer={policy}", "--set", "models.semantic.input_size=[640, 352]")
+        samples: list[int] = []  # RSS every 0.5 s once warmed up
+        try:
+            daemon.wait_for(r"status: .* [1-9]\d{2,} processed", timeout=120)  # warmed up: 100+ frames
+            while daemon.process.poll() is None:
+                rss = _rss_kib(daemon.process.pid)
+                if rss:
+                    samples.append(rss)
+                time.sleep(0.5)
+            assert daemon.finish(timeout=10) == 0, daemon.text()
+        finally:
+            daemon.terminate() if daemon.process.poll() is None else None
+    text = daemon.text()
+    done = re.search(r"done: 1000 frames read, (\d+) processed, (\d+) dropped, .*"
+                     r"latency p50/p95/max [\d.]+/([\d.]+)/[\d.]+ s, model ([\d.]+) s/frame", text)
+    assert done, text
+    processed, dropped, p95, model = int(done.group(1)), int(done.group(2)), float(done.group(3)), float(done.group(4))
+    assert dropped > 0 and processed + dropped <= 1000  # slower than the source: frames were dropped on purpose
+    assert p95 <= 3 * model, (p95, model)
+    assert len(samples) >= 10
+    early, late = samples[: len(samples) // 4], samples[-len(samples) // 4 :]
+    assert max(late) <= max(early) * 1.05, (early, late)
