@@ -6,6 +6,8 @@ and what is wrong, e.g. `config.yaml: models.instance.score_threshold: must be b
 from __future__ import annotations
 
 import copy
+import os
+import re
 from importlib import resources
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -124,6 +126,19 @@ class Source(Strict):
     @classmethod
     def _camera_index_as_text(cls, value: object) -> object:
         return str(value) if isinstance(value, int) and not isinstance(value, bool) else value
+
+    @field_validator("uri")
+    @classmethod
+    def _expand_environment(cls, value: str) -> str:
+        """`${NAME}` is replaced by the environment variable NAME, so credentials stay out of the file."""
+
+        def lookup(match: re.Match) -> str:
+            name = match.group(1)
+            if name not in os.environ:
+                raise ValueError(f"environment variable {name} is not set")
+            return os.environ[name]
+
+        return re.sub(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}", lookup, value)
 
 
 class Render(Strict):
@@ -271,5 +286,7 @@ def _first_error(exc: ValidationError, origin: str) -> str:
 
 
 def to_yaml(config: Config) -> str:
-    """The resolved configuration, as check-config prints it."""
-    return yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False, default_flow_style=False)
+    """The resolved configuration, as check-config prints it (credentials in URLs masked)."""
+    from .sources import redact_uri
+
+    return redact_uri(yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False, default_flow_style=False))

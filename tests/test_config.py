@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import ROOT, error_lines, run_cli, the_error
+from conftest import ROOT, cli_env, error_lines, run_cli, the_error
 
 EXIT_NOINPUT, EXIT_CONFIG = 66, 78
 PACKAGED = ROOT / "streamer" / "default_config.yaml"
@@ -86,7 +86,7 @@ def test_check_config_prints_the_resolved_config(fast_config):
     assert printed["runtime"]["device"] == "cpu"  # from the file
     assert printed["models"]["instance"]["min_size"] == 96
     assert printed["models"]["semantic"]["input_size"] == [128, 96]
-    assert set(printed) == {"source", "models", "fusion", "render", "output", "runtime"}
+    assert set(printed) == {"source", "sources", "models", "fusion", "render", "output", "runtime"}
     # What it prints is itself a valid configuration that resolves to the same thing.
     again = write_yaml(fast_config.parent / "again.yaml", printed)
     assert check_config("-c", str(again)).stdout == result.stdout
@@ -294,3 +294,13 @@ def test_malformed_set(fast_config, command, case):
     result = run_cli(command, "-c", str(fast_config), "--set", item)
     message = the_error(result, EXIT_CONFIG)
     assert message == expected
+
+
+def test_source_uri_takes_credentials_from_the_environment_and_never_prints_them(fast_config):
+    env = cli_env(CAM_URL="rtsp://admin:hunter2@10.0.0.7:554/stream1")
+    result = run_cli("check-config", "-c", str(fast_config), "--set", "source.uri=${CAM_URL}", env=env)
+    assert result.returncode == 0, result.stderr
+    assert "uri: rtsp://***@10.0.0.7:554/stream1" in result.stdout
+    assert "hunter2" not in result.stdout + result.stderr and "admin" not in result.stdout
+    missing = run_cli("check-config", "-c", str(fast_config), "--set", "source.uri=${NOT_SET_ANYWHERE}")
+    assert missing.returncode == 78 and "environment variable NOT_SET_ANYWHERE is not set" in missing.stderr
