@@ -43,12 +43,15 @@ def moving_pattern(index: int, width: int, height: int) -> np.ndarray:
     return image
 
 
-def make_video(path: Path, frames: int = 12, size: tuple[int, int] = (160, 120), fps: Fraction | int = 10) -> Path:
-    """An H.264 MP4 written with PyAV (BGR frames from moving_pattern)."""
+def make_video(path: Path, frames: int = 12, size: tuple[int, int] = (160, 120), fps: Fraction | int = 10,
+               gop: int | None = None) -> Path:
+    """An H.264 MP4 written with PyAV (BGR frames from moving_pattern); `gop`: keyframe interval."""
     width, height = size
     with av.open(str(path), "w") as container:
         stream = container.add_stream("libx264", rate=fps)
         stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
+        if gop:
+            stream.codec_context.gop_size = gop
         for index in range(frames):
             frame = av.VideoFrame.from_ndarray(moving_pattern(index, width, height), format="bgr24")
             for packet in stream.encode(frame):

@@ -10,10 +10,9 @@ import textwrap
 import time
 from pathlib import Path
 
-import av
 import pytest
 
-from conftest import moving_pattern
+from conftest import make_video
 from rtsp import (
     OpenCvClient, RtspServer, RtspServerError, free_port, needs_rtsp, read_frames, rtsp_available,
 )
@@ -24,18 +23,7 @@ WIDTH, HEIGHT, FPS, FILE_FRAMES = 160, 120, 25, 25  # a one-second file
 @pytest.fixture(scope="module")
 def video(tmp_path_factory) -> Path:
     """A 1 s, 160x120, 25 fps H.264 MP4 with a keyframe every 10 frames (clients start quickly)."""
-    path = tmp_path_factory.mktemp("rtsp") / "loop.mp4"
-    with av.open(str(path), "w") as container:
-        stream = container.add_stream("libx264", rate=FPS)
-        stream.width, stream.height, stream.pix_fmt = WIDTH, HEIGHT, "yuv420p"
-        stream.codec_context.gop_size = 10
-        for index in range(FILE_FRAMES):
-            frame = av.VideoFrame.from_ndarray(moving_pattern(index, WIDTH, HEIGHT), format="bgr24")
-            for packet in stream.encode(frame):
-                container.mux(packet)
-        for packet in stream.encode(None):
-            container.mux(packet)
-    return path
+    return make_video(tmp_path_factory.mktemp("rtsp") / "loop.mp4", frames=FILE_FRAMES, size=(WIDTH, HEIGHT), fps=FPS, gop=10)
 
 
 def describe(client: OpenCvClient, server: RtspServer | None = None) -> str:
