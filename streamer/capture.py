@@ -165,7 +165,6 @@ class Capture:
         self.stats = stats
         self.max_frames = max_frames
         self.state = State.CONNECTING
-        self.reconnects = 0
         self._rng = random.Random(seed)
         self._clock = LiveClock()
         self._down_since: float | None = None
@@ -188,18 +187,16 @@ class Capture:
 
     def _run(self) -> None:
         attempt = 0
-        first = True
         while not self._stopping():
             try:
                 reader = self.open_reader()
             except StreamerError as exc:
-                if first and not self.liveness.live:
+                if not self.liveness.live:
                     raise
                 if not self._wait_before_retry(attempt, exc):
                     return
                 attempt += 1
                 continue
-            first = False
             self._set_state(State.STREAMING)
             self._clock.new_connection()
             connected = time.monotonic()
@@ -212,7 +209,6 @@ class Capture:
             if time.monotonic() - connected >= self.liveness.healthy_after_s:
                 attempt = 0
             self._down_since = time.monotonic()
-            self.reconnects += 1
             self.stats.reconnects += 1
             self._set_state(State.RECONNECTING)
             if not self._wait_before_retry(attempt, None):
