@@ -2,13 +2,14 @@
 bounded latency and flat memory when the source is faster than the model."""
 from __future__ import annotations
 
+import json
 import re
 import signal
 import threading
 import time
 
 import pytest
-from conftest import make_video, popen_cli
+from conftest import make_video, popen_cli, probe
 from rtsp import RtspServer, free_port, needs_rtsp
 
 pytestmark = needs_rtsp
@@ -65,15 +66,19 @@ class Daemon:
 
 
 def test_server_killed_and_restarted_the_daemon_resumes_with_one_reconnect(tmp_path, fast_config):
-    video = make_video(tmp_path / "in.mp4", frames=50, size=(160, 120), fps=25)
+    video = make_video(tmp_path / "in.mp4", frames=50, size=(160, 120), fps=25, gop=10)
+    bigger = make_video(tmp_path / "bigger.mp4", frames=50, size=(192, 144), fps=25, gop=10)
+    output, export = tmp_path / "out.mp4", tmp_path / "export"
     with RtspServer(video) as server:
-        daemon = Daemon("-c", str(fast_config), "--source", server.url, "--max-frames", "250", *LIVE)
+        daemon = Daemon("-c", str(fast_config), "--source", server.url, "--max-frames", "250", *LIVE,
+                        "--output", str(output), "--export-dir", str(export))
         try:
             daemon.wait_for(r"cam0: connecting -> streaming")
             daemon.wait_for(r"status: .* [1-9]\d* processed")
             server.kill()
             lost = daemon.wait_for(r"cam0: streaming -> reconnecting", timeout=30)
             time.sleep(1.0)
+            server.video_path = bigger  # the camera comes back with another resolution
             server.restart()
             back = daemon.wait_for(r"reconnecting -> streaming after an outage of [\d.]+ s", after=lost)
             assert back > lost
@@ -83,6 +88,13 @@ def test_server_killed_and_restarted_the_daemon_resumes_with_one_reconnect(tmp_p
     done = re.search(r"done: (\d+) frames read, (\d+) processed, \d+ dropped, (\d+) reconnects", daemon.text())
     assert done, daemon.text()
     assert int(done.group(1)) == 250 and int(done.group(3)) == 1
+    # The recording keeps its size (later frames are scaled) and shows the outage as a gap in time.
+    info = probe(output)
+    assert (info["width"], info["height"], info["frames"]) == (160, 120, int(done.group(2)))
+    assert max(b - a for a, b in zip(info["times"], info["times"][1:])) >= 1.0
+    # The annotations keep each frame's own size.
+    sizes = {(image["width"], image["height"]) for image in json.loads((export / "panoptic.json").read_text())["images"]}
+    assert sizes == {(160, 120), (192, 144)}
 
 
 def test_a_frozen_server_is_detected_by_the_watchdog_and_streaming_resumes(tmp_path, fast_config):
