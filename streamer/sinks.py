@@ -1,4 +1,5 @@
-"""Outputs: H.264 MP4 through PyAV, and a live OpenCV window.
+"""Sink stage: H.264 MP4 through PyAV, a live OpenCV window, and the sink thread that feeds them
+(and the COCO panoptic export of export.py).
 
 Every output has `write(result, rendered)` and `close()`; the sink thread calls them in frame order.
 """
@@ -180,9 +181,7 @@ class Window:
 def sink_loop(
     results: queue.Queue, outputs: list, render: Callable[[Panoptic], np.ndarray], control: ctl.Control, stats: ctl.Stats
 ) -> None:
-    """Render each result once and hand it to every output; closes every output at the end, always.
-
-    """
+    """Render each result once and hand it to every output; closes every output at the end, always."""
     try:
         while True:
             result = ctl.get(results, control)
