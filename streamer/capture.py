@@ -178,6 +178,7 @@ class Capture:
         finally:
             self._set_state(State.ENDED)
             ctl.put(self.frames, ctl.END, self.control)
+            self.control.done()
 
     def _stopping(self) -> bool:
         return self.control.stop.is_set() or self.control.abort.is_set() or self._enough()
@@ -230,6 +231,7 @@ class Capture:
             log.info("%s: reconnecting in %.1f s (attempt %d)", self.source_id, delay, attempt + 1)
         deadline = time.monotonic() + delay
         while time.monotonic() < deadline:
+            self.control.beat()
             if self._stopping():
                 return False
             time.sleep(min(ctl.POLL_S, max(0.0, deadline - time.monotonic())))
@@ -244,6 +246,7 @@ class Capture:
         try:
             last_frame = time.monotonic()
             while not self._stopping():
+                self.control.beat()
                 try:
                     item = handoff.get(timeout=ctl.POLL_S)
                 except queue.Empty:
@@ -272,6 +275,7 @@ class Capture:
         pts = self._clock.stamp(stream_pts, captured_mono) if self.liveness.live else stream_pts
         frame = Frame(self.source_id, self.stats.read, image, pts, time.time(), captured_mono)
         self.stats.read += 1
+        self.control.first_frame.set()
         return offer(self.frames, frame, self.policy, self.control, self.stats)
 
     def _set_state(self, state: State) -> None:

@@ -166,6 +166,7 @@ class Runtime(Strict):
     torch_threads: int | None = Field(default=None, ge=1)
     status_interval_s: float = Field(default=10.0, gt=0)
     drain_timeout_s: float = Field(default=30.0, gt=0)  # how long a graceful stop may finish queued frames
+    stage_timeout_s: float = Field(default=60.0, gt=0)  # a stage whose loop stalls this long stops the systemd watchdog pings
     log_level: Literal["debug", "info", "warning", "error"] = "info"
 
 

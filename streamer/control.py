@@ -35,7 +35,22 @@ class Control:
         self.stop = threading.Event()
         self.abort = threading.Event()
         self.failure: BaseException | None = None
+        self.first_frame = threading.Event()  # set by the first frame any source delivers
         self._lock = threading.Lock()
+        self._beats: dict[str, float] = {}  # thread name -> last time its loop came round
+
+    def beat(self) -> None:
+        """Called from every stage's loop: the thread is not stuck in a call that never returns."""
+        self._beats[threading.current_thread().name] = time.monotonic()
+
+    def done(self) -> None:
+        """A stage that finished normally is no longer watched."""
+        self._beats.pop(threading.current_thread().name, None)
+
+    def stalled_stages(self, limit_s: float) -> list[str]:
+        """Stages whose loop has not come round for `limit_s` seconds."""
+        now = time.monotonic()
+        return sorted(name for name, at in list(self._beats.items()) if now - at > limit_s)
 
     def fail(self, stage: str, exc: BaseException, abort: bool = True) -> None:
         """Record the first failure and log it once; abort every stage unless told the stage can end
@@ -63,6 +78,7 @@ class Control:
 def put(q: queue.Queue, item: Any, control: Control) -> bool:
     """Blocking put that gives up (False) when the pipeline aborts."""
     while not control.abort.is_set():
+        control.beat()
         try:
             q.put(item, timeout=POLL_S)
             return True
@@ -74,6 +90,7 @@ def put(q: queue.Queue, item: Any, control: Control) -> bool:
 def get(q: queue.Queue, control: Control) -> Any | None:
     """Blocking get that gives up (None) when the pipeline aborts."""
     while not control.abort.is_set():
+        control.beat()
         try:
             return q.get(timeout=POLL_S)
         except queue.Empty:

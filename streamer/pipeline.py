@@ -24,6 +24,7 @@ from .config import Config, Source
 from .export import PanopticExport
 from .fusion import FusionParams
 from .models import PanopticModels, resolve_device
+from .notify import Notifier, watchdog_interval
 from .render import Renderer
 from .sinks import DisplayOutput, VideoOutput, Window, require_display, sink_loop
 from .sources import DEFAULT_FPS, LiveOptions, Reader, is_live, open_source, redact_uri
@@ -91,6 +92,7 @@ class Pipeline:
     def __init__(self, config: Config):
         self.config = config
         self.control = ctl.Control()
+        self.notifier = Notifier()
         self._signals = 0
 
     def run(self) -> RunSummary:
@@ -188,13 +190,14 @@ class Pipeline:
     # -- main thread -----------------------------------------------------------------------
 
     def _supervise(self, sinks: list[threading.Thread], runs: list[SourceRun]) -> None:
-        """Wait for every sink to finish, showing the windows and progress meanwhile."""
+        """Wait for every sink to finish, showing the windows, progress and talking to systemd meanwhile."""
         windows = {run.settings.id: Window(f"streamer - {run.settings.id}") for run in runs if run.display}
         totals = [run.total for run in runs]
         progress = Progress(
             [run.stats for run in runs], [q for run in runs for q in (run.frames, run.results)],
             sum(totals) if all(totals) else None, self.config.runtime.status_interval_s,
         )
+        health = Health(self.control, self.notifier, watchdog_interval(), self.config.runtime.stage_timeout_s)
         drain_deadline = None
         try:
             while any(sink.is_alive() for sink in sinks):
@@ -203,12 +206,16 @@ class Pipeline:
                 else:
                     time.sleep(0.1)
                 progress.update()
+                health.update()
                 if self.control.stop.is_set() and drain_deadline is None:
                     drain_deadline = time.monotonic() + self.config.runtime.drain_timeout_s
+                    self.notifier.stopping()
+                    self.notifier.extend_timeout(self.config.runtime.drain_timeout_s + JOIN_TIMEOUT_S)
                 if drain_deadline is not None and time.monotonic() > drain_deadline and not self.control.abort.is_set():
                     log.warning("queued frames not finished within %.0f s: stopping now", self.config.runtime.drain_timeout_s)
                     self.control.abort.set()
         finally:
+            self.notifier.stopping()
             progress.close()
             for window in windows.values():
                 window.close()
@@ -255,6 +262,38 @@ def timing_text(stats: list[ctl.Stats]) -> str:
     if latency is None or model is None:
         return "latency -"
     return "latency p50/p95/max %.3f/%.3f/%.3f s, model %.3f s/frame" % (*latency, model[0])
+
+
+class Health:
+    """READY=1 once the models are loaded and a first frame is read; WATCHDOG=1 every half
+    WatchdogSec, but only while every stage's loop keeps coming round, so a hung worker gets the
+    service restarted rather than merely a hung main thread."""
+
+    def __init__(self, control: ctl.Control, notifier: Notifier, interval_s: float | None, stage_timeout_s: float):
+        self.control = control
+        self.notifier = notifier
+        self.interval = interval_s
+        self.stage_timeout = stage_timeout_s
+        self.ready = False
+        self._next_ping = time.monotonic()
+        self._withheld = False
+
+    def update(self) -> None:
+        if not self.ready and self.control.first_frame.is_set():
+            self.ready = True
+            self.notifier.ready("streaming")
+            log.info("ready: models loaded, first frame read")
+        if self.interval is None or time.monotonic() < self._next_ping:
+            return
+        self._next_ping = time.monotonic() + self.interval
+        stalled = self.control.stalled_stages(self.stage_timeout)
+        if stalled:
+            if not self._withheld:
+                log.error("%s stuck for over %.0f s: withholding the watchdog ping", ", ".join(stalled), self.stage_timeout)
+            self._withheld = True
+            return
+        self._withheld = False
+        self.notifier.watchdog()
 
 
 class Progress:

@@ -203,3 +203,4 @@ def sink_loop(
                 output.close()
             except Exception as exc:  # noqa: BLE001
                 control.fail("sink", exc)
+        control.done()

@@ -1,0 +1,142 @@
+"""Running under systemd: sd_notify over a real unix datagram socket, the watchdog, the unit files."""
+from __future__ import annotations
+
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import ROOT, cli_env, make_video, popen_cli
+
+SMALL_DEMO = ["--set", "models.semantic.weights=demo", "--set", "models.instance.weights=demo"]
+
+
+class FakeSystemd:
+    """A NOTIFY_SOCKET that records every datagram with its arrival time."""
+
+    def __init__(self, folder: Path):
+        self.path = folder / "notify.sock"
+        self.socket = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.socket.bind(str(self.path))
+        self.socket.settimeout(0.2)
+        self.messages: list[tuple[float, str]] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._receive, daemon=True)
+        self._thread.start()
+
+    def _receive(self) -> None:
+        while not self._stop.is_set():
+            try:
+                data = self.socket.recv(4096)
+            except socket.timeout:
+                continue
+            for field in data.decode().splitlines():
+                self.messages.append((time.monotonic(), field))
+
+    def times(self, field: str) -> list[float]:
+        return [at for at, text in list(self.messages) if text == field]
+
+    def wait_for(self, field: str, timeout: float = 60.0) -> float:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.times(field):
+                return self.times(field)[0]
+            time.sleep(0.05)
+        raise AssertionError(f"no {field} within {timeout} s; got {self.messages}")
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(2)
+        self.socket.close()
+
+
+@pytest.fixture
+def systemd(tmp_path):
+    fake = FakeSystemd(tmp_path)
+    yield fake
+    fake.close()
+
+
+def test_ready_watchdog_and_stopping_reach_the_notify_socket(tmp_path, fast_config, systemd):
+    video = make_video(tmp_path / "in.mp4", frames=400, size=(96, 64))
+    env = cli_env(NOTIFY_SOCKET=str(systemd.path), WATCHDOG_USEC="1000000")  # WatchdogSec=1: ping every 0.5 s
+    process = popen_cli("run", "-c", str(fast_config), "--source", str(video), *SMALL_DEMO, env=env)
+    try:
+        ready = systemd.wait_for("READY=1")
+        time.sleep(3.0)
+        pings = [at for at in systemd.times("WATCHDOG=1") if at > ready]
+        assert len(pings) >= 4, systemd.messages
+        assert max(b - a for a, b in zip(pings, pings[1:])) < 1.0  # inside WatchdogSec
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(60) == 0, process.stderr.read()
+    finally:
+        process.kill() if process.poll() is None else None
+    stopping = systemd.wait_for("STOPPING=1", timeout=5)
+    assert stopping > ready
+    assert any(text.startswith("EXTEND_TIMEOUT_USEC=") for _, text in systemd.messages)
+
+
+def test_a_hung_worker_stops_the_watchdog_pings(tmp_path, fast_config, systemd):
+    video = make_video(tmp_path / "in.mp4", frames=400, size=(96, 64))
+    env = cli_env(NOTIFY_SOCKET=str(systemd.path), WATCHDOG_USEC="1000000", STREAMER_TEST_HANG_WORKER_AFTER="20")
+    process = popen_cli("run", "-c", str(fast_config), "--source", str(video), *SMALL_DEMO,
+                        "--set", "runtime.stage_timeout_s=1.5", env=env)
+    try:
+        systemd.wait_for("READY=1")
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:  # pings go on until the hang, then stop for good
+            pings = systemd.times("WATCHDOG=1")
+            if pings and time.monotonic() - pings[-1] > 4.0:
+                break
+            time.sleep(0.2)
+        pings = systemd.times("WATCHDOG=1")
+        assert pings and time.monotonic() - pings[-1] > 4.0, systemd.messages
+        time.sleep(2.0)
+        assert systemd.times("WATCHDOG=1") == pings  # still none: systemd would restart us now
+    finally:
+        process.kill()
+        stderr = process.communicate(timeout=30)[1]
+    assert "test hook: the worker hangs now" in stderr
+    assert "worker stuck for over 2 s: withholding the watchdog ping" in stderr
+
+
+def test_without_notify_socket_nothing_is_sent_and_the_run_is_normal(tmp_path, fast_config):
+    from streamer.notify import Notifier
+
+    notifier = Notifier(address="")
+    assert not notifier.enabled
+    notifier.ready()
+    notifier.watchdog()  # silently nothing
+
+
+def test_abstract_notify_socket(tmp_path):
+    from streamer.notify import Notifier
+
+    receiver = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    name = f"streamer-test-{time.monotonic_ns()}"
+    receiver.bind("\0" + name)
+    receiver.settimeout(2)
+    notifier = Notifier(address="@" + name)
+    notifier.ready("streaming")
+    assert receiver.recv(100) == b"READY=1\nSTATUS=streaming"
+    receiver.close()
+
+
+@pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="systemd-analyze is not available here")
+@pytest.mark.parametrize("unit", ["streamer.service", "streamer@.service"])
+def test_units_pass_systemd_analyze_verify(tmp_path, unit):
+    text = (ROOT / "systemd" / unit).read_text()
+    assert "Type=notify" in text and "RestartPreventExitStatus=78" in text and "\nPrivateDevices=" not in text
+    # verify insists that ExecStart exists: point it at this checkout's streamer for the check.
+    executable = Path(sys.executable).with_name("streamer")
+    text = text.replace("/opt/streamer/.venv/bin/streamer", str(executable))
+    name = unit.replace("@.", "@cam1.")
+    (tmp_path / name).write_text(text)
+    result = subprocess.run(["systemd-analyze", "verify", str(tmp_path / name)], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stdout + result.stderr
