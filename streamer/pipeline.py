@@ -96,6 +96,14 @@ class Pipeline:
         self._signals = 0
 
     def run(self) -> RunSummary:
+        """Signals are handled from the start: a SIGTERM while the models load ends the run cleanly."""
+        previous = self._install_signal_handlers()
+        try:
+            return self._run()
+        finally:
+            self._restore_signal_handlers(previous)
+
+    def _run(self) -> RunSummary:
         config = self.config
         if config.output.display:
             require_display()  # before anything slow, and before OpenCV could abort the process
@@ -125,13 +133,11 @@ class Pipeline:
             threading.Thread(target=sink_loop, args=(run.results, run.outputs, render, self.control, run.stats), name=f"sink-{run.settings.id}", daemon=True)
             for run in runs
         ]
-        previous = self._install_signal_handlers()
         try:
             for thread in threads + sinks:
                 thread.start()
             self._supervise(sinks, runs)
         finally:
-            self._restore_signal_handlers(previous)
             self.control.abort.set()
             for thread in threads + sinks:
                 thread.join(JOIN_TIMEOUT_S)

@@ -140,3 +140,17 @@ def test_units_pass_systemd_analyze_verify(tmp_path, unit):
     (tmp_path / name).write_text(text)
     result = subprocess.run(["systemd-analyze", "verify", str(tmp_path / name)], capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_sigterm_during_start_up_exits_cleanly(tmp_path, fast_config):
+    video = make_video(tmp_path / "in.mp4", frames=20, size=(96, 64))
+    output = tmp_path / "out.mp4"
+    process = popen_cli("run", "-c", str(fast_config), "--source", str(video), "--output", str(output))
+    seen = []
+    for line in process.stderr:  # the source is open; the models load next
+        seen.append(line)
+        if "(file, buffer block)" in line:
+            break
+    process.send_signal(signal.SIGTERM)
+    assert process.wait(60) == 0, "".join(seen) + process.stderr.read()
+    assert not list(tmp_path.glob("*.partial"))
