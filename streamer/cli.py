@@ -136,7 +136,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     configure_logging(args.log_level or config.runtime.log_level)
     from .scoring import evaluate_synthetic
 
-    report = evaluate_synthetic(config, args.export_dir)
+    report = evaluate_synthetic(config, args.source, args.export_dir)
     sys.stdout.write(json.dumps(report.to_dict(), indent=1) + "\n" if args.json else report.text() + "\n")
     return EXIT_OK
 

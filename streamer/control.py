@@ -108,8 +108,6 @@ class Stats:
     dropped: collections.Counter = field(default_factory=collections.Counter)  # cause -> frames
     latencies: collections.deque = field(default_factory=lambda: collections.deque(maxlen=1000))  # capture -> sink, s
     model_times: collections.deque = field(default_factory=lambda: collections.deque(maxlen=1000))  # inference + fusion, s
-    started: float = field(default_factory=time.monotonic)
-
 
 
 def latency_summary(latencies) -> tuple[float, float, float] | None:

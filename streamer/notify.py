@@ -44,9 +44,6 @@ class Notifier:
     def extend_timeout(self, seconds: float) -> None:
         self.send(f"EXTEND_TIMEOUT_USEC={int(seconds * 1_000_000)}")
 
-    def status(self, text: str) -> None:
-        self.send(f"STATUS={text}")
-
     def close(self) -> None:
         if self._socket is not None:
             self._socket.close()

@@ -215,13 +215,14 @@ class Pipeline:
                 health.update()
                 if self.control.stop.is_set() and drain_deadline is None:
                     drain_deadline = time.monotonic() + self.config.runtime.drain_timeout_s
-                    self.notifier.stopping()
+                    self.notifier.stopping()  # a stop begins: finishing queued frames may take a while
                     self.notifier.extend_timeout(self.config.runtime.drain_timeout_s + JOIN_TIMEOUT_S)
                 if drain_deadline is not None and time.monotonic() > drain_deadline and not self.control.abort.is_set():
                     log.warning("queued frames not finished within %.0f s: stopping now", self.config.runtime.drain_timeout_s)
                     self.control.abort.set()
         finally:
-            self.notifier.stopping()
+            if drain_deadline is None:  # the sources ended by themselves (or a stage failed)
+                self.notifier.stopping()
             progress.close()
             for window in windows.values():
                 window.close()

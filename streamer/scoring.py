@@ -18,7 +18,8 @@ from .frames import Frame, Panoptic
 from .fusion import fuse
 from .models import PanopticModels, resolve_device
 from .pipeline import fusion_params
-from .synthetic import CATEGORIES, SyntheticReader
+from .sources import classify, open_source
+from .synthetic import CATEGORIES
 
 log = logging.getLogger(__name__)
 
@@ -49,14 +50,11 @@ class EvalReport:
         return "\n".join(parts)
 
 
-def evaluate_synthetic(config: Config, export_dir: str | None = None) -> EvalReport:
-    uri = config.source.uri
-    if not uri.startswith("synthetic:"):
+def evaluate_synthetic(config: Config, uri: str, export_dir: str | None = None) -> EvalReport:
+    """Score the configured models on `uri`, a synthetic scene (it carries ground truth)."""
+    if classify(uri).kind != "synthetic":
         raise UsageError(f"eval: {uri}: needs a synthetic:street?... source, which carries ground truth")
-    try:
-        reader = SyntheticReader(uri, config.source.fps)
-    except ValueError as exc:
-        raise UsageError(f"{uri}: {exc}") from None
+    reader = open_source(uri)
     if reader.frame_count is None:
         raise UsageError(f"eval: {uri}: give a frame count, e.g. &frames=300")
     categories = config.categories()
@@ -82,7 +80,7 @@ def evaluate_synthetic(config: Config, export_dir: str | None = None) -> EvalRep
             scores["naive"].add(naive_fusion(p.semantic, p.masks, p.scores, p.categories, models.is_thing, label_divisor=divisor), truth)
             scores["semantic_only"].add(semantic_only(p.semantic, models.is_thing, label_divisor=divisor), truth)
             if export is not None:
-                frame = Frame(config.source.id, index, scene.image, index * 1000.0 / reader.fps, time.time(), time.monotonic())
+                frame = Frame("synthetic", index, scene.image, index * 1000.0 / reader.fps, time.time(), time.monotonic())
                 export.write(Panoptic(frame, fused, tuple(segments)), scene.image)
             index += 1
             if index % 50 == 0:

@@ -11,7 +11,6 @@ import math
 import os
 import re
 import threading
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -60,7 +59,6 @@ class CaptureReader:
         self.fps = fps_override or (reported if reported and math.isfinite(reported) and 0 < reported < 1000 else DEFAULT_FPS)
         count = capture.get(cv2.CAP_PROP_FRAME_COUNT)
         self.frame_count = int(count) if not live and count and math.isfinite(count) and count > 0 else None
-        self._started = time.monotonic()
         self._last_pts = -math.inf
         self._count = 0
         self._peeked: tuple[np.ndarray, float] | None = None
@@ -78,10 +76,9 @@ class CaptureReader:
         if not ok or image is None:
             return None
         pts = self._capture.get(cv2.CAP_PROP_POS_MSEC)
-        if self.live and (not math.isfinite(pts) or pts <= 0 or pts <= self._last_pts):
-            pts = (time.monotonic() - self._started) * 1000.0  # cameras often report no usable PTS
-        elif not math.isfinite(pts) or pts < 0 or (pts <= self._last_pts and self._count):
-            pts = self._count * 1000.0 / self.fps  # a file without timestamps: derive from the rate
+        if not math.isfinite(pts) or pts < 0 or (pts <= self._last_pts and self._count):
+            pts = self._count * 1000.0 / self.fps  # no usable timestamps: derive from the rate
+            # (for live sources capture.LiveClock then anchors these to the wall clock)
         self._last_pts = pts
         self._count += 1
         return image, pts
