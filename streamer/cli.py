@@ -107,7 +107,7 @@ def cmd_synth(args: argparse.Namespace) -> int:
     """Frames and ground truth of one synthetic scene: video.mp4 + COCO panoptic export."""
     from .export import PanopticExport
     from .frames import Frame, Panoptic
-    from .sinks import VideoOutput
+    from .recording import VideoOutput
     from .synthetic import CATEGORIES, StreetScene
 
     out = Path(args.out)

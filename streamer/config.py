@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ByteSize, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from .errors import ConfigError
 from .frames import LABEL_DIVISOR, Category
@@ -148,9 +148,18 @@ class Render(Strict):
 
 
 class Output(Strict):
-    video: str | None = None  # path of an H.264 MP4 to write
+    video: str | None = None  # path of an H.264 MP4 to write (with segments: their name template or folder)
+    segment_seconds: float | None = Field(default=None, ge=0)  # None: 60 for live sources, one file otherwise; 0: one file
+    keep_hours: float | None = Field(default=None, gt=0)  # retention: remove finished segments older than this
+    max_bytes: ByteSize | None = None  # retention: remove the oldest finished segments beyond this total, e.g. 20GB
     display: bool = False  # show a live window
     export_dir: str | None = None  # COCO panoptic annotations
+
+
+class Metrics(Strict):
+    enabled: bool = False  # Prometheus /metrics and /healthz over HTTP
+    host: str = "127.0.0.1"
+    port: int = Field(default=9108, ge=0, le=65535)  # 0: any free port (logged at start)
 
 
 class Runtime(Strict):
@@ -168,6 +177,7 @@ class Runtime(Strict):
     drain_timeout_s: float = Field(default=30.0, gt=0)  # how long a graceful stop may finish queued frames
     stage_timeout_s: float = Field(default=60.0, gt=0)  # a stage whose loop stalls this long stops the systemd watchdog pings
     log_level: Literal["debug", "info", "warning", "error"] = "info"
+    log_format: Literal["text", "json"] = "text"  # json: one JSON object per line
 
 
 class Config(Strict):
@@ -177,6 +187,7 @@ class Config(Strict):
     fusion: Fusion = Fusion()
     render: Render = Render()
     output: Output = Output()
+    metrics: Metrics = Metrics()
     runtime: Runtime = Runtime()
 
     @model_validator(mode="before")

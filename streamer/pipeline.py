@@ -26,7 +26,8 @@ from .fusion import FusionParams
 from .models import PanopticModels, resolve_device
 from .notify import Notifier, watchdog_interval
 from .render import Renderer
-from .sinks import DisplayOutput, VideoOutput, Window, require_display, sink_loop
+from .recording import Retention, open_video
+from .sinks import DisplayOutput, Window, require_display, sink_loop
 from .sources import DEFAULT_FPS, LiveOptions, Reader, is_live, open_source, redact_uri
 from .worker import worker_loop
 
@@ -34,6 +35,7 @@ log = logging.getLogger(__name__)
 
 RESULT_QUEUE_SIZE = 4
 JOIN_TIMEOUT_S = 10.0
+LIVE_SEGMENT_S = 60.0  # a live source records in segments of this length unless output.segment_seconds says otherwise
 
 
 def fusion_params(config: Config) -> FusionParams:
@@ -166,8 +168,7 @@ class Pipeline:
         outputs = []
         try:
             if config.output.video:
-                fps = reader.fps if reader else (source.fps or DEFAULT_FPS)
-                outputs.append(VideoOutput(output_path(config.output.video, source.id, several), fps))
+                outputs.append(self._video(source, reader, live, several))
             if config.output.export_dir:
                 outputs.append(PanopticExport(output_path(config.output.export_dir, source.id, several), categories))
         except BaseException:
@@ -192,6 +193,15 @@ class Pipeline:
         )
         total = getattr(reader, "frame_count", None)
         return SourceRun(source, capture, frames, queue.Queue(maxsize=RESULT_QUEUE_SIZE), outputs, display, stats, reader, total)
+
+    def _video(self, source: Source, reader: Reader | None, live: bool, several: bool):
+        settings = self.config.output
+        segment_s = settings.segment_seconds if settings.segment_seconds is not None else (LIVE_SEGMENT_S if live else 0)
+        path = output_path(settings.video, source.id, several)
+        if segment_s:
+            log.info("%s: recording %g s segments named by their start time, from %s", source.id, segment_s, path)
+        fps = reader.fps if reader else (source.fps or DEFAULT_FPS)
+        return open_video(path, fps, segment_s, Retention(settings.keep_hours, settings.max_bytes))
 
     # -- main thread -----------------------------------------------------------------------
 

@@ -1,5 +1,5 @@
-"""Sink stage: H.264 MP4 through PyAV, a live OpenCV window, and the sink thread that feeds them
-(and the COCO panoptic export of export.py).
+"""Sink stage: a live OpenCV window, and the sink thread that feeds every output (the video of
+recording.py, the COCO panoptic export of export.py, the window).
 
 Every output has `write(result, rendered)` and `close()`; the sink thread calls them in frame order.
 """
@@ -11,82 +11,18 @@ import queue
 import socket
 import time
 from collections.abc import Callable
-from fractions import Fraction
 from pathlib import Path
 
-import av
 import cv2
 import numpy as np
 
 from . import control as ctl
-from .errors import StreamerError, UsageError
+from .errors import UsageError
 from .frames import Panoptic
 
 log = logging.getLogger(__name__)
 
-VIDEO_TIME_BASE = Fraction(1, 90000)  # fine enough that 29.97 fps timestamps stay exact
 SYSTEM_FONTS = "/usr/share/fonts/truetype/dejavu"
-
-
-class VideoOutput:
-    """H.264 in MP4. Written as `NAME.partial` beside the target and renamed once closed cleanly.
-
-    Opened on the first frame (its size is the video's size); timestamps are the frames' own PTS,
-    forced strictly increasing.
-    """
-
-    def __init__(self, path: str | Path, fps: float, encoder_options: dict[str, str] | None = None):
-        self.path = Path(path)
-        self.partial = self.path.with_name(self.path.name + ".partial")
-        self.fps = fps
-        self.options = encoder_options or {"preset": "veryfast", "crf": "23"}
-        self.frames = 0
-        self._container = None
-        self._stream = None
-        self._first_pts: float | None = None
-        self._last_pts = -1
-        try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise StreamerError(f"{self.path}: cannot create its folder: {exc.strerror}") from None
-
-    def _open(self, width: int, height: int) -> None:
-        self._container = av.open(str(self.partial), mode="w", format="mp4")
-        stream = self._container.add_stream("libx264", rate=Fraction(self.fps).limit_denominator(1001))
-        stream.width, stream.height = width, height
-        # 4:2:0 is what browsers and players expect; it needs even sizes, so odd ones keep full chroma.
-        stream.pix_fmt = "yuv420p" if width % 2 == 0 and height % 2 == 0 else "yuv444p"
-        stream.time_base = VIDEO_TIME_BASE
-        stream.codec_context.time_base = VIDEO_TIME_BASE
-        stream.options = self.options
-        self._stream = stream
-
-    def write(self, result: Panoptic, rendered: np.ndarray) -> None:
-        if self._container is None:
-            self._open(rendered.shape[1], rendered.shape[0])
-        if (rendered.shape[1], rendered.shape[0]) != (self._stream.width, self._stream.height):
-            rendered = cv2.resize(rendered, (self._stream.width, self._stream.height), interpolation=cv2.INTER_AREA)
-        if self._first_pts is None:
-            self._first_pts = result.frame.pts_ms
-        pts = max(round((result.frame.pts_ms - self._first_pts) * 90), self._last_pts + 1)
-        self._last_pts = pts
-        frame = av.VideoFrame.from_ndarray(rendered, format="bgr24")
-        frame.pts = pts
-        frame.time_base = VIDEO_TIME_BASE
-        for packet in self._stream.encode(frame):
-            self._container.mux(packet)
-        self.frames += 1
-
-    def close(self) -> None:
-        if self._container is None:
-            log.warning("%s: no frame was processed, so no video was written", self.path)
-            return
-        for packet in self._stream.encode(None):
-            self._container.mux(packet)
-        self._container.close()
-        self._container = None
-        os.replace(self.partial, self.path)
-        log.info("wrote %s (%d frames)", self.path, self.frames)
 
 
 def display_available() -> bool:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import functools
 import math
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -66,9 +67,10 @@ class SceneFrame:
 
 
 def parse_synthetic_uri(uri: str) -> dict:
-    """'synthetic:street?seed=S&frames=N&size=WxH&fps=F' -> {'seed', 'frames', 'size', 'fps'}.
+    """'synthetic:street?seed=S&frames=N&size=WxH&fps=F&realtime=0|1' -> {'seed', 'frames', 'size', 'fps', 'realtime'}.
 
-    Every key is optional: seed 0, frames None (endless), size (640, 360), fps 15.0.
+    Every key is optional: seed 0, frames None (endless), size (640, 360), fps 15.0, realtime 0
+    (1: frames come no faster than fps, like a camera's).
     """
     def fail(why: str) -> ValueError:
         return ValueError(f"bad synthetic URI: {why}")  # callers prefix the URI itself
@@ -79,7 +81,7 @@ def parse_synthetic_uri(uri: str) -> dict:
     name, _, query = rest.partition("?")
     if name != "street":
         raise fail(f"unknown scene {name!r} (known: 'street')")
-    out: dict = {"seed": 0, "frames": None, "size": (640, 360), "fps": 15.0}
+    out: dict = {"seed": 0, "frames": None, "size": (640, 360), "fps": 15.0, "realtime": False}
     seen: set[str] = set()
     for item in query.split("&") if query else []:
         key, eq, value = item.partition("=")
@@ -105,8 +107,12 @@ def parse_synthetic_uri(uri: str) -> dict:
             if not x:
                 raise fail(f"size must be WxH, got {value!r}")
             out["size"] = (_parse_int(w, 1, fail, "size width"), _parse_int(h, 1, fail, "size height"))
+        elif key == "realtime":
+            if value not in ("0", "1"):
+                raise fail(f"realtime must be 0 or 1, got {value!r}")
+            out["realtime"] = value == "1"
         else:
-            raise fail(f"unknown key {key!r} (known: seed, frames, size, fps)")
+            raise fail(f"unknown key {key!r} (known: seed, frames, size, fps, realtime)")
     return out
 
 
@@ -999,7 +1005,9 @@ class SyntheticReader:
         self.fps = float(fps) if fps else options["fps"]
         self.frame_count: int | None = options["frames"]
         self.scene = StreetScene(options["seed"], options["size"], self.fps)
+        self.realtime = options["realtime"]
         self._next = 0
+        self._started: float | None = None
 
     def read(self) -> tuple[np.ndarray, float] | None:
         """Next (BGR image, pts in ms), or None after `frames` frames."""
@@ -1010,6 +1018,9 @@ class SyntheticReader:
         """Like read(), with the ground truth."""
         if self.frame_count is not None and self._next >= self.frame_count:
             return None
+        if self.realtime:
+            self._started = self._started or time.monotonic()
+            time.sleep(max(0.0, self._started + self._next / self.fps - time.monotonic()))
         self._next += 1
         return self.scene.render(self._next - 1)
 

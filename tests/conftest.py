@@ -3,8 +3,11 @@ from __future__ import annotations
 
 import os
 import re
+import signal
 import subprocess
 import sys
+import threading
+import time
 from fractions import Fraction
 from pathlib import Path
 
@@ -125,3 +128,45 @@ def the_error(result, code: int) -> str:
     match = re.search(r" ERROR streamer[\w.]*: (.+)$", lines[0])
     assert match, detail  # our logger's line, not argparse's or a library's complaint
     return match.group(1)
+
+
+class Daemon:
+    """`streamer run` in a subprocess whose stderr lines are collected, each with the time it arrived."""
+
+    def __init__(self, *args: str):
+        self.process = popen_cli("run", *args)
+        self.lines: list[tuple[float, str]] = []
+        self._reader = threading.Thread(target=self._collect, daemon=True)
+        self._reader.start()
+
+    def _collect(self) -> None:
+        for line in self.process.stderr:
+            self.lines.append((time.monotonic(), line))
+
+    def wait_for(self, pattern: str, timeout: float = 60.0, after: float = 0.0) -> float:
+        """Time at which a line matching `pattern` arrived (after `after`)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            for at, line in list(self.lines):
+                if at >= after and re.search(pattern, line):
+                    return at
+            assert self.process.poll() is None or self._reader.join(1) or True
+            time.sleep(0.05)
+        raise AssertionError(f"no line matching {pattern!r} within {timeout} s:\n{self.text()}")
+
+    def processed(self) -> int:
+        counts = [int(m.group(1)) for _, line in self.lines if (m := re.search(r"status: .* (\d+) processed", line))]
+        return max(counts, default=0)
+
+    def finish(self, timeout: float = 60.0) -> int:
+        code = self.process.wait(timeout)
+        self._reader.join(5)
+        return code
+
+    def terminate(self) -> int:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+        return self.finish()
+
+    def text(self) -> str:
+        return "".join(line for _, line in self.lines)

@@ -4,12 +4,10 @@ from __future__ import annotations
 
 import json
 import re
-import signal
-import threading
 import time
 
 import pytest
-from conftest import make_video, popen_cli, probe
+from conftest import Daemon, make_video, probe
 from rtsp import RtspServer, free_port, needs_rtsp
 
 pytestmark = needs_rtsp
@@ -21,48 +19,6 @@ LIVE = [
     "--set", "source.reconnect.initial_delay_s=0.3", "--set", "source.reconnect.max_delay_s=1.0",
     "--set", "source.open_timeout_s=3", "--set", "runtime.status_interval_s=0.5",
 ]
-
-
-class Daemon:
-    """`streamer run` in a subprocess whose stderr lines are collected, each with the time it arrived."""
-
-    def __init__(self, *args: str):
-        self.process = popen_cli("run", *args)
-        self.lines: list[tuple[float, str]] = []
-        self._reader = threading.Thread(target=self._collect, daemon=True)
-        self._reader.start()
-
-    def _collect(self) -> None:
-        for line in self.process.stderr:
-            self.lines.append((time.monotonic(), line))
-
-    def wait_for(self, pattern: str, timeout: float = 60.0, after: float = 0.0) -> float:
-        """Time at which a line matching `pattern` arrived (after `after`)."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            for at, line in list(self.lines):
-                if at >= after and re.search(pattern, line):
-                    return at
-            assert self.process.poll() is None or self._reader.join(1) or True
-            time.sleep(0.05)
-        raise AssertionError(f"no line matching {pattern!r} within {timeout} s:\n{self.text()}")
-
-    def processed(self) -> int:
-        counts = [int(m.group(1)) for _, line in self.lines if (m := re.search(r"status: .* (\d+) processed", line))]
-        return max(counts, default=0)
-
-    def finish(self, timeout: float = 60.0) -> int:
-        code = self.process.wait(timeout)
-        self._reader.join(5)
-        return code
-
-    def terminate(self) -> int:
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-        return self.finish()
-
-    def text(self) -> str:
-        return "".join(line for _, line in self.lines)
 
 
 def test_server_killed_and_restarted_the_daemon_resumes_with_one_reconnect(tmp_path, fast_config):

@@ -1,0 +1,285 @@
+"""Crash-safe recording: H.264 in fragmented MP4, cut into segments named by their start time.
+
+Every file is written as `NAME.partial` and renamed once closed. Fragments reach the disk at least
+every FRAGMENT_S, so a SIGKILL or a power cut loses only the last moments. At start-up, leftover
+`.partial` files are recovered: the frames that still decode are remuxed into a finished file, and
+a file with nothing readable is moved aside as `.unreadable`, never deleted. Retention removes the
+oldest finished segments by age or by total size.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import re
+import time
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from fractions import Fraction
+from pathlib import Path
+
+import av
+import av.logging
+import cv2
+import numpy as np
+
+from .errors import StreamerError
+from .frames import Panoptic
+
+log = logging.getLogger(__name__)
+
+VIDEO_TIME_BASE = Fraction(1, 90000)  # fine enough that 29.97 fps timestamps stay exact
+KEYFRAME_S = 2.0  # a keyframe at least this often
+FRAGMENT_S = 0.5  # a fragment (and a flush to the OS) at least this often
+FRAGMENTED_MP4 = {
+    # empty_moov + fragments: the file is playable up to its last complete fragment at any moment,
+    # and it plays in browsers. flush_packets hands every fragment to the OS at once.
+    "movflags": "frag_keyframe+empty_moov+default_base_moof",
+    "frag_duration": str(int(FRAGMENT_S * 1e6)),
+    "flush_packets": "1",
+}
+PARTIAL = ".partial"
+UNREADABLE = ".unreadable"
+RECOVERING = ".recovering"
+STAMP_FORMAT = "%Y%m%dT%H%M%SZ"  # segment names: UTC start time, sortable
+
+
+class VideoOutput:
+    """One H.264 fragmented MP4, written as `NAME.partial` beside the target and renamed once closed.
+
+    Opened on the first frame (its size is the video's size); timestamps are the frames' own PTS
+    from the first frame on, forced strictly increasing.
+    """
+
+    def __init__(self, path: str | Path, fps: float, encoder_options: dict[str, str] | None = None):
+        self.path = Path(path)
+        self.partial = partial_path(self.path)
+        self.fps = fps
+        # A short lookahead keeps few frames inside the encoder, where a kill would lose them.
+        self.options = encoder_options or {"preset": "veryfast", "crf": "23", "x264-params": "rc-lookahead=5:sync-lookahead=0"}
+        self.frames = 0
+        self.first_pts_ms: float | None = None
+        self._container = None
+        self._stream = None
+        self._last_pts = -1
+        make_folder(self.path.parent)
+
+    def _open(self, width: int, height: int) -> None:
+        self._container = av.open(str(self.partial), mode="w", format="mp4", options=FRAGMENTED_MP4)
+        stream = self._container.add_stream("libx264", rate=Fraction(self.fps).limit_denominator(1001))
+        stream.width, stream.height = width, height
+        # 4:2:0 is what browsers and players expect; it needs even sizes, so odd ones keep full chroma.
+        stream.pix_fmt = "yuv420p" if width % 2 == 0 and height % 2 == 0 else "yuv444p"
+        stream.time_base = VIDEO_TIME_BASE
+        stream.codec_context.time_base = VIDEO_TIME_BASE
+        stream.codec_context.gop_size = max(1, int(self.fps * KEYFRAME_S))
+        stream.options = self.options
+        self._stream = stream
+
+    def write(self, result: Panoptic, rendered: np.ndarray) -> None:
+        if self._container is None:
+            self._open(rendered.shape[1], rendered.shape[0])
+        if (rendered.shape[1], rendered.shape[0]) != (self._stream.width, self._stream.height):
+            rendered = cv2.resize(rendered, (self._stream.width, self._stream.height), interpolation=cv2.INTER_AREA)
+        if self.first_pts_ms is None:
+            self.first_pts_ms = result.frame.pts_ms
+        pts = max(round((result.frame.pts_ms - self.first_pts_ms) * 90), self._last_pts + 1)
+        self._last_pts = pts
+        frame = av.VideoFrame.from_ndarray(rendered, format="bgr24")
+        frame.pts = pts
+        frame.time_base = VIDEO_TIME_BASE
+        for packet in self._stream.encode(frame):
+            self._container.mux(packet)
+        self.frames += 1
+
+    def close(self) -> None:
+        if self._container is None:
+            log.warning("%s: no frame was processed, so no video was written", self.path)
+            return
+        for packet in self._stream.encode(None):
+            self._container.mux(packet)
+        self._container.close()
+        self._container = None
+        finish(self.partial, self.path)
+        log.info("wrote %s (%d frames)", self.path, self.frames)
+
+
+@dataclass(frozen=True)
+class Retention:
+    keep_hours: float | None = None
+    max_bytes: int | None = None
+
+    @property
+    def active(self) -> bool:
+        return self.keep_hours is not None or self.max_bytes is not None
+
+
+class SegmentedRecording:
+    """Video cut into files of `segment_s` seconds of stream time, named `{stem}-{UTC start}.mp4` beside
+    `template` (or `{UTC start}.mp4` inside it when it has no suffix)."""
+
+    def __init__(self, template: str | Path, fps: float, segment_s: float, retention: Retention = Retention()):
+        self.naming = SegmentNaming(Path(template))
+        self.fps = fps
+        self.segment_s = segment_s
+        self.retention = retention
+        self.current: VideoOutput | None = None
+        make_folder(self.naming.folder)
+        recover_partials(self.naming.partials())
+        enforce_retention(self.naming.finished(), retention)
+
+    def write(self, result: Panoptic, rendered: np.ndarray) -> None:
+        current = self.current
+        if current is not None and result.frame.pts_ms - current.first_pts_ms >= self.segment_s * 1000:
+            self._close_current()
+        if self.current is None:
+            self.current = VideoOutput(self.naming.path_for(result.frame.captured_at), self.fps)
+        self.current.write(result, rendered)
+
+    def _close_current(self) -> None:
+        current, self.current = self.current, None
+        current.close()
+        enforce_retention(self.naming.finished(), self.retention)
+
+    def close(self) -> None:
+        if self.current is not None:
+            self._close_current()
+
+
+class SegmentNaming:
+    """Where segments of one recording live, and how their names are told apart from other files."""
+
+    def __init__(self, template: Path):
+        if template.suffix:
+            self.folder, self.prefix, self.suffix = template.parent, f"{template.stem}-", template.suffix
+        else:
+            self.folder, self.prefix, self.suffix = template, "", ".mp4"
+        self._pattern = re.compile(re.escape(self.prefix) + r"\d{8}T\d{6}Z(-\d+)?" + re.escape(self.suffix) + "$")
+
+    def path_for(self, wall_time: float) -> Path:
+        stamp = datetime.fromtimestamp(wall_time, timezone.utc).strftime(STAMP_FORMAT)
+        path, n = self.folder / f"{self.prefix}{stamp}{self.suffix}", 1
+        while path.exists() or partial_path(path).exists():  # two segments begun within one second
+            path, n = self.folder / f"{self.prefix}{stamp}-{n}{self.suffix}", n + 1
+        return path
+
+    def finished(self) -> list[Path]:
+        """Finished segments, oldest first."""
+        return sorted(p for p in self.folder.iterdir() if self._pattern.match(p.name) and p.is_file())
+
+    def partials(self) -> list[Path]:
+        return sorted(
+            p for p in self.folder.iterdir() if p.name.endswith(PARTIAL) and self._pattern.match(p.name[: -len(PARTIAL)])
+        )
+
+
+def partial_path(path: Path) -> Path:
+    return path.with_name(path.name + PARTIAL)
+
+
+def make_folder(folder: Path) -> None:
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise StreamerError(f"{folder}: cannot create the output folder: {exc.strerror}") from None
+
+
+def finish(written: Path, final: Path) -> None:
+    """Make `written` durable, then give it its final name."""
+    fd = os.open(written, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(written, final)
+
+
+def recover_partials(partials: list[Path], target_taken: Path | None = None) -> None:
+    """Recover each leftover `.partial` video: the frames that decode are remuxed into the finished
+    name (or `{stem}.recovered{suffix}` when that name is taken, by `target_taken` or a file)."""
+    for partial in partials:
+        final = partial.with_name(partial.name[: -len(PARTIAL)])
+        if final == target_taken or final.exists():
+            final = free_name(final.with_name(f"{final.stem}.recovered{final.suffix}"))
+        frames = remux_readable(partial, final)
+        if frames:
+            partial.unlink()
+            log.warning("recovered %s: %d frames from %s, left by a run that did not finish", final, frames, partial.name)
+        else:
+            aside = free_name(partial.with_name(partial.name[: -len(PARTIAL)] + UNREADABLE))
+            os.replace(partial, aside)
+            log.warning("%s holds no readable video: moved aside as %s", partial, aside.name)
+
+
+def remux_readable(source: Path, target: Path) -> int:
+    """Copy the packets of `source` that decode cleanly into `target` (no re-encoding); stop at the
+    first damaged one. Returns the frames kept; 0 leaves no file behind."""
+    scratch = target.with_name(target.name + RECOVERING)
+    kept = 0
+    av.logging.set_libav_level(av.logging.PANIC)  # a cut-off file makes FFmpeg complain at length
+    try:
+        with av.open(str(source)) as reader:
+            stream = reader.streams.video[0]
+            with av.open(str(scratch), mode="w", format="mp4", options=FRAGMENTED_MP4) as writer:
+                copy = writer.add_stream_from_template(stream)
+                for packet in reader.demux(stream):
+                    if packet.size == 0:
+                        continue
+                    if packet.is_corrupt:
+                        break
+                    packet.decode()  # raises on a damaged packet; the frames themselves are not needed
+                    packet.stream = copy
+                    writer.mux(packet)
+                    kept += 1
+    except (av.FFmpegError, IndexError, OSError):
+        pass  # unreadable from here on: keep what was copied
+    finally:
+        av.logging.set_libav_level(av.logging.WARNING)
+    if kept:
+        finish(scratch, target)
+    else:
+        scratch.unlink(missing_ok=True)
+    return kept
+
+
+def open_video(path: str | Path, fps: float, segment_s: float, retention: Retention = Retention()):
+    """The video output for a run: segments when segment_s > 0, else one file. Either way a
+    `.partial` left by an earlier run that did not finish is recovered first."""
+    if segment_s > 0:
+        return SegmentedRecording(path, fps, segment_s, retention)
+    path = Path(path)
+    if partial_path(path).exists():
+        recover_partials([partial_path(path)], target_taken=path)
+    return VideoOutput(path, fps)
+
+
+def free_name(path: Path) -> Path:
+    candidate, n = path, 1
+    while candidate.exists():
+        candidate, n = path.with_name(f"{path.stem}.{n}{path.suffix}"), n + 1
+    return candidate
+
+
+def enforce_retention(finished: list[Path], retention: Retention) -> None:
+    """Remove the oldest finished segments older than keep_hours, then while the rest exceed max_bytes."""
+    if not retention.active:
+        return
+    sizes = {}
+    for path in finished:
+        try:
+            stat = path.stat()
+        except FileNotFoundError:
+            continue
+        sizes[path] = (stat.st_size, stat.st_mtime)
+    remaining = sum(size for size, _ in sizes.values())
+    now = time.time()
+    for path, (size, mtime) in sizes.items():  # oldest first: names sort by start time
+        too_old = retention.keep_hours is not None and now - mtime > retention.keep_hours * 3600
+        too_big = retention.max_bytes is not None and remaining > retention.max_bytes
+        if not (too_old or too_big):
+            break
+        try:
+            path.unlink()
+        except FileNotFoundError:
+            pass
+        remaining -= size
+        log.info("retention: removed %s (%s)", path.name, "older than keep_hours" if too_old else "over max_bytes")
