@@ -260,6 +260,7 @@ class Capture:
                         log.warning("%s: the stream ended", self.source_id)
                     return "ended"
                 if isinstance(item, _ReadError):
+                    self.stats.decode_errors += 1
                     if not self.liveness.live:
                         raise item.exc
                     log.warning("%s: read failed: %s", self.source_id, redact_uri(str(item.exc)))
@@ -275,6 +276,7 @@ class Capture:
         pts = self._clock.stamp(stream_pts, captured_mono) if self.liveness.live else stream_pts
         frame = Frame(self.source_id, self.stats.read, image, pts, time.time(), captured_mono)
         self.stats.read += 1
+        self.stats.last_frame_at, self.stats.last_frame_mono = frame.captured_at, captured_mono
         self.control.first_frame.set()
         return offer(self.frames, frame, self.policy, self.control, self.stats)
 

@@ -105,6 +105,9 @@ class Stats:
     read: int = 0
     processed: int = 0
     reconnects: int = 0
+    decode_errors: int = 0  # reads that failed (a live source reconnects after one)
+    last_frame_at: float | None = None  # wall clock of the newest frame read
+    last_frame_mono: float | None = None  # the same, monotonic, for stall checks
     dropped: collections.Counter = field(default_factory=collections.Counter)  # cause -> frames
     latencies: collections.deque = field(default_factory=lambda: collections.deque(maxlen=1000))  # capture -> sink, s
     model_times: collections.deque = field(default_factory=lambda: collections.deque(maxlen=1000))  # inference + fusion, s

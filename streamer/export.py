@@ -91,6 +91,8 @@ class PanopticExport:
     behind that would block its retry.
     """
 
+    stage = "export"
+
     def __init__(self, folder: str | Path, categories: tuple[Category, ...]):
         self.folder = Path(folder)
         self.categories = categories

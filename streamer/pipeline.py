@@ -23,6 +23,7 @@ from .capture import Capture, Liveness, effective_policy
 from .config import Config, Source
 from .export import PanopticExport
 from .fusion import FusionParams
+from .metrics import MetricsServer, WatchedSource
 from .models import PanopticModels, resolve_device
 from .notify import Notifier, watchdog_interval
 from .render import Renderer
@@ -111,6 +112,7 @@ class Pipeline:
             require_display()  # before anything slow, and before OpenCV could abort the process
         categories = config.categories()
         runs: list[SourceRun] = []
+        metrics = None
         try:
             several = len(config.all_sources()) > 1
             for source in config.all_sources():
@@ -118,6 +120,9 @@ class Pipeline:
             if config.runtime.torch_threads:
                 torch.set_num_threads(config.runtime.torch_threads)
             device = resolve_device(config.runtime.device)
+            if config.metrics.enabled:  # up before the models load: /healthz says 503 until frames flow
+                metrics = MetricsServer(config.metrics.host, config.metrics.port, [watched(run) for run in runs],
+                                        self.control, config.runtime.stage_timeout_s, device)
             started = time.monotonic()
             models = PanopticModels(config.models, categories, device, config.runtime.half)
             log.info("models ready on %s in %.1f s", device, time.monotonic() - started)
@@ -125,14 +130,18 @@ class Pipeline:
             for run in runs:
                 if run.reader:
                     run.reader.close()
+            if metrics:
+                metrics.close()
             raise
         renderer = Renderer(categories, config.fusion.label_divisor, config.render.alpha, config.render.contours, config.render.labels)
         render = lambda r: renderer.overlay(r.frame.image, r.panoptic_map, r.segments)  # noqa: E731
+        observe = metrics.observe if metrics else None
         routes = [(run.frames, run.results) for run in runs]
         threads = [threading.Thread(target=run.capture.run, name=f"capture-{run.settings.id}", daemon=True) for run in runs]
         threads.append(threading.Thread(target=worker_loop, args=(models, fusion_params(config), routes, self.control), name="worker", daemon=True))
         sinks = [
-            threading.Thread(target=sink_loop, args=(run.results, run.outputs, render, self.control, run.stats), name=f"sink-{run.settings.id}", daemon=True)
+            threading.Thread(target=sink_loop, args=(run.results, run.outputs, render, self.control, run.stats, observe),
+                             name=f"sink-{run.settings.id}", daemon=True)
             for run in runs
         ]
         try:
@@ -145,6 +154,8 @@ class Pipeline:
                 thread.join(JOIN_TIMEOUT_S)
                 if thread.is_alive():
                     log.error("%s thread did not stop within %.0f s", thread.name, JOIN_TIMEOUT_S)
+            if metrics:
+                metrics.close()
 
         stats = [run.stats for run in runs]
         summary = RunSummary(
@@ -270,6 +281,11 @@ class Pipeline:
         else:
             log.warning("%s again: stopping now", name)
             self.control.abort.set()
+
+
+def watched(run: SourceRun) -> WatchedSource:
+    return WatchedSource(run.settings.id, run.stats, lambda: run.capture.state.value,
+                         {"frames": run.frames, "results": run.results}, run.settings.stall_timeout_s)
 
 
 def timing_text(stats: list[ctl.Stats]) -> str:

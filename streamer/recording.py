@@ -50,6 +50,8 @@ class VideoOutput:
     from the first frame on, forced strictly increasing.
     """
 
+    stage = "encode"
+
     def __init__(self, path: str | Path, fps: float, encoder_options: dict[str, str] | None = None):
         self.path = Path(path)
         self.partial = partial_path(self.path)
@@ -116,6 +118,8 @@ class Retention:
 class SegmentedRecording:
     """Video cut into files of `segment_s` seconds of stream time, named `{stem}-{UTC start}.mp4` beside
     `template` (or `{UTC start}.mp4` inside it when it has no suffix)."""
+
+    stage = "encode"
 
     def __init__(self, template: str | Path, fps: float, segment_s: float, retention: Retention = Retention()):
         self.naming = SegmentNaming(Path(template))

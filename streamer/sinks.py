@@ -69,6 +69,8 @@ class DisplayOutput:
     Only the newest frame waits: a slow screen never holds the pipeline back.
     """
 
+    stage = "display"
+
     def __init__(self):
         self.frames: queue.Queue[np.ndarray] = queue.Queue(maxsize=1)
 
@@ -115,9 +117,11 @@ class Window:
 
 
 def sink_loop(
-    results: queue.Queue, outputs: list, render: Callable[[Panoptic], np.ndarray], control: ctl.Control, stats: ctl.Stats
+    results: queue.Queue, outputs: list, render: Callable[[Panoptic], np.ndarray], control: ctl.Control, stats: ctl.Stats,
+    observe: Callable[[Panoptic], None] | None = None,
 ) -> None:
-    """Render each result once and hand it to every output; closes every output at the end, always."""
+    """Render each result once and hand it to every output (timing each under its `stage` name), then
+    to `observe`; closes every output at the end, always."""
     try:
         while True:
             result = ctl.get(results, control)
@@ -127,8 +131,12 @@ def sink_loop(
             rendered = render(result)
             result.timings["render"] = time.perf_counter() - started
             for output in outputs:
+                started = time.perf_counter()
                 output.write(result, rendered)
+                result.timings[output.stage] = time.perf_counter() - started
             stats.processed += 1
+            if observe:
+                observe(result)
             stats.latencies.append(time.monotonic() - result.frame.captured_mono)
             stats.model_times.append(result.timings.get("inference", 0.0) + result.timings.get("fusion", 0.0))
     except Exception as exc:  # noqa: BLE001

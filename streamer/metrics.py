@@ -1,0 +1,180 @@
+"""Prometheus metrics and a health check over HTTP: `/metrics` and `/healthz`.
+
+Counters are read from each source's Stats when scraped, so the frame path pays nothing for them;
+only the latency histograms are observed per frame, by the sink thread. Source labels are the
+configured ids, never URLs.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import platform
+import queue
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import torch
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+from . import control as ctl
+from .errors import StreamerError
+from .frames import Panoptic
+
+log = logging.getLogger(__name__)
+
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+
+
+@dataclass
+class WatchedSource:
+    """What metrics and health read of one source."""
+
+    source_id: str
+    stats: ctl.Stats
+    state: Callable[[], str]  # the capture state: connecting, streaming, reconnecting, ended
+    queues: dict[str, queue.Queue]  # name (frames, results) -> queue
+    stall_timeout_s: float
+
+
+def health(sources: list[WatchedSource], stalled_stages: list[str], now: float) -> tuple[bool, dict]:
+    """Healthy while every source produced a frame within its stall timeout and no stage is stuck."""
+    reasons = [f"stage {name} is stuck" for name in stalled_stages]
+    report = {}
+    for source in sources:
+        last = source.stats.last_frame_mono
+        age = None if last is None else now - last
+        report[source.source_id] = {"state": source.state(), "last_frame_age_s": None if age is None else round(age, 3)}
+        if age is None:
+            reasons.append(f"source {source.source_id}: no frame yet")
+        elif age > source.stall_timeout_s:
+            reasons.append(f"source {source.source_id}: no frame for {age:.1f} s (stall timeout {source.stall_timeout_s:g} s)")
+    ok = not reasons
+    return ok, {"status": "ok" if ok else "unhealthy", "reasons": reasons, "sources": report}
+
+
+class _StatsCollector:
+    """Reads the counters and gauges at scrape time."""
+
+    def __init__(self, sources: list[WatchedSource], device: torch.device, build: dict[str, str]):
+        self.sources = sources
+        self.device = device
+        self.build = build
+
+    def collect(self):
+        counters = {
+            "frames_read": ("Frames read from the source", lambda s: s.read),
+            "frames_processed": ("Frames through the models and written to the outputs", lambda s: s.processed),
+            "decode_errors": ("Reads from the source that failed", lambda s: s.decode_errors),
+            "reconnects": ("Times a live source was reconnected", lambda s: s.reconnects),
+        }
+        for name, (text, value) in counters.items():
+            family = CounterMetricFamily(f"streamer_{name}", text, labels=["source"])
+            for source in self.sources:
+                family.add_metric([source.source_id], value(source.stats))
+            yield family
+        dropped = CounterMetricFamily("streamer_frames_dropped", "Frames dropped before the model, by cause", labels=["source", "cause"])
+        up = GaugeMetricFamily("streamer_source_up", "1 while the source is streaming", labels=["source"])
+        last = GaugeMetricFamily("streamer_last_frame_timestamp_seconds", "Wall-clock time of the newest frame read", labels=["source"])
+        depth = GaugeMetricFamily("streamer_queue_depth", "Items waiting in a queue", labels=["source", "queue"])
+        for source in self.sources:
+            for cause, count in sorted(source.stats.dropped.items()):
+                dropped.add_metric([source.source_id, cause], count)
+            up.add_metric([source.source_id], 1.0 if source.state() == "streaming" else 0.0)
+            if source.stats.last_frame_at is not None:
+                last.add_metric([source.source_id], source.stats.last_frame_at)
+            for name, q in source.queues.items():
+                depth.add_metric([source.source_id, name], q.qsize())
+        yield from (dropped, up, last, depth)
+        if self.device.type == "cuda":
+            memory = GaugeMetricFamily("streamer_gpu_memory_bytes", "GPU memory held by PyTorch", labels=["device", "kind"])
+            memory.add_metric([str(self.device), "allocated"], torch.cuda.memory_allocated(self.device))
+            memory.add_metric([str(self.device), "reserved"], torch.cuda.memory_reserved(self.device))
+            yield memory
+        info = GaugeMetricFamily("streamer_build_info", "Versions of streamer and its main libraries", labels=list(self.build))
+        info.add_metric(list(self.build.values()), 1.0)
+        yield info
+
+
+def build_labels(device: torch.device) -> dict[str, str]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    def installed(name: str) -> str:
+        try:
+            return version(name)
+        except PackageNotFoundError:
+            return "unknown"
+
+    return {
+        "version": installed("streamer"), "python": platform.python_version(),
+        "torch": torch.__version__, "torchvision": installed("torchvision"), "device": str(device),
+    }
+
+
+class MetricsServer:
+    """Serves /metrics and /healthz from a daemon thread until closed."""
+
+    def __init__(self, host: str, port: int, sources: list[WatchedSource], control: ctl.Control,
+                 stage_timeout_s: float, device: torch.device):
+        self.sources = sources
+        self.control = control
+        self.stage_timeout_s = stage_timeout_s
+        self.registry = CollectorRegistry()
+        self.registry.register(_StatsCollector(sources, device, build_labels(device)))
+        self.stage_seconds = Histogram(
+            "streamer_stage_seconds", "Time per frame in each stage", ["stage"], registry=self.registry, buckets=LATENCY_BUCKETS
+        )
+        self.latency = Histogram(
+            "streamer_latency_seconds", "End-to-end latency, frame read to outputs written", ["source"],
+            registry=self.registry, buckets=LATENCY_BUCKETS,
+        )
+        try:
+            self._server = ThreadingHTTPServer((host, port), self._handler())
+        except OSError as exc:
+            raise StreamerError(f"metrics: cannot listen on {host}:{port}: {exc.strerror}; change metrics.port or stop what uses it") from None
+        self._server.daemon_threads = True
+        self.port = self._server.server_address[1]
+        threading.Thread(target=self._server.serve_forever, name="metrics", daemon=True).start()
+        log.info("metrics on http://%s:%d/metrics, health on /healthz", host, self.port)
+
+    def observe(self, result: Panoptic) -> None:
+        """Called by the sink thread once a result is written."""
+        for stage, seconds in result.timings.items():
+            self.stage_seconds.labels(stage).observe(seconds)
+        self.latency.labels(result.frame.source_id).observe(time.monotonic() - result.frame.captured_mono)
+
+    def health(self) -> tuple[bool, dict]:
+        return health(self.sources, self.control.stalled_stages(self.stage_timeout_s), time.monotonic())
+
+    def close(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+
+    def _handler(self):
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self):  # noqa: N802 - http.server's naming
+                path = self.path.split("?", 1)[0]
+                if path == "/metrics":
+                    self._send(200, CONTENT_TYPE_LATEST, generate_latest(server.registry))
+                elif path == "/healthz":
+                    ok, body = server.health()
+                    self._send(200 if ok else 503, "application/json", json.dumps(body).encode() + b"\n")
+                else:
+                    self._send(404, "text/plain; charset=utf-8", b"not found: try /metrics or /healthz\n")
+
+            def _send(self, status: int, content_type: str, body: bytes) -> None:
+                self.send_response(status)
+                self.send_header("Content-Type", content_type)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args) -> None:  # scrapes are not events worth a log line
+                pass
+
+        return Handler

@@ -1,0 +1,127 @@
+"""Prometheus metrics and /healthz, scraped over real HTTP from a running daemon."""
+from __future__ import annotations
+
+import json
+import re
+import socket
+import time
+import urllib.error
+import urllib.request
+
+from conftest import Daemon, run_cli, the_error
+from rtsp import RtspServer, free_port, needs_rtsp
+from test_recording import RECORDER
+
+from streamer import control as ctl
+from streamer.metrics import WatchedSource, health
+
+
+def get(port: int, path: str) -> tuple[int, str]:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as response:
+            return response.status, response.read().decode()
+    except urllib.error.HTTPError as error:
+        return error.code, error.read().decode()
+    except (urllib.error.URLError, ConnectionError):
+        return 0, ""  # not listening (yet)
+
+
+def sample(text: str, name: str, **labels: str) -> float | None:
+    """The value of one series in Prometheus text format."""
+    for line in text.splitlines():
+        match = re.fullmatch(r"(\w+)(?:\{(.*)\})? (\S+)", line)
+        if not match or match.group(1) != name:
+            continue
+        found = dict(re.findall(r'(\w+)="([^"]*)"', match.group(2) or ""))
+        if all(found.get(k) == v for k, v in labels.items()):
+            return float(match.group(3))
+    return None
+
+
+def wait_until(check, timeout: float = 60.0, every: float = 0.25):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = check()
+        if value:
+            return value
+        time.sleep(every)
+    raise AssertionError(f"not within {timeout} s")
+
+
+def test_scraped_counters_rise_drops_are_counted_by_cause_and_stages_are_timed(tmp_path):
+    port = free_port()
+    # A 40 fps camera-paced source into a 1-frame queue: the model cannot keep up, frames drop.
+    source = RECORDER[1].replace("fps=8", "fps=40")
+    daemon = Daemon(*RECORDER[2:], "--source", source, "--output", str(tmp_path / "out.mp4"),
+                    "--set", "source.buffer=drop_oldest", "--set", "source.queue_size=1",
+                    "--set", "metrics.enabled=true", "--set", f"metrics.port={port}")
+    try:
+        daemon.wait_for(r"status: .* [1-9]\d* processed", timeout=120)
+        status, first = get(port, "/metrics")
+        assert status == 200
+        time.sleep(2.0)
+        _, second = get(port, "/metrics")
+        for counter in ("streamer_frames_read_total", "streamer_frames_processed_total"):
+            assert sample(second, counter, source="cam0") > sample(first, counter, source="cam0") > 0
+        assert sample(second, "streamer_frames_dropped_total", source="cam0", cause="queue_full") > 0
+        assert sample(second, "streamer_source_up", source="cam0") == 1
+        assert sample(second, "streamer_decode_errors_total", source="cam0") == 0
+        assert abs(sample(second, "streamer_last_frame_timestamp_seconds", source="cam0") - time.time()) < 5
+        assert sample(second, "streamer_queue_depth", source="cam0", queue="frames") is not None
+        for stage in ("queue_wait", "inference", "fusion", "render", "encode"):
+            assert sample(second, "streamer_stage_seconds_count", stage=stage) > 0, stage
+        assert sample(second, "streamer_latency_seconds_count", source="cam0") > 0
+        assert sample(second, "streamer_build_info", device="cpu") == 1
+        assert "synthetic" not in second  # labels carry the source id, never its URI
+        status, body = get(port, "/healthz")
+        assert status == 200 and json.loads(body)["status"] == "ok"
+        assert get(port, "/nothing")[0] == 404
+    finally:
+        assert daemon.terminate() == 0, daemon.text()
+
+
+@needs_rtsp
+def test_healthz_turns_503_while_the_camera_stalls_and_200_when_it_is_back(tmp_path):
+    from conftest import make_video
+
+    video = make_video(tmp_path / "in.mp4", frames=50, size=(160, 120), fps=25, gop=10)
+    port = free_port()
+    with RtspServer(video) as server:
+        daemon = Daemon(*RECORDER[2:], "--source", server.url, "--set", "metrics.enabled=true", "--set", f"metrics.port={port}",
+                        "--set", "source.stall_timeout_s=2", "--set", "source.read_timeout_s=30",
+                        "--set", "source.reconnect.initial_delay_s=0.3", "--set", "source.reconnect.max_delay_s=1")
+        try:
+            wait_until(lambda: get(port, "/healthz")[0] == 200, timeout=120)
+            server.freeze()
+            status, body = wait_until(lambda: (r := get(port, "/healthz"))[0] == 503 and r, timeout=30)
+            reasons = json.loads(body)["reasons"]
+            assert any(re.search(r"source cam0: no frame for [\d.]+ s", reason) for reason in reasons), body
+            server.thaw()
+            wait_until(lambda: get(port, "/healthz")[0] == 200, timeout=60)
+        finally:
+            server.thaw()
+            assert daemon.terminate() == 0, daemon.text()
+
+
+def test_a_busy_metrics_port_is_one_clear_error(tmp_path):
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        result = run_cli("run", *RECORDER, "--max-frames", "2", "--set", "metrics.enabled=true", "--set", f"metrics.port={port}")
+    message = the_error(result, 1)
+    assert f"metrics: cannot listen on 127.0.0.1:{port}" in message
+
+
+def test_health_needs_a_recent_frame_from_every_source_and_no_stuck_stage():
+    fresh, stale = ctl.Stats(), ctl.Stats()
+    fresh.last_frame_mono, stale.last_frame_mono = 99.0, 80.0
+    sources = [WatchedSource(name, stats, lambda: "streaming", {}, 5.0) for name, stats in (("a", fresh), ("b", stale))]
+    ok, body = health(sources, [], now=100.0)
+    assert not ok and body["reasons"] == ["source b: no frame for 20.0 s (stall timeout 5 s)"]
+    ok, body = health(sources[:1], [], now=100.0)
+    assert ok and body["status"] == "ok" and body["sources"]["a"]["last_frame_age_s"] == 1.0
+    ok, body = health(sources[:1], ["worker"], now=100.0)
+    assert not ok and body["reasons"] == ["stage worker is stuck"]
+    ok, body = health([WatchedSource("c", ctl.Stats(), lambda: "connecting", {}, 5.0)], [], now=100.0)
+    assert not ok and body["reasons"] == ["source c: no frame yet"]
