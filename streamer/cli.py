@@ -14,6 +14,7 @@ from pathlib import Path
 from . import __version__
 from .config import Config, load_config, to_yaml
 from .errors import EXIT_FAILURE, EXIT_OK, StreamerError, UsageError
+from .logs import configure_logging
 from .sources import redact_uri
 
 log = logging.getLogger("streamer")
@@ -67,6 +68,7 @@ def add_config_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-c", "--config", metavar="FILE", help="configuration file (default ./config.yaml, else the packaged default)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override one setting, e.g. --set fusion.stuff_area_min=2048")
     parser.add_argument("--log-level", choices=["debug", "info", "warning", "error"], help="default: runtime.log_level")
+    parser.add_argument("--log-format", choices=["text", "json"], help="default: runtime.log_format (json: one object per line)")
 
 
 def run_overrides(args: argparse.Namespace) -> list[str]:
@@ -97,7 +99,7 @@ def quote(text: str) -> str:
 
 def cmd_run(args: argparse.Namespace) -> int:
     config = load_config(args.config, run_overrides(args))  # before importing torch: bad config fails fast
-    configure_logging(args.log_level or config.runtime.log_level)
+    configure_logging(args.log_level or config.runtime.log_level, args.log_format or config.runtime.log_format)
     from .pipeline import Pipeline
 
     return Pipeline(config).run().exit_code
@@ -133,7 +135,7 @@ def cmd_synth(args: argparse.Namespace) -> int:
 def cmd_eval(args: argparse.Namespace) -> int:
     overrides = [f"source.uri={quote(args.source)}"] + ([f"runtime.device={quote(args.device)}"] if args.device else [])
     config = load_config(args.config, overrides + list(args.set))
-    configure_logging(args.log_level or config.runtime.log_level)
+    configure_logging(args.log_level or config.runtime.log_level, args.log_format or config.runtime.log_format)
     from .scoring import evaluate_synthetic
 
     report = evaluate_synthetic(config, args.source, args.export_dir)
@@ -169,15 +171,6 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def configure_logging(level: str = "info") -> None:
-    logging.basicConfig(
-        level=getattr(logging, level.upper()),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-        force=True,
-    )
-
-
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["train-demo"]:
@@ -187,7 +180,7 @@ def main(argv: list[str] | None = None) -> int:
         return train_demo(argv[1:])
     parser = build_parser()
     args = parser.parse_args(argv)
-    configure_logging(getattr(args, "log_level", None) or "info")
+    configure_logging(getattr(args, "log_level", None) or "info", getattr(args, "log_format", None) or "text")
     try:
         return args.handler(args)
     except StreamerError as exc:
