@@ -173,6 +173,7 @@ class Runtime(Strict):
         return {True: "on", False: "off"}.get(value, value) if isinstance(value, bool) else value
     max_frames: int | None = Field(default=None, ge=1)
     torch_threads: int | None = Field(default=None, ge=1)
+    max_batch: int = Field(default=1, ge=1, le=64)  # queued frames (any sources) run through the models together
     status_interval_s: float = Field(default=10.0, gt=0)
     drain_timeout_s: float = Field(default=30.0, gt=0)  # how long a graceful stop may finish queued frames
     stage_timeout_s: float = Field(default=60.0, gt=0)  # a stage whose loop stalls this long stops the systemd watchdog pings

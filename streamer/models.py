@@ -226,7 +226,7 @@ class PanopticModels:
         """Run both models on BGR uint8 frames (any sizes)."""
         tensors = [to_rgb_tensor(image, self.device) for image in images]
         with self._precision():
-            semantic = [self._semantic(t) for t in tensors]
+            semantic = self._semantic(tensors)
             detections = self.instance(tensors)
         predictions = []
         for sem, det in zip(semantic, detections):
@@ -242,12 +242,15 @@ class PanopticModels:
             )
         return predictions
 
-    def _semantic(self, rgb: torch.Tensor) -> torch.Tensor:
-        height, width = rgb.shape[-2:]
-        x = F.interpolate(rgb[None], size=(self.input_size[1], self.input_size[0]), mode="bilinear", align_corners=False)
+    def _semantic(self, images: list[torch.Tensor]) -> list[torch.Tensor]:
+        """Class maps (category ids) at each image's own size, from one batch at the network's input size."""
+        size = (self.input_size[1], self.input_size[0])
+        x = torch.cat([F.interpolate(rgb[None], size=size, mode="bilinear", align_corners=False) for rgb in images])
         logits = self.semantic((x - self._mean) / self._std)
-        logits = F.interpolate(logits.float(), size=(height, width), mode="bilinear", align_corners=False)
-        return logits[0].argmax(0) + 1
+        return [
+            F.interpolate(one[None].float(), size=rgb.shape[-2:], mode="bilinear", align_corners=False)[0].argmax(0) + 1
+            for one, rgb in zip(logits, images)
+        ]
 
 
 def to_rgb_tensor(image: np.ndarray, device: torch.device) -> torch.Tensor:

@@ -138,7 +138,7 @@ class Pipeline:
         observe = metrics.observe if metrics else None
         routes = [(run.frames, run.results) for run in runs]
         threads = [threading.Thread(target=run.capture.run, name=f"capture-{run.settings.id}", daemon=True) for run in runs]
-        threads.append(threading.Thread(target=worker_loop, args=(models, fusion_params(config), routes, self.control), name="worker", daemon=True))
+        threads.append(threading.Thread(target=worker_loop, args=(models, fusion_params(config), routes, self.control, config.runtime.max_batch), name="worker", daemon=True))
         sinks = [
             threading.Thread(target=sink_loop, args=(run.results, run.outputs, render, self.control, run.stats, observe),
                              name=f"sink-{run.settings.id}", daemon=True)

@@ -16,57 +16,80 @@ log = logging.getLogger(__name__)
 IDLE_POLL_S = 0.005  # how often an idle worker looks at the queues again
 
 
-def infer(models: PanopticModels, params: FusionParams, frame: Frame) -> Panoptic:
-    """One frame through the models and the fusion rule."""
+def infer(models: PanopticModels, params: FusionParams, frames: list[Frame]) -> list[Panoptic]:
+    """Frames through the models in one batch, then each through the fusion rule."""
     started = time.perf_counter()
-    (prediction,) = models.predict([frame.image])
-    inferred = time.perf_counter()
-    panoptic, segments = fuse(
-        prediction.semantic, prediction.masks, prediction.scores, prediction.categories, models.is_thing, params
-    )
-    panoptic_map = panoptic.cpu().numpy()
-    fused = time.perf_counter()
-    return Panoptic(
-        frame=frame,
-        panoptic_map=panoptic_map,
-        segments=tuple(segments),
-        timings={"inference": inferred - started, "fusion": fused - inferred},
-    )
+    predictions = models.predict([frame.image for frame in frames])
+    inference = (time.perf_counter() - started) / len(frames)  # the batch's time, shared out
+    results = []
+    for frame, prediction in zip(frames, predictions):
+        fusing = time.perf_counter()
+        panoptic, segments = fuse(
+            prediction.semantic, prediction.masks, prediction.scores, prediction.categories, models.is_thing, params
+        )
+        panoptic_map = panoptic.cpu().numpy()
+        results.append(Panoptic(
+            frame=frame,
+            panoptic_map=panoptic_map,
+            segments=tuple(segments),
+            timings={"inference": inference, "fusion": time.perf_counter() - fusing},
+        ))
+    return results
+
+
+Route = tuple[queue.Queue, queue.Queue]  # one source's (frames, results)
+
+
+def gather(waiting: list[Route], max_batch: int) -> tuple[list[tuple[Route, Frame]], list[Route]]:
+    """Up to `max_batch` queued frames, taking one per source in turn so a fast source cannot starve
+    a slow one; also the sources whose END came up (their frames in the batch come first)."""
+    batch: list[tuple[Route, Frame]] = []
+    ended: list[Route] = []
+    took = True
+    while took and len(batch) < max_batch:
+        took = False
+        for route in waiting:
+            if route in ended or len(batch) >= max_batch:
+                continue
+            try:
+                item = route[0].get_nowait()
+            except queue.Empty:
+                continue
+            took = True
+            if item is ctl.END:
+                ended.append(route)
+            else:
+                batch.append((route, item))
+    return batch, ended
 
 
 def worker_loop(
     models: PanopticModels,
     params: FusionParams,
-    routes: list[tuple[queue.Queue, queue.Queue]],
+    routes: list[Route],
     control: ctl.Control,
+    max_batch: int = 1,
 ) -> None:
-    """Serve every source's (frames, results) queue pair in turn, one frame each per round, so a
-    fast source cannot starve a slow one. Passes each source's END on; returns when all ended."""
+    """Serve every source's queue pair: batches of up to `max_batch` frames, results in frame order
+    per source. Passes each source's END on; returns when all ended."""
     waiting = list(routes)
     hang_after = _test_hang_after()
     try:
         while waiting and not control.abort.is_set():
             control.beat()
-            served = False
-            for route in list(waiting):
-                frames, results = route
-                try:
-                    frame = frames.get_nowait()
-                except queue.Empty:
-                    continue
-                served = True
-                if frame is ctl.END:
-                    waiting.remove(route)
-                    ctl.put(results, ctl.END, control)
-                    continue
-                waited = time.monotonic() - frame.captured_mono
-                if hang_after is not None and frame.index >= hang_after:
+            batch, ended = gather(waiting, max_batch)
+            if batch:
+                now = time.monotonic()
+                if hang_after is not None and any(frame.index >= hang_after for _, frame in batch):
                     _hang(control)
-                result = infer(models, params, frame)
-                result.timings["queue_wait"] = waited
-                if not ctl.put(results, result, control):
-                    return
-            if not served:
+                for (route, frame), result in zip(batch, infer(models, params, [frame for _, frame in batch])):
+                    result.timings["queue_wait"] = now - frame.captured_mono
+                    if not ctl.put(route[1], result, control):
+                        return
+            for route in ended:
+                waiting.remove(route)
+                ctl.put(route[1], ctl.END, control)
+            if not batch and not ended:
                 time.sleep(IDLE_POLL_S)
     except Exception as exc:  # noqa: BLE001
         control.fail("worker", exc)

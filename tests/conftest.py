@@ -8,6 +8,8 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.error
+import urllib.request
 from fractions import Fraction
 from pathlib import Path
 
@@ -128,6 +130,16 @@ def the_error(result, code: int) -> str:
     match = re.search(r" ERROR streamer[\w.]*: (.+)$", lines[0])
     assert match, detail  # our logger's line, not argparse's or a library's complaint
     return match.group(1)
+
+
+def http_get(port: int, path: str) -> tuple[int, str]:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as response:
+            return response.status, response.read().decode()
+    except urllib.error.HTTPError as error:
+        return error.code, error.read().decode()
+    except (urllib.error.URLError, ConnectionError):
+        return 0, ""  # not listening (yet)
 
 
 class Daemon:

@@ -5,25 +5,13 @@ import json
 import re
 import socket
 import time
-import urllib.error
-import urllib.request
 
-from conftest import Daemon, run_cli, the_error
+from conftest import Daemon, http_get, run_cli, the_error
 from rtsp import RtspServer, free_port, needs_rtsp
 from test_recording import RECORDER
 
 from streamer import control as ctl
 from streamer.metrics import WatchedSource, health
-
-
-def get(port: int, path: str) -> tuple[int, str]:
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as response:
-            return response.status, response.read().decode()
-    except urllib.error.HTTPError as error:
-        return error.code, error.read().decode()
-    except (urllib.error.URLError, ConnectionError):
-        return 0, ""  # not listening (yet)
 
 
 def sample(text: str, name: str, **labels: str) -> float | None:
@@ -57,10 +45,10 @@ def test_scraped_counters_rise_drops_are_counted_by_cause_and_stages_are_timed(t
                     "--set", "metrics.enabled=true", "--set", f"metrics.port={port}")
     try:
         daemon.wait_for(r"status: .* [1-9]\d* processed", timeout=120)
-        status, first = get(port, "/metrics")
+        status, first = http_get(port, "/metrics")
         assert status == 200
         time.sleep(2.0)
-        _, second = get(port, "/metrics")
+        _, second = http_get(port, "/metrics")
         for counter in ("streamer_frames_read_total", "streamer_frames_processed_total"):
             assert sample(second, counter, source="cam0") > sample(first, counter, source="cam0") > 0
         assert sample(second, "streamer_frames_dropped_total", source="cam0", cause="queue_full") > 0
@@ -73,9 +61,9 @@ def test_scraped_counters_rise_drops_are_counted_by_cause_and_stages_are_timed(t
         assert sample(second, "streamer_latency_seconds_count", source="cam0") > 0
         assert sample(second, "streamer_build_info", device="cpu") == 1
         assert "synthetic" not in second  # labels carry the source id, never its URI
-        status, body = get(port, "/healthz")
+        status, body = http_get(port, "/healthz")
         assert status == 200 and json.loads(body)["status"] == "ok"
-        assert get(port, "/nothing")[0] == 404
+        assert http_get(port, "/nothing")[0] == 404
     finally:
         assert daemon.terminate() == 0, daemon.text()
 
@@ -91,13 +79,13 @@ def test_healthz_turns_503_while_the_camera_stalls_and_200_when_it_is_back(tmp_p
                         "--set", "source.stall_timeout_s=2", "--set", "source.read_timeout_s=30",
                         "--set", "source.reconnect.initial_delay_s=0.3", "--set", "source.reconnect.max_delay_s=1")
         try:
-            wait_until(lambda: get(port, "/healthz")[0] == 200, timeout=120)
+            wait_until(lambda: http_get(port, "/healthz")[0] == 200, timeout=120)
             server.freeze()
-            status, body = wait_until(lambda: (r := get(port, "/healthz"))[0] == 503 and r, timeout=30)
+            status, body = wait_until(lambda: (r := http_get(port, "/healthz"))[0] == 503 and r, timeout=30)
             reasons = json.loads(body)["reasons"]
             assert any(re.search(r"source cam0: no frame for [\d.]+ s", reason) for reason in reasons), body
             server.thaw()
-            wait_until(lambda: get(port, "/healthz")[0] == 200, timeout=60)
+            wait_until(lambda: http_get(port, "/healthz")[0] == 200, timeout=60)
         finally:
             server.thaw()
             assert daemon.terminate() == 0, daemon.text()

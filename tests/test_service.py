@@ -12,7 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ROOT, cli_env, make_video, popen_cli
+from conftest import ROOT, cli_env, http_get, make_video, popen_cli
+from rtsp import free_port
 
 SMALL_DEMO = ["--set", "models.semantic.weights=demo", "--set", "models.instance.weights=demo"]
 
@@ -85,8 +86,9 @@ def test_ready_watchdog_and_stopping_reach_the_notify_socket(tmp_path, fast_conf
 def test_a_hung_worker_stops_the_watchdog_pings(tmp_path, fast_config, systemd):
     video = make_video(tmp_path / "in.mp4", frames=400, size=(96, 64))
     env = cli_env(NOTIFY_SOCKET=str(systemd.path), WATCHDOG_USEC="1000000", STREAMER_TEST_HANG_WORKER_AFTER="20")
+    port = free_port()
     process = popen_cli("run", "-c", str(fast_config), "--source", str(video), *SMALL_DEMO,
-                        "--set", "runtime.stage_timeout_s=1.5", env=env)
+                        "--set", "runtime.stage_timeout_s=1.5", "--set", "metrics.enabled=true", "--set", f"metrics.port={port}", env=env)
     try:
         systemd.wait_for("READY=1")
         deadline = time.monotonic() + 60
@@ -99,6 +101,8 @@ def test_a_hung_worker_stops_the_watchdog_pings(tmp_path, fast_config, systemd):
         assert pings and time.monotonic() - pings[-1] > 4.0, systemd.messages
         time.sleep(2.0)
         assert systemd.times("WATCHDOG=1") == pings  # still none: systemd would restart us now
+        status, body = http_get(port, "/healthz")
+        assert status == 503 and "stage worker is stuck" in body
     finally:
         process.kill()
         stderr = process.communicate(timeout=30)[1]

@@ -5,22 +5,27 @@ import json
 import re
 import time
 
-from conftest import make_video, probe, run_cli
+import pytest
+from conftest import Daemon, make_video, probe, run_cli
 from rtsp import RtspServer, needs_rtsp
-from test_live_sources import LIVE, Daemon
+from test_live_sources import LIVE
 
 
-def test_each_source_gets_its_own_outputs(tmp_path, fast_config):
+@pytest.mark.parametrize("max_batch", [1, 3])
+def test_each_source_gets_its_own_outputs(tmp_path, fast_config, max_batch):
     first = make_video(tmp_path / "a.mp4", frames=6, size=(160, 120))
     second = make_video(tmp_path / "b.mp4", frames=4, size=(128, 96))
     result = run_cli("run", "-c", str(fast_config), "--source", str(first), "--source", str(second),
-                     "--output", str(tmp_path / "out" / "{source}.mp4"), "--export-dir", str(tmp_path / "export"))
+                     "--output", str(tmp_path / "out" / "{source}.mp4"), "--export-dir", str(tmp_path / "export"),
+                     "--set", f"runtime.max_batch={max_batch}")
     assert result.returncode == 0, result.stderr
     assert (probe(tmp_path / "out" / "cam0.mp4")["frames"], probe(tmp_path / "out" / "cam1.mp4")["frames"]) == (6, 4)
     assert probe(tmp_path / "out" / "cam1.mp4")["width"] == 128
     for name, frames in (("export-cam0", 6), ("export-cam1", 4)):
         coco = json.loads((tmp_path / name / "panoptic.json").read_text())
         assert len(coco["annotations"]) == frames
+        ids = [a["image_id"] for a in coco["annotations"]]
+        assert ids == sorted(ids)  # each source's frames in order, batched or not
 
 
 def test_sources_list_in_config_shares_the_source_options(tmp_path, fast_config):
