@@ -31,9 +31,11 @@ VIDEO_TIME_BASE = Fraction(1, 90000)  # fine enough that 29.97 fps timestamps st
 KEYFRAME_S = 2.0  # a keyframe at least this often
 FRAGMENT_S = 0.5  # a fragment (and a flush to the OS) at least this often
 FRAGMENTED_MP4 = {
-    # empty_moov + fragments: the file is playable up to its last complete fragment at any moment,
-    # and it plays in browsers. flush_packets hands every fragment to the OS at once.
-    "movflags": "frag_keyframe+empty_moov+default_base_moof",
+    # A header up front, then fragments: the file is playable up to its last complete fragment at
+    # any moment, and it plays in browsers. delay_moov writes the header with the first fragment, once
+    # the B-frame delay is known, so the first frame still shows at time 0. flush_packets hands every
+    # fragment to the OS at once.
+    "movflags": "frag_keyframe+empty_moov+delay_moov+default_base_moof",
     "frag_duration": str(int(FRAGMENT_S * 1e6)),
     "flush_packets": "1",
 }
@@ -188,13 +190,18 @@ def make_folder(folder: Path) -> None:
 
 
 def finish(written: Path, final: Path) -> None:
-    """Make `written` durable, then give it its final name."""
-    fd = os.open(written, os.O_RDONLY)
+    """Make `written` durable, then give it its final name (and make the rename durable too)."""
+    _fsync(written)
+    os.replace(written, final)
+    _fsync(final.parent)
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
     finally:
         os.close(fd)
-    os.replace(written, final)
 
 
 def recover_partials(partials: list[Path], target_taken: Path | None = None) -> None:

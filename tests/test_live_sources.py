@@ -18,6 +18,7 @@ LIVE = [
     "--set", "models.semantic.weights=demo", "--set", "models.instance.weights=demo",
     "--set", "source.reconnect.initial_delay_s=0.3", "--set", "source.reconnect.max_delay_s=1.0",
     "--set", "source.open_timeout_s=3", "--set", "runtime.status_interval_s=0.5",
+    "--set", "output.segment_seconds=0",  # one video per run, easier to check than segments
 ]
 
 

@@ -11,7 +11,8 @@ from pathlib import Path
 
 import av
 import pytest
-from conftest import Daemon, probe
+from conftest import Daemon, make_video, probe
+from rtsp import RtspServer, needs_rtsp
 
 from streamer.recording import Retention, enforce_retention
 
@@ -146,3 +147,25 @@ def test_retention_applies_while_recording(tmp_path, setting):
     assert daemon.finish(timeout=120) == 0, daemon.text()
     assert "retention: removed" in daemon.text()
     assert len(list(out.glob("*.mp4"))) < 10  # 40 frames at 8 fps in 0.5 s segments made 10
+
+
+@needs_rtsp
+def test_a_live_source_records_in_one_minute_segments_by_default(tmp_path):
+    video = make_video(tmp_path / "in.mp4", frames=25, size=(160, 120), fps=25)
+    with RtspServer(video) as server:
+        daemon = Daemon(*RECORDER[2:], "--source", server.url, "--output", str(tmp_path / "cam.mp4"), "--max-frames", "5")
+        assert daemon.finish(timeout=120) == 0, daemon.text()
+    (segment,) = tmp_path.glob("cam-*.mp4")
+    processed = int(re.search(r"done: 5 frames read, (\d+) processed", daemon.text()).group(1))
+    assert probe(segment)["frames"] == processed > 0  # a live source drops what the model cannot keep up with
+    assert "recording 60 s segments" in daemon.text()
+
+
+def test_a_realtime_synthetic_source_is_paced_like_a_camera():
+    from streamer.synthetic import SyntheticReader
+
+    reader = SyntheticReader("synthetic:street?size=64x48&fps=20&frames=5&realtime=1")
+    started = time.monotonic()
+    while reader.read() is not None:
+        pass
+    assert time.monotonic() - started >= 4 / 20

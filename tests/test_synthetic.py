@@ -223,14 +223,14 @@ def test_bad_arguments():
 
 
 def test_uri_defaults():
-    expected = {"seed": 0, "frames": None, "size": (640, 360), "fps": 15.0}
+    expected = {"seed": 0, "frames": None, "size": (640, 360), "fps": 15.0, "realtime": False}
     assert parse_synthetic_uri("synthetic:street") == expected
     assert parse_synthetic_uri("synthetic:street?") == expected
 
 
 def test_uri_all_keys():
-    got = parse_synthetic_uri("synthetic:street?seed=42&frames=300&size=320X180&fps=7.5")
-    assert got == {"seed": 42, "frames": 300, "size": (320, 180), "fps": 7.5}
+    got = parse_synthetic_uri("synthetic:street?seed=42&frames=300&size=320X180&fps=7.5&realtime=1")
+    assert got == {"seed": 42, "frames": 300, "size": (320, 180), "fps": 7.5, "realtime": True}
     assert isinstance(got["seed"], int) and isinstance(got["fps"], float)
     assert parse_synthetic_uri("synthetic:street?fps=30")["fps"] == 30.0
 
