@@ -170,7 +170,7 @@ class SegmentNaming:
 
     def finished(self) -> list[Path]:
         """Finished segments, oldest first."""
-        return sorted(p for p in self.folder.iterdir() if self._pattern.match(p.name) and p.is_file())
+        return sorted((p for p in self.folder.iterdir() if self._pattern.match(p.name) and p.is_file()), key=lambda p: p.stem)
 
     def partials(self) -> list[Path]:
         return sorted(
