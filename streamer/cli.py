@@ -58,6 +58,10 @@ def build_parser() -> argparse.ArgumentParser:
     rebuild.add_argument("folder", metavar="DIR")
     rebuild.set_defaults(handler=cmd_export_json)
 
+    from . import bench  # defines its own flags; torch is imported only when it runs
+
+    bench.add_parser(commands)
+
     check = commands.add_parser("check-config", help="validate a configuration and print it resolved")
     add_config_arguments(check)
     check.set_defaults(handler=cmd_check_config)

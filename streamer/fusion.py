@@ -8,8 +8,13 @@ The rule is Panoptic FPN's (Kirillov et al. 2019, as in panopticapi / detectron2
   4. semantic stuff classes fill only free pixels; a stuff class whose free area is under
      `stuff_area_min` stays void; semantic thing pixels no instance claimed stay void.
 Panoptic values are `category_id * label_divisor + instance_id` (instance ids count from 1 per
-category in score order; stuff has instance id 0; void is 0). Everything runs on the inputs'
-device; the only host transfers are one before and one after the loop over instances.
+category in score order; stuff has instance id 0; void is 0). Everything runs on the inputs' device.
+
+Cost: the N x H x W masks are read once whole (to find each mask's rows); every other step touches
+a mask only inside its box, and the frame-sized work is a handful of passes over one int32 label
+map, whatever N is. On the CPU each mask's columns are searched only in its rows, one small step per
+mask; on a GPU the boxes come to the host in one transfer before the loop (after one for the
+semantic map's range), and the areas and boxes of all segments in one after it.
 """
 from __future__ import annotations
 
@@ -47,71 +52,119 @@ def fuse(
     Returns the H x W int32 panoptic map (on the inputs' device) and its segments:
     things in placement order, then stuff by category id.
     """
-    height, width = semantic.shape
     device = semantic.device
     num_categories = is_thing.numel() - 1
+    first_instance = num_categories + 1
 
     order = torch.argsort(scores, descending=True, stable=True)
     order = order[scores[order] >= params.score_threshold]
-    binary = masks[order] >= params.mask_threshold if masks.dtype != torch.bool else masks[order]
     instance_categories = categories[order].long()
-    count = binary.shape[0]
+    count = order.numel()
 
-    owner = place_instances(binary, params.overlap_threshold)  # H x W: index into `order`, -1 = free
+    # One label map: 0..C the semantic class of a pixel no instance took, C+1+k the k-th instance
+    # in score order. Negative semantic ids read as void, as 0 does.
+    low, high = torch.stack(torch.aminmax(semantic)).tolist() if semantic.numel() else (0, 0)
+    if high > num_categories:
+        raise ValueError(f"semantic map holds category {high}, but only {num_categories} categories exist")
+    compact = semantic.to(torch.int32, copy=True)
+    if low < 0:
+        compact.clamp_(min=0)
+    place_instances(compact, masks, order, first_instance, params.mask_threshold, params.overlap_threshold)
+
+    # Pixels per label and per (row, label) / (column, label): areas and boxes of every segment.
+    size = first_instance + count
+    row_counts, col_counts = _label_counts(compact, size)
+    area = row_counts.sum(dim=0)
 
     # Instance ids: 1, 2, 3... per category among the placed instances, in score order.
-    claimed = owner >= 0
-    placed_area = torch.bincount(owner[claimed].long(), minlength=count)[:count]
-    placed = placed_area > 0
-    one_hot = torch.nn.functional.one_hot(instance_categories, num_categories + 1) * placed[:, None]
+    placed = area[first_instance:] > 0
+    one_hot = torch.nn.functional.one_hot(instance_categories, first_instance) * placed[:, None]
     instance_ids = one_hot.cumsum(0).gather(1, instance_categories[:, None]).squeeze(1)
     placed &= instance_ids < params.label_divisor  # ids must not spill into the next category
     thing_values = torch.where(placed, instance_categories * params.label_divisor + instance_ids, 0)
 
-    # Stuff fills what the instances left free; small stuff regions and unclaimed thing pixels stay void.
-    semantic = semantic.long()
-    stuff = torch.where(~claimed & ~is_thing[semantic] & (semantic > 0), semantic, 0)
-    stuff_area = torch.bincount(stuff.flatten(), minlength=num_categories + 1)
-    stuff_kept = stuff_area >= max(params.stuff_area_min, 1)
-    stuff_kept[0] = False
-    stuff = torch.where(stuff_kept[stuff], stuff, 0)
+    # Stuff keeps the free pixels of its class if there are enough; thing classes without an instance stay void.
+    classes = torch.arange(first_instance, device=device)
+    stuff_kept = (area[:first_instance] >= max(params.stuff_area_min, 1)) & ~is_thing.to(device) & (classes > 0)
+    stuff_values = torch.where(stuff_kept, classes * params.label_divisor, 0)
 
-    # Compact labels for statistics: 1..C stuff categories, C+1.. the instances.
-    placed_pixel = torch.cat([placed, placed.new_zeros(1)])[owner.long()]  # owner -1 reads the False pad
-    compact = torch.where(placed_pixel, num_categories + 1 + owner.long(), torch.where(claimed, 0, stuff))
-    table = torch.cat([torch.arange(num_categories + 1, device=device) * params.label_divisor, thing_values])
-    panoptic = table[compact].to(torch.int32)
+    table = torch.cat([stuff_values, thing_values])
+    panoptic = table.to(torch.int32).index_select(0, compact.flatten()).view(compact.shape)
 
-    segments = _segments(compact, table, instance_categories, scores[order], num_categories, (height, width))
+    segments = _segments(table, area, row_counts, col_counts, instance_categories, scores[order], first_instance)
     return panoptic, segments
 
 
-def place_instances(binary: torch.Tensor, overlap_threshold: float) -> torch.Tensor:
-    """Greedy placement of score-ordered binary masks; returns the owner index per pixel (-1 = free).
+def place_instances(
+    compact: torch.Tensor,
+    masks: torch.Tensor,
+    order: torch.Tensor,
+    first_label: int,
+    mask_threshold: float,
+    overlap_threshold: float,
+) -> None:
+    """Greedy placement in score order: the k-th instance writes `first_label + k` into the free
+    pixels of `compact` it covers, unless more than `overlap_threshold` of its mask is taken already.
 
-    Each mask is only touched inside its bounding box. The boxes and areas come to the host in one
-    transfer before the loop; inside it the accept/reject decision stays a device tensor.
+    Each mask is binarised and compared only inside its bounding box; the accept/reject decision
+    stays a device tensor.
     """
-    count, height, width = binary.shape
-    owner = torch.full((height, width), -1, dtype=torch.int32, device=binary.device)
-    if count == 0:
-        return owner
-    rows = binary.any(dim=2)  # N x H
-    cols = binary.any(dim=1)  # N x W
-    areas = binary.sum(dim=(1, 2))
-    boxes = torch.stack([_first(rows), _last(rows), _first(cols), _last(cols), areas], dim=1).tolist()
-    occupied = torch.zeros((height, width), dtype=torch.bool, device=binary.device)
-    for index, (y0, y1, x0, x1, area) in enumerate(boxes):
-        if area == 0:
+    for k, (index, box) in enumerate(_boxes(masks, order, mask_threshold)):
+        if box is None:  # empty mask
             continue
+        y0, y1, x0, x1 = box
         window = (slice(y0, y1 + 1), slice(x0, x1 + 1))
-        mask = binary[index][window]
-        taken = occupied[window]
-        overlap = (mask & taken).sum(dtype=torch.float64) / area
-        new = mask & ~taken & (overlap <= overlap_threshold)
-        owner[window] = torch.where(new, index, owner[window])
-        occupied[window] = taken | new
-    return owner
+        mask = _binary(masks[index][window], mask_threshold)
+        labels = compact[window]  # a view: filled in place
+        taken = labels >= first_label
+        overlap = (mask & taken).sum(dtype=torch.float64) / mask.sum()
+        labels.masked_fill_(mask & ~taken & (overlap <= overlap_threshold), first_label + k)
+
+
+def _binary(mask: torch.Tensor, threshold: float) -> torch.Tensor:
+    return mask if mask.dtype == torch.bool else mask >= threshold
+
+
+def _any(masks: torch.Tensor, dim: int, threshold: float) -> torch.Tensor:
+    """Along `dim`: is any value at or above the threshold (a max, so no boolean copy of the masks)."""
+    if masks.dtype == torch.bool:
+        return masks.any(dim=dim)
+    return masks.amax(dim=dim) >= threshold
+
+
+Box = tuple[int, int, int, int]  # y0, y1, x0, x1, inclusive
+
+
+def _boxes(masks: torch.Tensor, order: torch.Tensor, threshold: float) -> list[tuple[int, Box | None]]:
+    """(mask index, box) for every index in `order`, on the host; None for an empty mask."""
+    if order.numel() == 0:
+        return []
+    rows = _any(masks, 2, threshold)[order]  # N x H: the one full read of the masks
+    if masks.device.type != "cpu":  # a few big kernels and one transfer
+        cols = _any(masks, 1, threshold)[order]
+        found = torch.stack([order, rows.any(dim=1).long(), _first(rows), _last(rows), _first(cols), _last(cols)], dim=1)
+        return [(index, tuple(box) if nonempty else None) for index, nonempty, *box in found.tolist()]
+    boxes: list[tuple[int, Box | None]] = []
+    spans = torch.stack([order, rows.any(dim=1).long(), _first(rows), _last(rows)], dim=1).tolist()
+    for index, nonempty, y0, y1 in spans:
+        if not nonempty:
+            boxes.append((index, None))
+            continue
+        cols = _any(masks[index, y0 : y1 + 1], 0, threshold)[None]  # on the CPU: only the mask's rows
+        x0, x1 = torch.cat([_first(cols), _last(cols)]).tolist()
+        boxes.append((index, (y0, y1, x0, x1)))
+    return boxes
+
+
+def _label_counts(compact: torch.Tensor, size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """H x size and W x size pixel counts of every label in every row and every column."""
+    height, width = compact.shape
+    device = compact.device
+    row_keys = compact + (torch.arange(height, device=device, dtype=torch.int32) * size)[:, None]
+    col_keys = compact + (torch.arange(width, device=device, dtype=torch.int32) * size)[None, :]
+    rows = torch.bincount(row_keys.flatten(), minlength=height * size).view(height, size)
+    cols = torch.bincount(col_keys.flatten(), minlength=width * size).view(width, size)
+    return rows, cols
 
 
 def _first(flags: torch.Tensor) -> torch.Tensor:
@@ -123,40 +176,31 @@ def _last(flags: torch.Tensor) -> torch.Tensor:
 
 
 def _segments(
-    compact: torch.Tensor,
     table: torch.Tensor,
+    area: torch.Tensor,
+    row_counts: torch.Tensor,
+    col_counts: torch.Tensor,
     instance_categories: torch.Tensor,
     scores: torch.Tensor,
-    num_categories: int,
-    shape: tuple[int, int],
+    first_instance: int,
 ) -> list[Segment]:
-    """Area and bounding box of every label of `compact`, brought to the host in one transfer."""
-    height, width = shape
-    labels = compact.flatten()
-    size = table.numel()
-    area = torch.bincount(labels, minlength=size)
-    ys = torch.arange(height, device=labels.device).repeat_interleave(width)
-    xs = torch.arange(width, device=labels.device).repeat(height)
-    big = max(height, width)
-    x0 = torch.full((size,), big, device=labels.device).scatter_reduce(0, labels, xs, "amin")
-    x1 = torch.full((size,), -1, device=labels.device).scatter_reduce(0, labels, xs, "amax")
-    y0 = torch.full((size,), big, device=labels.device).scatter_reduce(0, labels, ys, "amin")
-    y1 = torch.full((size,), -1, device=labels.device).scatter_reduce(0, labels, ys, "amax")
-    padded_scores = torch.cat([torch.full((num_categories + 1,), -1.0, device=labels.device), scores.float()])
-    padded_categories = torch.cat([torch.arange(num_categories + 1, device=labels.device), instance_categories])
-    stats = torch.stack([table, padded_categories, area, x0, y0, x1, y1]).T.tolist()
-    score_list = padded_scores.tolist()
+    """One Segment per label that has a value and pixels, brought to the host in one transfer."""
+    device = table.device
+    rows, cols = (row_counts > 0).T, (col_counts > 0).T  # label x H, label x W
+    padded_categories = torch.cat([torch.arange(first_instance, device=device), instance_categories])
+    stats = torch.stack([table, padded_categories, area, _first(cols), _first(rows), _last(cols), _last(rows)]).T.tolist()
+    score_list = scores.float().tolist()
 
     things, stuff = [], []
     for label, (value, category, pixels, left, top, right, bottom) in enumerate(stats):
-        if label == 0 or pixels == 0:
+        if value == 0 or pixels == 0:
             continue
-        isthing = label > num_categories
+        isthing = label >= first_instance
         segment = Segment(
             id=int(value),
             category_id=int(category),
             isthing=isthing,
-            score=score_list[label] if isthing else None,
+            score=score_list[label - first_instance] if isthing else None,
             area=int(pixels),
             bbox=(int(left), int(top), int(right - left + 1), int(bottom - top + 1)),
         )

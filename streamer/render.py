@@ -10,6 +10,7 @@ from .frames import Category, Segment
 
 INSTANCE_COLORS = 256  # instance ids cycle through this many hues per category
 CONTOUR_COLOR = (255, 255, 255)
+MAX_TABLE = 1 << 22  # entries of the value -> colour table (16 MiB)
 
 
 def stuff_palette(categories: tuple[Category, ...]) -> np.ndarray:
@@ -49,6 +50,8 @@ class Renderer:
         self.labels = labels
         self._stuff = stuff_palette(categories)
         self._instances = instance_palette(categories)
+        self._table = value_table(self._stuff, self._instances, label_divisor)
+        self._contour_images: dict[tuple[int, ...], np.ndarray] = {}
 
     def colorize(self, panoptic: np.ndarray) -> np.ndarray:
         """H x W x 3 BGR colour of every segment; void black."""
@@ -59,16 +62,41 @@ class Renderer:
 
     def overlay(self, image: np.ndarray, panoptic: np.ndarray, segments: tuple[Segment, ...]) -> np.ndarray:
         """The frame with its segmentation blended in; void pixels keep the original image."""
-        colors = self.colorize(panoptic)
-        blended = cv2.addWeighted(image, 1.0 - self.alpha, colors, self.alpha, 0.0)
-        out = np.where((panoptic > 0)[..., None], blended, image)
-        if self.contours:
-            out[instance_boundaries(panoptic, self.divisor)] = CONTOUR_COLOR
+        packed = self._lookup(panoptic)
+        if packed is None:  # values the table does not hold: the plain (slow) way, same result
+            colors = self.colorize(panoptic)
+            blended = cv2.addWeighted(image, 1.0 - self.alpha, colors, self.alpha, 0.0)
+            out = np.where((panoptic > 0)[..., None], blended, image)
+            boundaries = instance_boundaries(panoptic, self.divisor) if self.contours else None
+        else:
+            height, width = panoptic.shape
+            channels = packed.view(np.uint8).reshape(height, width, 4)  # B, G, R, is-instance flag
+            colors = cv2.cvtColor(channels, cv2.COLOR_BGRA2BGR)
+            out = cv2.addWeighted(image, 1.0 - self.alpha, colors, self.alpha, 0.0)
+            cv2.copyTo(image, (panoptic <= 0).view(np.uint8), out)  # void keeps the image
+            boundaries = _boundaries(panoptic, cv2.extractChannel(channels, 3).view(bool)) if self.contours else None
+        if boundaries is not None:
+            cv2.copyTo(self._contour_image(out.shape), boundaries.view(np.uint8), out)
         if self.labels:
             for segment in segments:
                 if segment.isthing:
                     self._label(out, segment)
         return out
+
+    def _lookup(self, panoptic: np.ndarray) -> np.ndarray | None:
+        """Packed colour and instance flag of every pixel (None: no table, or not an integer map).
+
+        Out-of-range values raise IndexError and negative ones wrap, exactly as `colorize` does."""
+        if self._table is None or panoptic.dtype.kind not in "iu":
+            return None
+        return np.take(self._table, panoptic)
+
+    def _contour_image(self, shape: tuple[int, ...]) -> np.ndarray:
+        image = self._contour_images.get(shape)
+        if image is None:  # one frame size at a time; safe to share between sink threads (read only)
+            image = np.full(shape, CONTOUR_COLOR, np.uint8)
+            self._contour_images = {shape: image}
+        return image
 
     def _label(self, image: np.ndarray, segment: Segment) -> None:
         name = self.categories[segment.category_id].name
@@ -80,12 +108,33 @@ class Renderer:
 
 def instance_boundaries(panoptic: np.ndarray, divisor: int) -> np.ndarray:
     """Boolean H x W: pixels of a thing segment that touch a different segment (4-neighbourhood)."""
-    is_instance = panoptic % divisor > 0
+    return _boundaries(panoptic, panoptic % divisor > 0)
+
+
+def _boundaries(panoptic: np.ndarray, is_instance: np.ndarray) -> np.ndarray:
+    """Pixels that differ from a 4-neighbour, where `is_instance`."""
     edges = np.zeros(panoptic.shape, dtype=bool)
     horizontal = panoptic[:, 1:] != panoptic[:, :-1]
     vertical = panoptic[1:, :] != panoptic[:-1, :]
-    edges[:, :-1] |= horizontal & is_instance[:, :-1]
-    edges[:, 1:] |= horizontal & is_instance[:, 1:]
-    edges[:-1, :] |= vertical & is_instance[:-1, :]
-    edges[1:, :] |= vertical & is_instance[1:, :]
+    edges[:, :-1] |= horizontal
+    edges[:, 1:] |= horizontal
+    edges[:-1, :] |= vertical
+    edges[1:, :] |= vertical
+    edges &= is_instance
     return edges
+
+
+def value_table(stuff: np.ndarray, instances: np.ndarray, divisor: int) -> np.ndarray | None:
+    """Every panoptic value 0 .. (C+1)*divisor-1 -> its colour and instance flag packed in a
+    little-endian uint32 (bytes B, G, R, flag), so a frame is coloured by one lookup.
+    None when the table would be too big (a huge label_divisor)."""
+    size = len(stuff) * divisor
+    if size > MAX_TABLE:
+        return None
+    values = np.arange(size)
+    category, instance = values // divisor, values % divisor
+    colors = np.where((instance > 0)[:, None], instances[category, instance % INSTANCE_COLORS], stuff[category])
+    table = np.zeros((size, 4), np.uint8)
+    table[:, :3] = colors
+    table[:, 3] = instance > 0
+    return table.view("<u4").reshape(size)
