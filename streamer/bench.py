@@ -755,13 +755,22 @@ def run_bench(options: BenchOptions, config: Config) -> dict[str, Any]:
 
 
 def settings(options: BenchOptions, config: Config, models: PanopticModels) -> dict[str, Any]:
+    from . import demo_models
+
     semantic, instance = config.models.semantic, config.models.instance
+    demo_semantic, demo_instance = semantic.weights == "demo", instance.weights == "demo"  # the demo ignores arch/encoder
     return {
         "config": str(config_path(options)), "overrides": list(options.overrides), "source": options.source(),
         "size": list(options.size), "frames": options.frames, "repeats": options.repeats,
         "device": str(models.device), "dtype": "float16 (autocast)" if models.autocast else "float32",
-        "semantic_model": {"weights": semantic.weights, "arch": semantic.arch, "encoder": semantic.encoder, "input_size": list(semantic.input_size)},
-        "instance_model": {"weights": instance.weights, "arch": instance.arch, "min_size": instance.min_size, "max_size": instance.max_size},
+        "semantic_model": {
+            "weights": semantic.weights, "arch": demo_models.SEMANTIC_ARCH if demo_semantic else semantic.arch,
+            "encoder": demo_models.SEMANTIC_ENCODER if demo_semantic else semantic.encoder, "input_size": list(semantic.input_size),
+        },
+        "instance_model": {
+            "weights": instance.weights, "arch": "Mask R-CNN, MobileNetV3-FPN" if demo_instance else instance.arch,
+            "min_size": instance.min_size, "max_size": instance.max_size,
+        },
         "micro_sizes": [list(s) for s in options.micro_sizes], "instances": list(options.instances),
         "micro_repeats": options.micro_repeats, "memory_frames": options.memory_frames,
     }

@@ -11,6 +11,7 @@ from .frames import Category, Segment
 INSTANCE_COLORS = 256  # instance ids cycle through this many hues per category
 CONTOUR_COLOR = (255, 255, 255)
 MAX_TABLE = 1 << 22  # entries of the value -> colour table (16 MiB)
+STRIP_ROWS = 32  # overlay works on strips this high: a 1080p strip's intermediates fit in the CPU cache
 
 
 def stuff_palette(categories: tuple[Category, ...]) -> np.ndarray:
@@ -62,39 +63,46 @@ class Renderer:
 
     def overlay(self, image: np.ndarray, panoptic: np.ndarray, segments: tuple[Segment, ...]) -> np.ndarray:
         """The frame with its segmentation blended in; void pixels keep the original image."""
-        packed = self._lookup(panoptic)
-        if packed is None:  # values the table does not hold: the plain (slow) way, same result
+        if self._table is None or panoptic.dtype.kind not in "iu":  # the plain (slow) way, same result
             colors = self.colorize(panoptic)
             blended = cv2.addWeighted(image, 1.0 - self.alpha, colors, self.alpha, 0.0)
             out = np.where((panoptic > 0)[..., None], blended, image)
-            boundaries = instance_boundaries(panoptic, self.divisor) if self.contours else None
-        else:
-            height, width = panoptic.shape
-            channels = packed.view(np.uint8).reshape(height, width, 4)  # B, G, R, is-instance flag
-            colors = cv2.cvtColor(channels, cv2.COLOR_BGRA2BGR)
-            out = cv2.addWeighted(image, 1.0 - self.alpha, colors, self.alpha, 0.0)
-            cv2.copyTo(image, (panoptic <= 0).view(np.uint8), out)  # void keeps the image
-            boundaries = _boundaries(panoptic, cv2.extractChannel(channels, 3).view(bool)) if self.contours else None
-        if boundaries is not None:
-            cv2.copyTo(self._contour_image(out.shape), boundaries.view(np.uint8), out)
+            if self.contours:
+                out[instance_boundaries(panoptic, self.divisor)] = CONTOUR_COLOR
+        else:  # the same steps, a strip of rows at a time so that they run in the CPU's cache
+            if image.shape[:2] != panoptic.shape:
+                raise ValueError(f"image is {image.shape[:2]} but its panoptic map {panoptic.shape}")
+            out = np.empty_like(image)
+            for top in range(0, panoptic.shape[0], STRIP_ROWS):
+                self._overlay_rows(image, panoptic, out, top, min(top + STRIP_ROWS, panoptic.shape[0]))
         if self.labels:
             for segment in segments:
                 if segment.isthing:
                     self._label(out, segment)
         return out
 
-    def _lookup(self, panoptic: np.ndarray) -> np.ndarray | None:
-        """Packed colour and instance flag of every pixel (None: no table, or not an integer map).
-
-        Out-of-range values raise IndexError and negative ones wrap, exactly as `colorize` does."""
-        if self._table is None or panoptic.dtype.kind not in "iu":
-            return None
-        return np.take(self._table, panoptic)
+    def _overlay_rows(self, image: np.ndarray, panoptic: np.ndarray, out: np.ndarray, top: int, bottom: int) -> None:
+        """Rows top..bottom-1 of `overlay`, written into `out`. Colours and the instance flag come
+        from one table lookup (out-of-range values raise IndexError and negative ones wrap, exactly
+        as in `colorize`); one row above and below is looked up too, for the contours."""
+        above, below = max(top - 1, 0), min(bottom + 1, panoptic.shape[0])
+        packed = np.take(self._table, panoptic[above:below])
+        channels = packed.view(np.uint8).reshape(below - above, panoptic.shape[1], 4)  # B, G, R, is-instance
+        rows = slice(top - above, bottom - above)
+        colors = cv2.cvtColor(channels[rows], cv2.COLOR_BGRA2BGR)
+        target = out[top:bottom]
+        cv2.addWeighted(image[top:bottom], 1.0 - self.alpha, colors, self.alpha, 0.0, dst=target)
+        cv2.copyTo(image[top:bottom], (panoptic[top:bottom] <= 0).view(np.uint8), target)  # void keeps the image
+        if self.contours:
+            edges = _boundaries(panoptic[above:below], cv2.extractChannel(channels, 3).view(bool))[rows]
+            cv2.copyTo(self._contour_image(target.shape[1:])[: bottom - top], edges.view(np.uint8), target)
 
     def _contour_image(self, shape: tuple[int, ...]) -> np.ndarray:
+        """STRIP_ROWS rows of the contour colour at this width (one width at a time; read only, so
+        sink threads may share it)."""
         image = self._contour_images.get(shape)
-        if image is None:  # one frame size at a time; safe to share between sink threads (read only)
-            image = np.full(shape, CONTOUR_COLOR, np.uint8)
+        if image is None:
+            image = np.full((STRIP_ROWS, *shape), CONTOUR_COLOR, np.uint8)
             self._contour_images = {shape: image}
         return image
 
