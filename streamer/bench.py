@@ -27,6 +27,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import Future
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -114,7 +115,7 @@ def add_parser(commands: Any) -> None:
     parser.add_argument("--micro-repeats", type=positive_int, default=MICRO_REPEATS, metavar="R", help=f"repeats of each micro-benchmark (default {MICRO_REPEATS})")
     parser.add_argument("--memory-frames", type=memory_frames, default=0, metavar="N",
                         help="also run the pipeline over N frames and compare RSS at frame N/10 and N (default 0: off; 5000 takes ~35 min on 2 CPU cores)")
-    parser.add_argument("--torch-threads", type=positive_int, metavar="N", help="torch.set_num_threads for the whole bench (default: torch's choice)")
+    parser.add_argument("--torch-threads", type=positive_int, metavar="N", help="torch threads per frame in the models (runtime.torch_threads) and for the sequential loop (default: the cores shared out; torch's choice for the loop)")
     parser.add_argument("--cv2-threads", type=positive_int, metavar="N", help="cv2.setNumThreads for the whole bench (default: OpenCV's choice)")
     parser.set_defaults(handler=command)
 
@@ -324,13 +325,28 @@ def as_result(index: int, image: np.ndarray, pts_ms: float, panoptic: np.ndarray
 # (a) (b) (c): end to end
 
 
-def models_only(models: PanopticModels, images: list[np.ndarray], sync: Callable[[], None]) -> float:
-    """Seconds for both models over frames already in memory."""
-    started = time.perf_counter()
-    for image in images:
-        models.predict([image])
-        sync()
-    return time.perf_counter() - started
+def models_only(config: Config, device: torch.device, images: list[np.ndarray]) -> float:
+    """(a): seconds for both models over frames already in memory, run as the pipeline runs them
+    (the same number of frames at once, threads and loading; see worker.InferencePool)."""
+    import torch
+
+    from .models import PanopticModels
+    from .worker import InferencePool, available_cores, thread_layout
+
+    parallel, threads = thread_layout(device.type, available_cores(), config.runtime.parallel_frames, config.runtime.torch_threads)
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    predict = lambda image: (models.predict([image]), sync())  # noqa: E731
+    pool = InferencePool(parallel, threads)
+    try:
+        models = pool.run(PanopticModels, config.models, config.categories(), device, config.runtime.half)
+        for future in [pool.submit(predict, image) for image in images[:parallel]]:  # warm-up
+            future.result()
+        started = time.perf_counter()
+        for future in [pool.submit(predict, image) for image in images]:
+            future.result()
+        return time.perf_counter() - started
+    finally:
+        pool.close()
 
 
 def sequential_loop(
@@ -431,19 +447,49 @@ def counting_pipeline(config: Config) -> Any:
     return CountingPipeline(config)
 
 
-def end_to_end(options: BenchOptions, models: PanopticModels, images: list[np.ndarray], workdir: Path) -> dict[str, Any]:
-    """Modes (a), (b), (c) in turn, `repeats` times."""
+def on_own_thread(call: Callable[[], Any], name: str) -> Any:
+    """call() on a thread that ends with it, and with the thread its OpenMP pool: the pipeline's
+    worker then has the only pool in the process, as it has in `streamer run` (two pools make
+    libgomp throttle its spin-waits; see worker.load_and_serve)."""
+    result: Future = Future()
+
+    def target() -> None:
+        try:
+            result.set_result(call())
+        except BaseException as exc:  # noqa: BLE001 - raised again on the calling thread
+            result.set_exception(exc)
+
+    thread = threading.Thread(target=target, name=name)
+    thread.start()
+    thread.join()
+    return result.result()
+
+
+def sequential_run(options: BenchOptions, device: torch.device, torch_threads: int, output: Path) -> tuple[float, int, dict[str, float]]:
+    """(b) with models loaded (and warmed up) on the calling thread, on `torch_threads` threads."""
     import torch
 
+    from .models import PanopticModels
     from .pipeline import fusion_params
     from .render import Renderer
+    from .sources import open_source
 
+    torch.set_num_threads(torch_threads)
     config = load_bench_config(options)
     params = fusion_params(config)
     categories = config.categories()
     renderer = Renderer(categories, params.label_divisor, config.render.alpha, config.render.contours, config.render.labels)
-    sync = torch.cuda.synchronize if models.device.type == "cuda" else (lambda: None)
+    models = PanopticModels(config.models, categories, device, config.runtime.half)
+    reader = open_source(options.source())
+    models.predict([reader.read()[0]])  # warm-up: first-call allocations and kernel selection
+    reader.close()
+    return sequential_loop(models, renderer, params, options.source(), output)
+
+
+def end_to_end(options: BenchOptions, device: torch.device, torch_threads: int, images: list[np.ndarray], workdir: Path) -> dict[str, Any]:
+    """Modes (a), (b), (c) in turn, `repeats` times; (b) on `torch_threads` threads."""
     uri = options.source()
+    config = load_bench_config(options)
     runs: dict[str, list[float]] = {"models_only": [], "sequential": [], "pipeline": []}
     stages: list[dict[str, float]] = []
     threads: list[dict[str, float]] = []
@@ -452,11 +498,12 @@ def end_to_end(options: BenchOptions, models: PanopticModels, images: list[np.nd
     load: list[float] = []
     for repeat in range(options.repeats):
         load.append(round(os.getloadavg()[0], 2))
-        seconds = models_only(models, images, sync)
+        seconds = models_only(config, device, images)
         runs["models_only"].append(len(images) / seconds)
         log.info("bench %d/%d: models only %.2f fps", repeat + 1, options.repeats, runs["models_only"][-1])
 
-        seconds, count, stage_seconds = sequential_loop(models, renderer, params, uri, workdir / f"sequential-{repeat}.mp4")
+        seconds, count, stage_seconds = on_own_thread(
+            lambda: sequential_run(options, device, torch_threads, workdir / f"sequential-{repeat}.mp4"), "bench-sequential")
         runs["sequential"].append(count / seconds)
         stages.append({stage: value / max(count, 1) for stage, value in stage_seconds.items()})
         log.info("bench %d/%d: sequential loop %.2f fps", repeat + 1, options.repeats, runs["sequential"][-1])
@@ -716,19 +763,19 @@ def run_bench(options: BenchOptions, config: Config) -> dict[str, Any]:
     import cv2
     import torch
 
-    from .models import PanopticModels, resolve_device
+    from .models import resolve_device
     from .sources import open_source
 
-    if options.torch_threads:
-        torch.set_num_threads(options.torch_threads)
+    # torch's thread count is one setting for the whole process (each thread applies it to its own
+    # OpenMP pool), and the pipeline's threads change it: (b) and the micro-benchmarks restate it.
+    torch_threads = options.torch_threads or torch.get_num_threads()
     if options.cv2_threads:
         cv2.setNumThreads(options.cv2_threads)
     started = time.monotonic()
     device = resolve_device(config.runtime.device)
-    models = PanopticModels(config.models, config.categories(), device, config.runtime.half)
     report: dict[str, Any] = {
         "command": "streamer " + " ".join(sys.argv[1:]) if Path(sys.argv[0]).name in ("streamer", "__main__.py") else None,
-        "settings": settings(options, config, models),
+        "settings": settings(options, config, device),
         "environment": environment(device),
     }
     reader = open_source(options.source())
@@ -737,14 +784,13 @@ def run_bench(options: BenchOptions, config: Config) -> dict[str, Any]:
         images.append(item[0])
     fps = reader.fps
     reader.close()
-    models.predict([images[0]])  # warm-up: first-call allocations and kernel selection
     with tempfile.TemporaryDirectory(prefix="streamer-bench-") as folder:
         workdir = Path(folder)
-        report["end_to_end"] = end_to_end(options, models, images, workdir)
-        del models
+        report["end_to_end"] = end_to_end(options, device, torch_threads, images, workdir)
         report["memory"] = memory_run(options, workdir) if options.memory_frames else None
         report["codec"] = codecs(options, images, fps, workdir)
     del images
+    torch.set_num_threads(torch_threads)
     report["fusion"], report["overlay"] = fusion_and_overlay(options, config, device)
     report["environment"]["load_average_end"] = [round(v, 2) for v in os.getloadavg()]
     report["environment"]["rss_mb_end"] = rss_mb()
@@ -754,15 +800,19 @@ def run_bench(options: BenchOptions, config: Config) -> dict[str, Any]:
     return report
 
 
-def settings(options: BenchOptions, config: Config, models: PanopticModels) -> dict[str, Any]:
+def settings(options: BenchOptions, config: Config, device: torch.device) -> dict[str, Any]:
     from . import demo_models
+    from .models import uses_autocast
+    from .worker import available_cores, thread_layout
 
     semantic, instance = config.models.semantic, config.models.instance
     demo_semantic, demo_instance = semantic.weights == "demo", instance.weights == "demo"  # the demo ignores arch/encoder
     return {
         "config": str(config_path(options)), "overrides": list(options.overrides), "source": options.source(),
         "size": list(options.size), "frames": options.frames, "repeats": options.repeats,
-        "device": str(models.device), "dtype": "float16 (autocast)" if models.autocast else "float32",
+        "device": str(device), "dtype": "float16 (autocast)" if uses_autocast(device, config.runtime.half) else "float32",
+        "parallel_frames_and_torch_threads": list(thread_layout(device.type, available_cores(), config.runtime.parallel_frames,
+                                                                config.runtime.torch_threads)),
         "semantic_model": {
             "weights": semantic.weights, "arch": demo_models.SEMANTIC_ARCH if demo_semantic else semantic.arch,
             "encoder": demo_models.SEMANTIC_ENCODER if demo_semantic else semantic.encoder, "input_size": list(semantic.input_size),

@@ -172,7 +172,8 @@ class Runtime(Strict):
         """YAML reads a bare on/off as a boolean."""
         return {True: "on", False: "off"}.get(value, value) if isinstance(value, bool) else value
     max_frames: int | None = Field(default=None, ge=1)
-    torch_threads: int | None = Field(default=None, ge=1)
+    parallel_frames: int | None = Field(default=None, ge=1, le=16)  # frames in the models at once; null: 1 on CUDA, 2 on a CPU of 2+ cores
+    torch_threads: int | None = Field(default=None, ge=1)  # torch threads per frame in the models; null: the cores shared out
     max_batch: int = Field(default=1, ge=1, le=64)  # queued frames (any sources) run through the models together
     status_interval_s: float = Field(default=10.0, gt=0)
     drain_timeout_s: float = Field(default=30.0, gt=0)  # how long a graceful stop may finish queued frames

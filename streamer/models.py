@@ -201,12 +201,17 @@ class Prediction:
     categories: torch.Tensor  # N category ids
 
 
+def uses_autocast(device: torch.device, half: str) -> bool:
+    """float16 autocast on CUDA unless runtime.half is off; float32 everywhere else."""
+    return device.type == "cuda" and half != "off"
+
+
 class PanopticModels:
     """The two networks on one device, with the pre- and post-processing around them."""
 
     def __init__(self, settings: cfg.Models, categories: tuple[Category, ...], device: torch.device, half: str):
         self.device = device
-        self.autocast = device.type == "cuda" and half != "off"
+        self.autocast = uses_autocast(device, half)
         self.input_size = settings.semantic.input_size
         self.semantic = build_semantic(settings.semantic).to(device).eval()
         self.instance, class_names = build_instance(settings.instance)

@@ -16,8 +16,6 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
-
 from . import control as ctl
 from .capture import Capture, Liveness, effective_policy
 from .config import Config, Source
@@ -30,7 +28,7 @@ from .render import Renderer
 from .recording import Retention, open_video
 from .sinks import DisplayOutput, Window, require_display, sink_loop
 from .sources import DEFAULT_FPS, LiveOptions, Reader, is_live, open_source, redact_uri
-from .worker import worker_loop
+from .worker import InferencePool, available_cores, thread_layout, worker_loop
 
 log = logging.getLogger(__name__)
 
@@ -111,21 +109,27 @@ class Pipeline:
         if config.output.display:
             require_display()  # before anything slow, and before OpenCV could abort the process
         categories = config.categories()
+        renderer = Renderer(categories, config.fusion.label_divisor, config.render.alpha, config.render.contours, config.render.labels)
         runs: list[SourceRun] = []
         metrics = None
         try:
             several = len(config.all_sources()) > 1
             for source in config.all_sources():
                 runs.append(self._prepare(source, categories, several))
-            if config.runtime.torch_threads:
-                torch.set_num_threads(config.runtime.torch_threads)
             device = resolve_device(config.runtime.device)
             if config.metrics.enabled:  # up before the models load: /healthz says 503 until frames flow
                 metrics = MetricsServer(config.metrics.host, config.metrics.port, [watched(run) for run in runs],
                                         self.control, config.runtime.stage_timeout_s, device)
+            parallel, threads = thread_layout(device.type, available_cores(), config.runtime.parallel_frames, config.runtime.torch_threads)
             started = time.monotonic()
-            models = PanopticModels(config.models, categories, device, config.runtime.half)
-            log.info("models ready on %s in %.1f s", device, time.monotonic() - started)
+            pool = InferencePool(parallel, threads)
+            try:
+                models = pool.run(PanopticModels, config.models, categories, device, config.runtime.half)
+            except BaseException:
+                pool.close()
+                raise
+            log.info("models ready on %s in %.1f s; %d frame%s at a time, %d torch thread%s each", device,
+                     time.monotonic() - started, parallel, "s" if parallel > 1 else "", threads, "s" if threads > 1 else "")
         except BaseException:
             for run in runs:
                 if run.reader:
@@ -133,12 +137,11 @@ class Pipeline:
             if metrics:
                 metrics.close()
             raise
-        renderer = Renderer(categories, config.fusion.label_divisor, config.render.alpha, config.render.contours, config.render.labels)
         render = lambda r: renderer.overlay(r.frame.image, r.panoptic_map, r.segments)  # noqa: E731
         observe = metrics.observe if metrics else None
-        routes = [(run.frames, run.results) for run in runs]
         threads = [threading.Thread(target=run.capture.run, name=f"capture-{run.settings.id}", daemon=True) for run in runs]
-        threads.append(threading.Thread(target=worker_loop, args=(models, fusion_params(config), routes, self.control, config.runtime.max_batch), name="worker", daemon=True))
+        threads.append(threading.Thread(target=worker_loop, name="worker", daemon=True, args=(
+            pool, models, fusion_params(config), [(run.frames, run.results) for run in runs], self.control, config.runtime.max_batch)))
         sinks = [
             threading.Thread(target=sink_loop, args=(run.results, run.outputs, render, self.control, run.stats, observe),
                              name=f"sink-{run.settings.id}", daemon=True)
@@ -154,6 +157,7 @@ class Pipeline:
                 thread.join(JOIN_TIMEOUT_S)
                 if thread.is_alive():
                     log.error("%s thread did not stop within %.0f s", thread.name, JOIN_TIMEOUT_S)
+            pool.close()
             if metrics:
                 metrics.close()
 

@@ -1,10 +1,22 @@
-"""Inference thread: frames -> both models -> fusion -> Panoptic results, in frame order."""
+"""Inference: frames -> both models -> fusion -> Panoptic results, in each source's frame order.
+
+One coordinating thread (`worker_loop`) takes frames from the sources' queues and hands them to an
+`InferencePool`, whose threads run the models on several frames at once; results leave in the
+order the frames were taken. On a CPU two frames on one torch thread each beat one frame on two
+threads by ~40 % (intra-op parallelism leaves cores idle; see docs/benchmarks.md).
+"""
 from __future__ import annotations
 
+import collections
 import logging
 import os
 import queue
+import threading
 import time
+from collections.abc import Callable
+from concurrent.futures import FIRST_COMPLETED, Future, wait
+from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 
@@ -16,6 +28,66 @@ from .models import PanopticModels
 log = logging.getLogger(__name__)
 
 IDLE_POLL_S = 0.005  # how often an idle worker looks at the queues again
+CLOSE_TIMEOUT_S = 10.0
+
+
+def thread_layout(device_type: str, cores: int, parallel_frames: int | None, torch_threads: int | None) -> tuple[int, int]:
+    """(frames through the models at once, torch threads for each); None means choose. A GPU runs
+    one frame at a time (batch with runtime.max_batch instead); a CPU with two cores or more runs
+    two, sharing the cores out between them."""
+    if parallel_frames is None:
+        parallel_frames = 1 if device_type == "cuda" or cores < 2 else 2
+    if torch_threads is None:
+        torch_threads = max(1, cores // parallel_frames)
+    return parallel_frames, torch_threads
+
+
+def available_cores() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+class InferencePool:
+    """`size` daemon threads, each with torch set to `torch_threads` threads, that run whatever is
+    submitted. All of the pipeline's torch work (the models' loading included) runs here: OpenMP
+    keeps a thread pool per calling thread, and once the process holds more OpenMP threads than
+    cores, libgomp throttles its spin-waits and inference slows by 10-20 %."""
+
+    def __init__(self, size: int, torch_threads: int):
+        self.size = size
+        self._jobs: queue.SimpleQueue = queue.SimpleQueue()
+        self._threads = [
+            threading.Thread(target=self._serve, args=(torch_threads,), name=f"inference-{i}", daemon=True)
+            for i in range(size)
+        ]
+        for thread in self._threads:
+            thread.start()
+
+    def submit(self, call: Callable[..., Any], *args: Any) -> Future:
+        future: Future = Future()
+        self._jobs.put((call, args, future))
+        return future
+
+    def run(self, call: Callable[..., Any], *args: Any) -> Any:
+        """call(*args) on a pool thread; its result, or its exception raised here."""
+        return self.submit(call, *args).result()
+
+    def close(self) -> None:
+        """Let the threads end after their current job (daemon threads: a hung call cannot hold up exit)."""
+        for _ in self._threads:
+            self._jobs.put(None)
+        deadline = time.monotonic() + CLOSE_TIMEOUT_S
+        for thread in self._threads:
+            thread.join(max(0.0, deadline - time.monotonic()))
+
+    def _serve(self, torch_threads: int) -> None:
+        torch.set_num_threads(torch_threads)  # per calling thread
+        while (job := self._jobs.get()) is not None:
+            call, args, future = job
+            if future.set_running_or_notify_cancel():
+                try:
+                    future.set_result(call(*args))
+                except BaseException as exc:  # noqa: BLE001 - raised where the result is read
+                    future.set_exception(exc)
 
 
 def infer(models: PanopticModels, params: FusionParams, frames: list[Frame]) -> list[Panoptic]:
@@ -65,43 +137,77 @@ def gather(waiting: list[Route], max_batch: int) -> tuple[list[tuple[Route, Fram
     return batch, ended
 
 
+@dataclass
+class Job:
+    """A batch in the pool, or (no future) sources whose END goes out once the batches before it have."""
+
+    routes: list[Route]
+    taken_mono: float = 0.0
+    future: Future | None = None
+    ended: list[Route] = field(default_factory=list)
+
+
 def worker_loop(
+    pool: InferencePool,
     models: PanopticModels,
     params: FusionParams,
     routes: list[Route],
     control: ctl.Control,
     max_batch: int = 1,
 ) -> None:
-    """Serve every source's queue pair: batches of up to `max_batch` frames, results in frame order
-    per source. Passes each source's END on; returns when all ended."""
+    """Serve every source's queue pair: batches of up to `max_batch` frames, `pool.size` batches at
+    once, results in the order the frames were taken. Passes each source's END on after its last
+    result; returns when all ended."""
     waiting = list(routes)
+    jobs: collections.deque[Job] = collections.deque()
     hang_after = _test_hang_after()
-    # Torch's thread settings are per calling thread; restating them here made inference on this
-    # thread ~10 % faster on a 2-core CPU (see docs/benchmarks.md).
-    torch.set_num_threads(torch.get_num_threads())
     try:
-        while waiting and not control.abort.is_set():
-            control.beat()
-            batch, ended = gather(waiting, max_batch)
-            if batch:
-                now = time.monotonic()
-                if hang_after is not None and any(frame.index >= hang_after for _, frame in batch):
-                    _hang(control)
-                for (route, frame), result in zip(batch, infer(models, params, [frame for _, frame in batch])):
-                    result.timings["queue_wait"] = now - frame.captured_mono
-                    if not ctl.put(route[1], result, control):
-                        return
-            for route in ended:
-                waiting.remove(route)
-                ctl.put(route[1], ctl.END, control)
-            if not batch and not ended:
-                time.sleep(IDLE_POLL_S)
+        while (waiting or jobs) and not control.abort.is_set():
+            running = [job.future for job in jobs if job.future and not job.future.done()]
+            took = False
+            if len(running) < pool.size and len(jobs) < 2 * pool.size:
+                batch, ended = gather(waiting, max_batch)
+                if batch:
+                    if hang_after is not None and any(frame.index >= hang_after for _, frame in batch):
+                        _hang(control)
+                    frames = [frame for _, frame in batch]
+                    jobs.append(Job([r for r, _ in batch], time.monotonic(), pool.submit(infer, models, params, frames)))
+                    running.append(jobs[-1].future)
+                for route in ended:
+                    waiting.remove(route)
+                if ended:
+                    jobs.append(Job([], ended=ended))
+                took = bool(batch or ended)
+            if not _pass_on_finished(jobs, control):
+                return
+            if not jobs:
+                control.beat()  # idle; while a batch runs, only its end counts as progress (a hung model is caught)
+            if not took:
+                if running:
+                    wait(running, timeout=IDLE_POLL_S, return_when=FIRST_COMPLETED)
+                else:
+                    time.sleep(IDLE_POLL_S)
     except Exception as exc:  # noqa: BLE001
         control.fail("worker", exc)
     finally:
-        for _, results in waiting:
-            ctl.put(results, ctl.END, control)
         control.done()
+
+
+def _pass_on_finished(jobs: collections.deque[Job], control: ctl.Control) -> bool:
+    """Results of the oldest finished jobs onto their sources' result queues, in order (a model's
+    exception is raised here). False when the pipeline aborted meanwhile."""
+    while jobs and (jobs[0].future is None or jobs[0].future.done()):
+        job = jobs.popleft()
+        control.beat()
+        if job.future is None:
+            if not all(ctl.put(results, ctl.END, control) for _, results in job.ended):
+                return False
+            continue
+        for (_, results), result in zip(job.routes, job.future.result()):
+            result.timings["queue_wait"] = job.taken_mono - result.frame.captured_mono
+            if not ctl.put(results, result, control):
+                return False
+    return True
 
 
 def _test_hang_after() -> int | None:

@@ -1,5 +1,5 @@
-"""The worker: batches of queued frames, one per source in turn, results in each source's order,
-and a batch gives the same segmentation as frames one at a time."""
+"""The worker: batches of queued frames, one per source in turn, several in the models at once,
+results in each source's order, and a batch gives the same segmentation as frames one at a time."""
 from __future__ import annotations
 
 import queue
@@ -16,7 +16,7 @@ from streamer.frames import Frame
 from streamer.models import PanopticModels
 from streamer.pipeline import fusion_params
 from streamer.synthetic import StreetScene
-from streamer.worker import gather, worker_loop
+from streamer.worker import InferencePool, gather, thread_layout, worker_loop
 
 
 def frame(source: str, index: int, image=None) -> Frame:
@@ -48,19 +48,37 @@ def models():
     return config, PanopticModels(config.models, config.categories(), torch.device("cpu"), "off")
 
 
-def test_a_batch_segments_like_single_frames_and_keeps_each_sources_order(models):
+def test_thread_layout_runs_two_frames_at_once_on_a_cpu_and_one_on_a_gpu():
+    assert thread_layout("cpu", 2, None, None) == (2, 1)
+    assert thread_layout("cpu", 16, None, None) == (2, 8)
+    assert thread_layout("cpu", 1, None, None) == (1, 1)
+    assert thread_layout("cuda", 16, None, None) == (1, 16)
+    assert thread_layout("cpu", 16, 4, None) == (4, 4)
+    assert thread_layout("cpu", 2, 3, 2) == (3, 2)
+
+
+def run_worker(loaded, config, routes: list, max_batch: int, parallel: int) -> ctl.Control:
+    control = ctl.Control()
+    pool = InferencePool(parallel, 1)
+    worker = threading.Thread(target=worker_loop, args=(pool, loaded, fusion_params(config), routes, control, max_batch))
+    worker.start()
+    worker.join(120)
+    pool.close()
+    assert not worker.is_alive()
+    return control
+
+
+@pytest.mark.parametrize("max_batch, parallel", [(4, 1), (1, 3)])
+def test_batches_and_parallel_frames_segment_like_single_frames_and_keep_each_sources_order(models, max_batch, parallel):
     config, loaded = models
     scenes = {"a": StreetScene(3, (160, 96), 10.0), "b": StreetScene(4, (128, 96), 10.0)}  # two sizes in one batch
     frames = {name: [frame(name, i, scene.render(i * 5).image) for i in range(3)] for name, scene in scenes.items()}
     routes = {name: route(*items, ctl.END) for name, items in frames.items()}
-    control = ctl.Control()
-    worker = threading.Thread(target=worker_loop, args=(loaded, fusion_params(config), list(routes.values()), control, 4))
-    worker.start()
-    worker.join(120)
-    assert not worker.is_alive() and control.failure is None
+    control = run_worker(loaded, config, list(routes.values()), max_batch, parallel)
+    assert control.failure is None
     for name, (_, results) in routes.items():
         out = [results.get_nowait() for _ in range(4)]
-        assert out[-1] is ctl.END
+        assert out[-1] is ctl.END and results.empty()
         assert [r.frame.index for r in out[:-1]] == [0, 1, 2]
         assert all(r.panoptic_map.shape == r.frame.image.shape[:2] for r in out[:-1])
         image = out[0].frame.image
@@ -68,3 +86,42 @@ def test_a_batch_segments_like_single_frames_and_keeps_each_sources_order(models
         batched = loaded.predict([image, frames["a"][1].image])[0]
         assert (alone.semantic == batched.semantic).float().mean() > 0.999
         assert torch.equal(alone.categories, batched.categories)
+
+
+class FirstFrameLast:
+    """The real models, except that the first frame's call returns only after two later frames' have."""
+
+    def __init__(self, models: PanopticModels, first: np.ndarray):
+        self.models, self.first, self.is_thing = models, first, models.is_thing
+        self.later_done = threading.Semaphore(0)
+        self.order: list[int] = []
+
+    def predict(self, images):
+        if images[0] is self.first:
+            assert self.later_done.acquire(timeout=60) and self.later_done.acquire(timeout=60)
+        predictions = self.models.predict(images)
+        self.order.append(0 if images[0] is self.first else 1)
+        if images[0] is not self.first:
+            self.later_done.release()
+        return predictions
+
+
+def test_parallel_frames_leave_in_the_order_they_came_even_when_a_later_one_finishes_first(models):
+    config, loaded = models
+    scene = StreetScene(5, (160, 96), 10.0)
+    items = [frame("a", i, scene.render(i).image) for i in range(6)]
+    slow_first = FirstFrameLast(loaded, items[0].image)
+    frames, results = route(*items, ctl.END)
+    control = run_worker(slow_first, config, [(frames, results)], 1, 3)
+    assert control.failure is None
+    assert slow_first.order.index(0) >= 2  # later frames did finish first
+    out = [results.get_nowait() for _ in range(7)]
+    assert [r.frame.index for r in out[:-1]] == list(range(6)) and out[-1] is ctl.END
+
+
+def test_a_model_error_in_a_pool_thread_fails_the_run_with_that_error(models):
+    config, loaded = models
+    bad = np.zeros((96, 160), np.uint8)  # no colour channels: the models cannot take it
+    frames, results = route(frame("a", 0), frame("a", 1, bad), frame("a", 2), ctl.END)
+    control = run_worker(loaded, config, [(frames, results)], 1, 2)
+    assert control.failure is not None and control.abort.is_set()
