@@ -145,6 +145,7 @@ class Render(Strict):
     alpha: Unit = 0.5
     contours: bool = True
     labels: bool = True
+    on_model_device: bool | None = None  # colours, blend and contours where the models run; null: on CUDA only
 
 
 class Output(Strict):

@@ -61,3 +61,4 @@ class Panoptic:
     panoptic_map: np.ndarray = field(repr=False)  # H x W int32, see LABEL_DIVISOR
     segments: tuple[Segment, ...]
     timings: dict[str, float] = field(default_factory=dict, repr=False)  # stage -> seconds
+    drawn: np.ndarray | None = field(default=None, repr=False)  # the overlay less labels, when drawn on the models' device

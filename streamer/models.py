@@ -195,6 +195,7 @@ def category_lookup(class_names: list[str], class_map: dict[str, str], categorie
 class Prediction:
     """Both models' raw output for one frame, on the model device, at frame resolution."""
 
+    image: torch.Tensor  # H x W x 3 uint8 BGR, the frame as uploaded
     semantic: torch.Tensor  # H x W category ids
     masks: torch.Tensor  # N x H x W mask probabilities
     scores: torch.Tensor  # N
@@ -214,6 +215,9 @@ class PanopticModels:
         self.autocast = uses_autocast(device, half)
         self.input_size = settings.semantic.input_size
         self.semantic = build_semantic(settings.semantic).to(device).eval()
+        # NHWC on a GPU: cuDNN's fp16 convolutions run on tensor cores without layout transposes
+        self.memory_format = torch.channels_last if device.type == "cuda" else torch.contiguous_format
+        self.semantic = self.semantic.to(memory_format=self.memory_format)
         self.instance, class_names = build_instance(settings.instance)
         self.instance = self.instance.to(device).eval()
         self.lookup = category_lookup(class_names, settings.instance.class_map, categories).to(device)
@@ -229,16 +233,18 @@ class PanopticModels:
     @torch.inference_mode()
     def predict(self, images: list[np.ndarray]) -> list[Prediction]:
         """Run both models on BGR uint8 frames (any sizes)."""
-        tensors = [to_rgb_tensor(image, self.device) for image in images]
+        uploaded = [upload(image, self.device) for image in images]
+        tensors = [to_rgb_float(image) for image in uploaded]
         with self._precision():
             semantic = self._semantic(tensors)
             detections = self.instance(tensors)
         predictions = []
-        for sem, det in zip(semantic, detections):
+        for image, sem, det in zip(uploaded, semantic, detections):
             categories = self.lookup[det["labels"]]
             keep = categories > 0
             predictions.append(
                 Prediction(
+                    image=image,
                     semantic=sem,
                     masks=det["masks"][keep, 0].float(),
                     scores=det["scores"][keep].float(),
@@ -251,14 +257,22 @@ class PanopticModels:
         """Class maps (category ids) at each image's own size, from one batch at the network's input size."""
         size = (self.input_size[1], self.input_size[0])
         x = torch.cat([F.interpolate(rgb[None], size=size, mode="bilinear", align_corners=False) for rgb in images])
-        logits = self.semantic((x - self._mean) / self._std)
+        logits = self.semantic(((x - self._mean) / self._std).contiguous(memory_format=self.memory_format))
         return [
             F.interpolate(one[None].float(), size=rgb.shape[-2:], mode="bilinear", align_corners=False)[0].argmax(0) + 1
             for one, rgb in zip(logits, images)
         ]
 
 
-def to_rgb_tensor(image: np.ndarray, device: torch.device) -> torch.Tensor:
-    """BGR uint8 H x W x 3 -> RGB float 3 x H x W in [0, 1] on the device."""
-    tensor = torch.from_numpy(np.ascontiguousarray(image)).to(device, non_blocking=True)
-    return tensor.permute(2, 0, 1).flip(0).float().div_(255.0)
+def upload(image: np.ndarray, device: torch.device) -> torch.Tensor:
+    """A BGR uint8 H x W x 3 frame on the device. To a GPU it goes through pinned memory (torch
+    caches those blocks), so the copy runs asynchronously."""
+    tensor = torch.from_numpy(np.ascontiguousarray(image))
+    if device.type == "cuda":
+        tensor = tensor.pin_memory()
+    return tensor.to(device, non_blocking=True)
+
+
+def to_rgb_float(image: torch.Tensor) -> torch.Tensor:
+    """BGR uint8 H x W x 3 -> RGB float 3 x H x W in [0, 1]."""
+    return image.permute(2, 0, 1).flip(0).float().div_(255.0)

@@ -137,11 +137,16 @@ class Pipeline:
             if metrics:
                 metrics.close()
             raise
-        render = lambda r: renderer.overlay(r.frame.image, r.panoptic_map, r.segments)  # noqa: E731
+        render = lambda r: (  # noqa: E731
+            renderer.overlay(r.frame.image, r.panoptic_map, r.segments) if r.drawn is None else renderer.draw_labels(r.drawn, r.segments))
+        on_device = config.render.on_model_device if config.render.on_model_device is not None else device.type == "cuda"
+        overlay = renderer.device_overlay(device) if on_device else None
+        if overlay:
+            log.info("overlay drawn on %s, labels on the host", device)
         observe = metrics.observe if metrics else None
         threads = [threading.Thread(target=run.capture.run, name=f"capture-{run.settings.id}", daemon=True) for run in runs]
         threads.append(threading.Thread(target=worker_loop, name="worker", daemon=True, args=(
-            pool, models, fusion_params(config), [(run.frames, run.results) for run in runs], self.control, config.runtime.max_batch)))
+            pool, models, fusion_params(config), [(run.frames, run.results) for run in runs], self.control, config.runtime.max_batch, overlay)))
         sinks = [
             threading.Thread(target=sink_loop, args=(run.results, run.outputs, render, self.control, run.stats, observe),
                              name=f"sink-{run.settings.id}", daemon=True)

@@ -1,10 +1,16 @@
-"""Draw a panoptic map over its frame: palette, alpha blend, instance contours, labels (pure numpy/OpenCV)."""
+"""Draw a panoptic map over its frame: palette, alpha blend, instance contours, labels.
+
+`Renderer.overlay` does it all on the host (numpy/OpenCV). `DeviceOverlay` does the colours, blend
+and contours as tensor code where the panoptic map is (a GPU), so only the finished frame comes back
+to the host; `Renderer.draw_labels` then adds the labels there.
+"""
 from __future__ import annotations
 
 import colorsys
 
 import cv2
 import numpy as np
+import torch
 
 from .frames import Category, Segment
 
@@ -75,11 +81,20 @@ class Renderer:
             out = np.empty_like(image)
             for top in range(0, panoptic.shape[0], STRIP_ROWS):
                 self._overlay_rows(image, panoptic, out, top, min(top + STRIP_ROWS, panoptic.shape[0]))
+        return self.draw_labels(out, segments)
+
+    def draw_labels(self, image: np.ndarray, segments: tuple[Segment, ...]) -> np.ndarray:
+        """Each thing's name and score above its box, drawn into `image` (when labels are on)."""
         if self.labels:
             for segment in segments:
                 if segment.isthing:
-                    self._label(out, segment)
-        return out
+                    self._label(image, segment)
+        return image
+
+    def device_overlay(self, device: torch.device) -> DeviceOverlay | None:
+        """This renderer's colours and contours as tensor code on `device` (None: no value table,
+        as with a huge label_divisor; the host draws those frames)."""
+        return None if self._table is None else DeviceOverlay(self._table, self.alpha, self.contours, device)
 
     def _overlay_rows(self, image: np.ndarray, panoptic: np.ndarray, out: np.ndarray, top: int, bottom: int) -> None:
         """Rows top..bottom-1 of `overlay`, written into `out`. Colours and the instance flag come
@@ -114,14 +129,37 @@ class Renderer:
         cv2.putText(image, text, (x, y), cv2.FONT_HERSHEY_SIMPLEX, 0.4, (255, 255, 255), 1, cv2.LINE_AA)
 
 
+class DeviceOverlay:
+    """`Renderer.overlay` less the labels, in torch on the panoptic map's device: one table lookup
+    for colour and instance flag, the blend, void pixels keeping the image, the contours. The blend
+    rounds half to even as OpenCV's does; the tests hold it to the host result."""
+
+    def __init__(self, table: np.ndarray, alpha: float, contours: bool, device: torch.device):
+        self.table = torch.from_numpy(table.view(np.uint8).reshape(-1, 4)).to(device)  # B, G, R, is-instance
+        self.alpha = alpha
+        self.contours = contours
+        self.contour_color = torch.tensor(CONTOUR_COLOR, dtype=torch.uint8, device=device)
+
+    def __call__(self, image: torch.Tensor, panoptic: torch.Tensor) -> torch.Tensor:
+        """image: H x W x 3 uint8 BGR; panoptic: H x W int32 from the fusion; both on this device."""
+        if image.shape[:2] != panoptic.shape:
+            raise ValueError(f"image is {tuple(image.shape[:2])} but its panoptic map {tuple(panoptic.shape)}")
+        packed = self.table.index_select(0, panoptic.flatten()).view(*panoptic.shape, 4)
+        blended = (image.float() * (1.0 - self.alpha) + packed[..., :3].float() * self.alpha).round_().to(torch.uint8)
+        out = torch.where((panoptic > 0)[..., None], blended, image)
+        if self.contours:
+            out = torch.where(_boundaries(panoptic, packed[..., 3].bool())[..., None], self.contour_color, out)
+        return out
+
+
 def instance_boundaries(panoptic: np.ndarray, divisor: int) -> np.ndarray:
     """Boolean H x W: pixels of a thing segment that touch a different segment (4-neighbourhood)."""
     return _boundaries(panoptic, panoptic % divisor > 0)
 
 
-def _boundaries(panoptic: np.ndarray, is_instance: np.ndarray) -> np.ndarray:
-    """Pixels that differ from a 4-neighbour, where `is_instance`."""
-    edges = np.zeros(panoptic.shape, dtype=bool)
+def _boundaries(panoptic, is_instance):
+    """Pixels that differ from a 4-neighbour, where `is_instance` (numpy arrays or torch tensors)."""
+    edges = is_instance & False  # all False, of the same kind
     horizontal = panoptic[:, 1:] != panoptic[:, :-1]
     vertical = panoptic[1:, :] != panoptic[:-1, :]
     edges[:, :-1] |= horizontal

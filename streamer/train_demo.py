@@ -211,7 +211,7 @@ def _loader(dataset: SampleSet, batch: int, workers: int) -> torch.utils.data.Da
 
 
 def to_network(image: np.ndarray, device: torch.device) -> torch.Tensor:
-    """BGR uint8 H x W x 3 -> RGB float 3 x H x W in [0, 1], as streamer.models.to_rgb_tensor."""
+    """BGR uint8 H x W x 3 -> RGB float 3 x H x W in [0, 1], as streamer.models.to_rgb_float."""
     return torch.from_numpy(image).to(device).permute(2, 0, 1).flip(0).float().div_(255.0)
 
 

@@ -24,6 +24,7 @@ from . import control as ctl
 from .frames import Frame, Panoptic
 from .fusion import FusionParams, fuse
 from .models import PanopticModels
+from .render import DeviceOverlay
 
 log = logging.getLogger(__name__)
 
@@ -90,8 +91,9 @@ class InferencePool:
                     future.set_exception(exc)
 
 
-def infer(models: PanopticModels, params: FusionParams, frames: list[Frame]) -> list[Panoptic]:
-    """Frames through the models in one batch, then each through the fusion rule."""
+def infer(models: PanopticModels, params: FusionParams, frames: list[Frame], overlay: DeviceOverlay | None = None) -> list[Panoptic]:
+    """Frames through the models in one batch, then each through the fusion rule (and `overlay`,
+    when the drawing is done on the models' device)."""
     started = time.perf_counter()
     predictions = models.predict([frame.image for frame in frames])
     inference = (time.perf_counter() - started) / len(frames)  # the batch's time, shared out
@@ -101,12 +103,13 @@ def infer(models: PanopticModels, params: FusionParams, frames: list[Frame]) -> 
         panoptic, segments = fuse(
             prediction.semantic, prediction.masks, prediction.scores, prediction.categories, models.is_thing, params
         )
-        panoptic_map = panoptic.cpu().numpy()
+        drawn = overlay(prediction.image, panoptic).cpu().numpy() if overlay else None
         results.append(Panoptic(
             frame=frame,
-            panoptic_map=panoptic_map,
+            panoptic_map=panoptic.cpu().numpy(),
             segments=tuple(segments),
             timings={"inference": inference, "fusion": time.perf_counter() - fusing},
+            drawn=drawn,
         ))
     return results
 
@@ -154,6 +157,7 @@ def worker_loop(
     routes: list[Route],
     control: ctl.Control,
     max_batch: int = 1,
+    overlay: DeviceOverlay | None = None,
 ) -> None:
     """Serve every source's queue pair: batches of up to `max_batch` frames, `pool.size` batches at
     once, results in the order the frames were taken. Passes each source's END on after its last
@@ -171,7 +175,7 @@ def worker_loop(
                     if hang_after is not None and any(frame.index >= hang_after for _, frame in batch):
                         _hang(control)
                     frames = [frame for _, frame in batch]
-                    jobs.append(Job([r for r, _ in batch], time.monotonic(), pool.submit(infer, models, params, frames)))
+                    jobs.append(Job([r for r, _ in batch], time.monotonic(), pool.submit(infer, models, params, frames, overlay)))
                     running.append(jobs[-1].future)
                 for route in ended:
                     waiting.remove(route)

@@ -5,6 +5,7 @@ import itertools
 
 import numpy as np
 import pytest
+import torch
 
 from streamer.frames import Category, Segment
 from streamer.render import CONTOUR_COLOR, Renderer, instance_boundaries
@@ -244,3 +245,35 @@ def test_labels_for_things_without_score_and_at_the_top_edge():
     changed = (on != image).any(axis=-1)
     assert changed.sum() > 20, "a thing at the top edge should still get a readable label"
     assert not changed[30:].any()
+
+
+@pytest.mark.parametrize("alpha, contours", [(0.5, True), (0.3, False), (0.77, True), (1.0, True)])
+def test_the_device_overlay_draws_what_the_host_draws(alpha, contours):
+    """DeviceOverlay is the GPU path; its tensor code runs on the CPU here. It gives the host's frame
+    (labels aside: the host draws them afterwards), except that where the exact blend is a tie
+    (k + 0.5) the two may round apart by 1; at the default alpha of 0.5 every pixel is the same."""
+    image, panoptic = scene()
+    host = renderer(alpha, contours, labels=False).overlay(image, panoptic, ())
+    overlay = renderer(alpha, contours).device_overlay(torch.device("cpu"))
+    drawn = overlay(torch.from_numpy(image), torch.from_numpy(panoptic)).numpy()
+    assert drawn.dtype == np.uint8 and drawn.shape == host.shape
+    apart = drawn != host
+    if alpha == 0.5:
+        assert not apart.any()
+    assert np.abs(drawn.astype(int) - host).max() <= 1
+    colors = renderer().colorize(panoptic)
+    exact = image * (1 - alpha) + colors * alpha
+    assert np.allclose(exact[apart] % 1, 0.5, atol=1e-4)
+    assert apart.sum() < 0.01 * apart.size
+
+
+def test_labels_drawn_after_the_device_overlay_match_the_host_overlay():
+    image, panoptic = scene()
+    segments = segments_of(panoptic)
+    draw = renderer()
+    drawn = draw.device_overlay(torch.device("cpu"))(torch.from_numpy(image), torch.from_numpy(panoptic)).numpy()
+    assert np.array_equal(draw.draw_labels(drawn, segments), draw.overlay(image, panoptic, segments))
+
+
+def test_no_device_overlay_when_the_colour_table_would_be_too_big():
+    assert Renderer(CATEGORIES, 10**7, 0.5, True, True).device_overlay(torch.device("cpu")) is None

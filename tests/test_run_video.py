@@ -8,7 +8,9 @@ import time
 from fractions import Fraction
 from pathlib import Path
 
+import av
 import cv2
+import numpy as np
 import pytest
 
 from conftest import make_video, moving_pattern, popen_cli, probe, run_cli
@@ -98,3 +100,18 @@ def test_sigterm_mid_run_finishes_a_playable_video(tmp_path, fast_config):
 def _processed(line: str) -> int:
     match = re.search(r"status: .* (\d+) processed", line)
     return int(match.group(1)) if match else 0
+
+
+def test_drawing_on_the_models_device_makes_the_same_video(tmp_path):
+    """render.on_model_device (the GPU path, here on the CPU) draws exactly what the host draws."""
+    frames = {}
+    for on_device in ("true", "false"):
+        output = tmp_path / f"{on_device}.mp4"
+        result = run_cli("run", "--source", "synthetic:street?frames=4&size=192x112", "--output", str(output),
+                         "--set", "runtime.device=cpu", "--set", f"render.on_model_device={on_device}")
+        assert result.returncode == 0, result.stderr
+        assert ("overlay drawn on cpu" in result.stderr) == (on_device == "true")
+        with av.open(str(output)) as container:
+            frames[on_device] = [frame.to_ndarray(format="bgr24") for frame in container.decode(video=0)]
+    assert len(frames["true"]) == 4
+    assert all(np.array_equal(a, b) for a, b in zip(frames["true"], frames["false"]))
