@@ -16,6 +16,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import torch
+
 from . import control as ctl
 from .capture import Capture, Liveness, effective_policy
 from .config import Config, Source
@@ -24,7 +26,7 @@ from .fusion import FusionParams
 from .metrics import MetricsServer, WatchedSource
 from .models import PanopticModels, resolve_device
 from .notify import Notifier, watchdog_interval
-from .render import Renderer
+from .render import DeviceOverlay, Renderer
 from .recording import Retention, open_video
 from .sinks import DisplayOutput, Window, require_display, sink_loop
 from .sources import DEFAULT_FPS, LiveOptions, Reader, is_live, open_source, redact_uri
@@ -111,7 +113,7 @@ class Pipeline:
         categories = config.categories()
         renderer = Renderer(categories, config.fusion.label_divisor, config.render.alpha, config.render.contours, config.render.labels)
         runs: list[SourceRun] = []
-        metrics = None
+        metrics = pool = None
         try:
             several = len(config.all_sources()) > 1
             for source in config.all_sources():
@@ -120,29 +122,18 @@ class Pipeline:
             if config.metrics.enabled:  # up before the models load: /healthz says 503 until frames flow
                 metrics = MetricsServer(config.metrics.host, config.metrics.port, [watched(run) for run in runs],
                                         self.control, config.runtime.stage_timeout_s, device)
-            parallel, threads = thread_layout(device.type, available_cores(), config.runtime.parallel_frames, config.runtime.torch_threads)
-            started = time.monotonic()
-            pool = InferencePool(parallel, threads)
-            try:
-                models = pool.run(PanopticModels, config.models, categories, device, config.runtime.half)
-            except BaseException:
-                pool.close()
-                raise
-            log.info("models ready on %s in %.1f s; %d frame%s at a time, %d torch thread%s each", device,
-                     time.monotonic() - started, parallel, "s" if parallel > 1 else "", threads, "s" if threads > 1 else "")
+            pool, models = self._load_models(device)
+            overlay = self._device_overlay(renderer, device)
         except BaseException:
             for run in runs:
                 if run.reader:
                     run.reader.close()
-            if metrics:
-                metrics.close()
+            for server in (metrics, pool):
+                if server:
+                    server.close()
             raise
         render = lambda r: (  # noqa: E731
             renderer.overlay(r.frame.image, r.panoptic_map, r.segments) if r.drawn is None else renderer.draw_labels(r.drawn, r.segments))
-        on_device = config.render.on_model_device if config.render.on_model_device is not None else device.type == "cuda"
-        overlay = renderer.device_overlay(device) if on_device else None
-        if overlay:
-            log.info("overlay drawn on %s, labels on the host", device)
         observe = metrics.observe if metrics else None
         threads = [threading.Thread(target=run.capture.run, name=f"capture-{run.settings.id}", daemon=True) for run in runs]
         threads.append(threading.Thread(target=worker_loop, name="worker", daemon=True, args=(
@@ -177,6 +168,29 @@ class Pipeline:
             timing_text(stats),
         )
         return summary
+
+    def _load_models(self, device: torch.device) -> tuple[InferencePool, PanopticModels]:
+        """The inference pool, with the models loaded on one of its threads (see InferencePool)."""
+        runtime = self.config.runtime
+        parallel, threads = thread_layout(device.type, available_cores(), runtime.parallel_frames, runtime.torch_threads)
+        started = time.monotonic()
+        pool = InferencePool(parallel, threads)
+        try:
+            models = pool.run(PanopticModels, self.config.models, self.config.categories(), device, runtime.half)
+        except BaseException:
+            pool.close()
+            raise
+        log.info("models ready on %s in %.1f s; %d frame%s at a time, %d torch thread%s each", device,
+                 time.monotonic() - started, parallel, "s" if parallel > 1 else "", threads, "s" if threads > 1 else "")
+        return pool, models
+
+    def _device_overlay(self, renderer: Renderer, device: torch.device) -> DeviceOverlay | None:
+        """The overlay drawn where the models run: by default when that is a GPU."""
+        on_device = self.config.render.on_model_device
+        overlay = renderer.device_overlay(device) if (device.type == "cuda" if on_device is None else on_device) else None
+        if overlay:
+            log.info("overlay drawn on %s, labels on the host", device)
+        return overlay
 
     def _prepare(self, source: Source, categories, several: bool) -> SourceRun:
         """Open a file source now (a bad one fails before the models load); a live source is
