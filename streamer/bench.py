@@ -1,9 +1,10 @@
 """`streamer bench`: how fast each stage is, and what the threaded pipeline gains.
 
 In one process, on the same frames of the synthetic street:
-  (a) models only: both models back to back on frames already in memory (the limit);
+  (a) models only: both models on frames already in memory, as many at once and on as many
+      threads as the pipeline runs them (the limit);
   (b) the sequential loop a tutorial would write: read, models, naive overwrite fusion, overlay,
-      H.264 encode, one frame after the other in one thread;
+      H.264 encode, one frame after the other in one thread, at torch's default thread count;
   (c) the threaded pipeline (`streamer run`) from the same source to the same kind of MP4;
 plus micro-benchmarks (fusion against a plain per-instance numpy loop of the same rule and the
 naive loop; overlay at one thread; H.264 decode and encode alone) and, with --memory-frames,
@@ -114,7 +115,7 @@ def add_parser(commands: Any) -> None:
     parser.add_argument("--instances", type=count_list, default=MICRO_INSTANCES, metavar="N,...", help="fusion/overlay instance counts (default 10,50,100)")
     parser.add_argument("--micro-repeats", type=positive_int, default=MICRO_REPEATS, metavar="R", help=f"repeats of each micro-benchmark (default {MICRO_REPEATS})")
     parser.add_argument("--memory-frames", type=memory_frames, default=0, metavar="N",
-                        help="also run the pipeline over N frames and compare RSS at frame N/10 and N (default 0: off; 5000 takes ~35 min on 2 CPU cores)")
+                        help="also run the pipeline over N frames and compare RSS at frame N/10 and N (default 0: off; 5000 takes ~25 min on 2 CPU cores)")
     parser.add_argument("--torch-threads", type=positive_int, metavar="N", help="torch threads per frame in the models (runtime.torch_threads) and for the sequential loop (default: the cores shared out; torch's choice for the loop)")
     parser.add_argument("--cv2-threads", type=positive_int, metavar="N", help="cv2.setNumThreads for the whole bench (default: OpenCV's choice)")
     parser.set_defaults(handler=command)
