@@ -331,16 +331,13 @@ def models_only(config: Config, device: torch.device, images: list[np.ndarray]) 
     (the same number of frames at once, threads and loading; see worker.InferencePool)."""
     import torch
 
-    from .models import PanopticModels
-    from .worker import InferencePool, available_cores, thread_layout
+    from .worker import load_models
 
-    parallel, threads = thread_layout(device.type, available_cores(), config.runtime.parallel_frames, config.runtime.torch_threads)
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     predict = lambda image: (models.predict([image]), sync())  # noqa: E731
-    pool = InferencePool(parallel, threads)
+    pool, models = load_models(config, device)
     try:
-        models = pool.run(PanopticModels, config.models, config.categories(), device, config.runtime.half)
-        for future in [pool.submit(predict, image) for image in images[:parallel]]:  # warm-up
+        for future in [pool.submit(predict, image) for image in images[:pool.size]]:  # warm-up
             future.result()
         started = time.perf_counter()
         for future in [pool.submit(predict, image) for image in images]:

@@ -24,13 +24,13 @@ from .config import Config, Source
 from .export import PanopticExport
 from .fusion import FusionParams
 from .metrics import MetricsServer, WatchedSource
-from .models import PanopticModels, resolve_device
+from .models import resolve_device
 from .notify import Notifier, watchdog_interval
 from .render import DeviceOverlay, Renderer
 from .recording import Retention, open_video
 from .sinks import DisplayOutput, Window, require_display, sink_loop
 from .sources import DEFAULT_FPS, LiveOptions, Reader, is_live, open_source, redact_uri
-from .worker import InferencePool, available_cores, thread_layout, worker_loop
+from .worker import load_models, worker_loop
 
 log = logging.getLogger(__name__)
 
@@ -122,7 +122,7 @@ class Pipeline:
             if config.metrics.enabled:  # up before the models load: /healthz says 503 until frames flow
                 metrics = MetricsServer(config.metrics.host, config.metrics.port, [watched(run) for run in runs],
                                         self.control, config.runtime.stage_timeout_s, device)
-            pool, models = self._load_models(device)
+            pool, models = load_models(config, device)
             overlay = self._device_overlay(renderer, device)
         except BaseException:
             for run in runs:
@@ -168,21 +168,6 @@ class Pipeline:
             timing_text(stats),
         )
         return summary
-
-    def _load_models(self, device: torch.device) -> tuple[InferencePool, PanopticModels]:
-        """The inference pool, with the models loaded on one of its threads (see InferencePool)."""
-        runtime = self.config.runtime
-        parallel, threads = thread_layout(device.type, available_cores(), runtime.parallel_frames, runtime.torch_threads)
-        started = time.monotonic()
-        pool = InferencePool(parallel, threads)
-        try:
-            models = pool.run(PanopticModels, self.config.models, self.config.categories(), device, runtime.half)
-        except BaseException:
-            pool.close()
-            raise
-        log.info("models ready on %s in %.1f s; %d frame%s at a time, %d torch thread%s each", device,
-                 time.monotonic() - started, parallel, "s" if parallel > 1 else "", threads, "s" if threads > 1 else "")
-        return pool, models
 
     def _device_overlay(self, renderer: Renderer, device: torch.device) -> DeviceOverlay | None:
         """The overlay drawn where the models run: by default when that is a GPU."""

@@ -5,21 +5,25 @@ difference in PQ is the fusion rule's alone.
 """
 from __future__ import annotations
 
+import collections
 import logging
 import time
 from dataclasses import dataclass
 from typing import Any
+
+import numpy as np
 
 from .config import Config
 from .errors import UsageError
 from .evaluate import METHODS, PQAccumulator, PQResult, format_pq_table, gt_remap, naive_fusion, relabel, semantic_only
 from .export import PanopticExport
 from .frames import Frame, Panoptic
-from .fusion import fuse
+from .fusion import FusionParams, fuse
 from .models import PanopticModels, resolve_device
 from .pipeline import fusion_params
 from .sources import classify, open_source
 from .synthetic import CATEGORIES
+from .worker import load_models
 
 log = logging.getLogger(__name__)
 
@@ -63,22 +67,45 @@ def evaluate_synthetic(config: Config, uri: str, export_dir: str | None = None) 
     except ValueError as exc:
         raise UsageError(f"eval: {exc}") from None
     device = resolve_device(config.runtime.device)
-    models = PanopticModels(config.models, categories, device, config.runtime.half)
-    params = fusion_params(config)
+    pool, models = load_models(config, device)
+    try:
+        params = fusion_params(config)
+        return _score(reader, lambda image: pool.submit(_outputs, models, params, image), pool.size,
+                      categories, lut, uri, str(device), params.label_divisor, export_dir)
+    finally:
+        pool.close()
+
+
+def _outputs(models: PanopticModels, params: FusionParams, image: np.ndarray) -> tuple:
+    """One frame through the models and the three fusions (on a pool thread)."""
+    (p,) = models.predict([image])
+    fused, segments = fuse(p.semantic, p.masks, p.scores, p.categories, models.is_thing, params)
     divisor = params.label_divisor
+    return (
+        fused.cpu().numpy(), segments,
+        naive_fusion(p.semantic, p.masks, p.scores, p.categories, models.is_thing, label_divisor=divisor),
+        semantic_only(p.semantic, models.is_thing, label_divisor=divisor),
+    )
+
+
+def _score(reader, submit, parallel: int, categories, lut, uri: str, device: str, divisor: int, export_dir: str | None) -> EvalReport:
+    """Every frame of `reader` scored in frame order, `parallel` of them in the models at once."""
     scores = {method: PQAccumulator(categories, divisor) for method in METHODS}
     export = PanopticExport(export_dir, categories) if export_dir else None
     started = time.monotonic()
+    in_flight: collections.deque = collections.deque()
+    index = 0
     try:
-        index = 0
-        while (scene := reader.read_frame()) is not None:
-            (p,) = models.predict([scene.image])
+        while True:
+            while len(in_flight) < parallel and (scene := reader.read_frame()) is not None:
+                in_flight.append((scene, submit(scene.image)))
+            if not in_flight:
+                break
+            scene, outputs = in_flight.popleft()
+            fused, segments, naive, semantic = outputs.result()
             truth = relabel(scene.panoptic, lut, divisor)
-            fused, segments = fuse(p.semantic, p.masks, p.scores, p.categories, models.is_thing, params)
-            fused = fused.cpu().numpy()
-            scores["fused"].add(fused, truth)
-            scores["naive"].add(naive_fusion(p.semantic, p.masks, p.scores, p.categories, models.is_thing, label_divisor=divisor), truth)
-            scores["semantic_only"].add(semantic_only(p.semantic, models.is_thing, label_divisor=divisor), truth)
+            for method, prediction in zip(METHODS, (fused, naive, semantic)):
+                scores[method].add(prediction, truth)
             if export is not None:
                 frame = Frame("synthetic", index, scene.image, index * 1000.0 / reader.fps, time.time(), time.monotonic())
                 export.write(Panoptic(frame, fused, tuple(segments)), scene.image)
@@ -88,4 +115,4 @@ def evaluate_synthetic(config: Config, uri: str, export_dir: str | None = None) 
     finally:
         if export is not None:
             export.close()
-    return EvalReport(uri, str(device), time.monotonic() - started, {m: a.result() for m, a in scores.items()})
+    return EvalReport(uri, device, time.monotonic() - started, {m: a.result() for m, a in scores.items()})

@@ -21,6 +21,7 @@ from typing import Any
 import torch
 
 from . import control as ctl
+from .config import Config
 from .frames import Frame, Panoptic
 from .fusion import FusionParams, fuse
 from .models import PanopticModels
@@ -89,6 +90,22 @@ class InferencePool:
                     future.set_result(call(*args))
                 except BaseException as exc:  # noqa: BLE001 - raised where the result is read
                     future.set_exception(exc)
+
+
+def load_models(config: Config, device: torch.device) -> tuple[InferencePool, PanopticModels]:
+    """An inference pool laid out by `thread_layout`, with the models loaded on one of its threads."""
+    runtime = config.runtime
+    parallel, threads = thread_layout(device.type, available_cores(), runtime.parallel_frames, runtime.torch_threads)
+    started = time.monotonic()
+    pool = InferencePool(parallel, threads)
+    try:
+        models = pool.run(PanopticModels, config.models, config.categories(), device, runtime.half)
+    except BaseException:
+        pool.close()
+        raise
+    log.info("models ready on %s in %.1f s; %d frame%s at a time, %d torch thread%s each", device,
+             time.monotonic() - started, parallel, "s" if parallel > 1 else "", threads, "s" if threads > 1 else "")
+    return pool, models
 
 
 def infer(models: PanopticModels, params: FusionParams, frames: list[Frame], overlay: DeviceOverlay | None = None) -> list[Panoptic]:
