@@ -7,9 +7,12 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
+import threading
 import time
 from pathlib import Path
+from typing import NoReturn
 
 from . import __version__
 from .config import Config, load_config, to_yaml
@@ -199,5 +202,19 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_FAILURE
 
 
+def entry() -> NoReturn:
+    """The console command: main(), then exit. A thread still alive at that point is a camera read
+    left behind inside native code (see capture.py); the interpreter's shutdown would stop it from
+    under its C++ frames, which can abort the process ("FATAL: exception not rethrown") after a
+    clean run. So with such a thread, flush the logs and leave at once."""
+    code = main()
+    if any(thread.is_alive() for thread in threading.enumerate() if thread is not threading.main_thread()):
+        logging.shutdown()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    sys.exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    entry()

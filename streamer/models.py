@@ -30,6 +30,7 @@ COCO_WEIGHTS = {
 COCO_CLASSES: list[str] = list(MaskRCNN_ResNet50_FPN_Weights.COCO_V1.meta["categories"])
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+RANDOM_INIT_SEED = 0  # networks without weights (`weights: none`) start from this seed
 
 
 def resolve_device(name: str) -> torch.device:
@@ -214,11 +215,13 @@ class PanopticModels:
         self.device = device
         self.autocast = uses_autocast(device, half)
         self.input_size = settings.semantic.input_size
-        self.semantic = build_semantic(settings.semantic).to(device).eval()
+        with torch.random.fork_rng(devices=[]):  # `weights: none` builds the same random networks every run
+            torch.manual_seed(RANDOM_INIT_SEED)
+            self.semantic = build_semantic(settings.semantic).to(device).eval()
+            self.instance, class_names = build_instance(settings.instance)
         # NHWC on a GPU: cuDNN's fp16 convolutions run on tensor cores without layout transposes
         self.memory_format = torch.channels_last if device.type == "cuda" else torch.contiguous_format
         self.semantic = self.semantic.to(memory_format=self.memory_format)
-        self.instance, class_names = build_instance(settings.instance)
         self.instance = self.instance.to(device).eval()
         self.lookup = category_lookup(class_names, settings.instance.class_map, categories).to(device)
         self.is_thing = torch.tensor([False] + [c.isthing for c in categories], device=device)
