@@ -448,7 +448,7 @@ def counting_pipeline(config: Config) -> Any:
 def on_own_thread(call: Callable[[], Any], name: str) -> Any:
     """call() on a thread that ends with it, and with the thread its OpenMP pool: the pipeline's
     worker then has the only pool in the process, as it has in `streamer run` (two pools make
-    libgomp throttle its spin-waits; see worker.load_and_serve)."""
+    libgomp throttle its spin-waits; see worker.InferencePool)."""
     result: Future = Future()
 
     def target() -> None:
