@@ -828,6 +828,8 @@ def environment(device: torch.device) -> dict[str, Any]:
     import cv2
     import torch
 
+    from .worker import available_cores
+
     versions = {"python": platform.python_version()}
     for name, package in (("torch", "torch"), ("torchvision", "torchvision"), ("smp", "segmentation-models-pytorch"),
                           ("av", "av"), ("numpy", "numpy"), ("timm", "timm")):
@@ -843,7 +845,7 @@ def environment(device: torch.device) -> dict[str, Any]:
         "platform": platform.platform(),
         "cpu": cpu_model(),
         "cpu_count": os.cpu_count(),
-        "cpus_usable": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
+        "cpus_usable": available_cores(),  # affinity, capped by a cgroup CPU quota
         "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
         "torch_threads": torch.get_num_threads(),
         "torch_interop_threads": torch.get_num_interop_threads(),

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import collections
 import logging
+import math
 import os
 import queue
 import threading
@@ -16,6 +17,7 @@ import time
 from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, Future, wait
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -30,6 +32,7 @@ from .render import DeviceOverlay
 log = logging.getLogger(__name__)
 
 IDLE_POLL_S = 0.005  # how often an idle worker looks at the queues again
+CGROUP_ROOT = Path("/sys/fs/cgroup")
 CLOSE_TIMEOUT_S = 10.0
 
 
@@ -44,8 +47,25 @@ def thread_layout(device_type: str, cores: int, parallel_frames: int | None, tor
     return parallel_frames, torch_threads
 
 
-def available_cores() -> int:
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+def available_cores(cgroup: Path = CGROUP_ROOT) -> int:
+    """CPUs this process may use: its CPU affinity, capped by a cgroup CPU quota (`docker --cpus`,
+    systemd's CPUQuota=), which torch's own default does not see."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    quota = cgroup_cpu_quota(cgroup)
+    return cores if quota is None else max(1, min(cores, math.floor(quota)))
+
+
+def cgroup_cpu_quota(root: Path) -> float | None:
+    """CPUs allowed by the cgroup's quota (v2 `cpu.max`, or v1 `cpu.cfs_quota_us` / `cpu.cfs_period_us`);
+    None when there is no quota or it cannot be read."""
+    try:
+        if (root / "cpu.max").exists():
+            quota, period = (root / "cpu.max").read_text().split()[:2]
+            return None if quota == "max" else int(quota) / int(period)
+        quota = int((root / "cpu" / "cpu.cfs_quota_us").read_text())
+        return None if quota <= 0 else quota / int((root / "cpu" / "cpu.cfs_period_us").read_text())
+    except (OSError, ValueError):
+        return None
 
 
 class InferencePool:

@@ -2,6 +2,7 @@
 results in each source's order, and a batch gives the same segmentation as frames one at a time."""
 from __future__ import annotations
 
+import os
 import queue
 import threading
 import time
@@ -16,7 +17,7 @@ from streamer.frames import Frame
 from streamer.models import PanopticModels
 from streamer.pipeline import fusion_params
 from streamer.synthetic import StreetScene
-from streamer.worker import InferencePool, gather, thread_layout, worker_loop
+from streamer.worker import InferencePool, available_cores, gather, thread_layout, worker_loop
 
 
 def frame(source: str, index: int, image=None) -> Frame:
@@ -55,6 +56,24 @@ def test_thread_layout_runs_two_frames_at_once_on_a_cpu_and_one_on_a_gpu():
     assert thread_layout("cuda", 16, None, None) == (1, 16)
     assert thread_layout("cpu", 16, 4, None) == (4, 4)
     assert thread_layout("cpu", 2, 3, 2) == (3, 2)
+
+
+@pytest.mark.parametrize("files, cores", [
+    ({"cpu.max": "max 100000\n"}, 8),  # cgroup v2, no quota
+    ({"cpu.max": "200000 100000\n"}, 2),  # docker --cpus=2
+    ({"cpu.max": "150000 100000\n"}, 1),  # 1.5 CPUs: one thread per core, never more
+    ({"cpu.max": "50000 100000\n"}, 1),
+    ({"cpu/cpu.cfs_quota_us": "300000\n", "cpu/cpu.cfs_period_us": "100000\n"}, 3),  # cgroup v1
+    ({"cpu/cpu.cfs_quota_us": "-1\n", "cpu/cpu.cfs_period_us": "100000\n"}, 8),  # v1, no quota
+    ({"cpu.max": "garbage"}, 8),
+    ({}, 8),
+])
+def test_available_cores_heeds_a_cgroup_cpu_quota(tmp_path, monkeypatch, files, cores):
+    for name, text in files.items():
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text(text)
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(8)))
+    assert available_cores(tmp_path) == cores
 
 
 def run_worker(loaded, config, routes: list, max_batch: int, parallel: int) -> ctl.Control:
