@@ -251,7 +251,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: the top level must be a mapping of sections, got {type(raw).__name__}")
     raw = apply_overrides(raw, overrides)
-    return validate(raw, origin=str(path))
+    return validate(raw, origin=str(path), overridden=[item.partition("=")[0].strip() for item in overrides])
 
 
 def apply_overrides(raw: dict[str, Any], overrides: list[str] | tuple[str, ...]) -> dict[str, Any]:
@@ -278,17 +278,22 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str] | tuple[str, ...])
     return raw
 
 
-def validate(raw: dict[str, Any], origin: str = "config") -> Config:
+def validate(raw: dict[str, Any], origin: str = "config", overridden: list[str] | tuple[str, ...] = ()) -> Config:
+    """A Config, or ConfigError naming the first problem and where it came from: `origin` (the
+    file), or "command line" when the key was set there (`overridden`: the dotted keys set by
+    --set or a flag such as --source)."""
     try:
         return Config.model_validate(raw)
     except ValidationError as exc:
-        raise ConfigError(_first_error(exc, origin)) from None
+        raise ConfigError(_first_error(exc, origin, overridden)) from None
 
 
-def _first_error(exc: ValidationError, origin: str) -> str:
+def _first_error(exc: ValidationError, origin: str, overridden: list[str] | tuple[str, ...] = ()) -> str:
     errors = exc.errors()
     first = errors[0]
     where = ".".join(str(p) for p in first["loc"])
+    if where and any(where == key or where.startswith(key + ".") for key in overridden):
+        origin = "command line"
     message = first["msg"].removeprefix("Value error, ")
     if first["type"] == "extra_forbidden":
         message = "unknown key (check the spelling; see the configuration reference in README.md)"

@@ -141,6 +141,17 @@ def test_set_quoted_string_stays_a_string(tmp_path):
     assert printed["source"]["uri"] == "0"
 
 
+def test_a_bad_value_is_blamed_on_the_command_line_or_the_file_whichever_set_it(tmp_path):
+    config = write_yaml(tmp_path / "min.yaml", MINIMAL)
+    result = check_config("-c", str(config), "--set", "models.semantic.classes=[{name: a}]")  # no colour
+    assert the_error(result, 78).startswith("command line: models.semantic.classes.0.color: "), result.stderr
+    result = check_config("-c", str(config), "--set", "render.alpha=0.5", "--set", "runtime.bogus=1")
+    assert the_error(result, 78).startswith("command line: runtime.bogus: unknown key"), result.stderr
+    (tmp_path / "bad.yaml").write_text(config.read_text() + "runtime: {max_batch: 0}\n")
+    result = check_config("-c", str(tmp_path / "bad.yaml"), "--set", "render.alpha=0.5")
+    assert the_error(result, 78).startswith(f"{tmp_path / 'bad.yaml'}: runtime.max_batch: "), result.stderr
+
+
 @pytest.mark.parametrize("uri", ["0", "007", "yes", "null", "1.5", "it's", "[a]", "#x", "a: b"])
 def test_source_flag_stays_a_string(fast_config, uri):
     """`run --source 0` is the camera '0' (a string), whatever YAML would make of the text."""
@@ -282,7 +293,7 @@ def test_invalid_set(fast_config, command, case):
     item, expected = BAD_SETS[case]
     result = run_cli(command, "-c", str(fast_config), "--set", item)
     message = the_error(result, EXIT_CONFIG)
-    assert message.startswith(f"{fast_config}: "), message  # the file the override was applied to
+    assert message.startswith("command line: "), message  # not the file: the value came from --set
     assert expected in message
     assert result.stdout == ""
 
