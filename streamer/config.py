@@ -155,6 +155,7 @@ class Output(Strict):
     max_bytes: ByteSize | None = None  # retention: remove the oldest finished segments beyond this total, e.g. 20GB
     display: bool = False  # show a live window
     export_dir: str | None = None  # COCO panoptic annotations
+    export_images: bool = False  # also the frames, as images/NNNNNN.jpg beside the annotations
 
 
 class Metrics(Strict):

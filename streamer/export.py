@@ -2,14 +2,15 @@
 
 Layout of an export folder:
   panoptic/NNNNNN.png   segment id per pixel as R + 256*G + 256*256*B (0 = void)
+  images/NNNNNN.jpg     the frame itself, with output.export_images (a ready dataset)
   segments.jsonl        one line per finished frame (its segments_info), appended and flushed
   categories.json       the category table, written first
   panoptic.json         images + annotations + categories, written when the run finishes
                         (or rebuilt from segments.jsonl by `streamer export-json DIR`)
-The frames themselves are not exported; `images[].file_name` is the conventional NNNNNN.jpg of
-frame NNNNNN of the source.
-Each PNG is written under a temporary name and renamed, and its line in segments.jsonl is
-written after it, so every line names a complete PNG.
+`images[].file_name` is NNNNNN.jpg for frame NNNNNN of the source: the file in images/ when the
+frames are exported, the conventional name otherwise.
+Each PNG (and JPEG) is written under a temporary name and renamed, and its line in segments.jsonl
+is written after it, so every line names complete files.
 """
 from __future__ import annotations
 
@@ -28,6 +29,8 @@ from .frames import Category, Panoptic, Segment
 log = logging.getLogger(__name__)
 
 PNG_DIR = "panoptic"
+IMAGE_DIR = "images"
+JPEG_QUALITY = 95
 LINES = "segments.jsonl"
 CATEGORIES = "categories.json"
 COCO_JSON = "panoptic.json"
@@ -93,9 +96,10 @@ class PanopticExport:
 
     stage = "export"
 
-    def __init__(self, folder: str | Path, categories: tuple[Category, ...]):
+    def __init__(self, folder: str | Path, categories: tuple[Category, ...], images: bool = False):
         self.folder = Path(folder)
         self.categories = categories
+        self.images = images
         self.frames = 0
         self._lines = None
         if (self.folder / LINES).exists() or (self.folder / COCO_JSON).exists() or any((self.folder / PNG_DIR).glob("*.png")):
@@ -104,6 +108,8 @@ class PanopticExport:
     def _open(self) -> None:
         try:
             (self.folder / PNG_DIR).mkdir(parents=True, exist_ok=True)
+            if self.images:
+                (self.folder / IMAGE_DIR).mkdir(exist_ok=True)
         except OSError as exc:
             raise StreamerError(f"{self.folder}: cannot create the export folder: {exc.strerror}") from None
         write_atomic(self.folder / CATEGORIES, json.dumps([category_info(c) for c in self.categories], indent=1).encode())
@@ -118,6 +124,11 @@ class PanopticExport:
         if not ok:
             raise StreamerError(f"frame {frame.index}: cannot encode the panoptic PNG")
         write_atomic(self.folder / PNG_DIR / name, png.tobytes())
+        if self.images:
+            ok, jpeg = cv2.imencode(".jpg", frame.image, [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY])
+            if not ok:
+                raise StreamerError(f"frame {frame.index}: cannot encode the frame as JPEG")
+            write_atomic(self.folder / IMAGE_DIR / f"{frame.index:06d}.jpg", jpeg.tobytes())
         height, width = result.panoptic_map.shape
         line = {
             "image_id": frame.index,
@@ -165,7 +176,7 @@ def build_coco_json(folder: str | Path) -> int:
             continue
         images.append(image)
         annotations.append(annotation)
-    for leftover in (folder / PNG_DIR).glob(".*.tmp"):  # a write cut off by a crash
+    for leftover in [*(folder / PNG_DIR).glob(".*.tmp"), *(folder / IMAGE_DIR).glob(".*.tmp")]:  # writes cut off by a crash
         leftover.unlink()
     coco = {"info": {"description": "streamer panoptic export"}, "images": images, "annotations": annotations, "categories": categories}
     write_atomic(folder / COCO_JSON, json.dumps(coco).encode())

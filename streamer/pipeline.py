@@ -189,7 +189,8 @@ class Pipeline:
             if config.output.video:
                 outputs.append(self._video(source, reader, live, several))
             if config.output.export_dir:
-                outputs.append(PanopticExport(output_path(config.output.export_dir, source.id, several), categories))
+                outputs.append(PanopticExport(output_path(config.output.export_dir, source.id, several), categories,
+                                              config.output.export_images))
         except BaseException:
             if reader:
                 reader.close()

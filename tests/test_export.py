@@ -19,6 +19,7 @@ import pytest
 import yaml
 
 from conftest import FAST_OVERRIDES, ROOT, deep_merge, error_lines, popen_cli, probe, run_cli
+from streamer.sources import open_source
 
 SIZE = (160, 96)
 FPS = 15.0
@@ -279,6 +280,26 @@ def test_run_export_is_well_formed(run_export):
     assert all(0 < s["score"] <= 1 for s in things)
     lines = (run_export / "segments.jsonl").read_text().splitlines()
     assert [json.loads(line)["image_id"] for line in lines] == list(range(RUN_FRAMES))
+
+
+def test_export_images_writes_each_frame_where_its_file_name_points(tmp_path, module_config):
+    source = f"synthetic:street?seed=1002&frames=3&size={SIZE[0]}x{SIZE[1]}"
+    out = tmp_path / "export"
+    result = run_cli("run", "-c", str(module_config), "--source", source, "--export-dir", str(out),
+                     "--set", "output.export_images=true")
+    assert result.returncode == 0, result.stderr
+    coco = json.loads((out / "panoptic.json").read_text())
+    reader = open_source(source)
+    for image in sorted(coco["images"], key=lambda i: i["id"]):
+        frame, _ = reader.read()
+        jpeg = cv2.imread(str(out / "images" / image["file_name"]))
+        assert jpeg is not None and jpeg.shape == (image["height"], image["width"], 3)
+        assert np.abs(jpeg.astype(int) - frame).mean() < 3  # the frame itself, through JPEG
+    assert sorted(p.name for p in (out / "images").iterdir()) == [f"{k:06d}.jpg" for k in range(3)]
+
+
+def test_frames_are_not_exported_unless_asked(run_export):
+    assert not (run_export / "images").exists()
 
 
 def test_second_run_into_an_export_folder_fails_and_keeps_it(run_export, module_config):
