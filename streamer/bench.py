@@ -227,9 +227,19 @@ def timed(call: Callable[[], Any], repeats: int) -> tuple[list[float], Any]:
 
 def rss_mb() -> float | None:
     """Resident set size of this process (Linux), in MiB."""
+    return _status_mib("VmRSS")
+
+
+def peak_rss_mb() -> float | None:
+    """The highest resident set size this process reached (Linux), in MiB."""
+    return _status_mib("VmHWM")
+
+
+def _status_mib(field: str) -> float | None:
+    """A kB field of /proc/self/status, in MiB (None where there is no such file)."""
     try:
         for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
+            if line.startswith(f"{field}:"):
                 return int(line.split()[1]) / 1024
     except OSError:
         pass
@@ -865,16 +875,6 @@ def cpu_model() -> str | None:
     except OSError:
         pass
     return platform.processor() or None
-
-
-def peak_rss_mb() -> float | None:
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return None
 
 
 def targets(report: dict[str, Any]) -> list[dict[str, Any]]:

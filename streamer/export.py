@@ -67,6 +67,11 @@ def category_info(category: Category) -> dict[str, Any]:
     }
 
 
+def image_name(png_name: str) -> str:
+    """The frame's file name (`images[].file_name`, and the JPEG in images/) for its panoptic PNG."""
+    return Path(png_name).stem + ".jpg"
+
+
 def _complete_png(path: Path) -> bool:
     """The file exists and ends with PNG's IEND chunk (a cut-off write does not)."""
     try:
@@ -128,7 +133,7 @@ class PanopticExport:
             ok, jpeg = cv2.imencode(".jpg", frame.image, [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY])
             if not ok:
                 raise StreamerError(f"frame {frame.index}: cannot encode the frame as JPEG")
-            write_atomic(self.folder / IMAGE_DIR / f"{frame.index:06d}.jpg", jpeg.tobytes())
+            write_atomic(self.folder / IMAGE_DIR / image_name(name), jpeg.tobytes())
         height, width = result.panoptic_map.shape
         line = {
             "image_id": frame.index,
@@ -166,7 +171,7 @@ def build_coco_json(folder: str | Path) -> int:
         try:
             line = json.loads(text)
             png = folder / PNG_DIR / line["file_name"]
-            image = {"id": line["image_id"], "file_name": Path(line["file_name"]).stem + ".jpg", "width": line["width"], "height": line["height"]}
+            image = {"id": line["image_id"], "file_name": image_name(line["file_name"]), "width": line["width"], "height": line["height"]}
             annotation = {"image_id": line["image_id"], "file_name": line["file_name"], "segments_info": line["segments_info"]}
         except (json.JSONDecodeError, KeyError, TypeError):
             log.warning("%s line %d: incomplete or damaged (cut off by a crash?), skipped", folder / LINES, number)

@@ -16,7 +16,7 @@ import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, Future, wait
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -179,12 +179,12 @@ def gather(waiting: list[Route], max_batch: int) -> tuple[list[tuple[Route, Fram
 
 @dataclass
 class Job:
-    """A batch in the pool, or (no future) sources whose END goes out once the batches before it have."""
+    """A batch in the pool (one route per frame), or, without a future, the routes whose END goes
+    out once the batches before it have."""
 
     routes: list[Route]
     taken_mono: float = 0.0
     future: Future | None = None
-    ended: list[Route] = field(default_factory=list)
 
 
 def worker_loop(
@@ -217,7 +217,7 @@ def worker_loop(
                 for route in ended:
                     waiting.remove(route)
                 if ended:
-                    jobs.append(Job([], ended=ended))
+                    jobs.append(Job(ended))
                 took = bool(batch or ended)
             if not _pass_on_finished(jobs, control):
                 return
@@ -241,7 +241,7 @@ def _pass_on_finished(jobs: collections.deque[Job], control: ctl.Control) -> boo
         job = jobs.popleft()
         control.beat()
         if job.future is None:
-            if not all(ctl.put(results, ctl.END, control) for _, results in job.ended):
+            if not all(ctl.put(results, ctl.END, control) for _, results in job.routes):
                 return False
             continue
         for (_, results), result in zip(job.routes, job.future.result()):
