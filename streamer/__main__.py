@@ -1,3 +1,3 @@
-from .cli import entry
+from streamer.cli import entry
 
 entry()

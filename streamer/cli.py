@@ -14,11 +14,11 @@ import time
 from pathlib import Path
 from typing import NoReturn
 
-from . import __version__
-from .config import Config, load_config, to_yaml
-from .errors import EXIT_FAILURE, EXIT_OK, StreamerError, UsageError
-from .logs import configure_logging
-from .sources import redact_uri
+from streamer import __version__
+from streamer.config import Config, load_config, to_yaml
+from streamer.errors import EXIT_FAILURE, EXIT_OK, StreamerError, UsageError
+from streamer.logs import configure_logging
+from streamer.uris import redact_uri
 
 log = logging.getLogger("streamer")
 
@@ -54,14 +54,14 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--export-dir", metavar="DIR", help="also write the fused predictions in COCO panoptic format")
     evaluate.set_defaults(handler=cmd_eval)
 
-    # Listed for --help; main() hands its arguments to streamer.train_demo untouched.
-    commands.add_parser("train-demo", help="train the bundled demo models from scratch (see streamer/weights/MODEL_CARD.md)")
+    # Listed for --help; main() hands its arguments to streamer.tools.train_demo untouched.
+    commands.add_parser("train-demo", help="train the bundled demo models from scratch (see streamer/inference/weights/MODEL_CARD.md)")
 
     rebuild = commands.add_parser("export-json", help="rebuild panoptic.json of an export folder (after a crash)")
     rebuild.add_argument("folder", metavar="DIR")
     rebuild.set_defaults(handler=cmd_export_json)
 
-    from . import bench  # defines its own flags; torch is imported only when it runs
+    from streamer.tools import bench  # defines its own flags; torch is imported only when it runs
 
     bench.add_parser(commands)
 
@@ -107,17 +107,17 @@ def quote(text: str) -> str:
 def cmd_run(args: argparse.Namespace) -> int:
     config = load_config(args.config, run_overrides(args))  # before importing torch: bad config fails fast
     configure_logging(args.log_level or config.runtime.log_level, args.log_format or config.runtime.log_format)
-    from .pipeline import Pipeline
+    from streamer.service.pipeline import Pipeline
 
     return Pipeline(config).run().exit_code
 
 
 def cmd_synth(args: argparse.Namespace) -> int:
     """Frames and ground truth of one synthetic scene: video.mp4 + COCO panoptic export."""
-    from .export import PanopticExport
-    from .frames import Frame, Panoptic
-    from .recording import VideoOutput
-    from .synthetic import CATEGORIES, StreetScene
+    from streamer.outputs.export import PanopticExport
+    from streamer.frames import Frame, Panoptic
+    from streamer.outputs.recording import VideoOutput
+    from streamer.inputs.synthetic import CATEGORIES, StreetScene
 
     out = Path(args.out)
     if (out / "video.mp4").exists():
@@ -143,7 +143,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     overrides = [f"source.uri={quote(args.source)}"] + ([f"runtime.device={quote(args.device)}"] if args.device else [])
     config = load_config(args.config, overrides + list(args.set))
     configure_logging(args.log_level or config.runtime.log_level, args.log_format or config.runtime.log_format)
-    from .scoring import evaluate_synthetic
+    from streamer.tools.evaluate import evaluate_synthetic
 
     report = evaluate_synthetic(config, args.source, args.export_dir)
     sys.stdout.write(json.dumps(report.to_dict(), indent=1) + "\n" if args.json else report.text() + "\n")
@@ -151,7 +151,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 def cmd_export_json(args: argparse.Namespace) -> int:
-    from .export import build_coco_json
+    from streamer.outputs.export import build_coco_json
 
     count = build_coco_json(args.folder)
     log.info("%s: panoptic.json rebuilt with %d frames", args.folder, count)
@@ -181,7 +181,7 @@ def cmd_check_config(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["train-demo"]:
-        from .train_demo import main as train_demo
+        from streamer.tools.train_demo import main as train_demo
 
         configure_logging("info")
         return train_demo(argv[1:])

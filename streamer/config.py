@@ -6,6 +6,7 @@ and what is wrong, e.g. `config.yaml: models.instance.score_threshold: must be b
 from __future__ import annotations
 
 import copy
+import enum
 import os
 import re
 from importlib import resources
@@ -15,8 +16,8 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import AfterValidator, BaseModel, ByteSize, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from .errors import ConfigError
-from .frames import LABEL_DIVISOR, Category
+from streamer.errors import ConfigError
+from streamer.frames import LABEL_DIVISOR, Category
 
 
 def _unit_interval(value: float) -> float:
@@ -33,6 +34,8 @@ def _positive_multiple_of_32(value: int) -> int:
 
 Unit = Annotated[float, AfterValidator(_unit_interval)]
 Mult32 = Annotated[int, AfterValidator(_positive_multiple_of_32)]
+LIVE_SEGMENT_SECONDS = 60.0  # a live source records in segments this long unless output.segment_seconds says otherwise
+
 RGB = tuple[Annotated[int, Field(ge=0, le=255)], Annotated[int, Field(ge=0, le=255)], Annotated[int, Field(ge=0, le=255)]]
 
 
@@ -41,17 +44,21 @@ class Strict(BaseModel):
 
 
 class ClassSpec(Strict):
-    name: str = Field(min_length=1)
-    isthing: bool = False
-    color: RGB
+    name: str = Field(min_length=1, description="category name")
+    isthing: bool = Field(default=False, description="countable objects (each its own instance) rather than stuff")
+    color: RGB = Field(description="RGB colour of the category in the overlay")
 
 
 class SemanticModel(Strict):
-    arch: str = "Unet"  # any segmentation_models_pytorch architecture name
-    encoder: str = "resnet18"
-    weights: str = "none"  # none | path to .safetensors/.pth state dict | smp save_pretrained dir or hub id
-    input_size: tuple[Mult32, Mult32] = (512, 288)  # width, height fed to the network
-    classes: tuple[ClassSpec, ...] = Field(min_length=1)
+    arch: str = Field(default="Unet", description="any segmentation_models_pytorch architecture name")
+    encoder: str = Field(default="resnet18", description="encoder name (smp)")
+    weights: str = Field(
+        default="none",
+        description="demo (bundled; ignores arch/encoder) | none (random init) | .safetensors/.pth state dict "
+        "| smp save_pretrained folder | hub id already in the Hugging Face cache",
+    )
+    input_size: tuple[Mult32, Mult32] = Field(default=(512, 288), description="width, height fed to the network (multiples of 32)")
+    classes: tuple[ClassSpec, ...] = Field(min_length=1, description="the panoptic category table in the model's output order (ids 1, 2, ...)")
 
     @field_validator("classes")
     @classmethod
@@ -64,13 +71,13 @@ class SemanticModel(Strict):
 
 
 class InstanceModel(Strict):
-    arch: Literal["maskrcnn_resnet50_fpn", "maskrcnn_resnet50_fpn_v2"] = "maskrcnn_resnet50_fpn"
-    weights: str = "none"  # none | coco | path to a .safetensors/.pth state dict
-    min_size: int = Field(default=800, ge=32)  # Mask R-CNN's internal resize of the shorter side
-    max_size: int = Field(default=1333, ge=32)
-    score_threshold: Unit = 0.5  # passed to the model as box_score_thresh and used by fusion
-    detections_per_image: int = Field(default=100, ge=1, le=999)
-    class_map: dict[str, str] = Field(default_factory=dict)  # COCO class name -> panoptic category name
+    arch: Literal["maskrcnn_resnet50_fpn", "maskrcnn_resnet50_fpn_v2"] = Field(default="maskrcnn_resnet50_fpn", description="torchvision Mask R-CNN builder")
+    weights: str = Field(default="none", description="demo (bundled; ignores arch) | none | coco (from torch's cache) | .safetensors/.pth state dict")
+    min_size: int = Field(default=800, ge=32, description="Mask R-CNN's internal resize of the shorter side")
+    max_size: int = Field(default=1333, ge=32, description="Mask R-CNN's internal resize: longest side at most")
+    score_threshold: Unit = Field(default=0.5, description="detections below are dropped inside the model and by fusion")
+    detections_per_image: int = Field(default=100, ge=1, le=999, description="most detections the model keeps per frame")
+    class_map: dict[str, str] = Field(default_factory=dict, description="instance class name (COCO or demo) -> panoptic category; unmapped classes are ignored")
 
 
 class Models(Strict):
@@ -90,17 +97,17 @@ class Models(Strict):
 
 
 class Fusion(Strict):
-    mask_threshold: Unit = 0.5
-    overlap_threshold: Unit = 0.5
-    stuff_area_min: int = Field(default=1024, ge=0)  # pixels at frame resolution
-    label_divisor: int = Field(default=LABEL_DIVISOR, ge=2)
+    mask_threshold: Unit = Field(default=0.5, description="mask probability that counts as inside")
+    overlap_threshold: Unit = Field(default=0.5, description="an instance more than this fraction covered by better ones is rejected")
+    stuff_area_min: int = Field(default=1024, ge=0, description="stuff regions smaller than this (pixels at frame resolution) become void")
+    label_divisor: int = Field(default=LABEL_DIVISOR, ge=2, description="panoptic value = category_id * label_divisor + instance_id")
 
 
 class Reconnect(Strict):
-    max_attempts: int | None = Field(default=None, ge=1)  # None: forever
-    initial_delay_s: float = Field(default=1.0, gt=0)
-    max_delay_s: float = Field(default=30.0, gt=0)
-    healthy_after_s: float = Field(default=30.0, gt=0)  # streaming this long resets the backoff
+    max_attempts: int | None = Field(default=None, ge=1, description="reconnect attempts in a row before giving up; null: forever")
+    initial_delay_s: float = Field(default=1.0, gt=0, description="first backoff delay (doubles, with jitter)")
+    max_delay_s: float = Field(default=30.0, gt=0, description="backoff delay at most")
+    healthy_after_s: float = Field(default=30.0, gt=0, description="streaming this long resets the backoff")
 
     @model_validator(mode="after")
     def _ordered(self) -> Reconnect:
@@ -109,17 +116,31 @@ class Reconnect(Strict):
         return self
 
 
+class BufferPolicy(str, enum.Enum):
+    """What the capture thread does when the model falls behind."""
+
+    AUTO = "auto"  # BLOCK for files, DROP_OLDEST for live sources
+    BLOCK = "block"  # wait for room: never drop
+    DROP_OLDEST = "drop_oldest"  # make room by dropping the oldest queued frame
+    LATEST = "latest"  # drop everything queued, keep only the newest frame
+
+    def resolve(self, live: bool) -> BufferPolicy:
+        """AUTO made concrete: files never drop, live sources stay fresh."""
+        if self is not BufferPolicy.AUTO:
+            return self
+        return BufferPolicy.DROP_OLDEST if live else BufferPolicy.BLOCK
+
+
 class Source(Strict):
-    uri: str = Field(min_length=1)
-    id: str = Field(default="cam0", pattern=r"^[A-Za-z0-9_.-]{1,64}$")
-    buffer: Literal["auto", "block", "drop_oldest", "latest"] = "auto"  # auto: block for files, drop_oldest for live
-    queue_size: int = Field(default=2, ge=1, le=1024)  # frames waiting for the model; small keeps live latency low
-    fps: float | None = Field(default=None, gt=0)  # frame rate for image folders, or to override a bad header
-    # Live sources (cameras, rtsp/http streams):
-    open_timeout_s: float = Field(default=10.0, gt=0)
-    read_timeout_s: float = Field(default=5.0, gt=0)
-    stall_timeout_s: float = Field(default=15.0, gt=0)  # no frame for this long: abandon and reopen
-    rtsp_transport: Literal["tcp", "udp"] = "tcp"
+    uri: str = Field(min_length=1, description="camera index, /dev/videoN, file, image folder or glob, rtsp(s)://, http(s)://, synthetic:street?...")
+    id: str = Field(default="cam0", pattern=r"^[A-Za-z0-9_.-]{1,64}$", description="name in logs, metrics and outputs")
+    buffer: BufferPolicy = Field(default=BufferPolicy.AUTO, description="auto | block | drop_oldest | latest (auto: block for files, drop_oldest for live)")
+    queue_size: int = Field(default=2, ge=1, le=1024, description="frames waiting for the model; small keeps live latency low")
+    fps: float | None = Field(default=None, gt=0, description="frame rate for image folders (null: 25), or to override a wrong header")
+    open_timeout_s: float = Field(default=10.0, gt=0, description="live sources: FFmpeg open timeout")
+    read_timeout_s: float = Field(default=5.0, gt=0, description="live sources: FFmpeg read timeout")
+    stall_timeout_s: float = Field(default=15.0, gt=0, description="live sources: no frame this long means abandon and reopen")
+    rtsp_transport: Literal["tcp", "udp"] = Field(default="tcp", description="RTSP over tcp or udp")
     reconnect: Reconnect = Reconnect()
 
     @field_validator("uri", mode="before")
@@ -142,51 +163,64 @@ class Source(Strict):
 
 
 class Render(Strict):
-    alpha: Unit = 0.5
-    contours: bool = True
-    labels: bool = True
-    on_model_device: bool | None = None  # colours, blend and contours where the models run; null: on CUDA only
+    alpha: Unit = Field(default=0.5, description="overlay opacity")
+    contours: bool = Field(default=True, description="outline every instance")
+    labels: bool = Field(default=True, description="class name and score over every instance")
+    on_model_device: bool | None = Field(
+        default=None, description="colours, blend and contours drawn where the models run (null: on CUDA only)"
+    )
 
 
 class Output(Strict):
-    video: str | None = None  # path of an H.264 MP4 to write (with segments: their name template or folder)
-    segment_seconds: float | None = Field(default=None, ge=0)  # None: 60 for live sources, one file otherwise; 0: one file
-    keep_hours: float | None = Field(default=None, gt=0)  # retention: remove finished segments older than this
-    max_bytes: ByteSize | None = None  # retention: remove the oldest finished segments beyond this total, e.g. 20GB
-    display: bool = False  # show a live window
-    export_dir: str | None = None  # COCO panoptic annotations
-    export_images: bool = False  # also the frames, as images/NNNNNN.jpg beside the annotations
+    video: str | None = Field(default=None, description="H.264 MP4 to write (with segments: their name template or folder; {source}: the source id)")
+    segment_seconds: float | None = Field(
+        default=None, ge=0, description=f"record in segments this long; null: {LIVE_SEGMENT_SECONDS:g} for live sources, one file otherwise; 0: one file"
+    )
+    keep_hours: float | None = Field(default=None, gt=0, description="retention: remove finished segments older than this")
+    max_bytes: ByteSize | None = Field(default=None, description="retention: remove the oldest finished segments beyond this total, e.g. 20GB")
+    display: bool = Field(default=False, description="show a live window")
+    export_dir: str | None = Field(default=None, description="COCO panoptic annotations folder ({source}: the source id)")
+    export_images: bool = Field(default=False, description="also the frames, as images/NNNNNN.jpg beside the annotations")
+
+    def segment_length(self, live: bool) -> float:
+        """Seconds per segment for a source (0: one file)."""
+        if self.segment_seconds is not None:
+            return self.segment_seconds
+        return LIVE_SEGMENT_SECONDS if live else 0.0
 
 
 class Metrics(Strict):
-    enabled: bool = False  # Prometheus /metrics and /healthz over HTTP
-    host: str = "127.0.0.1"
-    port: int = Field(default=9108, ge=0, le=65535)  # 0: any free port (logged at start)
+    enabled: bool = Field(default=False, description="Prometheus /metrics and /healthz over HTTP")
+    host: str = Field(default="127.0.0.1", description="address to listen on")
+    port: int = Field(default=9108, ge=0, le=65535, description="0: any free port (logged at start)")
 
 
 class Runtime(Strict):
-    device: str = Field(default="auto", pattern=r"^(auto|cpu|cuda|cuda:\d+)$")
-    half: Literal["auto", "on", "off"] = "auto"  # fp16 autocast on CUDA: auto (= on for CUDA), on, off
+    device: str = Field(default="auto", pattern=r"^(auto|cpu|cuda|cuda:\d+)$", description="auto | cpu | cuda | cuda:N")
+    half: Literal["auto", "on", "off"] = Field(default="auto", description="fp16 autocast on CUDA: auto (= on for CUDA), on, off")
 
     @field_validator("half", mode="before")
     @classmethod
     def _yaml_on_off(cls, value: object) -> object:
         """YAML reads a bare on/off as a boolean."""
         return {True: "on", False: "off"}.get(value, value) if isinstance(value, bool) else value
-    max_frames: int | None = Field(default=None, ge=1)
-    parallel_frames: int | None = Field(default=None, ge=1, le=16)  # frames in the models at once; null: 1 on CUDA, 2 on a CPU of 2+ cores
-    torch_threads: int | None = Field(default=None, ge=1)  # torch threads per frame in the models; null: the cores shared out
-    max_batch: int = Field(default=1, ge=1, le=64)  # queued frames (any sources) run through the models together
-    status_interval_s: float = Field(default=10.0, gt=0)
-    drain_timeout_s: float = Field(default=30.0, gt=0)  # how long a graceful stop may finish queued frames
-    stage_timeout_s: float = Field(default=60.0, gt=0)  # a stage whose loop stalls this long stops the systemd watchdog pings
-    log_level: Literal["debug", "info", "warning", "error"] = "info"
-    log_format: Literal["text", "json"] = "text"  # json: one JSON object per line
+
+    max_frames: int | None = Field(default=None, ge=1, description="stop after this many frames")
+    parallel_frames: int | None = Field(
+        default=None, ge=1, le=16, description="frames in the models at once; null: 1 on CUDA, 2 on a CPU of 2+ cores"
+    )
+    torch_threads: int | None = Field(default=None, ge=1, description="torch threads per frame in the models; null: the cores shared out")
+    max_batch: int = Field(default=1, ge=1, le=64, description="queued frames (any sources) run through the models together")
+    status_interval_s: float = Field(default=10.0, gt=0, description="status line period when not on a terminal")
+    drain_timeout_s: float = Field(default=30.0, gt=0, description="how long a graceful stop may finish queued frames")
+    stage_timeout_s: float = Field(default=60.0, gt=0, description="a stage whose loop stalls this long stops the systemd watchdog pings")
+    log_level: Literal["debug", "info", "warning", "error"] = Field(default="info", description="debug also prints tracebacks")
+    log_format: Literal["text", "json"] = Field(default="text", description="json: one JSON object per line")
 
 
 class Config(Strict):
-    source: Source | None = None  # one source; with `sources:` it holds the options all of them share
-    sources: tuple[Source, ...] = ()  # several sources in one process, each with its own id and outputs
+    source: Source | None = Field(default=None, description="one source; with sources: the options all of them share")
+    sources: tuple[Source, ...] = Field(default=(), description="several sources in one process, each with its own id and outputs")
     models: Models
     fusion: Fusion = Fusion()
     render: Render = Render()
@@ -240,7 +274,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
     """Read, apply `dotted.key=value` overrides, validate. Raises ConfigError (exit 78) or InputNotFound."""
     path = Path(path) if path is not None else default_config_path()
     if not path.is_file():
-        from .errors import InputNotFound
+        from streamer.errors import InputNotFound
 
         raise InputNotFound(f"{path}: config file not found; pass -c FILE or create ./config.yaml")
     try:
@@ -308,6 +342,6 @@ def _first_error(exc: ValidationError, origin: str, overridden: list[str] | tupl
 
 def to_yaml(config: Config) -> str:
     """The resolved configuration, as check-config prints it (credentials in URLs masked)."""
-    from .sources import redact_uri
+    from streamer.uris import redact_uri
 
     return redact_uri(yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False, default_flow_style=False))

@@ -10,8 +10,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from .errors import EXIT_FAILURE, EXIT_OK, StreamerError
-from .sources import redact_uri
+from streamer.errors import EXIT_FAILURE, EXIT_OK, StreamerError
+from streamer.uris import redact_uri
 
 log = logging.getLogger(__name__)
 

@@ -5,6 +5,7 @@ previous one produced and adds its own fields by building the next type.
 """
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -60,5 +61,5 @@ class Panoptic:
     frame: Frame
     panoptic_map: np.ndarray = field(repr=False)  # H x W int32, see LABEL_DIVISOR
     segments: tuple[Segment, ...]
-    timings: dict[str, float] = field(default_factory=dict, repr=False)  # stage -> seconds
+    timings: Mapping[str, float] = field(default_factory=dict, repr=False)  # worker stage -> seconds; read only
     drawn: np.ndarray | None = field(default=None, repr=False)  # the overlay less labels, when drawn on the models' device

@@ -17,7 +17,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from conftest import cli_env, error_lines, run_cli, the_error
+from helpers import cli_env, error_lines, run_cli, the_error
 
 EXIT_FAILURE, EXIT_USAGE, EXIT_NOINPUT = 1, 2, 66
 

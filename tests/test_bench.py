@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import run_cli, the_error
-from streamer.bench import random_scene, reference_fusion
+from helpers import run_cli, the_error
+from streamer.tools.bench import random_scene, reference_fusion
 from streamer.frames import Category
-from streamer.fusion import FusionParams, fuse
+from streamer.inference.fusion import FusionParams, fuse
 
 TINY = [
     "--size", "160x96", "--frames", "6", "--repeats", "1", "--memory-frames", "12",

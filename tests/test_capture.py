@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from streamer import control as ctl
-from streamer.capture import Capture, Liveness, effective_policy, offer
+from streamer.inputs.capture import Capture, Liveness, effective_policy, offer
 from streamer.frames import Frame
 
 
@@ -126,7 +126,7 @@ def test_abort_releases_a_capture_blocked_on_a_full_queue():
 def test_backoff_grows_exponentially_with_jitter_up_to_the_cap():
     import random
 
-    from streamer.capture import backoff_delay
+    from streamer.inputs.capture import backoff_delay
 
     rng = random.Random(1)
     for attempt, ceiling in enumerate([1, 2, 4, 8, 16, 30, 30, 30]):
@@ -136,7 +136,7 @@ def test_backoff_grows_exponentially_with_jitter_up_to_the_cap():
 
 
 def test_live_clock_keeps_an_outage_as_a_gap_when_the_stream_restarts_its_pts():
-    from streamer.capture import LiveClock
+    from streamer.inputs.capture import LiveClock
 
     clock = LiveClock()
     start = clock._session_start

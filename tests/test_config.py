@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import ROOT, cli_env, error_lines, run_cli, the_error
+from helpers import ROOT, cli_env, error_lines, run_cli, the_error
 
 EXIT_NOINPUT, EXIT_CONFIG = 66, 78
 PACKAGED = ROOT / "streamer" / "default_config.yaml"

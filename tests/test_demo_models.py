@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from streamer.demo_models import (
+from streamer.inference.demo_models import (
     DEMO_SETTINGS,
     INSTANCE_CLASSES,
     INSTANCE_FILE,
@@ -16,8 +16,8 @@ from streamer.demo_models import (
     build_demo_instance,
     build_demo_semantic,
 )
-from streamer.synthetic import StreetScene
-from streamer.train_demo import (
+from streamer.inputs.synthetic import StreetScene
+from streamer.tools.train_demo import (
     instance_target,
     load_demo_weights,
     main,

@@ -3,10 +3,10 @@ from __future__ import annotations
 
 import json
 
-from conftest import probe, run_cli
+from helpers import probe, run_cli
 
 # Measured on this short scene: fused PQ 0.874 (things 0.693), naive 0.818, semantic-only 0.643
-# (seed 1003, 24 frames, 640x360). 300-frame numbers are in streamer/weights/MODEL_CARD.md.
+# (seed 1003, 24 frames, 640x360). 300-frame numbers are in streamer/inference/weights/MODEL_CARD.md.
 PQ_FLOOR = 0.80
 THINGS_FLOOR = 0.60
 

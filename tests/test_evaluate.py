@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from streamer.evaluate import (
+from streamer.tools.pq import (
     PQAccumulator,
     format_pq_table,
     match_frame,
@@ -19,8 +19,8 @@ from streamer.evaluate import (
     semantic_only,
 )
 from streamer.frames import Category
-from streamer.fusion import FusionParams, fuse
-from streamer.synthetic import CATEGORIES, StreetScene
+from streamer.inference.fusion import FusionParams, fuse
+from streamer.inputs.synthetic import CATEGORIES, StreetScene
 
 TABLE = {1: False, 2: True}
 

@@ -18,8 +18,8 @@ import numpy as np
 import pytest
 import yaml
 
-from conftest import FAST_OVERRIDES, ROOT, deep_merge, error_lines, popen_cli, probe, run_cli
-from streamer.sources import open_source
+from helpers import FAST_OVERRIDES, ROOT, deep_merge, error_lines, popen_cli, probe, run_cli
+from streamer.inputs.sources import open_source
 
 SIZE = (160, 96)
 FPS = 15.0
@@ -144,7 +144,7 @@ def detector_weights(tmp_path_factory, module_config) -> Path:
     import torchvision.models.detection as detection
     from safetensors.torch import save_file
 
-    from streamer.models import COCO_CLASSES
+    from streamer.inference.models import COCO_CLASSES
 
     arch = yaml.safe_load(module_config.read_text())["models"]["instance"]["arch"]
     torch.manual_seed(0)
@@ -194,7 +194,7 @@ def test_synth_writes_video_pngs_and_consistent_json(synth_export):
     assert sorted(image["id"] for image in coco["images"]) == list(range(SYNTH_FRAMES))
     assert all((image["width"], image["height"]) == SIZE for image in coco["images"])
 
-    from streamer.synthetic import CATEGORIES
+    from streamer.inputs.synthetic import CATEGORIES
 
     exported = [(c["id"], c["name"], c["isthing"], c["color"]) for c in coco["categories"]]
     assert exported == [(c.id, c.name, int(c.isthing), list(c.color)) for c in CATEGORIES]
@@ -206,7 +206,7 @@ def test_synth_writes_video_pngs_and_consistent_json(synth_export):
 
 
 def test_synth_ground_truth_is_aligned_with_the_video_frames(synth_export):
-    from streamer.synthetic import StreetScene
+    from streamer.inputs.synthetic import StreetScene
 
     scene = StreetScene(SYNTH_SEED, SIZE, FPS)
     rendered = [scene.render(k) for k in range(SYNTH_FRAMES)]

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from streamer.fusion import FusionParams, fuse
+from streamer.inference.fusion import FusionParams, fuse
 
 DIV = 1000
 

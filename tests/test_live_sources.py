@@ -7,7 +7,7 @@ import re
 import time
 
 import pytest
-from conftest import Daemon, make_video, probe
+from helpers import Daemon, make_video, probe
 from rtsp import RtspServer, free_port, needs_rtsp
 
 pytestmark = needs_rtsp

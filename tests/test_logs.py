@@ -6,7 +6,7 @@ import os
 import subprocess
 import sys
 
-from conftest import cli_env, run_cli
+from helpers import cli_env, run_cli
 from test_recording import RECORDER
 
 

@@ -6,12 +6,12 @@ import re
 import socket
 import time
 
-from conftest import Daemon, http_get, run_cli, the_error
+from helpers import Daemon, http_get, run_cli, the_error
 from rtsp import RtspServer, free_port, needs_rtsp
 from test_recording import RECORDER
 
 from streamer import control as ctl
-from streamer.metrics import WatchedSource, health
+from streamer.service.metrics import WatchedSource, health
 
 
 def sample(text: str, name: str, **labels: str) -> float | None:
@@ -70,7 +70,7 @@ def test_scraped_counters_rise_drops_are_counted_by_cause_and_stages_are_timed(t
 
 @needs_rtsp
 def test_healthz_turns_503_while_the_camera_stalls_and_200_when_it_is_back(tmp_path):
-    from conftest import make_video
+    from helpers import make_video
 
     video = make_video(tmp_path / "in.mp4", frames=50, size=(160, 120), fps=25, gop=10)
     port = free_port()

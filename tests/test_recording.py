@@ -11,10 +11,10 @@ from pathlib import Path
 
 import av
 import pytest
-from conftest import Daemon, make_video, probe
+from helpers import Daemon, make_video, probe
 from rtsp import RtspServer, needs_rtsp
 
-from streamer.recording import Retention, enforce_retention
+from streamer.outputs.recording import Retention, enforce_retention
 
 FPS = 8
 SEGMENT_S = 2
@@ -162,7 +162,7 @@ def test_a_live_source_records_in_one_minute_segments_by_default(tmp_path):
 
 
 def test_a_realtime_synthetic_source_is_paced_like_a_camera():
-    from streamer.synthetic import SyntheticReader
+    from streamer.inputs.synthetic import SyntheticReader
 
     reader = SyntheticReader("synthetic:street?size=64x48&fps=20&frames=5&realtime=1")
     started = time.monotonic()

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from streamer.frames import Category, Segment
-from streamer.render import CONTOUR_COLOR, Renderer, instance_boundaries
+from streamer.outputs.render import CONTOUR_COLOR, Renderer, instance_boundaries
 
 DIVISOR = 1000
 CATEGORIES = (

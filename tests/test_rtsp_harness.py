@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import make_video
+from helpers import make_video
 from rtsp import (
     OpenCvClient, RtspServer, RtspServerError, free_port, needs_rtsp, read_frames, rtsp_available,
 )

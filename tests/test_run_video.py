@@ -13,7 +13,7 @@ import cv2
 import numpy as np
 import pytest
 
-from conftest import make_video, moving_pattern, popen_cli, probe, run_cli
+from helpers import make_video, moving_pattern, popen_cli, probe, run_cli
 
 
 @pytest.mark.parametrize("size,fps", [((160, 120), 10), ((192, 108), Fraction(25, 2))])

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ROOT, cli_env, http_get, make_video, popen_cli
+from helpers import ROOT, cli_env, http_get, make_video, popen_cli
 from rtsp import free_port
 
 SMALL_DEMO = ["--set", "models.semantic.weights=demo", "--set", "models.instance.weights=demo"]
@@ -111,7 +111,7 @@ def test_a_hung_worker_stops_the_watchdog_pings(tmp_path, fast_config, systemd):
 
 
 def test_without_notify_socket_nothing_is_sent_and_the_run_is_normal(tmp_path, fast_config):
-    from streamer.notify import Notifier
+    from streamer.service.notify import Notifier
 
     notifier = Notifier(address="")
     assert not notifier.enabled
@@ -120,7 +120,7 @@ def test_without_notify_socket_nothing_is_sent_and_the_run_is_normal(tmp_path, f
 
 
 def test_abstract_notify_socket(tmp_path):
-    from streamer.notify import Notifier
+    from streamer.service.notify import Notifier
 
     receiver = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
     name = f"streamer-test-{time.monotonic_ns()}"

@@ -6,7 +6,7 @@ import re
 import time
 
 import pytest
-from conftest import Daemon, make_video, probe, run_cli
+from helpers import Daemon, make_video, probe, run_cli
 from rtsp import RtspServer, needs_rtsp
 from test_live_sources import LIVE
 

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from streamer.frames import LABEL_DIVISOR
-from streamer.synthetic import (
+from streamer.inputs.synthetic import (
     CATEGORIES,
     MIN_VISIBLE_PIXELS,
     SceneFrame,

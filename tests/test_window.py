@@ -9,7 +9,7 @@ import cv2
 import numpy as np
 import pytest
 
-from conftest import cli_env, make_video, moving_pattern, popen_cli
+from helpers import cli_env, make_video, moving_pattern, popen_cli
 
 TOOLS = ("Xvfb", "xdotool", "import")
 pytestmark = pytest.mark.skipif(

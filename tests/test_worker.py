@@ -14,10 +14,10 @@ import torch
 from streamer import control as ctl
 from streamer.config import load_config
 from streamer.frames import Frame
-from streamer.models import PanopticModels
-from streamer.pipeline import fusion_params
-from streamer.synthetic import StreetScene
-from streamer.worker import InferencePool, available_cores, gather, thread_layout, worker_loop
+from streamer.inference.models import PanopticModels
+from streamer.service.build import fusion_params
+from streamer.inputs.synthetic import StreetScene
+from streamer.inference.worker import InferencePool, available_cores, gather, thread_layout, worker_loop
 
 
 def frame(source: str, index: int, image=None) -> Frame:

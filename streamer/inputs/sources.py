@@ -19,22 +19,14 @@ from urllib.parse import urlsplit
 import cv2
 import numpy as np
 
-from .errors import InputNotFound, StreamerError, UsageError
+from streamer.errors import InputNotFound, StreamerError, UsageError
+from streamer.uris import redact_uri
 
 log = logging.getLogger(__name__)
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"}
 STREAM_SCHEMES = {"rtsp", "rtsps", "http", "https"}
 DEFAULT_FPS = 25.0
-
-
-def redact_uri(text: str) -> str:
-    """Hide credentials in every URL of a text: `rtsp://user:pass@host/path` -> `rtsp://***@host/path`.
-
-    The user-info part runs to the last '@' before the path, so passwords holding '@', ':' or
-    percent escapes are hidden whole. Works on URIs and on error messages that quote one.
-    """
-    return re.sub(r"\b([A-Za-z][A-Za-z0-9+.-]*://)[^/?#\s]*@", r"\1***@", text)
 
 
 class Reader(Protocol):
@@ -116,11 +108,11 @@ class ImageFilesReader:
 
 @dataclass(frozen=True)
 class LiveOptions:
-    """How live sources (cameras, streams) are opened."""
+    """How network streams are opened (defaults and meanings: `source:` in streamer.config)."""
 
-    open_timeout_s: float = 10.0
-    read_timeout_s: float = 5.0
-    rtsp_transport: str = "tcp"  # tcp | udp
+    open_timeout_s: float
+    read_timeout_s: float
+    rtsp_transport: str  # tcp | udp
 
 
 _FFMPEG_OPTIONS = "OPENCV_FFMPEG_CAPTURE_OPTIONS"
@@ -177,8 +169,9 @@ def classify(uri: str) -> SourceKind:
     return SourceKind("file", uri)
 
 
-def open_source(uri: str, fps: float | None = None, live: LiveOptions = LiveOptions()) -> Reader:
-    """Open a source for reading. Raises InputNotFound (66), UsageError (2) or StreamerError (1)."""
+def open_source(uri: str, fps: float | None = None, live: LiveOptions | None = None) -> Reader:
+    """Open a source for reading; `live` says how to open a network stream (required for one).
+    Raises InputNotFound (66), UsageError (2) or StreamerError (1)."""
     source = classify(uri)
     description = redact_uri(uri)
     if source.kind == "camera":
@@ -190,6 +183,8 @@ def open_source(uri: str, fps: float | None = None, live: LiveOptions = LiveOpti
             raise InputNotFound(f"camera {uri}: cannot be opened; check that it is connected and not in use")
         return CaptureReader(capture, f"camera {uri}", live=True, fps_override=fps)
     if source.kind == "stream":
+        if live is None:
+            raise ValueError(f"{description}: a network stream needs LiveOptions")
         capture = open_stream(uri, live)
         if not capture.isOpened():
             raise StreamerError(f"{description}: cannot open the stream; check the address, credentials and network")
@@ -197,7 +192,7 @@ def open_source(uri: str, fps: float | None = None, live: LiveOptions = LiveOpti
     if source.kind == "images":
         return _open_images(str(source.target), fps)
     if source.kind == "synthetic":
-        from .synthetic import SyntheticReader
+        from streamer.inputs.synthetic import SyntheticReader
 
         try:
             return SyntheticReader(uri, fps)

@@ -12,7 +12,7 @@ RQ = TP / (TP + FP/2 + FN/2). All / Things / Stuff average these over the catego
 (TP + FP + FN > 0). Where panopticapi writes 0.0 for a class that never occurs and divides by zero
 for an empty group, we give None (JSON null) so "absent" is not mistaken for "scored 0".
 
-Baselines, from the same raw model outputs `streamer.fusion.fuse` takes:
+Baselines, from the same raw model outputs `streamer.inference.fusion.fuse` takes:
   - `naive_fusion`: what a tutorial does (argmax map, then paste every mask over it in output order);
   - `semantic_only`: the semantic map alone, thing classes split into connected regions.
 
@@ -28,7 +28,7 @@ from typing import Any
 import cv2
 import numpy as np
 
-from .frames import LABEL_DIVISOR, Category
+from streamer.frames import LABEL_DIVISOR, Category
 
 MATCH_IOU = 0.5  # a match needs IoU strictly above this
 VOID_FRACTION = 0.5  # an unmatched prediction with more than this fraction on GT void is ignored
@@ -248,7 +248,7 @@ def naive_fusion(
 ) -> np.ndarray:
     """The tutorial recipe: the argmax map, then every instance mask pasted over it in output order.
 
-    Takes the same arguments as `streamer.fusion.fuse` (numpy arrays or CPU tensors). Every
+    Takes the same arguments as `streamer.inference.fusion.fuse` (numpy arrays or CPU tensors). Every
     pixel starts as `semantic * label_divisor` (stuff and thing classes alike, instance id 0);
     then mask i (probability >= mask_threshold) is written over it with instance id
     `first_instance_id + i`: one running counter in output order, whatever the category. No

@@ -16,10 +16,10 @@ import torch.nn.functional as F
 import torchvision
 from torchvision.models.detection import MaskRCNN_ResNet50_FPN_V2_Weights, MaskRCNN_ResNet50_FPN_Weights
 
-from . import config as cfg
-from . import demo_models
-from .errors import InputNotFound, StreamerError, UsageError
-from .frames import Category
+from streamer import config as cfg
+from streamer.inference import demo_models
+from streamer.errors import InputNotFound, StreamerError, UsageError
+from streamer.frames import Category
 
 log = logging.getLogger(__name__)
 

@@ -22,12 +22,12 @@ from typing import Any
 
 import torch
 
-from . import control as ctl
-from .config import Config
-from .frames import Frame, Panoptic
-from .fusion import FusionParams, fuse
-from .models import PanopticModels
-from .render import DeviceOverlay
+from streamer import control as ctl
+from streamer.config import Config
+from streamer.frames import Frame, Panoptic
+from streamer.inference.fusion import FusionParams, fuse
+from streamer.inference.models import PanopticModels
+from streamer.outputs.render import DeviceOverlay
 
 log = logging.getLogger(__name__)
 
@@ -128,9 +128,11 @@ def load_models(config: Config, device: torch.device) -> tuple[InferencePool, Pa
     return pool, models
 
 
-def infer(models: PanopticModels, params: FusionParams, frames: list[Frame], overlay: DeviceOverlay | None = None) -> list[Panoptic]:
+def infer(models: PanopticModels, params: FusionParams, frames: list[Frame], overlay: DeviceOverlay | None = None,
+          taken_mono: float | None = None) -> list[Panoptic]:
     """Frames through the models in one batch, then each through the fusion rule (and `overlay`,
-    when the drawing is done on the models' device)."""
+    when the drawing is done on the models' device). `taken_mono`: when the worker took the frames
+    from their queues (time.monotonic()), for the queue_wait timing."""
     started = time.perf_counter()
     predictions = models.predict([frame.image for frame in frames])
     inference = (time.perf_counter() - started) / len(frames)  # the batch's time, shared out
@@ -145,7 +147,8 @@ def infer(models: PanopticModels, params: FusionParams, frames: list[Frame], ove
             frame=frame,
             panoptic_map=panoptic.cpu().numpy(),
             segments=tuple(segments),
-            timings={"inference": inference, "fusion": time.perf_counter() - fusing},
+            timings={"inference": inference, "fusion": time.perf_counter() - fusing,
+                     **({"queue_wait": taken_mono - frame.captured_mono} if taken_mono is not None else {})},
             drawn=drawn,
         ))
     return results
@@ -183,7 +186,6 @@ class Job:
     out once the batches before it have."""
 
     routes: list[Route]
-    taken_mono: float = 0.0
     future: Future | None = None
 
 
@@ -201,7 +203,6 @@ def worker_loop(
     result; returns when all ended."""
     waiting = list(routes)
     jobs: collections.deque[Job] = collections.deque()
-    hang_after = _test_hang_after()
     try:
         while (waiting or jobs) and not control.abort.is_set():
             running = [job.future for job in jobs if job.future and not job.future.done()]
@@ -209,10 +210,8 @@ def worker_loop(
             if len(running) < pool.size and len(jobs) < 2 * pool.size:
                 batch, ended = gather(waiting, max_batch)
                 if batch:
-                    if hang_after is not None and any(frame.index >= hang_after for _, frame in batch):
-                        _hang(control)
                     frames = [frame for _, frame in batch]
-                    jobs.append(Job([r for r, _ in batch], time.monotonic(), pool.submit(infer, models, params, frames, overlay)))
+                    jobs.append(Job([r for r, _ in batch], pool.submit(infer, models, params, frames, overlay, time.monotonic())))
                     running.append(jobs[-1].future)
                 for route in ended:
                     waiting.remove(route)
@@ -245,19 +244,6 @@ def _pass_on_finished(jobs: collections.deque[Job], control: ctl.Control) -> boo
                 return False
             continue
         for (_, results), result in zip(job.routes, job.future.result()):
-            result.timings["queue_wait"] = job.taken_mono - result.frame.captured_mono
             if not ctl.put(results, result, control):
                 return False
     return True
-
-
-def _test_hang_after() -> int | None:
-    """Test hook: STREAMER_TEST_HANG_WORKER_AFTER=N makes the worker hang at frame N (watchdog tests)."""
-    value = os.environ.get("STREAMER_TEST_HANG_WORKER_AFTER", "")
-    return int(value) if value.isdigit() else None
-
-
-def _hang(control: ctl.Control) -> None:
-    log.warning("test hook: the worker hangs now")
-    while not control.abort.is_set():  # no beats: looks exactly like a call that never returns
-        time.sleep(0.1)

@@ -1,8 +1,8 @@
 """Train the bundled demo models from scratch on synthetic street scenes.
 
-    python -m streamer.train_demo --out streamer/weights --seed 0 [--device cpu|cuda] [--minutes M]
+    python -m streamer.tools.train_demo --out streamer/inference/weights --seed 0 [--device cpu|cuda] [--minutes M]
 
-Scenes are rendered on the fly (`streamer.synthetic.StreetScene`) from training seeds 0..899 only;
+Scenes are rendered on the fly (`streamer.inputs.synthetic.StreetScene`) from training seeds 0..899 only;
 evaluation uses seeds >= 1000, which training never sees. Every sample is a pure function of
 (--seed, model, sample index): scene seed, frame, scale, crop, flip and photometric augmentation are
 drawn from numpy Generators keyed by those numbers, so the data order does not depend on worker
@@ -33,7 +33,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .demo_models import (
+from streamer.inference.demo_models import (
     DEMO_SETTINGS,
     INSTANCE_CLASSES,
     INSTANCE_FILE,
@@ -41,10 +41,10 @@ from .demo_models import (
     build_demo_instance,
     build_demo_semantic,
 )
-from .frames import LABEL_DIVISOR
-from .synthetic import CAR, CATEGORIES, PERSON, StreetScene
+from streamer.frames import LABEL_DIVISOR
+from streamer.inputs.synthetic import CAR, CATEGORIES, PERSON, StreetScene
 
-log = logging.getLogger("streamer.train_demo")
+log = logging.getLogger("streamer.tools.train_demo")
 
 TRAIN_SEEDS = 900  # scene seeds 0 .. 899 (evaluation uses >= 1000)
 EVAL_SEED0 = 1000
@@ -211,7 +211,7 @@ def _loader(dataset: SampleSet, batch: int, workers: int) -> torch.utils.data.Da
 
 
 def to_network(image: np.ndarray, device: torch.device) -> torch.Tensor:
-    """BGR uint8 H x W x 3 -> RGB float 3 x H x W in [0, 1], as streamer.models.to_rgb_float."""
+    """BGR uint8 H x W x 3 -> RGB float 3 x H x W in [0, 1], as streamer.inference.models.to_rgb_float."""
     return torch.from_numpy(image).to(device).permute(2, 0, 1).flip(0).float().div_(255.0)
 
 
@@ -329,11 +329,11 @@ def evaluate(semantic: torch.nn.Module, instance: torch.nn.Module, device: torch
              seeds: list[int], frames: list[int], input_size: tuple[int, int] | None = None) -> dict:
     """Semantic IoU per class, thing recall / false positives (IoU > 0.5, score >= 0.5), and PQ.
 
-    Runs the models exactly as streamer.models.PanopticModels.predict does, fuses with
-    streamer.fusion.fuse (Panoptic FPN rule, default parameters) and scores with streamer.evaluate.
+    Runs the models exactly as streamer.inference.models.PanopticModels.predict does, fuses with
+    streamer.inference.fusion.fuse (Panoptic FPN rule, default parameters) and scores with streamer.tools.pq.
     """
-    from .evaluate import PQAccumulator
-    from .fusion import FusionParams, fuse
+    from streamer.tools.pq import PQAccumulator
+    from streamer.inference.fusion import FusionParams, fuse
 
     input_w, input_h = input_size or DEMO_SETTINGS["semantic_input_size"]
     semantic.eval().to(device)
@@ -428,7 +428,7 @@ def _size(text: str) -> tuple[int, int]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m streamer.train_demo", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m streamer.tools.train_demo", description=__doc__.split("\n\n")[0])
     p.add_argument("--out", type=Path, default=SEMANTIC_FILE.parent, help="folder for the .safetensors files")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N (default cpu)")

@@ -991,7 +991,7 @@ def _ground_truth(owner: np.ndarray, counts: np.ndarray, items: list[_Item]) -> 
 
 
 class SyntheticReader:
-    """A frame source over a 'synthetic:street?...' URI, shaped like the readers in streamer.sources.
+    """A frame source over a 'synthetic:street?...' URI, shaped like the readers in streamer.inputs.sources.
 
     Not live: every frame is produced on demand, so none is ever dropped. `fps` (when given)
     overrides the URI's rate. Raises ValueError for a malformed URI.

@@ -22,16 +22,18 @@ from dataclasses import dataclass
 
 import torch
 
-from .frames import Segment
+from streamer.frames import Segment
 
 
 @dataclass(frozen=True)
 class FusionParams:
-    score_threshold: float = 0.5
-    mask_threshold: float = 0.5
-    overlap_threshold: float = 0.5
-    stuff_area_min: int = 1024
-    label_divisor: int = 1000
+    """The rule's thresholds (defaults and meanings: the `fusion:` section of streamer.config)."""
+
+    score_threshold: float  # instances scoring below are dropped
+    mask_threshold: float  # mask probability that counts as inside
+    overlap_threshold: float  # reject an instance more than this fraction covered by those placed
+    stuff_area_min: int  # stuff regions under this many pixels become void
+    label_divisor: int  # panoptic value = category_id * label_divisor + instance_id
 
 
 def fuse(
@@ -40,7 +42,7 @@ def fuse(
     scores: torch.Tensor,
     categories: torch.Tensor,
     is_thing: torch.Tensor,
-    params: FusionParams = FusionParams(),
+    params: FusionParams,
 ) -> tuple[torch.Tensor, list[Segment]]:
     """Fuse one frame.
 

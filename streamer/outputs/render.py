@@ -12,7 +12,7 @@ import cv2
 import numpy as np
 import torch
 
-from .frames import Category, Segment
+from streamer.frames import Category, Panoptic, Segment
 
 INSTANCE_COLORS = 256  # instance ids cycle through this many hues per category
 CONTOUR_COLOR = (255, 255, 255)
@@ -82,6 +82,13 @@ class Renderer:
             for top in range(0, panoptic.shape[0], STRIP_ROWS):
                 self._overlay_rows(image, panoptic, out, top, min(top + STRIP_ROWS, panoptic.shape[0]))
         return self.draw_labels(out, segments)
+
+    def render(self, result: Panoptic) -> np.ndarray:
+        """The frame with its segmentation drawn (H x W x 3 uint8 BGR): the whole overlay, or only
+        the labels where the rest was drawn on the models' device (`result.drawn`)."""
+        if result.drawn is None:
+            return self.overlay(result.frame.image, result.panoptic_map, result.segments)
+        return self.draw_labels(result.drawn, result.segments)
 
     def draw_labels(self, image: np.ndarray, segments: tuple[Segment, ...]) -> np.ndarray:
         """Each thing's name and score above its box, drawn into `image` (when labels are on)."""

@@ -13,17 +13,17 @@ from typing import Any
 
 import numpy as np
 
-from .config import Config
-from .errors import UsageError
-from .evaluate import METHODS, PQAccumulator, PQResult, format_pq_table, gt_remap, naive_fusion, relabel, semantic_only
-from .export import PanopticExport
-from .frames import Frame, Panoptic
-from .fusion import FusionParams, fuse
-from .models import PanopticModels, resolve_device
-from .pipeline import fusion_params
-from .sources import classify, open_source
-from .synthetic import CATEGORIES
-from .worker import load_models
+from streamer.config import Config
+from streamer.errors import UsageError
+from streamer.tools.pq import METHODS, PQAccumulator, PQResult, format_pq_table, gt_remap, naive_fusion, relabel, semantic_only
+from streamer.outputs.export import PanopticExport
+from streamer.frames import Frame, Panoptic
+from streamer.inference.fusion import FusionParams, fuse
+from streamer.inference.models import PanopticModels, resolve_device
+from streamer.service.build import fusion_params
+from streamer.inputs.sources import classify, open_source
+from streamer.inputs.synthetic import CATEGORIES
+from streamer.inference.worker import load_models
 
 log = logging.getLogger(__name__)
 

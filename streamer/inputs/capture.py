@@ -15,10 +15,12 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from . import control as ctl
-from .errors import StreamerError
-from .frames import Frame
-from .sources import Reader, redact_uri
+from streamer import control as ctl
+from streamer.config import BufferPolicy
+from streamer.errors import StreamerError
+from streamer.frames import Frame
+from streamer.inputs.sources import Reader
+from streamer.uris import redact_uri
 
 log = logging.getLogger(__name__)
 
@@ -32,21 +34,15 @@ class State(enum.Enum):
 
 @dataclass(frozen=True)
 class Liveness:
-    """Watchdog and reconnect settings of one source."""
+    """Watchdog and reconnect settings of one source (defaults and meanings: `source:` in
+    streamer.config)."""
 
     live: bool
-    stall_timeout_s: float = 15.0
-    max_attempts: int | None = None  # reconnect attempts in a row; None = forever
-    initial_delay_s: float = 1.0
-    max_delay_s: float = 30.0
-    healthy_after_s: float = 30.0
-
-
-def effective_policy(policy: str, live: bool) -> str:
-    """`auto` never drops from files and keeps live sources fresh."""
-    if policy != "auto":
-        return policy
-    return "drop_oldest" if live else "block"
+    stall_timeout_s: float
+    max_attempts: int | None  # reconnect attempts in a row; None = forever
+    initial_delay_s: float
+    max_delay_s: float
+    healthy_after_s: float
 
 
 def backoff_delay(attempt: int, initial: float, maximum: float, rng: random.Random) -> float:
@@ -84,16 +80,16 @@ class LiveClock:
         return pts
 
 
-def offer(frames: queue.Queue, frame: Frame, policy: str, control: ctl.Control, stats: ctl.Stats) -> bool:
-    """Queue a frame under the policy; False only when the pipeline aborts.
+def offer(frames: queue.Queue, frame: Frame, policy: BufferPolicy, control: ctl.Control, stats: ctl.Stats) -> bool:
+    """Queue a frame under a concrete policy (not AUTO); False only when the pipeline aborts.
 
-    block: wait for room. drop_oldest: make room by dropping the oldest queued frame.
-    latest: drop everything queued, keep only this frame.
+    BLOCK: wait for room. DROP_OLDEST: make room by dropping the oldest queued frame.
+    LATEST: drop everything queued, keep only this frame.
     """
-    if policy == "block":
+    if policy is BufferPolicy.BLOCK:
         return ctl.put(frames, frame, control)
     while True:
-        if policy == "latest":
+        if policy is BufferPolicy.LATEST:
             _drop_all(frames, stats, "latest")
         try:
             frames.put_nowait(frame)
@@ -148,7 +144,7 @@ class Capture:
         source_id: str,
         description: str,
         frames: queue.Queue,
-        policy: str,
+        policy: BufferPolicy,
         liveness: Liveness,
         control: ctl.Control,
         stats: ctl.Stats,

@@ -23,8 +23,8 @@ from typing import Any
 import cv2
 import numpy as np
 
-from .errors import InputNotFound, StreamerError
-from .frames import Category, Panoptic, Segment
+from streamer.errors import InputNotFound, StreamerError
+from streamer.frames import Category, Panoptic, Segment
 
 log = logging.getLogger(__name__)
 

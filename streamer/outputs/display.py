@@ -1,24 +1,19 @@
-"""Sink stage: a live OpenCV window, and the sink thread that feeds every output (the video of
-recording.py, the COCO panoptic export of export.py, the window).
-
-Every output has `write(result, rendered)` and `close()`; the sink thread calls them in frame order.
-"""
+"""The live window: an output that hands frames to the main thread, and the OpenCV window the
+main thread drives (GUI calls stay on one thread). OpenCV's Qt backend aborts the process without
+a display, so `require_display` is checked first."""
 from __future__ import annotations
 
 import logging
 import os
 import queue
 import socket
-import time
-from collections.abc import Callable
 from pathlib import Path
 
 import cv2
 import numpy as np
 
-from . import control as ctl
-from .errors import UsageError
-from .frames import Panoptic
+from streamer.errors import UsageError
+from streamer.frames import Panoptic
 
 log = logging.getLogger(__name__)
 
@@ -114,37 +109,3 @@ class Window:
             cv2.waitKey(1)
         except cv2.error:
             pass
-
-
-def sink_loop(
-    results: queue.Queue, outputs: list, render: Callable[[Panoptic], np.ndarray], control: ctl.Control, stats: ctl.Stats,
-    observe: Callable[[Panoptic], None] | None = None,
-) -> None:
-    """Render each result once and hand it to every output (timing each under its `stage` name), then
-    to `observe`; closes every output at the end, always."""
-    try:
-        while True:
-            result = ctl.get(results, control)
-            if result is None or result is ctl.END:
-                break
-            started = time.perf_counter()
-            rendered = render(result)
-            result.timings["render"] = time.perf_counter() - started
-            for output in outputs:
-                started = time.perf_counter()
-                output.write(result, rendered)
-                result.timings[output.stage] = time.perf_counter() - started
-            stats.processed += 1
-            if observe:
-                observe(result)
-            stats.latencies.append(time.monotonic() - result.frame.captured_mono)
-            stats.model_times.append(result.timings.get("inference", 0.0) + result.timings.get("fusion", 0.0))
-    except Exception as exc:  # noqa: BLE001
-        control.fail("sink", exc)
-    finally:
-        for output in outputs:
-            try:
-                output.close()
-            except Exception as exc:  # noqa: BLE001
-                control.fail("sink", exc)
-        control.done()

@@ -36,16 +36,16 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from .errors import EXIT_OK, StreamerError
-from .frames import Category, Frame, Panoptic, Segment
+from streamer.errors import EXIT_OK, StreamerError
+from streamer.frames import Category, Frame, Panoptic, Segment
 
 if TYPE_CHECKING:
     import torch
 
-    from .config import Config
-    from .fusion import FusionParams
-    from .models import PanopticModels
-    from .render import Renderer
+    from streamer.config import Config
+    from streamer.inference.fusion import FusionParams
+    from streamer.inference.models import PanopticModels
+    from streamer.outputs.render import Renderer
 
 log = logging.getLogger(__name__)
 
@@ -96,7 +96,7 @@ class BenchOptions:
 
 def add_parser(commands: Any) -> None:
     """The `bench` subcommand; torch and the models are only imported when it runs."""
-    from .cli import add_config_arguments, frame_size, positive_int
+    from streamer.cli import add_config_arguments, frame_size, positive_int
 
     parser = commands.add_parser(
         "bench", help="measure the models alone, a sequential loop and the threaded pipeline; fusion, overlay and codec micro-benchmarks"
@@ -122,7 +122,7 @@ def add_parser(commands: Any) -> None:
 
 
 def size_list(text: str) -> tuple[tuple[int, int], ...]:
-    from .cli import frame_size
+    from streamer.cli import frame_size
 
     return tuple(frame_size(item) for item in text.split(","))
 
@@ -141,7 +141,7 @@ def memory_frames(text: str) -> int:
 
 
 def command(args: argparse.Namespace) -> int:
-    from .logs import configure_logging
+    from streamer.logs import configure_logging
 
     options = BenchOptions(
         config=args.config, overrides=tuple(args.set), device=args.device, size=args.size, frames=args.frames,
@@ -184,7 +184,7 @@ def config_path(options: BenchOptions) -> Path:
 def config_overrides(options: BenchOptions, uri: str, video: Path | None) -> list[str]:
     """The user's --set items, then what the bench fixes: one synthetic source, one MP4 (not in
     segments), no window, no export, no metrics server."""
-    from .cli import quote
+    from streamer.cli import quote
 
     fixed = [
         "sources=[]", f"source.uri={quote(uri)}", "output.display=false", "output.export_dir=null",
@@ -199,7 +199,7 @@ def config_overrides(options: BenchOptions, uri: str, video: Path | None) -> lis
 
 
 def load_bench_config(options: BenchOptions, uri: str | None = None, video: Path | None = None) -> Config:
-    from .config import load_config
+    from streamer.config import load_config
 
     return load_config(config_path(options), config_overrides(options, uri or options.source(), video))
 
@@ -321,7 +321,7 @@ class Sampler:
 
 def video_output_class() -> type:
     """The MP4 writer `streamer run` uses for a file source."""
-    from .recording import VideoOutput
+    from streamer.outputs.recording import VideoOutput
 
     return VideoOutput
 
@@ -341,7 +341,7 @@ def models_only(config: Config, device: torch.device, images: list[np.ndarray]) 
     (the same number of frames at once, threads and loading; see worker.InferencePool)."""
     import torch
 
-    from .worker import load_models
+    from streamer.inference.worker import load_models
 
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     predict = lambda image: (models.predict([image]), sync())  # noqa: E731
@@ -362,8 +362,8 @@ def sequential_loop(
 ) -> tuple[float, int, dict[str, float]]:
     """The tutorial loop: read, both models, naive overwrite fusion, overlay, H.264, in one thread.
     Returns seconds (closing the video included), frames, and seconds per stage."""
-    from .evaluate import naive_fusion
-    from .sources import open_source
+    from streamer.tools.pq import naive_fusion
+    from streamer.inputs.sources import open_source
 
     stages = dict.fromkeys(("read", "models", "fusion", "overlay", "encode"), 0.0)
     started = time.perf_counter()
@@ -437,7 +437,7 @@ def pipeline_run(config: Config) -> PipelineRun:
 def counting_pipeline(config: Config) -> Any:
     """The real pipeline, keeping each source's counters so the bench can watch progress.
     (It hooks `_prepare`; if that ever goes, the counters read None and nothing else changes.)"""
-    from .pipeline import Pipeline
+    from streamer.service.pipeline import Pipeline
 
     class CountingPipeline(Pipeline):
         def __init__(self, config: Config):
@@ -477,10 +477,10 @@ def sequential_run(options: BenchOptions, device: torch.device, torch_threads: i
     """(b) with models loaded (and warmed up) on the calling thread, on `torch_threads` threads."""
     import torch
 
-    from .models import PanopticModels
-    from .pipeline import fusion_params
-    from .render import Renderer
-    from .sources import open_source
+    from streamer.inference.models import PanopticModels
+    from streamer.service.pipeline import fusion_params
+    from streamer.outputs.render import Renderer
+    from streamer.inputs.sources import open_source
 
     torch.set_num_threads(torch_threads)
     config = load_bench_config(options)
@@ -622,8 +622,8 @@ def reference_fusion(
 def fusion_and_overlay(options: BenchOptions, config: Config, device: torch.device) -> tuple[list[dict], list[dict]]:
     """fusion.fuse vs the reference loop vs the naive loop, and Renderer.overlay on one thread,
     at every micro size and instance count."""
-    from .pipeline import fusion_params
-    from .render import Renderer
+    from streamer.service.pipeline import fusion_params
+    from streamer.outputs.render import Renderer
 
     params = fusion_params(config)
     categories = config.categories()
@@ -647,8 +647,8 @@ def fusion_case(
     of the fused result."""
     import torch
 
-    from .evaluate import naive_fusion
-    from .fusion import fuse
+    from streamer.tools.pq import naive_fusion
+    from streamer.inference.fusion import fuse
 
     width, height = size
     repeats = options.micro_repeats
@@ -716,7 +716,7 @@ def _ms(seconds: list[float]) -> dict[str, float]:
 
 def codecs(options: BenchOptions, images: list[np.ndarray], fps: float, workdir: Path) -> dict[str, Any]:
     """H.264 encode alone (the MP4 writer of `streamer run`) and decode alone (sources.open_source)."""
-    from .sources import open_source
+    from streamer.inputs.sources import open_source
 
     writer = video_output_class()
     encode_fps, decode_fps = [], []
@@ -771,8 +771,8 @@ def run_bench(options: BenchOptions, config: Config) -> dict[str, Any]:
     import cv2
     import torch
 
-    from .models import resolve_device
-    from .sources import open_source
+    from streamer.inference.models import resolve_device
+    from streamer.inputs.sources import open_source
 
     # torch's thread count is one setting for the whole process (each thread applies it to its own
     # OpenMP pool), and the pipeline's threads change it: (b) and the micro-benchmarks restate it.
@@ -809,9 +809,9 @@ def run_bench(options: BenchOptions, config: Config) -> dict[str, Any]:
 
 
 def settings(options: BenchOptions, config: Config, device: torch.device) -> dict[str, Any]:
-    from . import demo_models
-    from .models import uses_autocast
-    from .worker import available_cores, thread_layout
+    from streamer.inference import demo_models
+    from streamer.inference.models import uses_autocast
+    from streamer.inference.worker import available_cores, thread_layout
 
     semantic, instance = config.models.semantic, config.models.instance
     demo_semantic, demo_instance = semantic.weights == "demo", instance.weights == "demo"  # the demo ignores arch/encoder
@@ -838,7 +838,7 @@ def environment(device: torch.device) -> dict[str, Any]:
     import cv2
     import torch
 
-    from .worker import available_cores
+    from streamer.inference.worker import available_cores
 
     versions = {"python": platform.python_version()}
     for name, package in (("torch", "torch"), ("torchvision", "torchvision"), ("smp", "segmentation-models-pytorch"),
@@ -848,7 +848,7 @@ def environment(device: torch.device) -> dict[str, Any]:
         except importlib.metadata.PackageNotFoundError:
             versions[name] = None
     versions["cv2"] = cv2.__version__
-    from . import __version__
+    from streamer import __version__
 
     versions["streamer"] = __version__
     return {

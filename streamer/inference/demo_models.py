@@ -2,8 +2,8 @@
 
 They let the default command show real panoptic output offline. Both builders create the
 architecture only (nothing is ever downloaded); the trained weights are the `.safetensors` files in
-`streamer/weights/` (stored in float16 to keep the package small: a strict `load_state_dict` casts
-them to the model's dtype). `streamer.train_demo` trains them; `weights/MODEL_CARD.md` says how.
+`streamer/inference/weights/` (stored in float16 to keep the package small: a strict `load_state_dict` casts
+them to the model's dtype). `streamer.tools.train_demo` trains them; `weights/MODEL_CARD.md` says how.
 
 This module imports neither the config nor the model-loading code, so it runs where only torch,
 torchvision and segmentation-models-pytorch are installed.

@@ -22,8 +22,8 @@ import av.logging
 import cv2
 import numpy as np
 
-from .errors import StreamerError
-from .frames import Panoptic
+from streamer.errors import StreamerError
+from streamer.frames import Panoptic
 
 log = logging.getLogger(__name__)
 
@@ -109,8 +109,10 @@ class VideoOutput:
 
 @dataclass(frozen=True)
 class Retention:
-    keep_hours: float | None = None
-    max_bytes: int | None = None
+    """Which finished segments to remove (defaults and meanings: `output:` in streamer.config)."""
+
+    keep_hours: float | None  # older than this
+    max_bytes: int | None  # the oldest, beyond this total
 
     @property
     def active(self) -> bool:
@@ -123,7 +125,7 @@ class SegmentedRecording:
 
     stage = "encode"
 
-    def __init__(self, template: str | Path, fps: float, segment_s: float, retention: Retention = Retention()):
+    def __init__(self, template: str | Path, fps: float, segment_s: float, retention: Retention):
         self.naming = SegmentNaming(Path(template))
         self.fps = fps
         self.segment_s = segment_s
@@ -252,7 +254,7 @@ def remux_readable(source: Path, target: Path) -> int:
     return kept
 
 
-def open_video(path: str | Path, fps: float, segment_s: float, retention: Retention = Retention()):
+def open_video(path: str | Path, fps: float, segment_s: float, retention: Retention):
     """The video output for a run: segments when segment_s > 0, else one file. Either way a
     `.partial` left by an earlier run that did not finish is recovered first."""
     if segment_s > 0:

@@ -20,9 +20,9 @@ import torch
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
-from . import control as ctl
-from .errors import StreamerError
-from .frames import Panoptic
+from streamer import control as ctl
+from streamer.errors import StreamerError
+from streamer.frames import Panoptic
 
 log = logging.getLogger(__name__)
 
@@ -140,9 +140,9 @@ class MetricsServer:
         threading.Thread(target=self._server.serve_forever, name="metrics", daemon=True).start()
         log.info("metrics on http://%s:%d/metrics, health on /healthz", host, self.port)
 
-    def observe(self, result: Panoptic) -> None:
-        """Called by the sink thread once a result is written."""
-        for stage, seconds in result.timings.items():
+    def observe(self, result: Panoptic, timings: dict[str, float]) -> None:
+        """Called by the sink thread once a result is written, with every stage's seconds."""
+        for stage, seconds in timings.items():
             self.stage_seconds.labels(stage).observe(seconds)
         self.latency.labels(result.frame.source_id).observe(time.monotonic() - result.frame.captured_mono)
 

@@ -1,0 +1,1 @@
+"""Inputs: source URIs to frame readers, the capture thread, synthetic scenes."""

@@ -1,0 +1,1 @@
+"""Outputs: overlay rendering, crash-safe video, COCO panoptic export, the live window, the sink thread."""

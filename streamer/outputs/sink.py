@@ -1,0 +1,64 @@
+"""The sink thread: render each result once and hand it to every output, in frame order.
+
+An output is anything with the `Output` protocol: the video of recording.py, the COCO panoptic
+export of export.py, the window of display.py.
+"""
+from __future__ import annotations
+
+import queue
+import time
+from collections.abc import Callable
+from typing import Protocol
+
+import numpy as np
+
+from streamer import control as ctl
+from streamer.frames import Panoptic
+
+
+class Output(Protocol):
+    """What the sink thread feeds: `write` per result in frame order, `close` once at the end."""
+
+    stage: str  # the name its time per frame is recorded under (the streamer_stage_seconds label)
+
+    def write(self, result: Panoptic, rendered: np.ndarray) -> None:
+        """`rendered`: the overlay, H x W x 3 uint8 BGR; `result` the frame and its segmentation."""
+
+    def close(self) -> None:
+        """Finish and release; called once, also after a failure."""
+
+
+def sink_loop(
+    results: queue.Queue, outputs: list[Output], render: Callable[[Panoptic], np.ndarray], control: ctl.Control, stats: ctl.Stats,
+    observe: Callable[[Panoptic, dict[str, float]], None] | None = None,
+) -> None:
+    """Render each result once and hand it to every output, then to `observe` with the seconds of
+    every stage (the worker's, then render and each output's under its `stage` name); closes every
+    output at the end, always."""
+    try:
+        while True:
+            result = ctl.get(results, control)
+            if result is None or result is ctl.END:
+                break
+            timings = dict(result.timings)  # the worker's are read only; this thread's go in a copy
+            started = time.perf_counter()
+            rendered = render(result)
+            timings["render"] = time.perf_counter() - started
+            for output in outputs:
+                started = time.perf_counter()
+                output.write(result, rendered)
+                timings[output.stage] = time.perf_counter() - started
+            stats.processed += 1
+            if observe:
+                observe(result, timings)
+            stats.latencies.append(time.monotonic() - result.frame.captured_mono)
+            stats.model_times.append(timings.get("inference", 0.0) + timings.get("fusion", 0.0))
+    except Exception as exc:  # noqa: BLE001
+        control.fail("sink", exc)
+    finally:
+        for output in outputs:
+            try:
+                output.close()
+            except Exception as exc:  # noqa: BLE001
+                control.fail("sink", exc)
+        control.done()

@@ -1,0 +1,1 @@
+"""The daemon: the pipeline wiring, health and progress, metrics, systemd notification."""

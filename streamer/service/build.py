@@ -1,0 +1,78 @@
+"""Every component built from the typed config, in one place (detectron2's `from_config` idea).
+
+The components themselves take plain parameters and never see the config; their defaults live
+only in `streamer.config`. The pipeline, `streamer eval` and `streamer bench` all build here.
+"""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from streamer.config import Config, Output, Source
+from streamer.frames import Category
+from streamer.inference.fusion import FusionParams
+from streamer.inputs.capture import Liveness
+from streamer.inputs.sources import DEFAULT_FPS, LiveOptions, Reader
+from streamer.outputs.export import PanopticExport
+from streamer.outputs.recording import Retention, open_video
+from streamer.outputs.render import Renderer
+
+log = logging.getLogger(__name__)
+
+
+def fusion_params(config: Config) -> FusionParams:
+    """The fusion rule's thresholds: the instance score threshold and the `fusion:` section."""
+    fusion = config.fusion
+    return FusionParams(
+        score_threshold=config.models.instance.score_threshold,
+        mask_threshold=fusion.mask_threshold,
+        overlap_threshold=fusion.overlap_threshold,
+        stuff_area_min=fusion.stuff_area_min,
+        label_divisor=fusion.label_divisor,
+    )
+
+
+def renderer(config: Config) -> Renderer:
+    render = config.render
+    return Renderer(config.categories(), config.fusion.label_divisor, render.alpha, render.contours, render.labels)
+
+
+def live_options(source: Source) -> LiveOptions:
+    return LiveOptions(source.open_timeout_s, source.read_timeout_s, source.rtsp_transport)
+
+
+def liveness(source: Source, live: bool) -> Liveness:
+    reconnect = source.reconnect
+    return Liveness(live, source.stall_timeout_s, reconnect.max_attempts, reconnect.initial_delay_s,
+                    reconnect.max_delay_s, reconnect.healthy_after_s)
+
+
+def retention(output: Output) -> Retention:
+    return Retention(output.keep_hours, output.max_bytes)
+
+
+def output_path(template: str, source_id: str, several: bool) -> str:
+    """`{source}` in an output path becomes the source id; with several sources and no
+    placeholder, the id goes before the suffix (`out.mp4` -> `out-cam1.mp4`, `dir` -> `dir-cam1`)."""
+    if "{source}" in template:
+        return template.replace("{source}", source_id)
+    if not several:
+        return template
+    path = Path(template)
+    return str(path.with_name(f"{path.stem}-{source_id}{path.suffix}"))
+
+
+def video_output(config: Config, source: Source, reader: Reader | None, live: bool, several: bool):
+    """The source's video (one file, or segments for a live source), leftovers recovered first.
+    `reader` is the opened file source (its frame rate), None for a live one."""
+    settings = config.output
+    segment_s = settings.segment_length(live)
+    path = output_path(settings.video, source.id, several)
+    if segment_s:
+        log.info("%s: recording %g s segments named by their start time, from %s", source.id, segment_s, path)
+    fps = reader.fps if reader else (source.fps or DEFAULT_FPS)
+    return open_video(path, fps, segment_s, retention(settings))
+
+
+def export(config: Config, source: Source, categories: tuple[Category, ...], several: bool) -> PanopticExport:
+    return PanopticExport(output_path(config.output.export_dir, source.id, several), categories, config.output.export_images)

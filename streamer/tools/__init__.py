@@ -1,0 +1,1 @@
+"""Tools around the daemon: evaluation (PQ), the benchmark, the demo model trainer."""
