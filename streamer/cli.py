@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import NoReturn
 
 from streamer import __version__
+from streamer.arguments import add_config_arguments, frame_size, positive_int, quote
 from streamer.config import Config, load_config, to_yaml
 from streamer.errors import EXIT_FAILURE, EXIT_OK, StreamerError, UsageError
 from streamer.logs import configure_logging
@@ -71,13 +72,6 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def add_config_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("-c", "--config", metavar="FILE", help="configuration file (default ./config.yaml, else the packaged default)")
-    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override one setting, e.g. --set fusion.stuff_area_min=2048")
-    parser.add_argument("--log-level", choices=["debug", "info", "warning", "error"], help="default: runtime.log_level")
-    parser.add_argument("--log-format", choices=["text", "json"], help="default: runtime.log_format (json: one object per line)")
-
-
 def run_overrides(args: argparse.Namespace) -> list[str]:
     """CLI flags as `--set` items, so they are validated exactly like the file."""
     overrides = []
@@ -97,11 +91,6 @@ def run_overrides(args: argparse.Namespace) -> list[str]:
     if args.max_frames is not None:
         overrides.append(f"runtime.max_frames={args.max_frames}")
     return overrides + list(args.set)
-
-
-def quote(text: str) -> str:
-    """A YAML scalar that stays a string (so '0' is the camera index '0', not the number 0)."""
-    return "'" + text.replace("'", "''") + "'"
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -156,20 +145,6 @@ def cmd_export_json(args: argparse.Namespace) -> int:
     count = build_coco_json(args.folder)
     log.info("%s: panoptic.json rebuilt with %d frames", args.folder, count)
     return EXIT_OK
-
-
-def positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
-
-
-def frame_size(text: str) -> tuple[int, int]:
-    width, sep, height = text.lower().partition("x")
-    if not sep or not width.isdigit() or not height.isdigit() or int(width) < 16 or int(height) < 16:
-        raise argparse.ArgumentTypeError(f"expected WxH of at least 16x16, got {text!r}")
-    return int(width), int(height)
 
 
 def cmd_check_config(args: argparse.Namespace) -> int:

@@ -262,12 +262,15 @@ class Config(Strict):
         )
 
 
-def default_config_path() -> Path:
-    """`./config.yaml` if present, else the copy packaged with streamer."""
-    local = Path("config.yaml")
-    if local.is_file():
-        return local
+def packaged_config_path() -> Path:
+    """The default configuration packaged with streamer (the demo models; a copy of config.yaml)."""
     return Path(str(resources.files("streamer") / "default_config.yaml"))
+
+
+def default_config_path() -> Path:
+    """`./config.yaml` if present, else the packaged default."""
+    local = Path("config.yaml")
+    return local if local.is_file() else packaged_config_path()
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Config:

@@ -1,17 +1,20 @@
-"""Shared test helpers: small real videos, a fast configuration, running the real CLI, a daemon
-whose log lines are collected, polling. Test files import them (`from helpers import ...`); the
-fixtures live in conftest.py."""
+"""Shared test helpers: small real videos and their frames, a fast configuration, running the real
+CLI, a daemon whose log lines are collected, polling, ports. Test files import them
+(`from helpers import ...`); the fixtures live in conftest.py."""
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import threading
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable, Iterator
 from fractions import Fraction
 from pathlib import Path
 
@@ -31,12 +34,42 @@ FAST_OVERRIDES = {
     "runtime": {"device": "cpu", "torch_threads": 1, "status_interval_s": 1},
 }
 
+# The bundled demo models: small enough to keep up with a 10-25 fps stream on the CPU (the
+# random-init R50 of the fast config does about 1 fps).
+DEMO_MODELS = ["--set", "models.semantic.weights=demo", "--set", "models.instance.weights=demo"]
+
+# Live sources: quick retries and short timeouts so faults play out in seconds.
+LIVE = [
+    *DEMO_MODELS,
+    "--set", "source.reconnect.initial_delay_s=0.3", "--set", "source.reconnect.max_delay_s=1.0",
+    "--set", "source.open_timeout_s=3", "--set", "runtime.status_interval_s=0.5",
+    "--set", "output.segment_seconds=0",  # one video per run, easier to check than segments
+]
+
+# `run` arguments of a recorder: a camera-paced synthetic street (RECORDER[1] is its URI,
+# RECORDER[2:] the rest) and the demo models at a small input size: keeps up on 2 cores.
+RECORDER_FPS = 8
+RECORDER = [
+    "--source", f"synthetic:street?seed=7&size=160x96&fps={RECORDER_FPS}&realtime=1",
+    *DEMO_MODELS,
+    "--set", "models.semantic.input_size=[160,96]", "--set", "models.instance.min_size=96",
+    "--set", "models.instance.max_size=160", "--set", "runtime.device=cpu", "--set", "runtime.torch_threads=1",
+]
+
 
 def deep_merge(base: dict, extra: dict) -> dict:
     merged = dict(base)
     for key, value in extra.items():
         merged[key] = deep_merge(base[key], value) if isinstance(value, dict) and isinstance(base.get(key), dict) else value
     return merged
+
+
+def write_fast_config(folder: Path) -> Path:
+    """FOLDER/fast.yaml: config.yaml with FAST_OVERRIDES (small random-init models on the CPU)."""
+    base = yaml.safe_load((ROOT / "config.yaml").read_text())
+    path = folder / "fast.yaml"
+    path.write_text(yaml.safe_dump(deep_merge(base, FAST_OVERRIDES)))
+    return path
 
 
 def moving_pattern(index: int, width: int, height: int) -> np.ndarray:
@@ -82,6 +115,18 @@ def probe(path: Path) -> dict:
         }
 
 
+def decode_video(path: Path) -> list[np.ndarray]:
+    """Every frame of the video, decoded with PyAV, as BGR arrays."""
+    with av.open(str(path)) as container:
+        return [frame.to_ndarray(format="bgr24") for frame in container.decode(video=0)]
+
+
+def mask_bbox(mask: np.ndarray) -> tuple[int, int, int, int]:
+    """(x, y, width, height) of the True pixels of a 2-D mask (COCO's bbox)."""
+    ys, xs = np.nonzero(mask)
+    return int(xs.min()), int(ys.min()), int(xs.max() - xs.min() + 1), int(ys.max() - ys.min() + 1)
+
+
 def cli_env(**extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if k not in ("DISPLAY", "WAYLAND_DISPLAY")}
     env.update(PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1", **extra)
@@ -103,6 +148,25 @@ def popen_cli(*args: str, env: dict[str, str] | None = None, cwd: Path | None = 
     )
 
 
+# The daemon's periodic status line ("status: 9.8 fps, 123 processed, ...") and its last line.
+STATUS_PROCESSED = re.compile(r"status: .* (\d+) processed")
+DONE = re.compile(r"done: (?P<read>\d+) frames read, (?P<processed>\d+) processed, (?P<dropped>\d+) dropped, "
+                  r"(?P<reconnects>\d+) reconnects")
+
+
+def processed_in(line: str) -> int:
+    """The processed count of a status line; 0 for any other line."""
+    match = STATUS_PROCESSED.search(line)
+    return int(match.group(1)) if match else 0
+
+
+def run_summary(stderr: str) -> dict[str, int]:
+    """The counts of the run's "done:" line: read, processed, dropped, reconnects."""
+    match = DONE.search(stderr)
+    assert match, f"no 'done:' line in\n{stderr}"
+    return {key: int(value) for key, value in match.groupdict().items()}
+
+
 def error_lines(stderr: str) -> list[str]:
     return [line for line in stderr.splitlines() if " ERROR " in line or "error:" in line]
 
@@ -117,6 +181,37 @@ def the_error(result, code: int) -> str:
     match = re.search(r" ERROR streamer[\w.]*: (.+)$", lines[0])
     assert match, detail  # our logger's line, not argparse's or a library's complaint
     return match.group(1)
+
+
+def wait_until(check: Callable[[], object], timeout: float = 60.0, every: float = 0.1,
+               what: str | Callable[[], str] = "the condition") -> object:
+    """Call `check` until it returns something truthy and return that; AssertionError naming `what`
+    (a string, or a function that says it at the time) once `timeout` seconds have passed.
+    `check` may itself raise to give up early."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = check()
+        if value:
+            return value
+        if time.monotonic() >= deadline:
+            raise AssertionError(f"not within {timeout} s: {what() if callable(what) else what}")
+        time.sleep(every)
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port that was free a moment ago (RtspServer() without a port avoids even that race)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        return sock.getsockname()[1]
+
+
+@contextlib.contextmanager
+def busy_port(host: str = "127.0.0.1") -> Iterator[int]:
+    """A TCP port that another socket listens on for the duration of the block."""
+    with socket.socket() as holder:
+        holder.bind((host, 0))
+        holder.listen()
+        yield holder.getsockname()[1]
 
 
 def http_get(port: int, path: str) -> tuple[int, str]:
@@ -144,19 +239,23 @@ class Daemon:
 
     def wait_for(self, pattern: str, timeout: float = 60.0, after: float = 0.0) -> float:
         """Time at which a line matching `pattern` arrived (after `after`)."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            for at, line in list(self.lines):
-                if at >= after and re.search(pattern, line):
-                    return at
-            if self.process.poll() is not None and not self._reader.is_alive():
-                break  # the daemon ended and every line is in: waiting longer cannot help
-            time.sleep(0.05)
-        raise AssertionError(f"no line matching {pattern!r} within {timeout} s (exit {self.process.poll()}):\n{self.text()}")
+        return self._wait(lambda line: re.search(pattern, line), f"no line matching {pattern!r}", timeout, after)
 
-    def processed(self) -> int:
-        counts = [int(m.group(1)) for _, line in self.lines if (m := re.search(r"status: .* (\d+) processed", line))]
-        return max(counts, default=0)
+    def wait_processed(self, count: int = 1, timeout: float = 60.0) -> float:
+        """Time at which a status line said at least `count` frames were processed."""
+        return self._wait(lambda line: processed_in(line) >= count, f"no status line with {count}+ processed", timeout)
+
+    def _wait(self, match: Callable[[str], object], what: str, timeout: float, after: float = 0.0) -> float:
+        def arrived() -> float | None:
+            ended = self.process.poll() is not None and not self._reader.is_alive()  # then every line is in
+            for at, line in list(self.lines):
+                if at >= after and match(line):
+                    return at
+            if ended:  # waiting longer cannot help
+                raise AssertionError(f"{what}: the daemon ended (exit {self.process.poll()}):\n{self.text()}")
+            return None
+
+        return wait_until(arrived, timeout, every=0.05, what=lambda: f"{what} (exit {self.process.poll()}):\n{self.text()}")
 
     def finish(self, timeout: float = 60.0) -> int:
         code = self.process.wait(timeout)

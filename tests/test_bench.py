@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from helpers import run_cli, the_error
-from streamer.tools.bench import random_scene, reference_fusion
+from streamer.tools.baselines import reference_fusion
+from streamer.tools.bench.micro import random_scene
 from streamer.frames import Category
 from streamer.inference.fusion import FusionParams, fuse
 
@@ -117,7 +118,7 @@ def test_reference_loop_gives_what_fuse_gives(count):
     categories = (Category(1, "road", False, (1, 1, 1)), Category(2, "sky", False, (2, 2, 2)),
                   Category(3, "car", True, (3, 3, 3)), Category(4, "person", True, (4, 4, 4)))
     is_thing = np.array([False, False, False, True, True])
-    params = FusionParams(stuff_area_min=64)
+    params = FusionParams(score_threshold=0.5, mask_threshold=0.5, overlap_threshold=0.5, stuff_area_min=64, label_divisor=1000)
     semantic, masks, scores, labels = random_scene(240, 135, count, categories, seed=count)
     assert masks.shape == (count, 135, 240) and semantic.max() <= 4
     expected_map, expected_segments = reference_fusion(semantic, masks, scores, labels, is_thing, params)

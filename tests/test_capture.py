@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 
 from streamer import control as ctl
-from streamer.inputs.capture import Capture, Liveness, effective_policy, offer
+from streamer.config import BufferPolicy
+from streamer.inputs.capture import Capture, Liveness, offer
 from streamer.frames import Frame
 
 
@@ -36,7 +37,7 @@ class ListReader:
 
 def capture_loop(reader, source_id, frames, policy, control, stats, max_frames=None):
     """Capture one reader to its end (no reconnects)."""
-    Capture(lambda: reader, source_id, "list", frames, policy, Liveness(live=False), control, stats, max_frames).run()
+    Capture(lambda: reader, source_id, "list", frames, policy, Liveness(False, 15.0, None, 1.0, 30.0, 30.0), control, stats, max_frames).run()
 
 
 def drain(q: queue.Queue) -> list:
@@ -47,15 +48,15 @@ def drain(q: queue.Queue) -> list:
 
 
 def test_auto_policy_blocks_for_files_and_drops_for_live():
-    assert effective_policy("auto", live=False) == "block"
-    assert effective_policy("auto", live=True) == "drop_oldest"
-    assert effective_policy("latest", live=False) == "latest"
+    assert BufferPolicy.AUTO.resolve(live=False) is BufferPolicy.BLOCK
+    assert BufferPolicy.AUTO.resolve(live=True) is BufferPolicy.DROP_OLDEST
+    assert BufferPolicy.LATEST.resolve(live=False) is BufferPolicy.LATEST
 
 
 def test_drop_oldest_keeps_the_newest_frames_and_counts_drops():
     q, control, stats = queue.Queue(maxsize=3), ctl.Control(), ctl.Stats()
     for i in range(10):
-        assert offer(q, frame(i), "drop_oldest", control, stats)
+        assert offer(q, frame(i), BufferPolicy.DROP_OLDEST, control, stats)
     assert [f.index for f in drain(q)] == [7, 8, 9]
     assert stats.dropped == {"queue_full": 7}
 
@@ -63,7 +64,7 @@ def test_drop_oldest_keeps_the_newest_frames_and_counts_drops():
 def test_latest_keeps_only_the_newest_frame():
     q, control, stats = queue.Queue(maxsize=3), ctl.Control(), ctl.Stats()
     for i in range(5):
-        offer(q, frame(i), "latest", control, stats)
+        offer(q, frame(i), BufferPolicy.LATEST, control, stats)
     assert [f.index for f in drain(q)] == [4]
     assert stats.dropped == {"latest": 4}
 
@@ -71,7 +72,7 @@ def test_latest_keeps_only_the_newest_frame():
 def test_block_waits_for_room_and_never_drops():
     q, control, stats = queue.Queue(maxsize=2), ctl.Control(), ctl.Stats()
     reader = ListReader(50, live=False)
-    thread = threading.Thread(target=capture_loop, args=(reader, "cam", q, "block", control, stats))
+    thread = threading.Thread(target=capture_loop, args=(reader, "cam", q, BufferPolicy.BLOCK, control, stats))
     thread.start()
     seen = []
     while True:
@@ -88,7 +89,7 @@ def test_block_waits_for_room_and_never_drops():
 
 def test_a_live_source_faster_than_the_consumer_drops_and_still_ends_with_end():
     q, control, stats = queue.Queue(maxsize=2), ctl.Control(), ctl.Stats()
-    thread = threading.Thread(target=capture_loop, args=(ListReader(20, live=True), "cam", q, "drop_oldest", control, stats))
+    thread = threading.Thread(target=capture_loop, args=(ListReader(20, live=True), "cam", q, BufferPolicy.DROP_OLDEST, control, stats))
     thread.start()
     while stats.read < 20:  # nobody consumes while the source runs
         time.sleep(0.01)
@@ -104,17 +105,17 @@ def test_a_live_source_faster_than_the_consumer_drops_and_still_ends_with_end():
 
 def test_stop_and_max_frames_end_the_capture():
     q, control, stats = queue.Queue(maxsize=100), ctl.Control(), ctl.Stats()
-    capture_loop(ListReader(20, live=False), "cam", q, "block", control, stats, max_frames=5)
+    capture_loop(ListReader(20, live=False), "cam", q, BufferPolicy.BLOCK, control, stats, max_frames=5)
     assert [f.index for f in drain(q)[:-1]] == [0, 1, 2, 3, 4]
     control.stop.set()
     stats = ctl.Stats()
-    capture_loop(ListReader(20, live=False), "cam", q, "block", control, stats)
+    capture_loop(ListReader(20, live=False), "cam", q, BufferPolicy.BLOCK, control, stats)
     assert drain(q) == [ctl.END] and stats.read == 0
 
 
 def test_abort_releases_a_capture_blocked_on_a_full_queue():
     q, control, stats = queue.Queue(maxsize=1), ctl.Control(), ctl.Stats()
-    thread = threading.Thread(target=capture_loop, args=(ListReader(10, live=False), "cam", q, "block", control, stats))
+    thread = threading.Thread(target=capture_loop, args=(ListReader(10, live=False), "cam", q, BufferPolicy.BLOCK, control, stats))
     thread.start()
     time.sleep(0.3)
     assert thread.is_alive()  # blocked: the queue is full and nobody reads

@@ -1,4 +1,5 @@
-"""Fusion: the project's tensor implementation against a plain loop of the Panoptic FPN rule."""
+"""Fusion: the project's tensor implementation against the plain loop of the Panoptic FPN rule
+(streamer.tools.baselines.reference_fusion, which the bench also holds it to)."""
 from __future__ import annotations
 
 import numpy as np
@@ -6,48 +7,9 @@ import pytest
 import torch
 
 from streamer.inference.fusion import FusionParams, fuse
+from streamer.tools.baselines import reference_fusion
 
 DIV = 1000
-
-
-def reference_fuse(semantic, masks, scores, categories, is_thing, p: FusionParams):
-    """The rule written as plainly as possible (after panopticapi / detectron2), in numpy."""
-    height, width = semantic.shape
-    panoptic = np.zeros((height, width), dtype=np.int64)
-    claimed = np.zeros((height, width), dtype=bool)
-    next_id: dict[int, int] = {}
-    things = []
-    order = sorted(range(len(scores)), key=lambda i: -scores[i])  # Python's sort is stable
-    for i in order:
-        if scores[i] < p.score_threshold:
-            break
-        mask = masks[i] >= p.mask_threshold
-        area = mask.sum()
-        if area == 0:
-            continue
-        overlap = (mask & claimed).sum()
-        if overlap / area > p.overlap_threshold:
-            continue
-        mask = mask & ~claimed
-        if mask.sum() == 0:
-            continue
-        category = int(categories[i])
-        instance = next_id.get(category, 0) + 1
-        if instance >= p.label_divisor:
-            continue
-        next_id[category] = instance
-        value = category * p.label_divisor + instance
-        panoptic[mask] = value
-        claimed |= mask
-        things.append((value, float(scores[i])))
-    for category in sorted(set(np.unique(semantic).tolist())):
-        if category == 0 or is_thing[category]:
-            continue
-        mask = (semantic == category) & ~claimed
-        if mask.sum() < max(p.stuff_area_min, 1):
-            continue
-        panoptic[mask] = category * p.label_divisor
-    return panoptic, things
 
 
 def segment_table(panoptic):
@@ -66,15 +28,13 @@ def check_against_reference(semantic, masks, scores, categories, is_thing, param
         torch.from_numpy(semantic), torch.from_numpy(masks), torch.from_numpy(scores),
         torch.from_numpy(categories), torch.from_numpy(is_thing), params,
     )
-    expected, expected_things = reference_fuse(semantic, masks, scores, categories, is_thing, params)
+    expected, expected_segments = reference_fusion(semantic, masks, scores, categories, is_thing, params)
     assert panoptic.dtype == torch.int32
     np.testing.assert_array_equal(panoptic.numpy(), expected)
-    # Segments agree with the pixels, and things come in placement (score) order with their scores.
-    table = segment_table(expected)
-    assert {s.id: (s.area, s.bbox) for s in segments} == table
-    things = [(s.id, s.score) for s in segments if s.isthing]
-    assert [t[0] for t in things] == [t[0] for t in expected_things]
-    assert np.allclose([t[1] for t in things], [t[1] for t in expected_things])
+    # The same segments in the same order (things by placement, with their scores; then stuff), and
+    # they agree with the pixels.
+    assert segments == expected_segments
+    assert {s.id: (s.area, s.bbox) for s in segments} == segment_table(expected)
     for s in segments:
         assert s.category_id == s.id // params.label_divisor
         assert s.isthing == bool(is_thing[s.category_id])
@@ -114,6 +74,15 @@ def random_case(rng: np.random.Generator):
 @pytest.mark.parametrize("seed", range(250))
 def test_matches_reference_on_random_cases(seed):
     check_against_reference(*random_case(np.random.default_rng(seed)))
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_matches_reference_when_a_category_runs_out_of_ids(seed):
+    """label_divisor 3: ids 1 and 2 only; later instances of a category leave their pixels void."""
+    semantic, masks, scores, categories, is_thing, params = random_case(np.random.default_rng(seed))
+    params = FusionParams(params.score_threshold, params.mask_threshold, params.overlap_threshold, params.stuff_area_min, 3)
+    panoptic, segments = check_against_reference(semantic, masks, scores, categories, is_thing, params)
+    assert all(s.id % 3 in (1, 2) for s in segments if s.isthing)
 
 
 # Hand-made cases. Categories: 1 road (stuff), 2 sky (stuff), 3 car (thing), 4 person (thing).

@@ -7,19 +7,10 @@ import re
 import time
 
 import pytest
-from helpers import Daemon, make_video, probe
-from rtsp import RtspServer, free_port, needs_rtsp
+from helpers import LIVE, Daemon, free_port, make_video, probe, run_summary
+from rtsp import RtspServer, needs_rtsp
 
 pytestmark = needs_rtsp
-
-# Quick retries and short timeouts so faults play out in seconds; the small demo models keep up
-# with a 10-25 fps stream on the CPU (the random-init R50 of the fast config does about 1 fps).
-LIVE = [
-    "--set", "models.semantic.weights=demo", "--set", "models.instance.weights=demo",
-    "--set", "source.reconnect.initial_delay_s=0.3", "--set", "source.reconnect.max_delay_s=1.0",
-    "--set", "source.open_timeout_s=3", "--set", "runtime.status_interval_s=0.5",
-    "--set", "output.segment_seconds=0",  # one video per run, easier to check than segments
-]
 
 
 def test_server_killed_and_restarted_the_daemon_resumes_with_one_reconnect(tmp_path, fast_config):
@@ -31,7 +22,7 @@ def test_server_killed_and_restarted_the_daemon_resumes_with_one_reconnect(tmp_p
                         "--output", str(output), "--export-dir", str(export))
         try:
             daemon.wait_for(r"cam0: connecting -> streaming")
-            daemon.wait_for(r"status: .* [1-9]\d* processed")
+            daemon.wait_processed(1)
             server.kill()
             lost = daemon.wait_for(r"cam0: streaming -> reconnecting", timeout=30)
             time.sleep(1.0)
@@ -42,12 +33,11 @@ def test_server_killed_and_restarted_the_daemon_resumes_with_one_reconnect(tmp_p
             assert daemon.finish(timeout=120) == 0, daemon.text()
         finally:
             daemon.terminate() if daemon.process.poll() is None else None
-    done = re.search(r"done: (\d+) frames read, (\d+) processed, \d+ dropped, (\d+) reconnects", daemon.text())
-    assert done, daemon.text()
-    assert int(done.group(1)) == 250 and int(done.group(3)) == 1
+    done = run_summary(daemon.text())
+    assert done["read"] == 250 and done["reconnects"] == 1
     # The recording keeps its size (later frames are scaled) and shows the outage as a gap in time.
     info = probe(output)
-    assert (info["width"], info["height"], info["frames"]) == (160, 120, int(done.group(2)))
+    assert (info["width"], info["height"], info["frames"]) == (160, 120, done["processed"])
     assert max(b - a for a, b in zip(info["times"], info["times"][1:])) >= 1.0
     # The annotations keep each frame's own size.
     sizes = {(image["width"], image["height"]) for image in json.loads((export / "panoptic.json").read_text())["images"]}
@@ -63,7 +53,7 @@ def test_a_frozen_server_is_detected_by_the_watchdog_and_streaming_resumes(tmp_p
                         "--set", "source.read_timeout_s=30", "--set", f"source.stall_timeout_s={stall}")
         try:
             daemon.wait_for(r"cam0: connecting -> streaming")
-            daemon.wait_for(r"status: .* [1-9]\d* processed")
+            daemon.wait_processed(1)
             frozen = time.monotonic()
             server.freeze()
             detected = daemon.wait_for(r"no frame for [\d.]+ s: abandoning", timeout=30, after=frozen)
@@ -127,7 +117,7 @@ def test_a_source_faster_than_the_model_keeps_latency_bounded_and_memory_flat(tm
                         "--set", f"source.buffer={policy}", "--set", "models.semantic.input_size=[640, 352]")
         samples: list[int] = []  # RSS every 0.5 s once warmed up
         try:
-            daemon.wait_for(r"status: .* [1-9]\d{2,} processed", timeout=120)  # warmed up: 100+ frames
+            daemon.wait_processed(100, timeout=120)  # warmed up: 100+ frames
             while daemon.process.poll() is None:
                 rss = _rss_kib(daemon.process.pid)
                 if rss:
@@ -137,10 +127,12 @@ def test_a_source_faster_than_the_model_keeps_latency_bounded_and_memory_flat(tm
         finally:
             daemon.terminate() if daemon.process.poll() is None else None
     text = daemon.text()
-    done = re.search(r"done: 1000 frames read, (\d+) processed, (\d+) dropped, .*"
-                     r"latency p50/p95/max [\d.]+/([\d.]+)/[\d.]+ s, model ([\d.]+) s/frame", text)
-    assert done, text
-    processed, dropped, p95, model = int(done.group(1)), int(done.group(2)), float(done.group(3)), float(done.group(4))
+    done = run_summary(text)
+    assert done["read"] == 1000, text
+    processed, dropped = done["processed"], done["dropped"]
+    latency = re.search(r"done: .*latency p50/p95/max [\d.]+/([\d.]+)/[\d.]+ s, model ([\d.]+) s/frame", text)
+    assert latency, text
+    p95, model = float(latency.group(1)), float(latency.group(2))
     assert dropped > 0 and processed + dropped <= 1000  # slower than the source: frames were dropped on purpose
     assert p95 <= 3 * model, (p95, model)
     assert len(samples) >= 10

@@ -6,8 +6,7 @@ import os
 import subprocess
 import sys
 
-from helpers import cli_env, run_cli
-from test_recording import RECORDER
+from helpers import RECORDER, cli_env, run_cli
 
 
 def test_json_logs_are_one_object_per_line_errors_included(tmp_path):

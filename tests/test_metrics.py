@@ -3,12 +3,10 @@ from __future__ import annotations
 
 import json
 import re
-import socket
 import time
 
-from helpers import Daemon, http_get, run_cli, the_error
-from rtsp import RtspServer, free_port, needs_rtsp
-from test_recording import RECORDER
+from helpers import RECORDER, Daemon, busy_port, free_port, http_get, make_video, run_cli, the_error, wait_until
+from rtsp import RtspServer, needs_rtsp
 
 from streamer import control as ctl
 from streamer.service.metrics import WatchedSource, health
@@ -26,16 +24,6 @@ def sample(text: str, name: str, **labels: str) -> float | None:
     return None
 
 
-def wait_until(check, timeout: float = 60.0, every: float = 0.25):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = check()
-        if value:
-            return value
-        time.sleep(every)
-    raise AssertionError(f"not within {timeout} s")
-
-
 def test_scraped_counters_rise_drops_are_counted_by_cause_and_stages_are_timed(tmp_path):
     port = free_port()
     # A 40 fps camera-paced source into a 1-frame queue: the model cannot keep up, frames drop.
@@ -44,7 +32,7 @@ def test_scraped_counters_rise_drops_are_counted_by_cause_and_stages_are_timed(t
                     "--set", "source.buffer=drop_oldest", "--set", "source.queue_size=1",
                     "--set", "metrics.enabled=true", "--set", f"metrics.port={port}")
     try:
-        daemon.wait_for(r"status: .* [1-9]\d* processed", timeout=120)
+        daemon.wait_processed(1, timeout=120)
         status, first = http_get(port, "/metrics")
         assert status == 200
         time.sleep(2.0)
@@ -70,8 +58,6 @@ def test_scraped_counters_rise_drops_are_counted_by_cause_and_stages_are_timed(t
 
 @needs_rtsp
 def test_healthz_turns_503_while_the_camera_stalls_and_200_when_it_is_back(tmp_path):
-    from helpers import make_video
-
     video = make_video(tmp_path / "in.mp4", frames=50, size=(160, 120), fps=25, gop=10)
     port = free_port()
     with RtspServer(video) as server:
@@ -79,23 +65,21 @@ def test_healthz_turns_503_while_the_camera_stalls_and_200_when_it_is_back(tmp_p
                         "--set", "source.stall_timeout_s=2", "--set", "source.read_timeout_s=30",
                         "--set", "source.reconnect.initial_delay_s=0.3", "--set", "source.reconnect.max_delay_s=1")
         try:
-            wait_until(lambda: http_get(port, "/healthz")[0] == 200, timeout=120)
+            wait_until(lambda: http_get(port, "/healthz")[0] == 200, timeout=120, every=0.25, what="/healthz 200")
             server.freeze()
-            status, body = wait_until(lambda: (r := http_get(port, "/healthz"))[0] == 503 and r, timeout=30)
+            status, body = wait_until(lambda: (r := http_get(port, "/healthz"))[0] == 503 and r, timeout=30, every=0.25,
+                                      what="/healthz 503 while the camera is frozen")
             reasons = json.loads(body)["reasons"]
             assert any(re.search(r"source cam0: no frame for [\d.]+ s", reason) for reason in reasons), body
             server.thaw()
-            wait_until(lambda: http_get(port, "/healthz")[0] == 200, timeout=60)
+            wait_until(lambda: http_get(port, "/healthz")[0] == 200, timeout=60, every=0.25, what="/healthz 200 again")
         finally:
             server.thaw()
             assert daemon.terminate() == 0, daemon.text()
 
 
 def test_a_busy_metrics_port_is_one_clear_error(tmp_path):
-    with socket.socket() as busy:
-        busy.bind(("127.0.0.1", 0))
-        busy.listen()
-        port = busy.getsockname()[1]
+    with busy_port() as port:
         result = run_cli("run", *RECORDER, "--max-frames", "2", "--set", "metrics.enabled=true", "--set", f"metrics.port={port}")
     message = the_error(result, 1)
     assert f"metrics: cannot listen on 127.0.0.1:{port}" in message

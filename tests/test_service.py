@@ -12,10 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from helpers import ROOT, cli_env, http_get, make_video, popen_cli
-from rtsp import free_port
+from helpers import DEMO_MODELS, ROOT, Daemon, cli_env, free_port, http_get, make_video, popen_cli, wait_until
 
-SMALL_DEMO = ["--set", "models.semantic.weights=demo", "--set", "models.instance.weights=demo"]
+HANGING_WORKER = Path(__file__).with_name("hanging_worker.py")
 
 
 class FakeSystemd:
@@ -44,12 +43,7 @@ class FakeSystemd:
         return [at for at, text in list(self.messages) if text == field]
 
     def wait_for(self, field: str, timeout: float = 60.0) -> float:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.times(field):
-                return self.times(field)[0]
-            time.sleep(0.05)
-        raise AssertionError(f"no {field} within {timeout} s; got {self.messages}")
+        return wait_until(lambda: self.times(field), timeout, every=0.05, what=lambda: f"no {field}; got {self.messages}")[0]
 
     def close(self) -> None:
         self._stop.set()
@@ -67,7 +61,7 @@ def systemd(tmp_path):
 def test_ready_watchdog_and_stopping_reach_the_notify_socket(tmp_path, fast_config, systemd):
     video = make_video(tmp_path / "in.mp4", frames=400, size=(96, 64))
     env = cli_env(NOTIFY_SOCKET=str(systemd.path), WATCHDOG_USEC="1000000")  # WatchdogSec=1: ping every 0.5 s
-    process = popen_cli("run", "-c", str(fast_config), "--source", str(video), *SMALL_DEMO, env=env)
+    process = popen_cli("run", "-c", str(fast_config), "--source", str(video), *DEMO_MODELS, env=env)
     try:
         ready = systemd.wait_for("READY=1")
         time.sleep(3.0)
@@ -85,20 +79,22 @@ def test_ready_watchdog_and_stopping_reach_the_notify_socket(tmp_path, fast_conf
 
 def test_a_hung_worker_stops_the_watchdog_pings(tmp_path, fast_config, systemd):
     video = make_video(tmp_path / "in.mp4", frames=400, size=(96, 64))
-    env = cli_env(NOTIFY_SOCKET=str(systemd.path), WATCHDOG_USEC="1000000", STREAMER_TEST_HANG_WORKER_AFTER="20")
+    env = cli_env(NOTIFY_SOCKET=str(systemd.path), WATCHDOG_USEC="1000000")
     port = free_port()
-    process = popen_cli("run", "-c", str(fast_config), "--source", str(video), *SMALL_DEMO,
-                        "--set", "runtime.stage_timeout_s=1.5", "--set", "metrics.enabled=true", "--set", f"metrics.port={port}", env=env)
+    # The models answer 20 calls, then hang in the next one (tests/hanging_worker.py).
+    process = subprocess.Popen(
+        [sys.executable, str(HANGING_WORKER), "20", "run", "-c", str(fast_config), "--source", str(video), *DEMO_MODELS,
+         "--set", "runtime.stage_timeout_s=1.5", "--set", "metrics.enabled=true", "--set", f"metrics.port={port}"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+    )
     try:
         systemd.wait_for("READY=1")
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:  # pings go on until the hang, then stop for good
+
+        def quiet_pings() -> list[float]:  # pings go on until the hang, then stop for good
             pings = systemd.times("WATCHDOG=1")
-            if pings and time.monotonic() - pings[-1] > 4.0:
-                break
-            time.sleep(0.2)
-        pings = systemd.times("WATCHDOG=1")
-        assert pings and time.monotonic() - pings[-1] > 4.0, systemd.messages
+            return pings if pings and time.monotonic() - pings[-1] > 4.0 else []
+
+        pings = wait_until(quiet_pings, timeout=60, every=0.2, what=lambda: f"the pings stopping; got {systemd.messages}")
         time.sleep(2.0)
         assert systemd.times("WATCHDOG=1") == pings  # still none: systemd would restart us now
         status, body = http_get(port, "/healthz")
@@ -106,7 +102,7 @@ def test_a_hung_worker_stops_the_watchdog_pings(tmp_path, fast_config, systemd):
     finally:
         process.kill()
         stderr = process.communicate(timeout=30)[1]
-    assert "test hook: the worker hangs now" in stderr
+    assert "hanging_worker: this predict call never returns" in stderr  # the stand-in's own marker
     assert "worker stuck for over 2 s: withholding the watchdog ping" in stderr
 
 
@@ -149,12 +145,8 @@ def test_units_pass_systemd_analyze_verify(tmp_path, unit):
 def test_sigterm_during_start_up_exits_cleanly(tmp_path, fast_config):
     video = make_video(tmp_path / "in.mp4", frames=20, size=(96, 64))
     output = tmp_path / "out.mp4"
-    process = popen_cli("run", "-c", str(fast_config), "--source", str(video), "--output", str(output))
-    seen = []
-    for line in process.stderr:  # the source is open; the models load next
-        seen.append(line)
-        if "(file, buffer block)" in line:
-            break
-    process.send_signal(signal.SIGTERM)
-    assert process.wait(60) == 0, "".join(seen) + process.stderr.read()
+    daemon = Daemon("-c", str(fast_config), "--source", str(video), "--output", str(output))
+    daemon.wait_for(r"\(file, buffer block\)")  # the source is open; the models load next
+    daemon.process.send_signal(signal.SIGTERM)
+    assert daemon.finish(60) == 0, daemon.text()
     assert not list(tmp_path.glob("*.partial"))

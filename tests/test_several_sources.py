@@ -6,9 +6,8 @@ import re
 import time
 
 import pytest
-from helpers import Daemon, make_video, probe, run_cli
+from helpers import LIVE, Daemon, make_video, probe, run_cli, the_error
 from rtsp import RtspServer, needs_rtsp
-from test_live_sources import LIVE
 
 
 @pytest.mark.parametrize("max_batch", [1, 3])
@@ -36,7 +35,7 @@ def test_sources_list_in_config_shares_the_source_options(tmp_path, fast_config)
     assert re.search(r"id: door\n(.*\n)*?  queue_size: 2", result.stdout)
     assert re.search(r"id: yard\n(.*\n)*?  queue_size: 7", result.stdout)
     duplicate = run_cli("check-config", "-c", str(fast_config), "--set", f"sources=[{{uri: a, id: x}}, {{uri: b, id: x}}]")
-    assert duplicate.returncode == 78 and "repeated: x" in duplicate.stderr
+    assert "sources: every source needs its own id, repeated: x" in the_error(duplicate, 78)
 
 
 @needs_rtsp

@@ -9,7 +9,7 @@ import cv2
 import numpy as np
 import pytest
 
-from helpers import cli_env, make_video, moving_pattern, popen_cli
+from helpers import cli_env, decode_video, make_video, moving_pattern, popen_cli, wait_until
 
 TOOLS = ("Xvfb", "xdotool", "import")
 pytestmark = pytest.mark.skipif(
@@ -50,19 +50,15 @@ def test_window_shows_the_overlaid_frame_and_q_stops(tmp_path, fast_config, xvfb
         env={**cli_env(), "DISPLAY": xvfb},
     )
     try:
-        window = ""
-        deadline = time.monotonic() + 120
-        while not window and time.monotonic() < deadline:
+        def xdotool(*command: str) -> str:
+            """What xdotool says, as long as the run goes on."""
             assert process.poll() is None, process.stderr.read()
-            window = x(xvfb, "xdotool", "search", "--name", "streamer").stdout.split("\n")[0]
-            time.sleep(0.5)
-        assert window, "no window appeared"
-        while time.monotonic() < deadline:  # until the window has taken the frame's size
-            assert process.poll() is None, process.stderr.read()
-            geometry = x(xvfb, "xdotool", "getwindowgeometry", window).stdout
-            if f"Geometry: {size[0]}x{size[1]}" in geometry:
-                break
-            time.sleep(0.5)
+            return x(xvfb, "xdotool", *command).stdout
+
+        window = wait_until(lambda: xdotool("search", "--name", "streamer").split("\n")[0],
+                            timeout=120, every=0.5, what="a window")
+        wait_until(lambda: f"Geometry: {size[0]}x{size[1]}" in xdotool("getwindowgeometry", window),
+                   timeout=60, every=0.5, what="the window taking the frame's size")
         time.sleep(1.0)  # a few frames later
         shot_path = tmp_path / "shot.png"
         assert x(xvfb, "import", "-window", "root", str(shot_path)).returncode == 0
@@ -75,7 +71,7 @@ def test_window_shows_the_overlaid_frame_and_q_stops(tmp_path, fast_config, xvfb
     assert "window closed: stopping" in process.stderr.read()
 
     screenshot = cv2.imread(str(shot_path))
-    shown = _frames(output)
+    shown = decode_video(output)
     assert 0 < len(shown) < 300  # q stopped the run early
     # The screenshot holds one of the overlaid output frames, pixel for pixel (up to codec noise),
     # and not the raw input frame at that spot.
@@ -87,13 +83,3 @@ def test_window_shows_the_overlaid_frame_and_q_stops(tmp_path, fast_config, xvfb
     overlaid = np.abs(crop - best).mean()
     raw = min(np.abs(crop - moving_pattern(i, *size)).mean() for i in range(300))
     assert overlaid < 20 and raw > 3 * overlaid, (overlaid, raw)
-
-
-def _frames(path) -> list[np.ndarray]:
-    capture = cv2.VideoCapture(str(path))
-    frames = []
-    while True:
-        ok, frame = capture.read()
-        if not ok:
-            return frames
-        frames.append(frame)

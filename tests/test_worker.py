@@ -14,7 +14,7 @@ import torch
 from streamer import control as ctl
 from streamer.config import load_config
 from streamer.frames import Frame
-from streamer.inference.models import PanopticModels
+from streamer.inference.models import PanopticModels, build_models
 from streamer.service.build import fusion_params
 from streamer.inputs.synthetic import StreetScene
 from streamer.inference.worker import InferencePool, available_cores, gather, thread_layout, worker_loop
@@ -46,7 +46,7 @@ def test_gather_takes_one_frame_per_source_in_turn_and_stops_at_max_batch():
 def models():
     config = load_config(None, ["models.semantic.input_size=[160,96]", "models.instance.min_size=96",
                                 "models.instance.max_size=160", "runtime.device=cpu"])
-    return config, PanopticModels(config.models, config.categories(), torch.device("cpu"), "off")
+    return config, build_models(config.models, config.categories(), torch.device("cpu"), "off")
 
 
 def test_thread_layout_runs_two_frames_at_once_on_a_cpu_and_one_on_a_gpu():

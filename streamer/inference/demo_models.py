@@ -26,19 +26,6 @@ SEMANTIC_DECODER_CHANNELS = (64, 48, 32, 24, 16)
 INSTANCE_CLASSES = ["__background__", "car", "person"]
 FPN_CHANNELS = 96
 
-DEMO_SETTINGS: dict = {
-    # models.semantic.input_size: (width, height) fed to the Unet, multiples of 32
-    "semantic_input_size": (640, 352),
-    # models.instance.min_size / max_size: Mask R-CNN upsamples 640x360 frames 1.5x (small objects)
-    "instance_min_size": 540,
-    "instance_max_size": 960,
-    "score_threshold": 0.5,
-    "detections_per_image": 100,
-    # models.instance.class_map: the demo Mask R-CNN's class names are the panoptic category names
-    "class_map": {"car": "car", "person": "person"},
-}
-
-
 def build_demo_semantic(num_classes: int = 6) -> nn.Module:
     """Unet with a MobileNetV3-Large-0.75 encoder (random init) and a slim decoder."""
     import segmentation_models_pytorch as smp

@@ -6,6 +6,7 @@ cache. `.pth` files are read with `torch.load(..., weights_only=True)` only.
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -209,24 +210,23 @@ def uses_autocast(device: torch.device, half: str) -> bool:
 
 
 class PanopticModels:
-    """The two networks on one device, with the pre- and post-processing around them."""
+    """The two networks on one device, with the pre- and post-processing around them.
 
-    def __init__(self, settings: cfg.Models, categories: tuple[Category, ...], device: torch.device, half: str):
+    `semantic`: an smp-style network, N x 3 x H x W ImageNet-normalised RGB -> N x C x H x W logits;
+    `instance`: a torchvision Mask R-CNN whose labels index `class_names`; `build_models` makes
+    both from the config."""
+
+    def __init__(self, semantic: torch.nn.Module, instance: torch.nn.Module, class_names: list[str], settings: cfg.Models,
+                 categories: tuple[Category, ...], device: torch.device, half: str):
         self.device = device
         self.autocast = uses_autocast(device, half)
         self.input_size = settings.semantic.input_size
-        with torch.random.fork_rng(devices=[]):  # `weights: none` builds the same random networks every run
-            torch.manual_seed(RANDOM_INIT_SEED)
-            self.semantic = build_semantic(settings.semantic).to(device).eval()
-            self.instance, class_names = build_instance(settings.instance)
         # NHWC on a GPU: cuDNN's fp16 convolutions run on tensor cores without layout transposes
         self.memory_format = torch.channels_last if device.type == "cuda" else torch.contiguous_format
-        self.semantic = self.semantic.to(memory_format=self.memory_format)
-        self.instance = self.instance.to(device).eval()
+        self.semantic = semantic.to(device).eval().to(memory_format=self.memory_format)
+        self.instance = instance.to(device).eval()
         self.lookup = category_lookup(class_names, settings.instance.class_map, categories).to(device)
         self.is_thing = torch.tensor([False] + [c.isthing for c in categories], device=device)
-        self._mean = torch.tensor(IMAGENET_MEAN, device=device).view(1, 3, 1, 1)
-        self._std = torch.tensor(IMAGENET_STD, device=device).view(1, 3, 1, 1)
 
     def _precision(self):
         if self.autocast:
@@ -260,11 +260,34 @@ class PanopticModels:
         """Class maps (category ids) at each image's own size, from one batch at the network's input size."""
         size = (self.input_size[1], self.input_size[0])
         x = torch.cat([F.interpolate(rgb[None], size=size, mode="bilinear", align_corners=False) for rgb in images])
-        logits = self.semantic(((x - self._mean) / self._std).contiguous(memory_format=self.memory_format))
+        logits = self.semantic(imagenet_normalize(x).contiguous(memory_format=self.memory_format))
         return [
             F.interpolate(one[None].float(), size=rgb.shape[-2:], mode="bilinear", align_corners=False)[0].argmax(0) + 1
             for one, rgb in zip(logits, images)
         ]
+
+
+def build_models(settings: cfg.Models, categories: tuple[Category, ...], device: torch.device, half: str) -> PanopticModels:
+    """Both networks built and loaded as the config says (see build_semantic, build_instance)."""
+    with torch.random.fork_rng(devices=[]):  # `weights: none` builds the same random networks every run
+        torch.manual_seed(RANDOM_INIT_SEED)
+        semantic = build_semantic(settings.semantic)
+        instance, class_names = build_instance(settings.instance)
+    return PanopticModels(semantic, instance, class_names, settings, categories, device, half)
+
+
+def imagenet_normalize(rgb: torch.Tensor) -> torch.Tensor:
+    """N x 3 x H x W RGB floats in [0, 1] -> normalised by ImageNet's mean and std, as smp's and
+    timm's encoders expect."""
+    mean, std = _imagenet_stats(rgb.device)
+    return (rgb - mean) / std
+
+
+@functools.lru_cache(maxsize=8)
+def _imagenet_stats(device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """ImageNet's mean and std as 1 x 3 x 1 x 1 tensors on `device`, made once per device."""
+    return (torch.tensor(IMAGENET_MEAN, device=device).view(1, 3, 1, 1),
+            torch.tensor(IMAGENET_STD, device=device).view(1, 3, 1, 1))
 
 
 def upload(image: np.ndarray, device: torch.device) -> torch.Tensor:

@@ -26,7 +26,7 @@ from streamer import control as ctl
 from streamer.config import Config
 from streamer.frames import Frame, Panoptic
 from streamer.inference.fusion import FusionParams, fuse
-from streamer.inference.models import PanopticModels
+from streamer.inference.models import PanopticModels, build_models
 from streamer.outputs.render import DeviceOverlay
 
 log = logging.getLogger(__name__)
@@ -119,7 +119,7 @@ def load_models(config: Config, device: torch.device) -> tuple[InferencePool, Pa
     started = time.monotonic()
     pool = InferencePool(parallel, threads)
     try:
-        models = pool.run(PanopticModels, config.models, config.categories(), device, runtime.half)
+        models = pool.run(build_models, config.models, config.categories(), device, runtime.half)
     except BaseException:
         pool.close()
         raise

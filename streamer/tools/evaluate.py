@@ -8,6 +8,7 @@ from __future__ import annotations
 import collections
 import logging
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -15,17 +16,20 @@ import numpy as np
 
 from streamer.config import Config
 from streamer.errors import UsageError
-from streamer.tools.pq import METHODS, PQAccumulator, PQResult, format_pq_table, gt_remap, naive_fusion, relabel, semantic_only
+from streamer.tools.baselines import naive_fusion, semantic_only
+from streamer.tools.pq import PQAccumulator, PQResult, format_pq_table
 from streamer.outputs.export import PanopticExport
-from streamer.frames import Frame, Panoptic
+from streamer.frames import LABEL_DIVISOR, Category, Frame, Panoptic
 from streamer.inference.fusion import FusionParams, fuse
 from streamer.inference.models import PanopticModels, resolve_device
 from streamer.service.build import fusion_params
 from streamer.inputs.sources import classify, open_source
-from streamer.inputs.synthetic import CATEGORIES
-from streamer.inference.worker import load_models
+from streamer.inputs.synthetic import CATEGORIES, SceneFrame
+from streamer.inference.worker import InferencePool, load_models
 
 log = logging.getLogger(__name__)
+
+METHODS = ("fused", "naive", "semantic_only")
 
 
 @dataclass(frozen=True)
@@ -61,19 +65,53 @@ def evaluate_synthetic(config: Config, uri: str, export_dir: str | None = None) 
     reader = open_source(uri)
     if reader.frame_count is None:
         raise UsageError(f"eval: {uri}: give a frame count, e.g. &frames=300")
-    categories = config.categories()
-    try:
-        lut = gt_remap(CATEGORIES, categories)
-    except ValueError as exc:
-        raise UsageError(f"eval: {exc}") from None
+    ground_truth_lut(config.categories())  # a class missing: fail before the models load
     device = resolve_device(config.runtime.device)
+    export = PanopticExport(export_dir, config.categories()) if export_dir else None
     pool, models = load_models(config, device)
+    started = time.monotonic()
     try:
-        params = fusion_params(config)
-        return _score(reader, lambda image: pool.submit(_outputs, models, params, image), pool.size,
-                      categories, lut, uri, str(device), params.label_divisor, export_dir)
+        scenes = iter(reader.read_frame, None)
+        results = score(scenes, pool, models, fusion_params(config), config.categories(), export, reader.fps)
     finally:
         pool.close()
+    return EvalReport(uri, str(device), time.monotonic() - started, results)
+
+
+def score(
+    scenes: Iterable[SceneFrame], pool: InferencePool, models: PanopticModels, params: FusionParams,
+    categories: tuple[Category, ...], export: PanopticExport | None = None, fps: float = 1.0,
+) -> dict[str, PQResult]:
+    """PQ of the three fusions (METHODS) over synthetic frames with their ground truth, scored in
+    order, `pool.size` frames in the models at once; the fused predictions also go to `export`
+    (frame i at i / fps seconds). Raises UsageError when the classes lack one the ground truth has."""
+    lut = ground_truth_lut(categories)
+    divisor = params.label_divisor
+    scores = {method: PQAccumulator(categories, divisor) for method in METHODS}
+    scenes = iter(scenes)
+    in_flight: collections.deque = collections.deque()
+    index = 0
+    try:
+        while True:
+            while len(in_flight) < pool.size and (scene := next(scenes, None)) is not None:
+                in_flight.append((scene, pool.submit(_outputs, models, params, scene.image)))
+            if not in_flight:
+                break
+            scene, outputs = in_flight.popleft()
+            fused, segments, naive, semantic = outputs.result()
+            truth = relabel(scene.panoptic, lut, divisor)
+            for method, prediction in zip(METHODS, (fused, naive, semantic)):
+                scores[method].add(prediction, truth)
+            if export is not None:
+                frame = Frame("synthetic", index, scene.image, index * 1000.0 / fps, time.time(), time.monotonic())
+                export.write(Panoptic(frame, fused, tuple(segments)), scene.image)
+            index += 1
+            if index % 50 == 0:
+                log.info("eval: %d frames scored", index)
+    finally:
+        if export is not None:
+            export.close()
+    return {method: accumulator.result() for method, accumulator in scores.items()}
 
 
 def _outputs(models: PanopticModels, params: FusionParams, image: np.ndarray) -> tuple:
@@ -88,31 +126,26 @@ def _outputs(models: PanopticModels, params: FusionParams, image: np.ndarray) ->
     )
 
 
-def _score(reader, submit, parallel: int, categories, lut, uri: str, device: str, divisor: int, export_dir: str | None) -> EvalReport:
-    """Every frame of `reader` scored in frame order, `parallel` of them in the models at once."""
-    scores = {method: PQAccumulator(categories, divisor) for method in METHODS}
-    export = PanopticExport(export_dir, categories) if export_dir else None
-    started = time.monotonic()
-    in_flight: collections.deque = collections.deque()
-    index = 0
+def ground_truth_lut(categories: tuple[Category, ...]) -> np.ndarray:
+    """The synthetic ground truth's category ids -> the configured ones; UsageError if one is missing."""
     try:
-        while True:
-            while len(in_flight) < parallel and (scene := reader.read_frame()) is not None:
-                in_flight.append((scene, submit(scene.image)))
-            if not in_flight:
-                break
-            scene, outputs = in_flight.popleft()
-            fused, segments, naive, semantic = outputs.result()
-            truth = relabel(scene.panoptic, lut, divisor)
-            for method, prediction in zip(METHODS, (fused, naive, semantic)):
-                scores[method].add(prediction, truth)
-            if export is not None:
-                frame = Frame("synthetic", index, scene.image, index * 1000.0 / reader.fps, time.time(), time.monotonic())
-                export.write(Panoptic(frame, fused, tuple(segments)), scene.image)
-            index += 1
-            if index % 50 == 0:
-                log.info("eval: %d/%d frames", index, reader.frame_count)
-    finally:
-        if export is not None:
-            export.close()
-    return EvalReport(uri, device, time.monotonic() - started, {m: a.result() for m, a in scores.items()})
+        return gt_remap(CATEGORIES, categories)
+    except ValueError as exc:
+        raise UsageError(f"eval: {exc}") from None
+
+
+def gt_remap(gt_categories: Iterable[Category], categories: Iterable[Category]) -> np.ndarray:
+    """Ground-truth category id -> the configured category id of the same name."""
+    by_name = {c.name: c.id for c in categories}
+    gt_categories = list(gt_categories)
+    missing = [c.name for c in gt_categories if c.name not in by_name]
+    if missing:
+        raise ValueError(f"the configured classes lack {', '.join(missing)}, which the ground truth uses")
+    lut = np.zeros(max(c.id for c in gt_categories) + 1, np.int64)
+    for c in gt_categories:
+        lut[c.id] = by_name[c.name]
+    return lut
+
+
+def relabel(panoptic: np.ndarray, lut: np.ndarray, label_divisor: int = LABEL_DIVISOR) -> np.ndarray:
+    return lut[panoptic // label_divisor] * label_divisor + panoptic % label_divisor

@@ -1,4 +1,4 @@
-"""Panoptic Quality (PQ / SQ / RQ) and two baseline fusions to compare the project's fusion against.
+"""Panoptic Quality (PQ / SQ / RQ), matched per frame and accumulated over frames.
 
 PQ follows panopticapi's `pq_compute` (Kirillov et al. 2019) exactly, crowd regions aside (we have
 none). Per frame, segments are the distinct non-zero values of a panoptic map
@@ -25,7 +25,6 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-import cv2
 import numpy as np
 
 from streamer.frames import LABEL_DIVISOR, Category
@@ -83,7 +82,7 @@ def match_frame(pred_map: np.ndarray, gt_map: np.ndarray, label_divisor: int = L
 
 
 def _check_maps(pred_map: np.ndarray, gt_map: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    pred, gt = _numpy(pred_map), _numpy(gt_map)
+    pred, gt = to_numpy(pred_map), to_numpy(gt_map)
     if pred.ndim != 2 or pred.shape != gt.shape:
         raise ValueError(f"panoptic maps must be two H x W arrays of one shape, got {pred.shape} and {gt.shape}")
     for name, array in (("predicted", pred), ("ground-truth", gt)):
@@ -232,106 +231,8 @@ def format_pq_table(result: PQResult) -> str:
     return "\n".join(lines)
 
 
-# --------------------------------------------------------------------------------------------
-# baselines
-
-
-def naive_fusion(
-    semantic: np.ndarray,
-    masks: np.ndarray,
-    scores: np.ndarray,
-    categories: np.ndarray,
-    is_thing: np.ndarray,
-    mask_threshold: float = 0.5,
-    first_instance_id: int = 3,
-    label_divisor: int = LABEL_DIVISOR,
-) -> np.ndarray:
-    """The tutorial recipe: the argmax map, then every instance mask pasted over it in output order.
-
-    Takes the same arguments as `streamer.inference.fusion.fuse` (numpy arrays or CPU tensors). Every
-    pixel starts as `semantic * label_divisor` (stuff and thing classes alike, instance id 0);
-    then mask i (probability >= mask_threshold) is written over it with instance id
-    `first_instance_id + i`: one running counter in output order, whatever the category. No
-    sorting, no score threshold beyond what the model applied (`scores` is accepted for the common
-    signature and not used), no overlap check: later masks overwrite earlier ones, and a mask
-    overwritten everywhere vanishes. Semantic 0 (no class) stays 0. Returns H x W int32.
-    """
-    del scores, is_thing  # not part of the recipe
-    semantic = _numpy(semantic).astype(np.int64)
-    masks, categories = _numpy(masks), _numpy(categories).astype(np.int64)
-    if first_instance_id + len(masks) > label_divisor:
-        raise ValueError(f"{len(masks)} instances numbered from {first_instance_id} "
-                         f"do not fit under label_divisor {label_divisor}")
-    panoptic = semantic * label_divisor
-    binary = masks if masks.dtype == bool else masks >= mask_threshold
-    for index, (mask, category) in enumerate(zip(binary, categories)):
-        panoptic[mask] = category * label_divisor + first_instance_id + index
-    return panoptic.astype(np.int32)
-
-
-def semantic_only(
-    semantic: np.ndarray,
-    is_thing: np.ndarray,
-    connectivity: int = 8,
-    label_divisor: int = LABEL_DIVISOR,
-) -> np.ndarray:
-    """Panoptic map from the semantic map alone: stuff as is, each connected thing region one instance.
-
-    Regions are 8-connected by default (cv2.connectedComponents; pass 4 for 4-connectivity) and
-    numbered 1, 2, ... per category in raster order of their first pixel. If a category has more
-    regions than instance ids fit under label_divisor, the largest keep ids and the rest join that
-    category's instance-0 segment, so the map still has no void. Semantic 0 stays 0. Returns H x W int32.
-    """
-    semantic = _numpy(semantic).astype(np.int64)
-    is_thing = _numpy(is_thing).astype(bool)
-    panoptic = semantic * label_divisor
-    for category in np.unique(semantic):
-        if category == 0 or not is_thing[category]:
-            continue
-        region = semantic == category
-        count, labels = cv2.connectedComponents(region.view(np.uint8), connectivity=connectivity, ltype=cv2.CV_32S)
-        labels = _cap_labels(labels, region, count - 1, label_divisor - 1)
-        panoptic[region] += labels[region]
-    return panoptic.astype(np.int32)
-
-
-def _cap_labels(labels: np.ndarray, region: np.ndarray, count: int, limit: int) -> np.ndarray:
-    """Keep the `limit` largest of `count` labels (renumbered 1.. in their old order); the rest become 0."""
-    if count <= limit:
-        return labels
-    area = np.bincount(labels[region], minlength=count + 1)
-    kept = np.sort(np.argsort(-area[1:], kind="stable")[:limit] + 1)
-    table = np.zeros(count + 1, np.int32)
-    table[kept] = np.arange(1, limit + 1)
-    return table[labels]
-
-
-def _numpy(array: Any) -> np.ndarray:
+def to_numpy(array: Any) -> np.ndarray:
     """numpy view of an array or a (CPU or device) torch tensor."""
     if hasattr(array, "detach"):
         array = array.detach().cpu().numpy()
     return np.asarray(array)
-
-
-# --------------------------------------------------------------------------------------------
-# scoring a model on a synthetic scene
-
-
-METHODS = ("fused", "naive", "semantic_only")
-
-
-def gt_remap(gt_categories: Iterable[Category], categories: Iterable[Category]) -> np.ndarray:
-    """Ground-truth category id -> the configured category id of the same name."""
-    by_name = {c.name: c.id for c in categories}
-    gt_categories = list(gt_categories)
-    missing = [c.name for c in gt_categories if c.name not in by_name]
-    if missing:
-        raise ValueError(f"the configured classes lack {', '.join(missing)}, which the ground truth uses")
-    lut = np.zeros(max(c.id for c in gt_categories) + 1, np.int64)
-    for c in gt_categories:
-        lut[c.id] = by_name[c.name]
-    return lut
-
-
-def relabel(panoptic: np.ndarray, lut: np.ndarray, label_divisor: int = LABEL_DIVISOR) -> np.ndarray:
-    return lut[panoptic // label_divisor] * label_divisor + panoptic % label_divisor

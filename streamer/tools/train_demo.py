@@ -14,17 +14,17 @@ CPU_SECONDS_PER_STEP); `--minutes M` scales both step counts to a budget of M mi
 same measured rates. Writes `demo_semantic.safetensors` and `demo_instance.safetensors` (float16
 tensors) into --out and logs the losses.
 
-The modules used here (synthetic, frames, fusion, evaluate, demo_models) import neither pydantic
-nor PyAV, so training runs where only torch, torchvision, smp, timm, opencv and safetensors are.
+The demo models' sizes and thresholds come from the packaged default configuration (demo_config);
+`--eval-seeds` / `--eval-only` score them exactly as `streamer eval` does (tools/evaluate.py).
 """
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import math
 import time
 from collections import OrderedDict
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -33,8 +33,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from streamer.config import Config, load_config, packaged_config_path
 from streamer.inference.demo_models import (
-    DEMO_SETTINGS,
     INSTANCE_CLASSES,
     INSTANCE_FILE,
     SEMANTIC_FILE,
@@ -42,7 +42,12 @@ from streamer.inference.demo_models import (
     build_demo_semantic,
 )
 from streamer.frames import LABEL_DIVISOR
-from streamer.inputs.synthetic import CAR, CATEGORIES, PERSON, StreetScene
+from streamer.inference.models import PanopticModels, imagenet_normalize, load_weights, read_state_dict, to_rgb_float
+from streamer.inference.worker import InferencePool
+from streamer.inputs.synthetic import CAR, CATEGORIES, PERSON, SceneFrame, StreetScene
+from streamer.service.build import fusion_params
+from streamer.tools.evaluate import score
+from streamer.tools.pq import PQResult, format_pq_table
 
 log = logging.getLogger("streamer.tools.train_demo")
 
@@ -51,8 +56,6 @@ EVAL_SEED0 = 1000
 NATIVE_SIZE = (640, 360)  # the camera resolution the demo is evaluated at
 FRAMES_PER_SCENE = 3000  # frame indices drawn from 0 .. 2999 (200 s at 15 fps)
 GROUP = 8  # consecutive samples share one scene (and its render size): setting one up costs ~20 renders
-IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], np.float32)
-IMAGENET_STD = np.array([0.229, 0.224, 0.225], np.float32)
 IGNORE = 255
 THING_LABELS = {CAR: INSTANCE_CLASSES.index("car"), PERSON: INSTANCE_CLASSES.index("person")}  # category -> label
 
@@ -211,8 +214,13 @@ def _loader(dataset: SampleSet, batch: int, workers: int) -> torch.utils.data.Da
 
 
 def to_network(image: np.ndarray, device: torch.device) -> torch.Tensor:
-    """BGR uint8 H x W x 3 -> RGB float 3 x H x W in [0, 1], as streamer.inference.models.to_rgb_float."""
-    return torch.from_numpy(image).to(device).permute(2, 0, 1).flip(0).float().div_(255.0)
+    """BGR uint8 H x W x 3 -> RGB float 3 x H x W in [0, 1]: the models' own preprocessing."""
+    return to_rgb_float(torch.from_numpy(image).to(device))
+
+
+def demo_config() -> Config:
+    """The packaged default configuration: the demo models' sizes, thresholds and class table."""
+    return load_config(packaged_config_path())
 
 
 # --------------------------------------------------------------------------------------------
@@ -243,8 +251,7 @@ def train_model(task: TaskData, steps: int, batch: int, lr: float, seed: int, de
     if task.name == "semantic":
         model = build_demo_semantic(len(CATEGORIES))
     else:
-        model, _ = build_demo_instance(DEMO_SETTINGS["instance_min_size"], DEMO_SETTINGS["instance_max_size"],
-                                       DEMO_SETTINGS["score_threshold"], DEMO_SETTINGS["detections_per_image"])
+        model = demo_instance(demo_config())
         # Training crops are already at network scale: the model's resize must leave them alone.
         model.transform.min_size = (task.crop[1],)
         model.transform.max_size = max(task.crop)
@@ -252,8 +259,6 @@ def train_model(task: TaskData, steps: int, batch: int, lr: float, seed: int, de
     optimizer = _optimizer(model, lr)
     warmup = min(300, max(1, steps // 10))
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: _schedule(s, steps, warmup))
-    mean = torch.tensor(IMAGENET_MEAN, device=device).view(1, 3, 1, 1)
-    std = torch.tensor(IMAGENET_STD, device=device).view(1, 3, 1, 1)
     losses: list[float] = []
     parts: dict[str, float] = {}
     started = time.monotonic()
@@ -262,7 +267,7 @@ def train_model(task: TaskData, steps: int, batch: int, lr: float, seed: int, de
         if task.name == "semantic":
             x = torch.stack([to_network(image, device) for image, _ in samples])
             y = torch.stack([torch.from_numpy(t) for _, t in samples]).to(device)
-            logits = model((x - mean) / std)
+            logits = model(imagenet_normalize(x))
             loss = F.cross_entropy(logits, y, ignore_index=IGNORE)
             terms = {"ce": loss.detach()}
         else:
@@ -289,8 +294,9 @@ def train_model(task: TaskData, steps: int, batch: int, lr: float, seed: int, de
                      sum(losses[-n:]) / n, detail, scheduler.get_last_lr()[0], elapsed / (step + 1))
             parts = {}
     if task.name == "instance":
-        model.transform.min_size = (DEMO_SETTINGS["instance_min_size"],)
-        model.transform.max_size = DEMO_SETTINGS["instance_max_size"]
+        settings = demo_config().models.instance
+        model.transform.min_size = (settings.min_size,)
+        model.transform.max_size = settings.max_size
     return model.eval(), losses
 
 
@@ -306,17 +312,22 @@ def save_weights(model: torch.nn.Module, path: Path, metadata: dict[str, str]) -
 
 
 def load_demo_weights(model: torch.nn.Module, path: Path) -> torch.nn.Module:
-    """Strict load of a bundled safetensors file (float16 on disk, cast to the model's dtype)."""
-    from safetensors.torch import load_file
+    """Strict load of a demo safetensors file (float16 on disk, cast to the model's dtype)."""
+    load_weights(model, read_state_dict(path), str(path))
+    return model
 
-    model.load_state_dict(load_file(str(path), device="cpu"), strict=True)
+
+def demo_instance(config: Config) -> torch.nn.Module:
+    """The demo Mask R-CNN with the packaged configuration's sizes and thresholds (random weights)."""
+    settings = config.models.instance
+    model, _ = build_demo_instance(settings.min_size, settings.max_size, settings.score_threshold, settings.detections_per_image)
     return model
 
 
 def task_data(name: str, crop: tuple[int, int] | None = None) -> TaskData:
     if name == "semantic":
         return TaskData("semantic", 1, crop or DEFAULTS["semantic"]["crop"], 1.0, (0.75, 1.3))
-    upscale = DEMO_SETTINGS["instance_min_size"] / NATIVE_SIZE[1]
+    upscale = demo_config().models.instance.min_size / NATIVE_SIZE[1]
     return TaskData("instance", 2, crop or DEFAULTS["instance"]["crop"], upscale, (0.8, 1.25))
 
 
@@ -324,98 +335,23 @@ def task_data(name: str, crop: tuple[int, int] | None = None) -> TaskData:
 # quick evaluation on unseen seeds
 
 
-@torch.inference_mode()
-def evaluate(semantic: torch.nn.Module, instance: torch.nn.Module, device: torch.device,
-             seeds: list[int], frames: list[int], input_size: tuple[int, int] | None = None) -> dict:
-    """Semantic IoU per class, thing recall / false positives (IoU > 0.5, score >= 0.5), and PQ.
+def evaluate(semantic: torch.nn.Module, instance: torch.nn.Module, config: Config, device: torch.device,
+             seeds: list[int], frames: list[int]) -> dict[str, PQResult]:
+    """PQ of the three fusions on frames `frames` of each scene seed, scored exactly as `streamer eval`
+    scores them: the models' own preprocessing (PanopticModels), the configured fusion."""
+    models = PanopticModels(semantic, instance, list(INSTANCE_CLASSES), config.models, config.categories(), device, "off")
+    pool = InferencePool(1, torch.get_num_threads())
+    try:
+        return score(scene_frames(seeds, frames), pool, models, fusion_params(config), config.categories())
+    finally:
+        pool.close()
 
-    Runs the models exactly as streamer.inference.models.PanopticModels.predict does, fuses with
-    streamer.inference.fusion.fuse (Panoptic FPN rule, default parameters) and scores with streamer.tools.pq.
-    """
-    from streamer.tools.pq import PQAccumulator
-    from streamer.inference.fusion import FusionParams, fuse
 
-    input_w, input_h = input_size or DEMO_SETTINGS["semantic_input_size"]
-    semantic.eval().to(device)
-    instance.eval().to(device)
-    mean = torch.tensor(IMAGENET_MEAN, device=device).view(1, 3, 1, 1)
-    std = torch.tensor(IMAGENET_STD, device=device).view(1, 3, 1, 1)
-    lookup = torch.zeros(len(INSTANCE_CLASSES), dtype=torch.long, device=device)  # label -> category id
-    for category, label in THING_LABELS.items():
-        lookup[label] = category
-    is_thing = torch.tensor([False] + [c.isthing for c in CATEGORIES], device=device)
-    n = len(CATEGORIES) + 1
-    confusion = np.zeros((n, n), np.int64)
-    thing_stats = {c: {"gt": 0, "tp": 0, "fp": 0, "bins": np.zeros((3, 2), np.int64)} for c in (CAR, PERSON)}
-    bins = (50, 200)  # GT area bins: < 50, 50..199, >= 200 pixels
-    pq = PQAccumulator(CATEGORIES)
-    started = time.monotonic()
-    count = 0
+def scene_frames(seeds: list[int], frames: list[int]) -> Iterator[SceneFrame]:
+    """Frames `frames` of the synthetic street of each seed, at NATIVE_SIZE, with ground truth."""
     for seed in seeds:
         scene = StreetScene(seed, NATIVE_SIZE)
-        for index in frames:
-            frame = scene.render(index)
-            rgb = to_network(np.ascontiguousarray(frame.image), device)
-            h, w = rgb.shape[-2:]
-            x = F.interpolate(rgb[None], size=(input_h, input_w), mode="bilinear", align_corners=False)
-            logits = semantic((x - mean) / std)
-            logits = F.interpolate(logits.float(), size=(h, w), mode="bilinear", align_corners=False)
-            sem = logits[0].argmax(0) + 1
-            (det,) = instance([rgb])
-            cats = lookup[det["labels"]]
-            masks, scores = det["masks"][:, 0].float(), det["scores"].float()
-            fused, _ = fuse(sem, masks, scores, cats, is_thing, FusionParams())
-            pq.add(fused.cpu().numpy(), frame.panoptic)
-
-            gt_cat = frame.panoptic // LABEL_DIVISOR
-            confusion += np.bincount(gt_cat.ravel() * n + sem.cpu().numpy().ravel(), minlength=n * n).reshape(n, n)
-            binary = (masks >= 0.5).cpu().numpy()
-            keep = (scores >= 0.5).cpu().numpy()
-            pred_cats = cats.cpu().numpy()
-            for cat in (CAR, PERSON):
-                gt_ids = [s.id for s in frame.segments if s.category_id == cat]
-                pred = binary[keep & (pred_cats == cat)]
-                used = np.zeros(len(pred), bool)
-                for gid in gt_ids:
-                    gmask = frame.panoptic == gid
-                    area = int(gmask.sum())
-                    b = int(np.searchsorted(bins, area, side="right"))
-                    thing_stats[cat]["gt"] += 1
-                    thing_stats[cat]["bins"][b, 0] += 1
-                    if len(pred):
-                        inter = (pred & gmask).sum(axis=(1, 2))
-                        union = pred.sum(axis=(1, 2)) + area - inter
-                        iou = np.where(used, 0.0, inter / np.maximum(union, 1))
-                        best = int(iou.argmax())
-                        if iou[best] > 0.5:
-                            used[best] = True
-                            thing_stats[cat]["tp"] += 1
-                            thing_stats[cat]["bins"][b, 1] += 1
-                thing_stats[cat]["fp"] += int((~used).sum())
-            count += 1
-    inter = np.diag(confusion)[1:]
-    union = confusion.sum(0)[1:] + confusion.sum(1)[1:] - inter
-    result = pq.result()
-    report = {
-        "frames": count,
-        "seconds": round(time.monotonic() - started, 1),
-        "semantic_iou": {c.name: round(float(i / u), 4) if u else None for c, i, u in zip(CATEGORIES, inter, union)},
-        "things": {},
-        "pq": {c.name: None if c.pq is None else round(c.pq, 4) for c in result.per_class},
-        "sq": {c.name: None if c.sq is None else round(c.sq, 4) for c in result.per_class},
-        "rq": {c.name: None if c.rq is None else round(c.rq, 4) for c in result.per_class},
-        "pq_all": None if result.all.pq is None else round(result.all.pq, 4),
-        "pq_things": None if result.things.pq is None else round(result.things.pq, 4),
-        "pq_stuff": None if result.stuff.pq is None else round(result.stuff.pq, 4),
-    }
-    for cat, st in thing_stats.items():
-        name = CATEGORIES[cat - 1].name
-        report["things"][name] = {
-            "gt": st["gt"], "matched": st["tp"], "recall": round(st["tp"] / max(1, st["gt"]), 4),
-            "false_positives": st["fp"],
-            "recall_by_area": {label: f"{m}/{g}" for label, (g, m) in zip(("<50", "50-199", ">=200"), st["bins"])},
-        }
-    return report
+        yield from (scene.render(index) for index in frames)
 
 
 # --------------------------------------------------------------------------------------------
@@ -506,14 +442,13 @@ def _run(args: argparse.Namespace) -> int:
             log.info("%s: %d steps in %.0f s (%.3f s/step), final loss %.4f; wrote %s (%.2f MB)", name, steps,
                      seconds, seconds / steps, final, path, size / 1e6)
     if args.eval_seeds > 0 or args.eval_only:
+        config = demo_config()
         semantic = load_demo_weights(build_demo_semantic(len(CATEGORIES)), out / SEMANTIC_FILE.name)
-        instance, _ = build_demo_instance(DEMO_SETTINGS["instance_min_size"], DEMO_SETTINGS["instance_max_size"],
-                                          DEMO_SETTINGS["score_threshold"], DEMO_SETTINGS["detections_per_image"])
-        load_demo_weights(instance, out / INSTANCE_FILE.name)
+        instance = load_demo_weights(demo_instance(config), out / INSTANCE_FILE.name)
         seeds = list(range(EVAL_SEED0, EVAL_SEED0 + max(1, args.eval_seeds)))
         frames = list(range(0, args.eval_stride * args.eval_frames, args.eval_stride))
-        report = evaluate(semantic, instance, device, seeds, frames)
-        text = "\n".join(f"  {key}: {json.dumps(value)}" for key, value in report.items())
+        results = evaluate(semantic, instance, config, device, seeds, frames)
+        text = "\n\n".join(f"[{method}]\n{format_pq_table(result)}" for method, result in results.items())
         log.info("evaluation on seeds %d..%d, %d frames each (stride %d), %s:\n%s", seeds[0], seeds[-1],
                  args.eval_frames, args.eval_stride, device, text)
     return 0

@@ -1,0 +1,31 @@
+"""Command-line argument helpers shared by the commands (cli.py, the bench): a leaf module, so
+the commands need not import each other."""
+from __future__ import annotations
+
+import argparse
+
+
+def add_config_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("-c", "--config", metavar="FILE", help="configuration file (default ./config.yaml, else the packaged default)")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override one setting, e.g. --set fusion.stuff_area_min=2048")
+    parser.add_argument("--log-level", choices=["debug", "info", "warning", "error"], help="default: runtime.log_level")
+    parser.add_argument("--log-format", choices=["text", "json"], help="default: runtime.log_format (json: one object per line)")
+
+
+def quote(text: str) -> str:
+    """A YAML scalar that stays a string (so '0' is the camera index '0', not the number 0)."""
+    return "'" + text.replace("'", "''") + "'"
+
+
+def positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def frame_size(text: str) -> tuple[int, int]:
+    width, sep, height = text.lower().partition("x")
+    if not sep or not width.isdigit() or not height.isdigit() or int(width) < 16 or int(height) < 16:
+        raise argparse.ArgumentTypeError(f"expected WxH of at least 16x16, got {text!r}")
+    return int(width), int(height)

@@ -1,0 +1,64 @@
+"""What one `streamer bench` run measures (BenchOptions) and the configuration it runs: the packaged
+default (the bundled demo models) unless -c names another, with one synthetic source."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from streamer.arguments import quote
+from streamer.config import Config, load_config, packaged_config_path
+
+DEFAULT_SIZE = (640, 360)
+DEFAULT_FRAMES = 60
+DEFAULT_REPEATS = 3
+DEFAULT_SEED = 1000
+MICRO_SIZES = ((1280, 720), (1920, 1080))
+MICRO_INSTANCES = (10, 50, 100)
+MICRO_REPEATS = 5
+
+
+@dataclass(frozen=True)
+class BenchOptions:
+    config: str | None = None  # None: the packaged default (demo models)
+    overrides: tuple[str, ...] = ()  # --set items
+    device: str | None = None
+    size: tuple[int, int] = DEFAULT_SIZE
+    frames: int = DEFAULT_FRAMES
+    repeats: int = DEFAULT_REPEATS
+    seed: int = DEFAULT_SEED
+    micro_sizes: tuple[tuple[int, int], ...] = MICRO_SIZES
+    instances: tuple[int, ...] = MICRO_INSTANCES
+    micro_repeats: int = MICRO_REPEATS
+    memory_frames: int = 0  # 0: no long run
+    torch_threads: int | None = None  # None: torch's choice
+    cv2_threads: int | None = None  # None: OpenCV's choice
+
+    def source(self, frames: int | None = None) -> str:
+        width, height = self.size
+        return f"synthetic:street?seed={self.seed}&frames={frames or self.frames}&size={width}x{height}"
+
+
+def config_path(options: BenchOptions) -> Path:
+    if options.config is not None:
+        return Path(options.config)
+    return packaged_config_path()
+
+
+def config_overrides(options: BenchOptions, uri: str, video: Path | None) -> list[str]:
+    """The user's --set items, then what the bench fixes: one synthetic source, one MP4 (not in
+    segments), no window, no export, no metrics server."""
+    fixed = [
+        "sources=[]", f"source.uri={quote(uri)}", "output.display=false", "output.export_dir=null",
+        f"output.video={quote(str(video)) if video else 'null'}", "output.segment_seconds=0",
+        "runtime.max_frames=null", "metrics.enabled=false",
+    ]
+    if options.device:
+        fixed.append(f"runtime.device={quote(options.device)}")
+    if options.torch_threads:
+        fixed.append(f"runtime.torch_threads={options.torch_threads}")
+    return list(options.overrides) + fixed
+
+
+def load_bench_config(options: BenchOptions, uri: str | None = None, video: Path | None = None) -> Config:
+
+    return load_config(config_path(options), config_overrides(options, uri or options.source(), video))

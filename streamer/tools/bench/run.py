@@ -1,0 +1,56 @@
+"""The whole bench, one part after the other (see the package's docstring)."""
+from __future__ import annotations
+
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import cv2
+import torch
+
+from streamer.config import Config
+from streamer.inference.models import resolve_device
+from streamer.inputs.sources import open_source
+from streamer.tools.bench.end_to_end import codecs, end_to_end, memory_run
+from streamer.tools.bench.measure import peak_rss_mb, rss_mb
+from streamer.tools.bench.micro import fusion_and_overlay
+from streamer.tools.bench.options import BenchOptions
+from streamer.tools.bench.report import environment, settings, targets
+
+
+def run_bench(options: BenchOptions, config: Config) -> dict[str, Any]:
+    # torch's thread count is one setting for the whole process (each thread applies it to its own
+    # OpenMP pool), and the pipeline's threads change it: (b) and the micro-benchmarks restate it.
+    torch_threads = options.torch_threads or torch.get_num_threads()
+    if options.cv2_threads:
+        cv2.setNumThreads(options.cv2_threads)
+    started = time.monotonic()
+    device = resolve_device(config.runtime.device)
+    report: dict[str, Any] = {
+        "command": "streamer " + " ".join(sys.argv[1:]) if Path(sys.argv[0]).name in ("streamer", "__main__.py") else None,
+        "settings": settings(options, config, device),
+        "environment": environment(device),
+    }
+    reader = open_source(options.source())
+    images = []
+    while (item := reader.read()) is not None:
+        images.append(item[0])
+    fps = reader.fps
+    reader.close()
+    with tempfile.TemporaryDirectory(prefix="streamer-bench-") as folder:
+        workdir = Path(folder)
+        report["end_to_end"] = end_to_end(options, device, torch_threads, images, workdir)
+        report["memory"] = memory_run(options, workdir) if options.memory_frames else None
+        report["codec"] = codecs(options, images, fps, workdir)
+    del images
+    torch.set_num_threads(torch_threads)
+    report["fusion"], report["overlay"] = fusion_and_overlay(options, config, device)
+    report["environment"]["load_average_end"] = [round(v, 2) for v in os.getloadavg()]
+    report["environment"]["rss_mb_end"] = rss_mb()
+    report["environment"]["rss_mb_peak"] = peak_rss_mb()
+    report["targets"] = targets(report)
+    report["seconds"] = round(time.monotonic() - started, 1)
+    return report
