@@ -56,6 +56,72 @@ def test_shipped_config_validates(path):
     assert printed["models"]["semantic"]["weights"] == printed["models"]["instance"]["weights"] == "demo"
 
 
+def schema_keys(model=None, prefix: str = "") -> dict:
+    """Dotted key -> pydantic field for every leaf of the schema (a sub-section is walked into; a
+    list or mapping value such as `sources` or `class_map` is one key)."""
+    import types
+    import typing
+
+    from pydantic import BaseModel
+
+    from streamer.config import Config
+
+    keys = {}
+    for name, field in (model or Config).model_fields.items():
+        annotation = field.annotation
+        options = typing.get_args(annotation) if typing.get_origin(annotation) in (typing.Union, types.UnionType) else (annotation,)
+        section = next((o for o in options if isinstance(o, type) and issubclass(o, BaseModel)), None)
+        keys.update(schema_keys(section, f"{prefix}{name}.") if section else {prefix + name: field})
+    return keys
+
+
+def yaml_keys(raw: dict, sections: set[str], prefix: str = "") -> set[str]:
+    """Dotted keys of a YAML mapping, walking into the schema's sections only."""
+    keys = set()
+    for name, value in raw.items():
+        key = prefix + name
+        keys |= yaml_keys(value, sections, key + ".") if key in sections and isinstance(value, dict) else {key}
+    return keys
+
+
+def readme_configuration_keys() -> list[str]:
+    """The first column of the README's configuration table."""
+    text = (ROOT / "README.md").read_text().split("## Configuration", 1)[1]
+    table = text.split("| key | default | meaning |", 1)[1].split("\n\n", 1)[0]
+    return re.findall(r"^\| `([^`]+)` \|", table, flags=re.M)
+
+
+# Keys where config.yaml sets the demo models' values rather than the schema's defaults.
+DEMO_VALUES = {"source.uri", "models.semantic.weights", "models.semantic.input_size", "models.semantic.classes",
+               "models.instance.weights", "models.instance.min_size", "models.instance.max_size", "models.instance.class_map"}
+
+
+def test_every_schema_key_is_in_config_yaml_and_the_readme_table_and_nothing_else_is():
+    schema = schema_keys()
+    sections = {key.rsplit(".", i)[0] for key in schema for i in range(1, key.count(".") + 1)}
+    in_yaml = yaml_keys(yaml.safe_load((ROOT / "config.yaml").read_text()), sections)
+    assert set(schema) - in_yaml == set(), "schema keys missing from config.yaml"
+    assert in_yaml - set(schema) == set(), "config.yaml keys the schema lacks"
+    in_readme = readme_configuration_keys()
+    assert len(in_readme) == len(set(in_readme)), "a key listed twice in the README"
+    assert set(schema) - set(in_readme) == set(), "schema keys missing from the README's table"
+    assert set(in_readme) - set(schema) == set(), "README keys the schema lacks"
+
+
+def test_config_yaml_writes_the_schema_defaults_except_the_demo_models():
+    """Defaults are written once, in streamer/config.py: config.yaml shows them and may not drift."""
+    from streamer.config import load_config
+
+    config = load_config(ROOT / "config.yaml")
+    for key, field in schema_keys().items():
+        if key in DEMO_VALUES:
+            continue
+        value = config
+        for part in key.split("."):
+            value = getattr(value, part)
+        assert value == field.get_default(call_default_factory=True), key
+
+
 def test_without_c_the_packaged_default_is_used_where_there_is_no_config_yaml(tmp_path):
     here = resolved(check_config(cwd=tmp_path))
     assert here == resolved(check_config("-c", str(PACKAGED)))

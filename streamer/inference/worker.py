@@ -27,9 +27,12 @@ from streamer.config import Config
 from streamer.frames import Frame, Panoptic
 from streamer.inference.fusion import FusionParams, fuse
 from streamer.inference.models import PanopticModels, build_models
-from streamer.outputs.render import DeviceOverlay
 
 log = logging.getLogger(__name__)
+
+# Draws a frame's overlay where the models run (outputs.render.DeviceOverlay): (H x W x 3 uint8 BGR
+# image, H x W int32 panoptic map) -> H x W x 3 uint8, all on the models' device.
+Overlay = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 IDLE_POLL_S = 0.005  # how often an idle worker looks at the queues again
 CGROUP_ROOT = Path("/sys/fs/cgroup")
@@ -128,7 +131,7 @@ def load_models(config: Config, device: torch.device) -> tuple[InferencePool, Pa
     return pool, models
 
 
-def infer(models: PanopticModels, params: FusionParams, frames: list[Frame], overlay: DeviceOverlay | None = None,
+def infer(models: PanopticModels, params: FusionParams, frames: list[Frame], overlay: Overlay | None = None,
           taken_mono: float | None = None) -> list[Panoptic]:
     """Frames through the models in one batch, then each through the fusion rule (and `overlay`,
     when the drawing is done on the models' device). `taken_mono`: when the worker took the frames
@@ -196,7 +199,7 @@ def worker_loop(
     routes: list[Route],
     control: ctl.Control,
     max_batch: int = 1,
-    overlay: DeviceOverlay | None = None,
+    overlay: Overlay | None = None,
 ) -> None:
     """Serve every source's queue pair: batches of up to `max_batch` frames, `pool.size` batches at
     once, results in the order the frames were taken. Passes each source's END on after its last
