@@ -103,10 +103,10 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def cmd_synth(args: argparse.Namespace) -> int:
     """Frames and ground truth of one synthetic scene: video.mp4 + COCO panoptic export."""
-    from streamer.outputs.export import PanopticExport
     from streamer.frames import Frame, Panoptic
-    from streamer.outputs.recording import VideoOutput
     from streamer.inputs.synthetic import CATEGORIES, StreetScene
+    from streamer.outputs.export import PanopticExport
+    from streamer.outputs.recording import VideoOutput
 
     out = Path(args.out)
     if (out / "video.mp4").exists():

@@ -15,9 +15,8 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import cli_env, error_lines, run_cli, run_summary, the_error
 from safetensors.torch import save_file
-
-from helpers import cli_env, error_lines, run_cli, the_error
 
 EXIT_FAILURE, EXIT_USAGE, EXIT_NOINPUT = 1, 2, 66
 
@@ -25,6 +24,13 @@ EXIT_FAILURE, EXIT_USAGE, EXIT_NOINPUT = 1, 2, 66
 def run_fast(config: Path, source: Path | str, *args: str, env: dict[str, str] | None = None):
     """`streamer run -c CONFIG --source SOURCE ARGS` in a subprocess."""
     return run_cli("run", "-c", str(config), "--source", str(source), *args, env=env)
+
+
+def weights_error(config: Path, source: Path, key: str, path: Path, code: int) -> str:
+    """Run with the weights setting `key` pointing at `path`: the one error, which names that file."""
+    message = the_error(run_fast(config, source, "--set", f"{key}={path}"), code)
+    assert str(path) in message
+    return message
 
 
 # ---------------------------------------------------------------------------------------------
@@ -152,62 +158,56 @@ def test_semantic_weights_that_fit_load_and_run(fast_config, small_video, weight
 )
 def test_missing_weights_file(fast_config, small_video, tmp_path, key, name):
     missing = tmp_path / name
-    message = the_error(run_fast(fast_config, small_video, "--set", f"{key}={missing}"), EXIT_NOINPUT)
-    assert str(missing) in message
-    assert "not found" in message
+    message = weights_error(fast_config, small_video, key, missing, EXIT_NOINPUT)
+    assert message == f"{missing}: weights file not found"
 
 
 def test_missing_semantic_pretrained_folder(fast_config, small_video, tmp_path):
     missing = tmp_path / "no_such_smp_folder"
-    message = the_error(run_fast(fast_config, small_video, "--set", f"models.semantic.weights={missing}"), EXIT_NOINPUT)
-    assert str(missing) in message
-    assert "not found" in message
+    message = weights_error(fast_config, small_video, "models.semantic.weights", missing, EXIT_NOINPUT)
+    assert message == f"{missing}: semantic weights not found (no such file or folder)"
 
 
 @pytest.mark.parametrize("fmt", ["wrong.safetensors", "wrong.pth"])
 def test_semantic_weights_of_the_wrong_shape(fast_config, small_video, weights, fmt):
-    path = weights[fmt]
-    message = the_error(run_fast(fast_config, small_video, "--set", f"models.semantic.weights={path}"), EXIT_FAILURE)
-    assert str(path) in message
-    assert "wrong shape" in message
+    message = weights_error(fast_config, small_video, "models.semantic.weights", weights[fmt], EXIT_FAILURE)
     assert re.search(r"wrong shape for segmentation_head\.0\.\w+: file has \[3\b.*model expects \[6\b", message)
 
 
 def test_instance_weights_of_the_wrong_shape(fast_config, small_video, tmp_path):
     path = tmp_path / "maskrcnn_3classes.safetensors"
     save_file({"roi_heads.box_predictor.cls_score.weight": torch.zeros(3, 1024)}, str(path))
-    message = the_error(run_fast(fast_config, small_video, "--set", f"models.instance.weights={path}"), EXIT_FAILURE)
-    assert str(path) in message
-    assert "wrong shape for roi_heads.box_predictor.cls_score.weight" in message
+    message = weights_error(fast_config, small_video, "models.instance.weights", path, EXIT_FAILURE)
+    assert "wrong shape for roi_heads.box_predictor.cls_score.weight: file has [3, 1024], model expects [91, 1024]" in message
 
 
 def test_instance_weights_with_missing_keys(fast_config, small_video, tmp_path):
     path = tmp_path / "maskrcnn_partial.safetensors"
     save_file({"roi_heads.box_predictor.cls_score.weight": torch.zeros(91, 1024)}, str(path))
-    message = the_error(run_fast(fast_config, small_video, "--set", f"models.instance.weights={path}"), EXIT_FAILURE)
-    assert str(path) in message
-    assert "missing" in message
+    message = weights_error(fast_config, small_video, "models.instance.weights", path, EXIT_FAILURE)
+    assert re.search(r"weights do not fit the configured model: \d+ missing \(e\.g\. [\w.]+\) keys$", message)
 
 
 @pytest.mark.parametrize(
-    "name, make",
+    "name, make, problem",
     [
-        pytest.param("truncated.pth", None, id="truncated-pth"),
-        pytest.param("random.safetensors", lambda p: p.write_bytes(os.urandom(4096)), id="random-safetensors"),
-        pytest.param("random.pth", lambda p: p.write_bytes(os.urandom(4096)), id="random-pth"),
-        pytest.param("empty.safetensors", lambda p: p.write_bytes(b""), id="empty-safetensors"),
-        pytest.param("list.pth", lambda p: torch.save([torch.zeros(2)], p), id="pth-not-a-dict"),
+        pytest.param("truncated.pth", None, "not a loadable weights file", id="truncated-pth"),
+        pytest.param("random.safetensors", lambda p: p.write_bytes(os.urandom(4096)), "not a loadable weights file",
+                     id="random-safetensors"),
+        pytest.param("random.pth", lambda p: p.write_bytes(os.urandom(4096)), "not a loadable weights file", id="random-pth"),
+        pytest.param("empty.safetensors", lambda p: p.write_bytes(b""), "not a loadable weights file", id="empty-safetensors"),
+        pytest.param("list.pth", lambda p: torch.save([torch.zeros(2)], p), "does not hold a state dict of tensors",
+                     id="pth-not-a-dict"),
     ],
 )
-def test_unreadable_weights_file(fast_config, small_video, weights, tmp_path, name, make):
+def test_unreadable_weights_file(fast_config, small_video, weights, tmp_path, name, make, problem):
     if make is None:
         path = weights[name]
     else:
         path = tmp_path / name
         make(path)
-    message = the_error(run_fast(fast_config, small_video, "--set", f"models.semantic.weights={path}"), EXIT_FAILURE)
-    assert str(path) in message
-    assert "not a loadable weights file" in message or "state dict" in message
+    message = weights_error(fast_config, small_video, "models.semantic.weights", path, EXIT_FAILURE)
+    assert message.startswith(f"{path}: {problem}"), message
 
 
 class Payload:
@@ -248,10 +248,9 @@ def test_malicious_pth_is_refused_without_running_code(fast_config, small_video,
 
     marker = tmp_path / "MARKER"
     evil = write_payload(tmp_path / "evil.pth", marker, fmt)
-    message = the_error(run_fast(fast_config, small_video, "--set", f"{key}={evil}"), EXIT_FAILURE)
+    message = weights_error(fast_config, small_video, key, evil, EXIT_FAILURE)
     assert not marker.exists(), "loading the weights ran code from the pickle"
-    assert str(evil) in message
-    assert "not a loadable weights file" in message
+    assert message.startswith(f"{evil}: not a loadable weights file"), message
 
 
 def test_coco_weights_not_in_an_empty_torch_home(fast_config, small_video, tmp_path):
@@ -286,4 +285,4 @@ def test_valid_small_run_still_works(fast_config, small_video):
     assert result.returncode == 0, result.stderr
     assert not error_lines(result.stderr), result.stderr
     assert "Traceback" not in result.stderr
-    assert "2 processed" in result.stderr
+    assert run_summary(result.stderr)["processed"] == 2

@@ -7,12 +7,12 @@ import json
 import numpy as np
 import pytest
 import torch
-
 from helpers import run_cli, the_error
-from streamer.tools.baselines import reference_fusion
-from streamer.tools.bench.micro import random_scene
+
 from streamer.frames import Category
 from streamer.inference.fusion import FusionParams, fuse
+from streamer.tools.baselines import reference_fusion
+from streamer.tools.bench.micro import random_scene
 
 TINY = [
     "--size", "160x96", "--frames", "6", "--repeats", "1", "--memory-frames", "12",

@@ -10,7 +10,6 @@ from pathlib import Path
 
 import pytest
 import yaml
-
 from helpers import ROOT, cli_env, error_lines, run_cli, the_error
 
 EXIT_NOINPUT, EXIT_CONFIG = 66, 78

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import re
 import struct
 
 import numpy as np
@@ -9,7 +10,6 @@ import pytest
 import torch
 
 from streamer.inference.demo_models import (
-    DEMO_SETTINGS,
     INSTANCE_CLASSES,
     INSTANCE_FILE,
     SEMANTIC_FILE,
@@ -18,11 +18,13 @@ from streamer.inference.demo_models import (
 )
 from streamer.inputs.synthetic import StreetScene
 from streamer.tools.train_demo import (
+    demo_config,
+    demo_instance,
+    SceneCache,
     instance_target,
     load_demo_weights,
     main,
     make_sample,
-    SceneCache,
     semantic_target,
     task_data,
     train_model,
@@ -48,10 +50,15 @@ def test_bundled_files_exist_and_are_small():
         assert int(header["__metadata__"]["seed"]) >= 0
 
 
-def test_settings_fit_the_config_contract():
-    width, height = DEMO_SETTINGS["semantic_input_size"]
-    assert width % 32 == 0 and height % 32 == 0
-    assert DEMO_SETTINGS["instance_min_size"] <= DEMO_SETTINGS["instance_max_size"]
+def test_the_trainer_takes_the_demo_settings_from_the_packaged_config():
+    config = demo_config()
+    instance = config.models.instance
+    assert config.models.semantic.weights == instance.weights == "demo"
+    assert task_data("instance").upscale == instance.min_size / 360  # the camera height it is evaluated at
+    model = demo_instance(config)
+    assert model.transform.min_size == (instance.min_size,) and model.transform.max_size == instance.max_size
+    assert model.roi_heads.score_thresh == instance.score_threshold
+    assert model.roi_heads.detections_per_img == instance.detections_per_image
 
 
 def small_frame():
@@ -90,8 +97,9 @@ def test_strict_load_rejects_a_mismatch():
     from safetensors.torch import load_file
 
     state = load_file(str(SEMANTIC_FILE))
-    state.pop(next(k for k in state if k.endswith(".weight")))
-    with pytest.raises(RuntimeError):
+    dropped = next(k for k in state if k.endswith(".weight"))
+    state.pop(dropped)
+    with pytest.raises(RuntimeError, match=rf'Missing key\(s\) in state_dict: "{re.escape(dropped)}"'):
         build_demo_semantic(6).load_state_dict(state, strict=True)
 
 

@@ -3,7 +3,9 @@ from __future__ import annotations
 
 import json
 
-from helpers import probe, run_cli
+import pytest
+
+from helpers import probe, run_cli, run_summary, the_error
 
 # Measured on this short scene: fused PQ 0.874 (things 0.693), naive 0.818, semantic-only 0.643
 # (seed 1003, 24 frames, 640x360). 300-frame numbers are in streamer/inference/weights/MODEL_CARD.md.
@@ -25,10 +27,14 @@ def test_demo_models_reach_the_pq_floor_and_the_fusion_beats_both_baselines(tmp_
     assert len(coco["annotations"]) == 24
 
 
-def test_eval_needs_a_synthetic_source_with_a_frame_count(tmp_path, small_video):
-    for source in (str(small_video), "synthetic:street?seed=1003"):
-        result = run_cli("eval", "--source", source, cwd=tmp_path)
-        assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
+@pytest.mark.parametrize("synthetic, problem", [
+    (False, "needs a synthetic:street?... source, which carries ground truth"),
+    (True, "give a frame count, e.g. &frames=300"),
+])
+def test_eval_needs_a_synthetic_source_with_a_frame_count(tmp_path, small_video, synthetic, problem):
+    source = "synthetic:street?seed=1003" if synthetic else str(small_video)
+    result = run_cli("eval", "--source", source, cwd=tmp_path)
+    assert the_error(result, 2) == f"eval: {source}: {problem}"
 
 
 def test_the_readme_demo_command_uses_the_demo_models(tmp_path):
@@ -36,6 +42,6 @@ def test_the_readme_demo_command_uses_the_demo_models(tmp_path):
     output = tmp_path / "out" / "street.mp4"
     result = run_cli("run", "--output", str(output), "--max-frames", "6", "--device", "cpu", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
-    assert "6 processed" in result.stderr
+    assert run_summary(result.stderr)["processed"] == 6
     info = probe(output)
     assert (info["frames"], info["width"], info["height"]) == (6, 640, 360)

@@ -11,11 +11,11 @@ import numpy as np
 import pytest
 import torch
 
-from streamer.tools.baselines import naive_fusion, semantic_only
-from streamer.tools.pq import PQAccumulator, format_pq_table, match_frame
 from streamer.frames import Category
 from streamer.inference.fusion import FusionParams, fuse
 from streamer.inputs.synthetic import CATEGORIES, StreetScene
+from streamer.tools.baselines import naive_fusion, semantic_only
+from streamer.tools.pq import PQAccumulator, format_pq_table, match_frame
 
 TABLE = {1: False, 2: True}
 

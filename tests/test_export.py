@@ -15,8 +15,8 @@ import cv2
 import numpy as np
 import pytest
 import yaml
-
 from helpers import decode_video, mask_bbox, popen_cli, probe, run_cli, the_error, wait_until, write_fast_config
+
 from streamer.inputs.sources import open_source
 
 SIZE = (160, 96)

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 
+from helpers import mask_bbox
 from streamer.inference.fusion import FusionParams, fuse
 from streamer.tools.baselines import reference_fusion
 
@@ -18,8 +19,8 @@ def segment_table(panoptic):
     for value in np.unique(panoptic):
         if value == 0:
             continue
-        ys, xs = np.nonzero(panoptic == value)
-        table[int(value)] = (len(xs), (xs.min(), ys.min(), xs.max() - xs.min() + 1, ys.max() - ys.min() + 1))
+        mask = panoptic == value
+        table[int(value)] = (int(mask.sum()), mask_bbox(mask))
     return table
 
 

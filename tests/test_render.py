@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import torch
 
+from helpers import mask_bbox
 from streamer.frames import Category, Segment
 from streamer.outputs.render import CONTOUR_COLOR, Renderer, instance_boundaries
 
@@ -21,11 +22,6 @@ ROAD, SKY, CAR, PERSON = 1000, 2000, 3000, 4000
 WIDTH, HEIGHT = 240, 160
 
 
-def bbox(mask: np.ndarray) -> tuple[int, int, int, int]:
-    ys, xs = np.nonzero(mask)
-    return int(xs.min()), int(ys.min()), int(xs.max() - xs.min() + 1), int(ys.max() - ys.min() + 1)
-
-
 def segments_of(panoptic: np.ndarray) -> tuple[Segment, ...]:
     out = []
     for value in np.unique(panoptic):
@@ -33,7 +29,7 @@ def segments_of(panoptic: np.ndarray) -> tuple[Segment, ...]:
             continue
         mask = panoptic == value
         category, instance = divmod(int(value), DIVISOR)
-        out.append(Segment(int(value), category, instance > 0, 0.87 if instance else None, int(mask.sum()), bbox(mask)))
+        out.append(Segment(int(value), category, instance > 0, 0.87 if instance else None, int(mask.sum()), mask_bbox(mask)))
     return tuple(out)
 
 

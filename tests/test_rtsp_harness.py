@@ -3,7 +3,6 @@ OpenCV's FFmpeg backend reading from GStreamer's RTSP server, each in its own pr
 from __future__ import annotations
 
 import shutil
-import socket
 import subprocess
 import sys
 import textwrap
@@ -11,10 +10,14 @@ import time
 from pathlib import Path
 
 import pytest
-
-from helpers import make_video
+from helpers import busy_port, free_port, make_video, wait_until
 from rtsp import (
-    OpenCvClient, RtspServer, RtspServerError, free_port, needs_rtsp, read_frames, rtsp_available,
+    OpenCvClient,
+    RtspServer,
+    RtspServerError,
+    needs_rtsp,
+    read_frames,
+    rtsp_available,
 )
 
 WIDTH, HEIGHT, FPS, FILE_FRAMES = 160, 120, 25, 25  # a one-second file
@@ -148,10 +151,8 @@ def test_a_given_port_is_used_and_a_busy_one_is_an_error(video):
     with RtspServer(video, port=port) as server:
         assert server.port == port and f":{port}/" in server.url
         assert read_frames(server.url, 3)["frames"] == 3
-    with socket.socket() as holder:
-        holder.bind(("127.0.0.1", 0))
-        holder.listen()
-        busy = RtspServer(video, port=holder.getsockname()[1])
+    with busy_port() as held:
+        busy = RtspServer(video, port=held)
         try:
             began = time.monotonic()
             with pytest.raises(RtspServerError, match="cannot listen"):
@@ -186,10 +187,7 @@ def test_the_server_goes_when_the_test_process_dies(video):
     pid, files = orphan.stdout.split()
     pid = int(pid)
     shutil.rmtree(files, ignore_errors=True)
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline and alive(pid):
-        time.sleep(0.05)
-    assert not alive(pid), f"server {pid} outlived its test process"
+    wait_until(lambda: not alive(pid), timeout=10, every=0.05, what=f"server {pid} outlived its test process")
 
 
 def alive(pid: int) -> bool:

@@ -8,7 +8,6 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-
 from helpers import Daemon, decode_video, make_video, moving_pattern, probe, run_cli, run_summary, the_error
 
 

@@ -11,7 +11,6 @@ import time
 from pathlib import Path
 
 import pytest
-
 from helpers import DEMO_MODELS, ROOT, Daemon, cli_env, free_port, http_get, make_video, popen_cli, wait_until
 
 HANGING_WORKER = Path(__file__).with_name("hanging_worker.py")

@@ -8,7 +8,6 @@ import time
 import cv2
 import numpy as np
 import pytest
-
 from helpers import cli_env, decode_video, make_video, moving_pattern, popen_cli, wait_until
 
 TOOLS = ("Xvfb", "xdotool", "import")

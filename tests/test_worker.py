@@ -15,9 +15,9 @@ from streamer import control as ctl
 from streamer.config import load_config
 from streamer.frames import Frame
 from streamer.inference.models import PanopticModels, build_models
-from streamer.service.build import fusion_params
-from streamer.inputs.synthetic import StreetScene
 from streamer.inference.worker import InferencePool, available_cores, gather, thread_layout, worker_loop
+from streamer.inputs.synthetic import StreetScene
+from streamer.service.build import fusion_params
 
 
 def frame(source: str, index: int, image=None) -> Frame:
@@ -141,6 +141,9 @@ def test_parallel_frames_leave_in_the_order_they_came_even_when_a_later_one_fini
 def test_a_model_error_in_a_pool_thread_fails_the_run_with_that_error(models):
     config, loaded = models
     bad = np.zeros((96, 160), np.uint8)  # no colour channels: the models cannot take it
+    with pytest.raises(RuntimeError) as direct:
+        loaded.predict([bad])
     frames, results = route(frame("a", 0), frame("a", 1, bad), frame("a", 2), ctl.END)
     control = run_worker(loaded, config, [(frames, results)], 1, 2)
-    assert control.failure is not None and control.abort.is_set()
+    assert type(control.failure) is RuntimeError and str(control.failure) == str(direct.value)
+    assert control.abort.is_set()

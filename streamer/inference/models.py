@@ -18,9 +18,9 @@ import torchvision
 from torchvision.models.detection import MaskRCNN_ResNet50_FPN_V2_Weights, MaskRCNN_ResNet50_FPN_Weights
 
 from streamer import config as cfg
-from streamer.inference import demo_models
 from streamer.errors import InputNotFound, StreamerError, UsageError
 from streamer.frames import Category
+from streamer.inference import demo_models
 
 log = logging.getLogger(__name__)
 

@@ -16,16 +16,16 @@ import numpy as np
 
 from streamer.config import Config
 from streamer.errors import UsageError
-from streamer.tools.baselines import naive_fusion, semantic_only
-from streamer.tools.pq import PQAccumulator, PQResult, format_pq_table
-from streamer.outputs.export import PanopticExport
 from streamer.frames import LABEL_DIVISOR, Category, Frame, Panoptic
 from streamer.inference.fusion import FusionParams, fuse
 from streamer.inference.models import PanopticModels, resolve_device
-from streamer.service.build import fusion_params
+from streamer.inference.worker import InferencePool, load_models
 from streamer.inputs.sources import classify, open_source
 from streamer.inputs.synthetic import CATEGORIES, SceneFrame
-from streamer.inference.worker import InferencePool, load_models
+from streamer.outputs.export import PanopticExport
+from streamer.service.build import fusion_params
+from streamer.tools.baselines import naive_fusion, semantic_only
+from streamer.tools.pq import PQAccumulator, PQResult, format_pq_table
 
 log = logging.getLogger(__name__)
 

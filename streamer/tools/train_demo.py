@@ -34,6 +34,7 @@ import torch
 import torch.nn.functional as F
 
 from streamer.config import Config, load_config, packaged_config_path
+from streamer.frames import LABEL_DIVISOR
 from streamer.inference.demo_models import (
     INSTANCE_CLASSES,
     INSTANCE_FILE,
@@ -41,7 +42,6 @@ from streamer.inference.demo_models import (
     build_demo_instance,
     build_demo_semantic,
 )
-from streamer.frames import LABEL_DIVISOR
 from streamer.inference.models import PanopticModels, imagenet_normalize, load_weights, read_state_dict, to_rgb_float
 from streamer.inference.worker import InferencePool
 from streamer.inputs.synthetic import CAR, CATEGORIES, PERSON, SceneFrame, StreetScene

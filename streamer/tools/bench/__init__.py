@@ -31,12 +31,17 @@ from typing import Any
 
 from streamer.arguments import add_config_arguments, frame_size, positive_int
 from streamer.errors import EXIT_OK, StreamerError
-from streamer.tools.bench.options import (
-    DEFAULT_FRAMES, DEFAULT_REPEATS, DEFAULT_SEED, DEFAULT_SIZE, MICRO_INSTANCES, MICRO_REPEATS, MICRO_SIZES,
-    BenchOptions, load_bench_config,
-)
+from streamer.tools.bench.options import BenchOptions, load_bench_config
 
 log = logging.getLogger(__name__)
+
+DEFAULT_SIZE = (640, 360)
+DEFAULT_FRAMES = 60
+DEFAULT_REPEATS = 3
+DEFAULT_SEED = 1000
+MICRO_SIZES = ((1280, 720), (1920, 1080))
+MICRO_INSTANCES = (10, 50, 100)
+MICRO_REPEATS = 5
 
 
 def add_parser(commands: Any) -> None:

@@ -8,30 +8,25 @@ from pathlib import Path
 from streamer.arguments import quote
 from streamer.config import Config, load_config, packaged_config_path
 
-DEFAULT_SIZE = (640, 360)
-DEFAULT_FRAMES = 60
-DEFAULT_REPEATS = 3
-DEFAULT_SEED = 1000
-MICRO_SIZES = ((1280, 720), (1920, 1080))
-MICRO_INSTANCES = (10, 50, 100)
-MICRO_REPEATS = 5
 
 
 @dataclass(frozen=True)
 class BenchOptions:
-    config: str | None = None  # None: the packaged default (demo models)
-    overrides: tuple[str, ...] = ()  # --set items
-    device: str | None = None
-    size: tuple[int, int] = DEFAULT_SIZE
-    frames: int = DEFAULT_FRAMES
-    repeats: int = DEFAULT_REPEATS
-    seed: int = DEFAULT_SEED
-    micro_sizes: tuple[tuple[int, int], ...] = MICRO_SIZES
-    instances: tuple[int, ...] = MICRO_INSTANCES
-    micro_repeats: int = MICRO_REPEATS
-    memory_frames: int = 0  # 0: no long run
-    torch_threads: int | None = None  # None: torch's choice
-    cv2_threads: int | None = None  # None: OpenCV's choice
+    """The bench's flags (their defaults: the parser in bench/__init__.py)."""
+
+    config: str | None  # None: the packaged default (demo models)
+    overrides: tuple[str, ...]  # --set items
+    device: str | None
+    size: tuple[int, int]  # synthetic frames, width x height
+    frames: int  # per run
+    repeats: int  # runs of each mode
+    seed: int  # synthetic scene
+    micro_sizes: tuple[tuple[int, int], ...]  # fusion/overlay frame sizes
+    instances: tuple[int, ...]  # fusion/overlay instance counts
+    micro_repeats: int
+    memory_frames: int  # 0: no long run
+    torch_threads: int | None  # None: torch's choice
+    cv2_threads: int | None  # None: OpenCV's choice
 
     def source(self, frames: int | None = None) -> str:
         width, height = self.size
