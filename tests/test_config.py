@@ -282,6 +282,11 @@ BAD_FILES = {
 RUN_TOO = {"unknown-nested-key", "out-of-range", "wrong-type-int", "input-size-not-32", "yaml-syntax"}
 
 
+def commands(cases: dict, run_too: set[str]) -> list[tuple[str, str]]:
+    """(command, case) pairs: every case through check-config, those in `run_too` through run as well."""
+    return [("check-config", case) for case in cases] + [("run", case) for case in cases if case in run_too]
+
+
 def write_bad(fast_config: Path, change) -> Path:
     path = fast_config.parent / "bad.yaml"
     if isinstance(change, bytes):
@@ -293,10 +298,7 @@ def write_bad(fast_config: Path, change) -> Path:
     return path
 
 
-@pytest.mark.parametrize(
-    "command, case",
-    [("check-config", case) for case in BAD_FILES] + [("run", case) for case in BAD_FILES if case in RUN_TOO],
-)
+@pytest.mark.parametrize("command, case", commands(BAD_FILES, RUN_TOO))
 def test_invalid_config_file(fast_config, command, case):
     change, expected = BAD_FILES[case]
     path = write_bad(fast_config, change)
@@ -350,10 +352,7 @@ BAD_SET_SYNTAX = {
 SET_RUN_TOO = {"unknown-nested-key", "out-of-range", "no-equals"}
 
 
-@pytest.mark.parametrize(
-    "command, case",
-    [("check-config", case) for case in BAD_SETS] + [("run", case) for case in BAD_SETS if case in SET_RUN_TOO],
-)
+@pytest.mark.parametrize("command, case", commands(BAD_SETS, SET_RUN_TOO))
 def test_invalid_set(fast_config, command, case):
     item, expected = BAD_SETS[case]
     result = run_cli(command, "-c", str(fast_config), "--set", item)
@@ -363,10 +362,7 @@ def test_invalid_set(fast_config, command, case):
     assert result.stdout == ""
 
 
-@pytest.mark.parametrize(
-    "command, case",
-    [("check-config", case) for case in BAD_SET_SYNTAX] + [("run", case) for case in BAD_SET_SYNTAX if case in SET_RUN_TOO],
-)
+@pytest.mark.parametrize("command, case", commands(BAD_SET_SYNTAX, SET_RUN_TOO))
 def test_malformed_set(fast_config, command, case):
     item, expected = BAD_SET_SYNTAX[case]
     result = run_cli(command, "-c", str(fast_config), "--set", item)
