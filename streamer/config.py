@@ -16,8 +16,9 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import AfterValidator, BaseModel, ByteSize, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from streamer.errors import ConfigError
+from streamer.errors import ConfigError, InputNotFound
 from streamer.frames import LABEL_DIVISOR, Category
+from streamer.uris import redact_uri
 
 
 def _unit_interval(value: float) -> float:
@@ -277,8 +278,6 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
     """Read, apply `dotted.key=value` overrides, validate. Raises ConfigError (exit 78) or InputNotFound."""
     path = Path(path) if path is not None else default_config_path()
     if not path.is_file():
-        from streamer.errors import InputNotFound
-
         raise InputNotFound(f"{path}: config file not found; pass -c FILE or create ./config.yaml")
     try:
         raw = yaml.safe_load(path.read_text(encoding="utf-8"))
@@ -345,6 +344,4 @@ def _first_error(exc: ValidationError, origin: str, overridden: list[str] | tupl
 
 def to_yaml(config: Config) -> str:
     """The resolved configuration, as check-config prints it (credentials in URLs masked)."""
-    from streamer.uris import redact_uri
-
     return redact_uri(yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False, default_flow_style=False))

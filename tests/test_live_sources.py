@@ -74,6 +74,7 @@ def test_refused_port_backs_off_instead_of_busy_looping_and_hides_the_password(t
     url = f"rtsp://admin:s3cr%3At@x@127.0.0.1:{port}/stream"
     daemon = Daemon("-c", str(fast_config), "--source", url, *LIVE)
     try:
+        daemon.wait_for("retrying in", timeout=120)  # the models are loaded: count attempts from here
         time.sleep(8.0)
     finally:
         assert daemon.terminate() == 0, daemon.text()

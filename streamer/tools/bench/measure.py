@@ -37,7 +37,7 @@ def timed(call: Callable[[], Any], repeats: int) -> tuple[list[float], Any]:
     return seconds, result
 
 
-def _ms(seconds: list[float]) -> dict[str, float]:
+def ms_summary(seconds: list[float]) -> dict[str, float]:
     return {key: (round(1000 * value, 3) if key != "n" else value) for key, value in summarize(seconds).items()}
 
 

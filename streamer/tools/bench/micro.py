@@ -13,8 +13,8 @@ from streamer.frames import Category, Segment
 from streamer.inference.fusion import FusionParams, fuse
 from streamer.outputs.render import Renderer
 from streamer.service import build
-from streamer.tools.baselines import reference_fusion
-from streamer.tools.bench.measure import _ms, single_thread, timed
+from streamer.tools.baselines import naive_fusion, reference_fusion
+from streamer.tools.bench.measure import ms_summary, single_thread, timed
 from streamer.tools.bench.options import BenchOptions
 
 log = logging.getLogger(__name__)
@@ -71,8 +71,6 @@ def fusion_case(
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     """One size and instance count: the three fusions on the same random scene, then the overlay
     of the fused result."""
-    from streamer.tools.pq import naive_fusion
-
     width, height = size
     repeats = options.micro_repeats
     is_thing = np.array([False] + [c.isthing for c in categories])
@@ -96,7 +94,7 @@ def fusion_case(
         log.error("fusion at %dx%d with %d instances differs from the reference loop", width, height, count)
     fusion_row = {
         "size": [width, height], "instances": count, "things_placed": sum(s.isthing for s in segments),
-        "fuse_ms": _ms(fast_s), "reference_ms": _ms(ref_s), "naive_ms": _ms(naive_s),
+        "fuse_ms": ms_summary(fast_s), "reference_ms": ms_summary(ref_s), "naive_ms": ms_summary(naive_s),
         "speedup_vs_reference": float(np.median(ref_s) / np.median(fast_s)), "identical": identical,
         "torch_threads": torch.get_num_threads(),
     }
@@ -106,5 +104,5 @@ def fusion_case(
     with single_thread():
         renderer.overlay(image, fast_map, drawn)  # warm-up
         overlay_s, _ = timed(lambda: renderer.overlay(image, fast_map, drawn), max(repeats, 10))
-    overlay_row = {"size": [width, height], "instances": count, "things_drawn": sum(s.isthing for s in drawn), "ms": _ms(overlay_s), "threads": 1}
+    overlay_row = {"size": [width, height], "instances": count, "things_drawn": sum(s.isthing for s in drawn), "ms": ms_summary(overlay_s), "threads": 1}
     return fusion_row, overlay_row
