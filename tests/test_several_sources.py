@@ -34,7 +34,7 @@ def test_sources_list_in_config_shares_the_source_options(tmp_path, fast_config)
     assert result.returncode == 0, result.stderr
     assert re.search(r"id: door\n(.*\n)*?  queue_size: 2", result.stdout)
     assert re.search(r"id: yard\n(.*\n)*?  queue_size: 7", result.stdout)
-    duplicate = run_cli("check-config", "-c", str(fast_config), "--set", f"sources=[{{uri: a, id: x}}, {{uri: b, id: x}}]")
+    duplicate = run_cli("check-config", "-c", str(fast_config), "--set", "sources=[{uri: a, id: x}, {uri: b, id: x}]")
     assert "sources: every source needs its own id, repeated: x" in the_error(duplicate, 78)
 
 
