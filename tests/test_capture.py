@@ -7,8 +7,8 @@ import time
 
 import numpy as np
 import pytest
-
 from helpers import wait_until
+
 from streamer import control as ctl
 from streamer.config import BufferPolicy
 from streamer.frames import Frame

@@ -18,9 +18,9 @@ from streamer.inference.demo_models import (
 )
 from streamer.inputs.synthetic import StreetScene
 from streamer.tools.train_demo import (
+    SceneCache,
     demo_config,
     demo_instance,
-    SceneCache,
     instance_target,
     load_demo_weights,
     main,

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-
 from helpers import mask_bbox
+
 from streamer.inference.fusion import FusionParams, fuse
 from streamer.tools.baselines import reference_fusion
 

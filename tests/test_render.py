@@ -6,8 +6,8 @@ import itertools
 import numpy as np
 import pytest
 import torch
-
 from helpers import mask_bbox
+
 from streamer.frames import Category, Segment
 from streamer.outputs.render import CONTOUR_COLOR, Renderer, instance_boundaries
 

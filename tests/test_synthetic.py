@@ -4,8 +4,8 @@ from __future__ import annotations
 import cv2
 import numpy as np
 import pytest
-
 from helpers import mask_bbox
+
 from streamer.frames import LABEL_DIVISOR
 from streamer.inputs.synthetic import (
     CATEGORIES,

@@ -26,6 +26,7 @@ SEMANTIC_DECODER_CHANNELS = (64, 48, 32, 24, 16)
 INSTANCE_CLASSES = ["__background__", "car", "person"]
 FPN_CHANNELS = 96
 
+
 def build_demo_semantic(num_classes: int = 6) -> nn.Module:
     """Unet with a MobileNetV3-Large-0.75 encoder (random init) and a slim decoder."""
     import segmentation_models_pytorch as smp

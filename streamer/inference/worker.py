@@ -131,8 +131,8 @@ def load_models(config: Config, device: torch.device) -> tuple[InferencePool, Pa
     return pool, models
 
 
-def infer(models: PanopticModels, params: FusionParams, frames: list[Frame], overlay: Overlay | None = None,
-          taken_mono: float | None = None) -> list[Panoptic]:
+def infer(models: PanopticModels, params: FusionParams, frames: list[Frame], taken_mono: float,
+          overlay: Overlay | None = None) -> list[Panoptic]:
     """Frames through the models in one batch, then each through the fusion rule (and `overlay`,
     when the drawing is done on the models' device). `taken_mono`: when the worker took the frames
     from their queues (time.monotonic()), for the queue_wait timing."""
@@ -150,8 +150,8 @@ def infer(models: PanopticModels, params: FusionParams, frames: list[Frame], ove
             frame=frame,
             panoptic_map=panoptic.cpu().numpy(),
             segments=tuple(segments),
-            timings={"inference": inference, "fusion": time.perf_counter() - fusing,
-                     **({"queue_wait": taken_mono - frame.captured_mono} if taken_mono is not None else {})},
+            timings={"queue_wait": taken_mono - frame.captured_mono, "inference": inference,
+                     "fusion": time.perf_counter() - fusing},
             drawn=drawn,
         ))
     return results
@@ -214,7 +214,7 @@ def worker_loop(
                 batch, ended = gather(waiting, max_batch)
                 if batch:
                     frames = [frame for _, frame in batch]
-                    jobs.append(Job([r for r, _ in batch], pool.submit(infer, models, params, frames, overlay, time.monotonic())))
+                    jobs.append(Job([r for r, _ in batch], pool.submit(infer, models, params, frames, time.monotonic(), overlay)))
                     running.append(jobs[-1].future)
                 for route in ended:
                     waiting.remove(route)

@@ -20,6 +20,7 @@ The demo models' sizes and thresholds come from the packaged default configurati
 from __future__ import annotations
 
 import argparse
+import functools
 import logging
 import math
 import time
@@ -218,8 +219,10 @@ def to_network(image: np.ndarray, device: torch.device) -> torch.Tensor:
     return to_rgb_float(torch.from_numpy(image).to(device))
 
 
+@functools.lru_cache(maxsize=1)
 def demo_config() -> Config:
-    """The packaged default configuration: the demo models' sizes, thresholds and class table."""
+    """The packaged default configuration: the demo models' sizes, thresholds and class table
+    (read once; the config is immutable)."""
     return load_config(packaged_config_path())
 
 

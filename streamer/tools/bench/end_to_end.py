@@ -94,7 +94,7 @@ class PipelineRun:
     seconds_from_first_read: float
     processed: int
     thread_cpu: dict[str, float]  # CPU seconds since the first frame read, by thread
-    samples: list[tuple[float, int | None, float | None]]
+    samples: list[tuple[float, int, float | None]]
 
 
 def pipeline_run(config: Config) -> PipelineRun:
@@ -215,7 +215,7 @@ def memory_run(options: BenchOptions, workdir: Path) -> dict[str, Any]:
     checkpoint = max(1, frames // 10)
     log.info("bench: memory check, %d frames through the pipeline", frames)
     run = pipeline_run(load_bench_config(options, options.source(frames), workdir / "memory.mp4"))
-    counted = [(count, rss) for _, count, rss in run.samples if count is not None and rss is not None]
+    counted = [(count, rss) for _, count, rss in run.samples if rss is not None]
     early = next((rss for count, rss in counted if count >= checkpoint), None)
     late = next((rss for count, rss in reversed(counted) if count >= frames), counted[-1][1] if counted else None)
     growth = None if early is None or late is None else 100.0 * (late - early) / early

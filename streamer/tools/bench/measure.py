@@ -87,10 +87,10 @@ class Sampler:
     CPU time of every thread. The CPU baseline is taken at the first frame read, so thread CPU
     covers the processing, not the model loading."""
 
-    def __init__(self, counter: Callable[[], int | None], first_frame: threading.Event):
+    def __init__(self, counter: Callable[[], int], first_frame: threading.Event):
         self.counter = counter
         self.first_frame = first_frame
-        self.samples: list[tuple[float, int | None, float | None]] = []  # (time, frames, RSS MiB)
+        self.samples: list[tuple[float, int, float | None]] = []  # (time, frames, RSS MiB)
         self.first_frame_at: float | None = None
         self.first_result_at: float | None = None
         self._baseline: dict[int, tuple[str, float]] = {}
@@ -111,7 +111,7 @@ class Sampler:
             if self.first_frame_at is None and self.first_frame.is_set():
                 self.first_frame_at = now
                 self._baseline = thread_cpu_seconds()
-            if self.first_result_at is None and (self.counter() or 0) >= 1:
+            if self.first_result_at is None and self.counter() >= 1:
                 self.first_result_at = now
             if now >= next_sample:
                 self._sample()

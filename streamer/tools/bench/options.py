@@ -9,7 +9,6 @@ from streamer.arguments import quote
 from streamer.config import Config, load_config, packaged_config_path
 
 
-
 @dataclass(frozen=True)
 class BenchOptions:
     """The bench's flags (their defaults: the parser in bench/__init__.py)."""
