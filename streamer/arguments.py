@@ -4,12 +4,21 @@ from __future__ import annotations
 
 import argparse
 
+from streamer import presets
+
 
 def add_config_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-c", "--config", metavar="FILE", help="configuration file (default ./config.yaml, else the packaged default)")
+    parser.add_argument("--preset", choices=presets.names() + [presets.NONE], metavar="NAME",
+                        help=f"model pairing: {', '.join(presets.names())} (streamer models list); keys in the file or --set override it")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override one setting, e.g. --set fusion.stuff_area_min=2048")
     parser.add_argument("--log-level", choices=["debug", "info", "warning", "error"], help="default: runtime.log_level")
     parser.add_argument("--log-format", choices=["text", "json"], help="default: runtime.log_format (json: one object per line)")
+
+
+def config_overrides(args: argparse.Namespace) -> list[str]:
+    """--preset and the --set items, as `dotted.key=value` overrides."""
+    return ([f"models.preset={quote(args.preset)}"] if args.preset else []) + list(args.set)
 
 
 def quote(text: str) -> str:

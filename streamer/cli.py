@@ -15,7 +15,8 @@ from pathlib import Path
 from typing import NoReturn
 
 from streamer import __version__
-from streamer.arguments import add_config_arguments, frame_size, positive_int, quote
+from streamer import presets
+from streamer.arguments import add_config_arguments, config_overrides, frame_size, positive_int, quote
 from streamer.config import Config, load_config, to_yaml
 from streamer.errors import EXIT_FAILURE, EXIT_OK, StreamerError, UsageError
 from streamer.logs import configure_logging
@@ -62,9 +63,10 @@ def build_parser() -> argparse.ArgumentParser:
     rebuild.add_argument("folder", metavar="DIR")
     rebuild.set_defaults(handler=cmd_export_json)
 
-    from streamer.tools import bench  # defines its own flags; torch is imported only when it runs
+    from streamer.tools import bench, models  # define their own flags; torch is imported only when they run
 
     bench.add_parser(commands)
+    models.add_parser(commands)
 
     check = commands.add_parser("check-config", help="validate a configuration and print it resolved")
     add_config_arguments(check)
@@ -90,7 +92,7 @@ def run_overrides(args: argparse.Namespace) -> list[str]:
         overrides.append(f"runtime.device={quote(args.device)}")
     if args.max_frames is not None:
         overrides.append(f"runtime.max_frames={args.max_frames}")
-    return overrides + list(args.set)
+    return overrides + config_overrides(args)
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -130,7 +132,7 @@ def cmd_synth(args: argparse.Namespace) -> int:
 
 def cmd_eval(args: argparse.Namespace) -> int:
     overrides = [f"source.uri={quote(args.source)}"] + ([f"runtime.device={quote(args.device)}"] if args.device else [])
-    config = load_config(args.config, overrides + list(args.set))
+    config = load_config(args.config, overrides + config_overrides(args))
     configure_logging(args.log_level or config.runtime.log_level, args.log_format or config.runtime.log_format)
     from streamer.tools.evaluate import evaluate_synthetic
 
@@ -147,9 +149,19 @@ def cmd_export_json(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def preset_note(config: Config) -> str:
+    """YAML comment lines naming the preset and its licence, above check-config's output."""
+    if config.models.preset == presets.NONE:
+        return "# models: no preset, every key from the configuration\n"
+    preset = presets.get(config.models.preset)
+    classes = config.models.semantic.classes
+    return (f"# preset {preset.name}: {preset.title}\n# {len(classes)} classes: {', '.join(c.name for c in classes)}\n"
+            f"# licence: {preset.licence}\n")
+
+
 def cmd_check_config(args: argparse.Namespace) -> int:
-    config: Config = load_config(args.config, args.set)
-    sys.stdout.write(to_yaml(config))
+    config: Config = load_config(args.config, config_overrides(args))
+    sys.stdout.write(preset_note(config) + to_yaml(config))
     return EXIT_OK
 
 

@@ -16,6 +16,7 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import AfterValidator, BaseModel, ByteSize, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from streamer import presets
 from streamer.errors import ConfigError, InputNotFound
 from streamer.frames import LABEL_DIVISOR, Category
 from streamer.uris import redact_uri
@@ -38,6 +39,10 @@ Mult32 = Annotated[int, AfterValidator(_positive_multiple_of_32)]
 LIVE_SEGMENT_SECONDS = 60.0  # a live source records in segments this long unless output.segment_seconds says otherwise
 
 RGB = tuple[Annotated[int, Field(ge=0, le=255)], Annotated[int, Field(ge=0, le=255)], Annotated[int, Field(ge=0, le=255)]]
+Channel = Annotated[float, Field(ge=0, le=255)]
+Spread = Annotated[float, Field(gt=0, le=255)]
+IMAGENET_MEAN = (123.675, 116.28, 103.53)  # ImageNet's RGB mean and std on the 0-255 scale, as smp's and timm's encoders expect
+IMAGENET_STD = (58.395, 57.12, 57.375)
 
 
 class Strict(BaseModel):
@@ -59,6 +64,8 @@ class SemanticModel(Strict):
         "| smp save_pretrained folder | hub id already in the Hugging Face cache",
     )
     input_size: tuple[Mult32, Mult32] = Field(default=(512, 288), description="width, height fed to the network (multiples of 32)")
+    mean: tuple[Channel, Channel, Channel] = Field(default=IMAGENET_MEAN, description="RGB mean (0-255 scale) subtracted before the network")
+    std: tuple[Spread, Spread, Spread] = Field(default=IMAGENET_STD, description="RGB standard deviation (0-255 scale) divided by after the mean")
     classes: tuple[ClassSpec, ...] = Field(min_length=1, description="the panoptic category table in the model's output order (ids 1, 2, ...)")
 
     @field_validator("classes")
@@ -78,22 +85,56 @@ class InstanceModel(Strict):
     max_size: int = Field(default=1333, ge=32, description="Mask R-CNN's internal resize: longest side at most")
     score_threshold: Unit = Field(default=0.5, description="detections below are dropped inside the model and by fusion")
     detections_per_image: int = Field(default=100, ge=1, le=999, description="most detections the model keeps per frame")
-    class_map: dict[str, str] = Field(default_factory=dict, description="instance class name (COCO or demo) -> panoptic category; unmapped classes are ignored")
+    class_map: dict[str, str | tuple[str, ...]] = Field(
+        default_factory=dict,
+        description="instance class name (COCO or demo) -> panoptic category, or a list of them: the semantic "
+        "model's vote under the mask picks one, the first when it sees none; unmapped classes are ignored",
+    )
+
+    @field_validator("class_map")
+    @classmethod
+    def _candidates_listed(cls, class_map: dict[str, str | tuple[str, ...]]) -> dict[str, str | tuple[str, ...]]:
+        empty = sorted(name for name, target in class_map.items() if not target)
+        if empty:
+            raise ValueError(f"{empty[0]}: maps to no category")
+        return class_map
+
+    def candidates(self, name: str) -> tuple[str, ...]:
+        """The categories an instance class may become, the default first (empty: ignored)."""
+        target = self.class_map.get(name, ())
+        return (target,) if isinstance(target, str) else target
 
 
 class Models(Strict):
+    preset: str = Field(default=presets.DEFAULT, description="a model pairing (streamer models list); none: every key below from this file")
     semantic: SemanticModel
     instance: InstanceModel = InstanceModel()
+
+    @model_validator(mode="before")
+    @classmethod
+    def _preset_under_explicit_keys(cls, raw: Any) -> Any:
+        """The preset's models section, with the keys written here laid over it (presets.merge)."""
+        if not isinstance(raw, dict):
+            return raw
+        name = raw.get("preset", presets.DEFAULT)
+        if name is None or name == presets.NONE:
+            return {**raw, "preset": presets.NONE}
+        try:
+            preset = presets.get(str(name))
+        except KeyError as exc:
+            raise ValueError(exc.args[0]) from None
+        return {**presets.merge(preset.models, raw), "preset": preset.name}
 
     @model_validator(mode="after")
     def _class_map_targets_things(self) -> Models:
         things = {c.name for c in self.semantic.classes if c.isthing}
-        for source_name, target in self.instance.class_map.items():
-            if target not in things:
-                raise ValueError(
-                    f"instance.class_map.{source_name}: '{target}' is not a thing class of models.semantic.classes "
-                    f"(things: {', '.join(sorted(things)) or 'none'})"
-                )
+        for source_name in self.instance.class_map:
+            for target in self.instance.candidates(source_name):
+                if target not in things:
+                    raise ValueError(
+                        f"instance.class_map.{source_name}: '{target}' is not a thing class of models.semantic.classes "
+                        f"(things: {', '.join(sorted(things)) or 'none'})"
+                    )
         return self
 
 
@@ -222,7 +263,7 @@ class Runtime(Strict):
 class Config(Strict):
     source: Source | None = Field(default=None, description="one source; with sources: the options all of them share")
     sources: tuple[Source, ...] = Field(default=(), description="several sources in one process, each with its own id and outputs")
-    models: Models
+    models: Models = Field(default_factory=lambda: Models.model_validate({}))
     fusion: Fusion = Fusion()
     render: Render = Render()
     output: Output = Output()

@@ -4,7 +4,9 @@ from __future__ import annotations
 EXIT_OK = 0
 EXIT_FAILURE = 1
 EXIT_USAGE = 2
+EXIT_DATAERR = 65  # EX_DATAERR
 EXIT_NOINPUT = 66  # EX_NOINPUT
+EXIT_UNAVAILABLE = 69  # EX_UNAVAILABLE
 EXIT_CONFIG = 78  # EX_CONFIG
 
 
@@ -18,9 +20,21 @@ class UsageError(StreamerError):
     exit_code = EXIT_USAGE
 
 
+class DataError(StreamerError):
+    """An input whose content is wrong: a corrupt file, weights that do not fit the model."""
+
+    exit_code = EXIT_DATAERR
+
+
 class InputNotFound(StreamerError):
     exit_code = EXIT_NOINPUT
 
 
 class ConfigError(StreamerError):
     exit_code = EXIT_CONFIG
+
+
+class Unavailable(StreamerError):
+    """A remote service (a download site or mirror) could not be reached or refused the request."""
+
+    exit_code = EXIT_UNAVAILABLE

@@ -9,7 +9,7 @@ from helpers import ROOT
 
 PACKAGE = ROOT / "streamer"
 FOUNDATION = {"streamer", "streamer.arguments", "streamer.config", "streamer.control", "streamer.errors",
-              "streamer.frames", "streamer.logs", "streamer.uris"}
+              "streamer.frames", "streamer.logs", "streamer.presets", "streamer.uris"}
 STAGES = ("inputs", "inference", "outputs")
 MAX_FUNCTION_LINES = 60
 MAX_PIPELINE_LINES = 300

@@ -36,6 +36,31 @@ class FusionParams:
     label_divisor: int  # panoptic value = category_id * label_divisor + instance_id
 
 
+def vote_categories(semantic: torch.Tensor, masks: torch.Tensor, candidates: torch.Tensor, mask_threshold: float) -> torch.Tensor:
+    """Each instance's category among its candidates, as the semantic model votes under its mask.
+
+    semantic:   H x W integer category ids.
+    masks:      N x H x W mask probabilities, at the same resolution.
+    candidates: N x K category ids, the default first, 0 for none (K >= 1).
+    Returns the N chosen category ids (long): the candidate that the most pixels with mask
+    probability >= `mask_threshold` carry in the semantic map; ties, and masks where no candidate
+    gets a pixel, keep the default. An instance model may know fewer classes than the semantic one:
+    COCO has no rider, but a Cityscapes model tells a rider from a pedestrian, so the cityscapes
+    preset lists a COCO person as [person, rider].
+    """
+    chosen = candidates[:, 0].clone()
+    several = (candidates[:, 1:] > 0).any(dim=1) if candidates.shape[1] > 1 else torch.zeros_like(chosen, dtype=torch.bool)
+    if not bool(several.any()):
+        return chosen
+    rows = several.nonzero()[:, 0]
+    inside = masks[rows] >= mask_threshold
+    options = candidates[rows]
+    votes = torch.stack([(inside & (semantic == options[:, k, None, None])).sum(dim=(1, 2)) for k in range(options.shape[1])], dim=1)
+    votes[options == 0] = -1  # padding never wins
+    chosen[rows] = options.gather(1, votes.argmax(dim=1, keepdim=True))[:, 0]  # argmax: the first of equal counts
+    return chosen
+
+
 def fuse(
     semantic: torch.Tensor,
     masks: torch.Tensor,

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,22 +16,19 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 import torchvision
-from torchvision.models.detection import MaskRCNN_ResNet50_FPN_V2_Weights, MaskRCNN_ResNet50_FPN_Weights
+from torchvision.models.detection import MaskRCNN_ResNet50_FPN_Weights
 
 from streamer import config as cfg
-from streamer.errors import InputNotFound, StreamerError, UsageError
+from streamer.errors import DataError, InputNotFound, UsageError
 from streamer.frames import Category
-from streamer.inference import demo_models
+from streamer.inference import checkpoints, demo_models
+from streamer.inference.checkpoints import Kind
+from streamer.inference.fusion import vote_categories
 
 log = logging.getLogger(__name__)
 
-COCO_WEIGHTS = {
-    "maskrcnn_resnet50_fpn": MaskRCNN_ResNet50_FPN_Weights.COCO_V1,
-    "maskrcnn_resnet50_fpn_v2": MaskRCNN_ResNet50_FPN_V2_Weights.COCO_V1,
-}
 COCO_CLASSES: list[str] = list(MaskRCNN_ResNet50_FPN_Weights.COCO_V1.meta["categories"])
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
+VOTE_MASK_THRESHOLD = 0.5  # mask pixels at least this likely vote for an instance's category
 RANDOM_INIT_SEED = 0  # networks without weights (`weights: none`) start from this seed
 
 
@@ -63,7 +61,7 @@ def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
             state = torch.load(str(path), map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - any failure to parse is the same user-facing problem
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise StreamerError(
+        raise DataError(
             f"{path}: not a loadable weights file ({type(exc).__name__}: {reason[:200]}); "
             "expected a state dict saved with torch.save(model.state_dict()) or safetensors"
         ) from None
@@ -71,7 +69,7 @@ def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
         if isinstance(state, dict) and isinstance(state.get(wrapper), dict):
             state = state[wrapper]
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise StreamerError(f"{path}: does not hold a state dict of tensors")
+        raise DataError(f"{path}: does not hold a state dict of tensors")
     return state
 
 
@@ -80,7 +78,7 @@ def load_weights(module: torch.nn.Module, state: dict[str, torch.Tensor], origin
     expected = module.state_dict()
     for key, tensor in state.items():
         if key in expected and expected[key].shape != tensor.shape:
-            raise StreamerError(
+            raise DataError(
                 f"{origin}: wrong shape for {key}: file has {list(tensor.shape)}, model expects "
                 f"{list(expected[key].shape)}; do the weights match the configured architecture and classes?"
             )
@@ -88,12 +86,8 @@ def load_weights(module: torch.nn.Module, state: dict[str, torch.Tensor], origin
     unexpected = [k for k in state if k not in expected]
     if missing or unexpected:
         detail = f"{len(missing)} missing (e.g. {missing[0]})" if missing else f"{len(unexpected)} unexpected (e.g. {unexpected[0]})"
-        raise StreamerError(f"{origin}: weights do not fit the configured model: {detail} keys")
+        raise DataError(f"{origin}: weights do not fit the configured model: {detail} keys")
     module.load_state_dict(state)
-
-
-def _is_weights_file(text: str) -> bool:
-    return Path(text).suffix in {".pth", ".pt", ".safetensors"}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -101,52 +95,70 @@ def _is_weights_file(text: str) -> bool:
 
 
 def build_semantic(settings: cfg.SemanticModel) -> torch.nn.Module:
+    """The smp network the settings name, with its weights (see checkpoints for where they come from)."""
     import segmentation_models_pytorch as smp
 
     classes = len(settings.classes)
-    weights = settings.weights
-    if weights == "demo":
+    weights = checkpoints.semantic_weights(settings)
+    if weights is not None and weights.kind is Kind.BUNDLED:
         model = demo_models.build_demo_semantic(classes)
         load_weights(model, read_state_dict(demo_models.SEMANTIC_FILE), "demo semantic weights")
         return model
-    if weights != "none" and not _is_weights_file(weights):
-        return _semantic_from_pretrained(weights, classes)
+    if weights is not None and weights.kind is Kind.HUB:
+        if not weights.present:
+            raise InputNotFound(checkpoints.missing_message(weights, "none"))
+        return build_pretrained(weights.path, settings, origin=weights.name)
+    if weights is not None and weights.path.is_dir():
+        return build_pretrained(weights.path, settings, origin=str(weights.path))
     try:
         model = smp.create_model(settings.arch, encoder_name=settings.encoder, encoder_weights=None, classes=classes)
     except (KeyError, ValueError) as exc:
         raise cfg.ConfigError(f"models.semantic: cannot build {settings.arch} with encoder {settings.encoder}: {exc}") from None
-    if weights != "none":
-        load_weights(model, read_state_dict(Path(weights)), weights)
+    if weights is not None:
+        load_weights(model, read_state_dict(weights.path), weights.name)
     return model
 
 
-def _semantic_from_pretrained(name: str, classes: int) -> torch.nn.Module:
-    """An smp `save_pretrained` folder or a Hugging Face hub id that is already in the local cache."""
+def build_pretrained(folder: Path, settings: cfg.SemanticModel, origin: str) -> torch.nn.Module:
+    """The network an smp `save_pretrained` folder describes (config.json: `_model_class` and the
+    constructor's arguments; model.safetensors: the state dict), checked against the settings:
+    architecture, encoder and number of classes must match. Raises InputNotFound, DataError."""
     import segmentation_models_pytorch as smp
 
-    is_local = Path(name).exists()
-    if not is_local and (name.startswith((".", "/", "~")) or name.count("/") != 1):
-        raise InputNotFound(f"{name}: semantic weights not found (no such file or folder)")
+    arguments = pretrained_config(folder, origin)
+    arch, encoder, classes = arguments.pop("_model_class", ""), arguments.get("encoder_name"), arguments.get("classes")
+    problems = [f"{what} {found} where models.semantic.{key} expects {expected}"
+                for what, key, found, expected in (("architecture", "arch", arch, settings.arch),
+                                                   ("encoder", "encoder", encoder, settings.encoder),
+                                                   ("classes", "classes", classes, len(settings.classes)))
+                if str(found).lower() != str(expected).lower()]
+    if problems:
+        raise DataError(f"{origin}: the model does not fit the configuration: {'; '.join(problems)}")
+    arguments["encoder_weights"] = None  # never fetch ImageNet weights: the state dict holds them all
     try:
-        model = smp.from_pretrained(name, local_files_only=True)
-    except Exception as exc:  # noqa: BLE001
-        hint = "" if is_local else f"; download it once where there is network (huggingface-cli download {name}) so it is cached"
-        raise StreamerError(f"{name}: cannot load smp model ({type(exc).__name__}){hint}") from None
-    out_channels = model.segmentation_head[0].out_channels
-    if out_channels != classes:
-        raise StreamerError(
-            f"{name}: the model predicts {out_channels} classes but models.semantic.classes lists {classes}"
-        )
+        model = smp.create_model(arch, **arguments)
+    except Exception as exc:  # noqa: BLE001 - smp raises several kinds for a config it cannot build
+        raise DataError(f"{origin}: config.json does not describe a network smp can build ({type(exc).__name__}: {exc})") from None
+    load_weights(model, read_state_dict(folder / "model.safetensors"), origin)
     return model
+
+
+def pretrained_config(folder: Path, origin: str) -> dict:
+    """config.json of a save_pretrained folder as a dict. Raises InputNotFound, DataError."""
+    path = folder / "config.json"
+    if not path.is_file():
+        raise InputNotFound(f"{origin}: no config.json in {folder} (expected an smp save_pretrained folder)")
+    try:
+        arguments = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise DataError(f"{origin}: config.json is not valid JSON ({exc})") from None
+    if not isinstance(arguments, dict):
+        raise DataError(f"{origin}: config.json does not hold an object")
+    return arguments
 
 
 # ---------------------------------------------------------------------------------------------
 # Instance model
-
-
-def coco_cache_file(arch: str) -> Path:
-    url = COCO_WEIGHTS[arch].url
-    return Path(torch.hub.get_dir()) / "checkpoints" / url.rsplit("/", 1)[1]
 
 
 def build_instance(settings: cfg.InstanceModel) -> tuple[torch.nn.Module, list[str]]:
@@ -167,26 +179,24 @@ def build_instance(settings: cfg.InstanceModel) -> tuple[torch.nn.Module, list[s
         box_score_thresh=settings.score_threshold,
         box_detections_per_img=settings.detections_per_image,
     )
-    if settings.weights == "coco":
-        path = coco_cache_file(settings.arch)
-        if not path.is_file():
-            raise InputNotFound(
-                f"COCO weights for {settings.arch} are not in torch's cache: place {COCO_WEIGHTS[settings.arch].url} "
-                f"at {path} (or set TORCH_HOME to a folder whose hub/checkpoints/ holds it)"
-            )
-        load_weights(model, read_state_dict(path), str(path))
-    elif settings.weights != "none":
-        load_weights(model, read_state_dict(Path(settings.weights)), settings.weights)
+    weights = checkpoints.instance_weights(settings)
+    if weights is not None:
+        if not weights.present and weights.kind is Kind.TORCH:
+            raise InputNotFound(checkpoints.missing_message(weights, "none"))
+        load_weights(model, read_state_dict(weights.path), str(weights.path))
     return model, COCO_CLASSES
 
 
-def category_lookup(class_names: list[str], class_map: dict[str, str], categories: tuple[Category, ...]) -> torch.Tensor:
-    """Model label index -> panoptic category id (0 = ignored)."""
+def category_candidates(class_names: list[str], settings: cfg.InstanceModel, categories: tuple[Category, ...]) -> torch.Tensor:
+    """Model label index -> the panoptic category ids it may become, the default first: a
+    len(class_names) x K long tensor, 0-padded (a row of zeros: the class is ignored)."""
     by_name = {c.name: c.id for c in categories}
-    unknown = sorted(set(class_map) - set(class_names))
+    unknown = sorted(set(settings.class_map) - set(class_names))
     if unknown:
         log.info("models.instance.class_map: the instance model has no class %s; those entries are unused", ", ".join(unknown))
-    return torch.tensor([by_name.get(class_map.get(name, ""), 0) for name in class_names], dtype=torch.long)
+    rows = [[by_name[target] for target in settings.candidates(name)] for name in class_names]
+    width = max([1] + [len(row) for row in rows])
+    return torch.tensor([row + [0] * (width - len(row)) for row in rows], dtype=torch.long)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -212,9 +222,9 @@ def uses_autocast(device: torch.device, half: str) -> bool:
 class PanopticModels:
     """The two networks on one device, with the pre- and post-processing around them.
 
-    `semantic`: an smp-style network, N x 3 x H x W ImageNet-normalised RGB -> N x C x H x W logits;
-    `instance`: a torchvision Mask R-CNN whose labels index `class_names`; `build_models` makes
-    both from the config."""
+    `semantic`: an smp-style network, N x 3 x H x W normalised RGB (settings.semantic.mean, std)
+    -> N x C x H x W logits; `instance`: a torchvision Mask R-CNN whose labels index `class_names`;
+    `build_models` makes both from the config."""
 
     def __init__(self, semantic: torch.nn.Module, instance: torch.nn.Module, class_names: list[str], settings: cfg.Models,
                  categories: tuple[Category, ...], device: torch.device, half: str):
@@ -225,7 +235,9 @@ class PanopticModels:
         self.memory_format = torch.channels_last if device.type == "cuda" else torch.contiguous_format
         self.semantic = semantic.to(device).eval().to(memory_format=self.memory_format)
         self.instance = instance.to(device).eval()
-        self.lookup = category_lookup(class_names, settings.instance.class_map, categories).to(device)
+        self.candidates = category_candidates(class_names, settings.instance, categories).to(device)
+        self.mean = torch.tensor(settings.semantic.mean, device=device).view(1, 3, 1, 1) / 255.0
+        self.std = torch.tensor(settings.semantic.std, device=device).view(1, 3, 1, 1) / 255.0
         self.is_thing = torch.tensor([False] + [c.isthing for c in categories], device=device)
 
     def _precision(self):
@@ -243,15 +255,16 @@ class PanopticModels:
             detections = self.instance(tensors)
         predictions = []
         for image, sem, det in zip(uploaded, semantic, detections):
-            categories = self.lookup[det["labels"]]
-            keep = categories > 0
+            candidates = self.candidates[det["labels"]]
+            keep = candidates[:, 0] > 0
+            masks = det["masks"][keep, 0].float()
             predictions.append(
                 Prediction(
                     image=image,
                     semantic=sem,
-                    masks=det["masks"][keep, 0].float(),
+                    masks=masks,
                     scores=det["scores"][keep].float(),
-                    categories=categories[keep],
+                    categories=vote_categories(sem, masks, candidates[keep], VOTE_MASK_THRESHOLD),
                 )
             )
         return predictions
@@ -260,7 +273,7 @@ class PanopticModels:
         """Class maps (category ids) at each image's own size, from one batch at the network's input size."""
         size = (self.input_size[1], self.input_size[0])
         x = torch.cat([F.interpolate(rgb[None], size=size, mode="bilinear", align_corners=False) for rgb in images])
-        logits = self.semantic(imagenet_normalize(x).contiguous(memory_format=self.memory_format))
+        logits = self.semantic(((x - self.mean) / self.std).contiguous(memory_format=self.memory_format))
         return [
             F.interpolate(one[None].float(), size=rgb.shape[-2:], mode="bilinear", align_corners=False)[0].argmax(0) + 1
             for one, rgb in zip(logits, images)
@@ -268,7 +281,9 @@ class PanopticModels:
 
 
 def build_models(settings: cfg.Models, categories: tuple[Category, ...], device: torch.device, half: str) -> PanopticModels:
-    """Both networks built and loaded as the config says (see build_semantic, build_instance)."""
+    """Both networks built and loaded as the config says (see build_semantic, build_instance).
+    Raises InputNotFound (exit 66) naming the `streamer models` command when cached weights are missing."""
+    checkpoints.require(settings)
     with torch.random.fork_rng(devices=[]):  # `weights: none` builds the same random networks every run
         torch.manual_seed(RANDOM_INIT_SEED)
         semantic = build_semantic(settings.semantic)
@@ -285,9 +300,9 @@ def imagenet_normalize(rgb: torch.Tensor) -> torch.Tensor:
 
 @functools.lru_cache(maxsize=8)
 def _imagenet_stats(device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    """ImageNet's mean and std as 1 x 3 x 1 x 1 tensors on `device`, made once per device."""
-    return (torch.tensor(IMAGENET_MEAN, device=device).view(1, 3, 1, 1),
-            torch.tensor(IMAGENET_STD, device=device).view(1, 3, 1, 1))
+    """ImageNet's mean and std as 1 x 3 x 1 x 1 tensors in [0, 1] units on `device`, made once per device."""
+    return (torch.tensor(cfg.IMAGENET_MEAN, device=device).view(1, 3, 1, 1) / 255.0,
+            torch.tensor(cfg.IMAGENET_STD, device=device).view(1, 3, 1, 1) / 255.0)
 
 
 def upload(image: np.ndarray, device: torch.device) -> torch.Tensor:

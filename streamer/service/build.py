@@ -8,6 +8,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
+from streamer import presets
 from streamer.config import Config, Output, Source
 from streamer.frames import Category
 from streamer.inference.fusion import FusionParams
@@ -30,6 +31,20 @@ def fusion_params(config: Config) -> FusionParams:
         stuff_area_min=fusion.stuff_area_min,
         label_divisor=fusion.label_divisor,
     )
+
+
+def announce_models(config: Config) -> None:
+    """One log line for the preset and its licence; a warning when the demo models meet a source that
+    is not a synthetic street, the only world they know."""
+    models = config.models
+    if models.preset != presets.NONE:
+        preset = presets.get(models.preset)
+        (log.warning if preset.non_commercial else log.info)("models: preset %s (%s); licence: %s", preset.name, preset.title, preset.licence)
+    demo = "demo" in (models.semantic.weights, models.instance.weights)
+    if demo and any(not s.uri.startswith("synthetic:") for s in config.all_sources()):
+        log.warning("the demo models know only synthetic streets and will mislabel real footage: "
+                    "`streamer models list` shows real ones, `streamer models fetch cityscapes` gets one, "
+                    "then run with --preset cityscapes")
 
 
 def renderer(config: Config) -> Renderer:

@@ -19,6 +19,7 @@ import torch
 
 from streamer import control as ctl
 from streamer.config import Config, Source
+from streamer.inference import checkpoints
 from streamer.inference.models import resolve_device
 from streamer.inference.worker import load_models, worker_loop
 from streamer.inputs.capture import Capture
@@ -89,6 +90,8 @@ class Pipeline:
         config = self.config
         if config.output.display:
             require_display()  # before anything slow, and before OpenCV could abort the process
+        build.announce_models(config)
+        checkpoints.require(config.models)  # missing weights: say so before opening any source
         renderer = build.renderer(config)
         runs: list[SourceRun] = []
         metrics = pool = None

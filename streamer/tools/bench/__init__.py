@@ -29,7 +29,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from streamer.arguments import add_config_arguments, frame_size, positive_int
+from streamer.arguments import add_config_arguments, config_overrides, frame_size, positive_int
 from streamer.errors import EXIT_OK, StreamerError
 from streamer.tools.bench.options import BenchOptions, load_bench_config
 
@@ -91,7 +91,7 @@ def command(args: argparse.Namespace) -> int:
     from streamer.logs import configure_logging
 
     options = BenchOptions(
-        config=args.config, overrides=tuple(args.set), device=args.device, size=args.size, frames=args.frames,
+        config=args.config, overrides=tuple(config_overrides(args)), device=args.device, size=args.size, frames=args.frames,
         repeats=args.repeats, seed=args.seed, micro_sizes=args.micro_sizes, instances=args.instances,
         micro_repeats=args.micro_repeats, memory_frames=args.memory_frames, torch_threads=args.torch_threads,
         cv2_threads=args.cv2_threads,
