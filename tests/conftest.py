@@ -5,6 +5,7 @@ from pathlib import Path
 
 import pytest
 from helpers import make_video, write_fast_config
+from published import build as build_published
 
 
 @pytest.fixture
@@ -16,3 +17,9 @@ def fast_config(tmp_path: Path) -> Path:
 @pytest.fixture
 def small_video(tmp_path: Path) -> Path:
     return make_video(tmp_path / "input.mp4")
+
+
+@pytest.fixture(scope="session")
+def published(tmp_path_factory) -> dict[str, Path]:
+    """The presets' weights in their published layouts (random values), built once: tests/published.py."""
+    return build_published(tmp_path_factory.mktemp("published"))

@@ -23,7 +23,7 @@ NONE = "none"  # no preset: every models key comes from the config
 class WeightsInfo:
     """What `models list` says about one weights file of a preset."""
 
-    size_mb: float  # download size in MB, as published
+    size_mb: float  # download size in MB (10^6 bytes; torchvision lists MiB)
     licence: str
     source: str  # where it is published
 

@@ -14,6 +14,7 @@ import logging
 import os
 import re
 import shutil
+import sys
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -48,6 +49,33 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     bring.add_argument("paths", nargs="+", metavar="PATH", help="checkpoint files, smp save_pretrained folders, or cache folders holding them")
     bring.add_argument("--allow-unverified", action="store_true", help="accept a file whose sha256 differs from the published one (warns)")
     bring.set_defaults(handler=cmd_import)
+
+
+def progress_class() -> type:
+    """huggingface_hub's progress bar on a terminal; elsewhere (a log, systemd, CI) its updates as
+    log lines, one every few seconds and one at the end."""
+    from huggingface_hub.utils import tqdm
+
+    class LoggedProgress(tqdm):
+        def __init__(self, *args, **kwargs):
+            if kwargs.get("disable") is None and not sys.stderr.isatty():
+                kwargs.update(disable=False, file=LogLines(), mininterval=5.0,
+                              bar_format="{desc}: {percentage:3.0f}% of {total_fmt}B ({rate_fmt})")
+            super().__init__(*args, **kwargs)
+
+    return LoggedProgress
+
+
+class LogLines:
+    """A file for tqdm: each update it writes becomes one log line."""
+
+    def write(self, text: str) -> int:
+        if text.strip():
+            log.info("%s", text.strip())
+        return len(text)
+
+    def flush(self) -> None:
+        pass
 
 
 def preset_weights(name: str) -> tuple[Models, list[Weights]]:
@@ -143,7 +171,7 @@ def fetch_checkpoint(weights: Weights, models: Models, mirror: str | None, allow
     with open(partial, "ab") as handle:
         done = handle.tell()
         try:
-            http_get(url, handle, resume_size=done, displayed_filename=weights.name)
+            http_get(url, handle, resume_size=done, displayed_filename=weights.name, tqdm_class=progress_class())
         except Exception as exc:  # noqa: BLE001 - every network failure reads the same to the user
             if not range_already_complete(exc, done):
                 handle.flush()
@@ -183,7 +211,7 @@ def fetch_hub_model(weights: Weights, models: Models, mirror: str | None, allow_
     fetched = []
     try:
         for name in checkpoints.HUB_FILES:
-            fetched.append(Path(hf_hub_download(weights.name, name, endpoint=mirror)))
+            fetched.append(Path(hf_hub_download(weights.name, name, endpoint=mirror, tqdm_class=progress_class())))
     except Exception as exc:  # noqa: BLE001
         raise Unavailable(f"{weights.name}: download of {name} failed ({failure(exc)}); run the same command again") from None
     folder = fetched[0].parent
