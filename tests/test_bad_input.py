@@ -18,7 +18,7 @@ import torch
 from helpers import cli_env, error_lines, run_cli, run_summary, the_error
 from safetensors.torch import save_file
 
-EXIT_FAILURE, EXIT_USAGE, EXIT_NOINPUT = 1, 2, 66
+EXIT_FAILURE, EXIT_USAGE, EXIT_DATAERR, EXIT_NOINPUT = 1, 2, 65, 66
 
 
 def run_fast(config: Path, source: Path | str, *args: str, env: dict[str, str] | None = None):
@@ -170,21 +170,21 @@ def test_missing_semantic_pretrained_folder(fast_config, small_video, tmp_path):
 
 @pytest.mark.parametrize("fmt", ["wrong.safetensors", "wrong.pth"])
 def test_semantic_weights_of_the_wrong_shape(fast_config, small_video, weights, fmt):
-    message = weights_error(fast_config, small_video, "models.semantic.weights", weights[fmt], EXIT_FAILURE)
+    message = weights_error(fast_config, small_video, "models.semantic.weights", weights[fmt], EXIT_DATAERR)
     assert re.search(r"wrong shape for segmentation_head\.0\.\w+: file has \[3\b.*model expects \[6\b", message)
 
 
 def test_instance_weights_of_the_wrong_shape(fast_config, small_video, tmp_path):
     path = tmp_path / "maskrcnn_3classes.safetensors"
     save_file({"roi_heads.box_predictor.cls_score.weight": torch.zeros(3, 1024)}, str(path))
-    message = weights_error(fast_config, small_video, "models.instance.weights", path, EXIT_FAILURE)
+    message = weights_error(fast_config, small_video, "models.instance.weights", path, EXIT_DATAERR)
     assert "wrong shape for roi_heads.box_predictor.cls_score.weight: file has [3, 1024], model expects [91, 1024]" in message
 
 
 def test_instance_weights_with_missing_keys(fast_config, small_video, tmp_path):
     path = tmp_path / "maskrcnn_partial.safetensors"
     save_file({"roi_heads.box_predictor.cls_score.weight": torch.zeros(91, 1024)}, str(path))
-    message = weights_error(fast_config, small_video, "models.instance.weights", path, EXIT_FAILURE)
+    message = weights_error(fast_config, small_video, "models.instance.weights", path, EXIT_DATAERR)
     assert re.search(r"weights do not fit the configured model: \d+ missing \(e\.g\. [\w.]+\) keys$", message)
 
 
@@ -206,7 +206,7 @@ def test_unreadable_weights_file(fast_config, small_video, weights, tmp_path, na
     else:
         path = tmp_path / name
         make(path)
-    message = weights_error(fast_config, small_video, "models.semantic.weights", path, EXIT_FAILURE)
+    message = weights_error(fast_config, small_video, "models.semantic.weights", path, EXIT_DATAERR)
     assert message.startswith(f"{path}: {problem}"), message
 
 
@@ -248,7 +248,7 @@ def test_malicious_pth_is_refused_without_running_code(fast_config, small_video,
 
     marker = tmp_path / "MARKER"
     evil = write_payload(tmp_path / "evil.pth", marker, fmt)
-    message = weights_error(fast_config, small_video, key, evil, EXIT_FAILURE)
+    message = weights_error(fast_config, small_video, key, evil, EXIT_DATAERR)
     assert not marker.exists(), "loading the weights ran code from the pickle"
     assert message.startswith(f"{evil}: not a loadable weights file"), message
 
@@ -265,13 +265,13 @@ def test_coco_weights_not_in_an_empty_torch_home(fast_config, small_video, tmp_p
     message = the_error(run_fast(fast_config, small_video, *args, env=env), EXIT_NOINPUT)
     assert url in message  # which file
     expected = torch_home / "hub" / "checkpoints" / url.rsplit("/", 1)[1]  # torch.hub.get_dir() is $TORCH_HOME/hub
-    assert f"at {expected}" in message  # where to place it
+    assert f"({expected})" in message  # where to place it
     assert [p for p in torch_home.rglob("*") if p.is_file()] == [], "nothing may be downloaded"
 
-    # Following the advice: a file at that place is the one loaded (this one is garbage, so exit 1).
+    # Following the advice: a file at that place is the one loaded (this one is garbage, so exit 65).
     expected.parent.mkdir(parents=True)
     expected.write_bytes(b"not really a checkpoint")
-    message = the_error(run_fast(fast_config, small_video, *args, env=env), EXIT_FAILURE)
+    message = the_error(run_fast(fast_config, small_video, *args, env=env), EXIT_DATAERR)
     assert str(expected) in message
     assert "not a loadable weights file" in message
 

@@ -12,11 +12,13 @@ import pytest
 import yaml
 from helpers import ROOT, cli_env, error_lines, run_cli, the_error
 
+from streamer import presets
+
 EXIT_NOINPUT, EXIT_CONFIG = 66, 78
 PACKAGED = ROOT / "streamer" / "default_config.yaml"
 MINIMAL = {
     "source": {"uri": "clip.mp4"},
-    "models": {"semantic": {"classes": [{"name": "road", "color": [1, 2, 3]}]}},
+    "models": {"preset": "none", "semantic": {"classes": [{"name": "road", "color": [1, 2, 3]}]}},
 }
 
 
@@ -50,8 +52,8 @@ def test_shipped_config_validates(path):
     config = load_config(path)
     assert [c.name for c in config.models.semantic.classes] == ["road", "sidewalk", "building", "sky", "car", "person"]
     printed = resolved(check_config("-c", str(path)))
-    written = yaml.safe_load(path.read_text())
-    assert printed["models"]["semantic"]["input_size"] == written["models"]["semantic"]["input_size"]
+    assert yaml.safe_load(path.read_text())["models"] == {"preset": "demo"}, "the models come from the preset, overridable"
+    assert printed["models"]["semantic"]["input_size"] == presets.get("demo").models["semantic"]["input_size"]
     assert printed["models"]["semantic"]["weights"] == printed["models"]["instance"]["weights"] == "demo"
 
 
@@ -96,9 +98,14 @@ DEMO_VALUES = {"source.uri", "models.semantic.weights", "models.semantic.input_s
 
 
 def test_every_schema_key_is_in_config_yaml_and_the_readme_table_and_nothing_else_is():
+    """config.yaml sets every key but the models' own, which the preset sets: those it shows as
+    comments, ready to override."""
     schema = schema_keys()
     sections = {key.rsplit(".", i)[0] for key in schema for i in range(1, key.count(".") + 1)}
-    in_yaml = yaml_keys(yaml.safe_load((ROOT / "config.yaml").read_text()), sections)
+    text = (ROOT / "config.yaml").read_text()
+    preset_keys = {key for key in schema if key.startswith(("models.semantic.", "models.instance."))}
+    commented = {key for key in preset_keys if re.search(rf"^ *# +{key.rsplit('.', 1)[1]}:", text, flags=re.M)}
+    in_yaml = yaml_keys(yaml.safe_load(text), sections) | commented
     assert set(schema) - in_yaml == set(), "schema keys missing from config.yaml"
     assert in_yaml - set(schema) == set(), "config.yaml keys the schema lacks"
     in_readme = readme_configuration_keys()
@@ -272,9 +279,16 @@ BAD_FILES = {
         "instance.class_map.car: 'road' is not a thing class",
     ),
     "duplicate-class": (
-        lambda d: d["models"]["semantic"]["classes"].append({"name": "car", "color": [0, 0, 0]}),
+        _set("models.semantic.classes", [{"name": "car", "isthing": True, "color": [0, 0, 0]}] * 2),
         "models.semantic.classes: class names must be unique, repeated: car",
     ),
+    "unknown-preset": (_set("models.preset", "nope"), "models: unknown preset 'nope' (known: demo, ade20k, cityscapes, "
+                                                       "cityscapes-fast, or none)"),
+    "class-map-candidate-to-stuff": (
+        _set("models.instance.class_map", {"person": ["person", "road"]}),
+        "instance.class_map.person: 'road' is not a thing class",
+    ),
+    "zero-std": (_set("models.semantic.std", [0, 1, 1]), "models.semantic.std.0: Input should be greater than 0"),
     "yaml-syntax": (b"source:\n  uri: [unclosed\nmodels: {\n", "not valid YAML"),
     "not-utf8": (b"source:\n  uri: \xff\xfe\n", "not valid YAML"),
     "top-level-list": (b"- source\n- models\n", "the top level must be a mapping"),

@@ -108,7 +108,9 @@ def build_semantic(settings: cfg.SemanticModel) -> torch.nn.Module:
         if not weights.present:
             raise InputNotFound(checkpoints.missing_message(weights, "none"))
         return build_pretrained(weights.path, settings, origin=weights.name)
-    if weights is not None and weights.path.is_dir():
+    if weights is not None and weights.path.suffix not in checkpoints.WEIGHTS_SUFFIXES:
+        if not weights.path.is_dir():
+            raise InputNotFound(f"{weights.name}: semantic weights not found (no such file or folder)")
         return build_pretrained(weights.path, settings, origin=str(weights.path))
     try:
         model = smp.create_model(settings.arch, encoder_name=settings.encoder, encoder_weights=None, classes=classes)
