@@ -14,8 +14,7 @@ import time
 from pathlib import Path
 from typing import NoReturn
 
-from streamer import __version__
-from streamer import presets
+from streamer import __version__, presets
 from streamer.arguments import add_config_arguments, config_overrides, frame_size, positive_int, quote
 from streamer.config import Config, load_config, to_yaml
 from streamer.errors import EXIT_FAILURE, EXIT_OK, StreamerError, UsageError

@@ -53,3 +53,5 @@ def configure_logging(level: str = "info", style: str = "text") -> None:
     else:
         handler.setFormatter(logging.Formatter(TEXT_FORMAT))
     logging.basicConfig(level=getattr(logging, level.upper()), handlers=[handler], force=True)
+    for chatty in ("httpx", "httpx2"):  # a line per HTTP request of a download: only at debug
+        logging.getLogger(chatty).setLevel(logging.DEBUG if level == "debug" else logging.WARNING)

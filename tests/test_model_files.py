@@ -143,7 +143,7 @@ def test_a_missing_mirror_file_is_one_line(published, tmp_path):
     with Mirror({}) as mirror:
         message = the_error(run_cli("models", "fetch", "cityscapes", env=model_env(home, STREAMER_MIRROR=mirror.url)),
                             EXIT_UNAVAILABLE)
-    assert message.startswith(f"{SEGFORMER_B2}: download of config.json failed ("), message
+    assert message.startswith(f"{SEGFORMER_B2}: download of config.json failed (HTTP 404: not there; check --mirror"), message
     assert cached_files(home) == []
 
 

@@ -117,3 +117,32 @@ def test_candidates_table_from_a_class_map():
     assert table[COCO_CLASSES.index("person")].tolist() == [ids["person"], ids["rider"]]
     assert table[COCO_CLASSES.index("car")].tolist() == [ids["car"], 0]
     assert table[COCO_CLASSES.index("dog")].tolist() == [0, 0]
+
+
+@pytest.mark.parametrize("arch", ["maskrcnn_resnet50_fpn", "maskrcnn_resnet50_fpn_v2"])
+def test_the_instance_network_is_the_one_torchvision_published_weights_for(arch):
+    """Same parameter count as torchvision's weights metadata, and the checkpoint name in the preset
+    files is the one in torchvision's URL (the cache file name torch.hub gives it)."""
+    import torchvision.models.detection as detection
+
+    from streamer.config import InstanceModel
+    from streamer.inference import checkpoints
+    from streamer.inference.models import build_instance
+
+    published = {"maskrcnn_resnet50_fpn": detection.MaskRCNN_ResNet50_FPN_Weights.COCO_V1,
+                 "maskrcnn_resnet50_fpn_v2": detection.MaskRCNN_ResNet50_FPN_V2_Weights.COCO_V1}[arch]
+    model, names = build_instance(InstanceModel(arch=arch, weights="none"))
+    assert sum(p.numel() for p in model.parameters()) == published.meta["num_params"]
+    assert names == list(published.meta["categories"])
+    assert checkpoints.COCO_URLS[arch] == published.url
+
+
+def test_a_v2_checkpoint_saved_without_batch_norm_counters_loads():
+    """Whether or not the published file kept BatchNorm's num_batches_tracked, it loads strictly."""
+    from streamer.config import InstanceModel
+    from streamer.inference.models import build_instance, load_weights
+
+    model = build_instance(InstanceModel(arch="maskrcnn_resnet50_fpn_v2", weights="none"))[0]
+    state = {k: v for k, v in model.state_dict().items() if not k.endswith("num_batches_tracked")}
+    assert len(state) < len(model.state_dict())
+    load_weights(model, state, "v2 without counters")

@@ -16,7 +16,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 import torchvision
-from torchvision.models.detection import MaskRCNN_ResNet50_FPN_Weights
+from torchvision.models.detection import MaskRCNN, MaskRCNN_ResNet50_FPN_Weights
+from torchvision.models.detection.backbone_utils import resnet_fpn_backbone
+from torchvision.ops import FrozenBatchNorm2d
 
 from streamer import config as cfg
 from streamer.errors import DataError, InputNotFound, UsageError
@@ -82,7 +84,8 @@ def load_weights(module: torch.nn.Module, state: dict[str, torch.Tensor], origin
                 f"{origin}: wrong shape for {key}: file has {list(tensor.shape)}, model expects "
                 f"{list(expected[key].shape)}; do the weights match the configured architecture and classes?"
             )
-    missing = [k for k in expected if k not in state]
+    # BatchNorm fills in a missing counter itself (checkpoints saved without it still load in torch)
+    missing = [k for k in expected if k not in state and not k.endswith(".num_batches_tracked")]
     unexpected = [k for k in state if k not in expected]
     if missing or unexpected:
         detail = f"{len(missing)} missing (e.g. {missing[0]})" if missing else f"{len(unexpected)} unexpected (e.g. {unexpected[0]})"
@@ -171,16 +174,15 @@ def build_instance(settings: cfg.InstanceModel) -> tuple[torch.nn.Module, list[s
         )
         load_weights(model, read_state_dict(demo_models.INSTANCE_FILE), "demo instance weights")
         return model, names
-    builder = getattr(torchvision.models.detection, settings.arch)
-    model = builder(
-        weights=None,
-        weights_backbone=None,  # never fetch ImageNet weights
-        num_classes=len(COCO_CLASSES),
-        min_size=settings.min_size,
-        max_size=settings.max_size,
-        box_score_thresh=settings.score_threshold,
-        box_detections_per_img=settings.detections_per_image,
-    )
+    options = dict(num_classes=len(COCO_CLASSES), min_size=settings.min_size, max_size=settings.max_size,
+                   box_score_thresh=settings.score_threshold, box_detections_per_img=settings.detections_per_image)
+    if settings.arch == "maskrcnn_resnet50_fpn":
+        # As torchvision builds it to load its published weights: a ResNet-50 with frozen batch
+        # norm (no num_batches_tracked in the state dict), 3 trainable layers, FPN.
+        backbone = resnet_fpn_backbone(backbone_name="resnet50", weights=None, norm_layer=FrozenBatchNorm2d, trainable_layers=3)
+        model = MaskRCNN(backbone, **options)
+    else:  # v2 uses batch norm however it is built
+        model = torchvision.models.detection.maskrcnn_resnet50_fpn_v2(weights=None, weights_backbone=None, **options)
     weights = checkpoints.instance_weights(settings)
     if weights is not None:
         if not weights.present and weights.kind is Kind.TORCH:

@@ -162,23 +162,10 @@ def announce_licence(preset: presets.Preset) -> None:
 def fetch_checkpoint(weights: Weights, models: Models, mirror: str | None, allow_unverified: bool) -> None:
     """Download a torchvision checkpoint into NAME.partial beside its place (resuming what an earlier
     try left there), verify it, then rename it into place."""
-    from huggingface_hub.file_download import http_get
-
     url = f"{mirror}{urlsplit(weights.url).path}" if mirror else weights.url
     partial = partial_path(weights)
-    partial.parent.mkdir(parents=True, exist_ok=True)
     log.info("%s: downloading from %s", weights.name, url)
-    with open(partial, "ab") as handle:
-        done = handle.tell()
-        try:
-            http_get(url, handle, resume_size=done, displayed_filename=weights.name, tqdm_class=progress_class())
-        except Exception as exc:  # noqa: BLE001 - every network failure reads the same to the user
-            if not range_already_complete(exc, done):
-                handle.flush()
-                raise Unavailable(
-                    f"{url}: download failed ({failure(exc)}); {handle.tell() / 1e6:.1f} MB kept in {partial}: "
-                    f"run the same command again to resume"
-                ) from None
+    download_resuming(url, partial, weights.name, mirror)
     try:
         verify_checkpoint(partial, weights, models, allow_unverified)
     except DataError:
@@ -188,16 +175,41 @@ def fetch_checkpoint(weights: Weights, models: Models, mirror: str | None, allow
     log.info("%s: verified, saved at %s", weights.name, weights.path)
 
 
+def download_resuming(url: str, partial: Path, name: str, mirror: str | None) -> None:
+    """Append what `partial` lacks of `url` (huggingface_hub's http_get: a Range request, retried
+    with the offset reached when the connection drops). Raises Unavailable, keeping what arrived."""
+    from huggingface_hub.file_download import http_get
+
+    partial.parent.mkdir(parents=True, exist_ok=True)
+    with open(partial, "ab") as handle:
+        done = handle.tell()
+        try:
+            http_get(url, handle, resume_size=done, displayed_filename=name, tqdm_class=progress_class())
+            return
+        except Exception as exc:  # noqa: BLE001 - every network failure reads the same to the user
+            if range_already_complete(exc, done):
+                return
+            problem = failure(exc, mirror)
+        kept = handle.tell()
+    if not kept:
+        partial.unlink(missing_ok=True)
+    resume = f"; {kept / 1e6:.1f} MB kept in {partial}: run the same command again to resume" if kept else ""
+    raise Unavailable(f"{url}: download failed ({problem}){resume}")
+
+
 def range_already_complete(exc: Exception, done: int) -> bool:
     """A resumed download of a file that was already whole: the server answers 416."""
     response = getattr(exc, "response", None)
     return done > 0 and getattr(response, "status_code", None) == 416
 
 
-def failure(exc: Exception) -> str:
-    response = getattr(exc, "response", None)
-    if response is not None and getattr(response, "status_code", None):
-        return f"HTTP {response.status_code}"
+def failure(exc: Exception, mirror: str | None) -> str:
+    """What went wrong, in a few words: the HTTP status, or the connection error."""
+    status = getattr(getattr(exc, "response", None), "status_code", None)
+    if status == 404:
+        return "HTTP 404: not there" + ("; check --mirror or $" + MIRROR_ENV if mirror else "")
+    if status:
+        return f"HTTP {status}"
     text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
     return f"{type(exc).__name__}: {text[:160]}" if text else type(exc).__name__
 
@@ -213,7 +225,7 @@ def fetch_hub_model(weights: Weights, models: Models, mirror: str | None, allow_
         for name in checkpoints.HUB_FILES:
             fetched.append(Path(hf_hub_download(weights.name, name, endpoint=mirror, tqdm_class=progress_class())))
     except Exception as exc:  # noqa: BLE001
-        raise Unavailable(f"{weights.name}: download of {name} failed ({failure(exc)}); run the same command again") from None
+        raise Unavailable(f"{weights.name}: download of {name} failed ({failure(exc, mirror)})") from None
     folder = fetched[0].parent
     try:
         verify_hub_folder(folder, weights, models, allow_unverified)
