@@ -99,29 +99,34 @@ def load_weights(module: torch.nn.Module, state: dict[str, torch.Tensor], origin
 
 def build_semantic(settings: cfg.SemanticModel) -> torch.nn.Module:
     """The smp network the settings name, with its weights (see checkpoints for where they come from)."""
-    import segmentation_models_pytorch as smp
-
-    classes = len(settings.classes)
     weights = checkpoints.semantic_weights(settings)
-    if weights is not None and weights.kind is Kind.BUNDLED:
-        model = demo_models.build_demo_semantic(classes)
+    if weights is None:  # random init
+        return create_semantic(settings)
+    if weights.kind is Kind.BUNDLED:
+        model = demo_models.build_demo_semantic(len(settings.classes))
         load_weights(model, read_state_dict(demo_models.SEMANTIC_FILE), "demo semantic weights")
         return model
-    if weights is not None and weights.kind is Kind.HUB:
+    if weights.kind is Kind.HUB:
         if not weights.present:
             raise InputNotFound(checkpoints.missing_message(weights, "none"))
         return build_pretrained(weights.path, settings, origin=weights.name)
-    if weights is not None and weights.path.suffix not in checkpoints.WEIGHTS_SUFFIXES:
+    if weights.path.suffix not in checkpoints.WEIGHTS_SUFFIXES:
         if not weights.path.is_dir():
             raise InputNotFound(f"{weights.name}: semantic weights not found (no such file or folder)")
         return build_pretrained(weights.path, settings, origin=str(weights.path))
+    model = create_semantic(settings)
+    load_weights(model, read_state_dict(weights.path), weights.name)
+    return model
+
+
+def create_semantic(settings: cfg.SemanticModel) -> torch.nn.Module:
+    """The configured smp architecture and encoder, randomly initialised (nothing downloaded)."""
+    import segmentation_models_pytorch as smp
+
     try:
-        model = smp.create_model(settings.arch, encoder_name=settings.encoder, encoder_weights=None, classes=classes)
+        return smp.create_model(settings.arch, encoder_name=settings.encoder, encoder_weights=None, classes=len(settings.classes))
     except (KeyError, ValueError) as exc:
         raise cfg.ConfigError(f"models.semantic: cannot build {settings.arch} with encoder {settings.encoder}: {exc}") from None
-    if weights is not None:
-        load_weights(model, read_state_dict(weights.path), weights.name)
-    return model
 
 
 def build_pretrained(folder: Path, settings: cfg.SemanticModel, origin: str) -> torch.nn.Module:
