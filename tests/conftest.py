@@ -14,6 +14,12 @@ def fast_config(tmp_path: Path) -> Path:
     return write_fast_config(tmp_path)
 
 
+@pytest.fixture(scope="module")
+def module_config(tmp_path_factory) -> Path:
+    """The same fast configuration, for module-scoped fixtures that run a command once for several tests."""
+    return write_fast_config(tmp_path_factory.mktemp("config"))
+
+
 @pytest.fixture
 def small_video(tmp_path: Path) -> Path:
     return make_video(tmp_path / "input.mp4")

@@ -14,8 +14,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-import yaml
-from helpers import decode_video, mask_bbox, popen_cli, probe, run_cli, the_error, wait_until, write_fast_config
+from helpers import decode_video, mask_bbox, popen_cli, probe, run_cli, run_in_process, the_error, wait_until
 
 from streamer.inputs.sources import open_source
 
@@ -122,12 +121,6 @@ def synth_export(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def module_config(tmp_path_factory) -> Path:
-    """The same fast CPU configuration as conftest's fast_config, shared by the module."""
-    return write_fast_config(tmp_path_factory.mktemp("config"))
-
-
-@pytest.fixture(scope="module")
 def detector_weights(tmp_path_factory, module_config) -> Path:
     """Mask R-CNN weights that see cars everywhere, so things really reach the export.
 
@@ -136,14 +129,14 @@ def detector_weights(tmp_path_factory, module_config) -> Path:
     regressor keeps the proposal, and the mask head fills the box.
     """
     import torch
-    import torchvision.models.detection as detection
     from safetensors.torch import save_file
 
-    from streamer.inference.models import COCO_CLASSES
+    from streamer.config import load_config
+    from streamer.inference.models import COCO_CLASSES, build_instance
 
-    arch = yaml.safe_load(module_config.read_text())["models"]["instance"]["arch"]
+    settings = load_config(module_config).models.instance
     torch.manual_seed(0)
-    model = getattr(detection, arch)(weights=None, weights_backbone=None, num_classes=len(COCO_CLASSES))
+    model = build_instance(settings.model_copy(update={"weights": "none"}))[0]
     state = {key: value.detach().clone() for key, value in model.state_dict().items()}
     del model
     classifier = "roi_heads.box_predictor.cls_score"
@@ -167,8 +160,8 @@ RUN_FRAMES = 4
 def run_export(tmp_path_factory, module_config, detector_weights) -> Path:
     out = tmp_path_factory.mktemp("run") / "export"
     source = f"synthetic:street?seed=1001&frames={RUN_FRAMES}&size={SIZE[0]}x{SIZE[1]}"
-    result = run_cli("run", "-c", str(module_config), "--source", source, "--export-dir", str(out),
-                     "--set", f"models.instance.weights={detector_weights}")
+    result = run_in_process("run", "-c", str(module_config), "--source", source, "--export-dir", str(out),
+                            "--set", f"models.instance.weights={detector_weights}")
     assert result.returncode == 0, result.stderr
     return out
 
@@ -269,8 +262,8 @@ def test_run_export_is_well_formed(run_export):
 def test_export_images_writes_each_frame_where_its_file_name_points(tmp_path, module_config):
     source = f"synthetic:street?seed=1002&frames=3&size={SIZE[0]}x{SIZE[1]}"
     out = tmp_path / "export"
-    result = run_cli("run", "-c", str(module_config), "--source", source, "--export-dir", str(out),
-                     "--set", "output.export_images=true")
+    result = run_in_process("run", "-c", str(module_config), "--source", source, "--export-dir", str(out),
+                            "--set", "output.export_images=true")
     assert result.returncode == 0, result.stderr
     coco = json.loads((out / "panoptic.json").read_text())
     reader = open_source(source)
@@ -367,7 +360,7 @@ def test_a_run_that_failed_at_start_up_does_not_block_the_retry(tmp_path, fast_c
     failed = run_cli("run", "-c", str(fast_config), "--source", source, "--export-dir", str(out),
                      "--set", f"models.instance.weights={tmp_path / 'missing.safetensors'}")
     assert f"{tmp_path / 'missing.safetensors'}: weights file not found" in the_error(failed, 66)
-    retry = run_cli("run", "-c", str(fast_config), "--source", source, "--export-dir", str(out))
+    retry = run_in_process("run", "-c", str(fast_config), "--source", source, "--export-dir", str(out))
     assert retry.returncode == 0, retry.stderr
     assert png_names(out) == {"000000.png"}
     load_export(out)

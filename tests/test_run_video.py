@@ -8,14 +8,36 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-from helpers import Daemon, decode_video, make_video, moving_pattern, probe, run_cli, run_summary, the_error
+from helpers import Daemon, decode_video, make_video, moving_pattern, probe, run_cli, run_in_process, run_summary, the_error
+
+# Two stuff classes and no instances: every pixel belongs to a segment, whatever the random model says.
+TWO_STUFF_CLASSES = ["--set", "models.semantic.classes=[{name: red, color: [255, 0, 0]}, {name: green, color: [0, 255, 0]}]",
+                     "--set", "models.instance.class_map={}", "--set", "render.alpha=0.5", "--set", "fusion.stuff_area_min=0"]
+
+
+@pytest.fixture(scope="module")
+def converted(tmp_path_factory, module_config):
+    """convert(size, fps) -> (source, output, result): a 14-frame video of that size and rate through
+    `streamer run` with TWO_STUFF_CLASSES, made once per module: the size/rate test and the overlay
+    test check different things of the same run."""
+    runs = {}
+
+    def convert(size, fps):
+        if (size, fps) not in runs:
+            folder = tmp_path_factory.mktemp("converted")
+            source = make_video(folder / "in.mp4", frames=14, size=size, fps=fps)
+            output = folder / "sub" / "out.mp4"
+            result = run_in_process("run", "-c", str(module_config), "--source", str(source), "--output", str(output),
+                                    *TWO_STUFF_CLASSES)
+            runs[size, fps] = source, output, result
+        return runs[size, fps]
+
+    return convert
 
 
 @pytest.mark.parametrize("size,fps", [((160, 120), 10), ((192, 108), Fraction(25, 2))])
-def test_output_matches_input_frames_size_and_rate(tmp_path, fast_config, size, fps):
-    source = make_video(tmp_path / "in.mp4", frames=14, size=size, fps=fps)
-    output = tmp_path / "sub" / "out.mp4"
-    result = run_cli("run", "-c", str(fast_config), "--source", str(source), "--output", str(output))
+def test_output_matches_input_frames_size_and_rate(converted, size, fps):
+    source, output, result = converted(size, fps)
     assert result.returncode == 0, result.stderr
     expected, actual = probe(source), probe(output)
     assert actual["codec"] == "h264"
@@ -25,14 +47,9 @@ def test_output_matches_input_frames_size_and_rate(tmp_path, fast_config, size, 
     assert not list(output.parent.glob("*.partial"))
 
 
-def test_overlay_is_drawn_on_the_frames(tmp_path, fast_config):
+def test_overlay_is_drawn_on_the_frames(converted):
     """The output frames are the input with the segmentation blended in, not a copy and not noise."""
-    source = make_video(tmp_path / "in.mp4", frames=3)
-    output = tmp_path / "out.mp4"
-    # Two stuff classes and no instances: every pixel belongs to a segment, whatever the random model says.
-    result = run_cli("run", "-c", str(fast_config), "--source", str(source), "--output", str(output),
-                     "--set", "models.semantic.classes=[{name: red, color: [255, 0, 0]}, {name: green, color: [0, 255, 0]}]",
-                     "--set", "models.instance.class_map={}", "--set", "render.alpha=0.5", "--set", "fusion.stuff_area_min=0")
+    _, output, result = converted((160, 120), 10)
     assert result.returncode == 0, result.stderr
     first = decode_video(output)[0]
     original = moving_pattern(0, 160, 120).astype(float)
@@ -53,7 +70,7 @@ def image_folder(path: Path, count: int) -> Path:
 def test_image_folder_source(tmp_path, fast_config):
     folder = image_folder(tmp_path / "images", 4)
     output = tmp_path / "out.mp4"
-    result = run_cli("run", "-c", str(fast_config), "--source", str(folder), "--output", str(output), "--set", "source.fps=5")
+    result = run_in_process("run", "-c", str(fast_config), "--source", str(folder), "--output", str(output), "--set", "source.fps=5")
     assert result.returncode == 0, result.stderr
     info = probe(output)
     assert (info["frames"], info["width"], info["height"], info["rate"]) == (4, 96, 64, 5)
@@ -89,8 +106,8 @@ def test_drawing_on_the_models_device_makes_the_same_video(tmp_path):
     frames = {}
     for on_device in ("true", "false"):
         output = tmp_path / f"{on_device}.mp4"
-        result = run_cli("run", "--source", "synthetic:street?frames=4&size=192x112", "--output", str(output),
-                         "--set", "runtime.device=cpu", "--set", f"render.on_model_device={on_device}")
+        result = run_in_process("run", "--source", "synthetic:street?frames=4&size=192x112", "--output", str(output),
+                                "--set", "runtime.device=cpu", "--set", f"render.on_model_device={on_device}")
         assert result.returncode == 0, result.stderr
         assert ("overlay drawn on cpu" in result.stderr) == (on_device == "true")
         frames[on_device] = decode_video(output)

@@ -6,7 +6,7 @@ import re
 import time
 
 import pytest
-from helpers import LIVE, Daemon, make_video, probe, run_cli, the_error
+from helpers import LIVE, Daemon, make_video, probe, run_cli, run_in_process, the_error
 from rtsp import RtspServer, needs_rtsp
 
 
@@ -14,9 +14,9 @@ from rtsp import RtspServer, needs_rtsp
 def test_each_source_gets_its_own_outputs(tmp_path, fast_config, max_batch):
     first = make_video(tmp_path / "a.mp4", frames=6, size=(160, 120))
     second = make_video(tmp_path / "b.mp4", frames=4, size=(128, 96))
-    result = run_cli("run", "-c", str(fast_config), "--source", str(first), "--source", str(second),
-                     "--output", str(tmp_path / "out" / "{source}.mp4"), "--export-dir", str(tmp_path / "export"),
-                     "--set", f"runtime.max_batch={max_batch}")
+    result = run_in_process("run", "-c", str(fast_config), "--source", str(first), "--source", str(second),
+                            "--output", str(tmp_path / "out" / "{source}.mp4"), "--export-dir", str(tmp_path / "export"),
+                            "--set", f"runtime.max_batch={max_batch}")
     assert result.returncode == 0, result.stderr
     assert (probe(tmp_path / "out" / "cam0.mp4")["frames"], probe(tmp_path / "out" / "cam1.mp4")["frames"]) == (6, 4)
     assert probe(tmp_path / "out" / "cam1.mp4")["width"] == 128

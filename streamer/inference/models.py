@@ -84,9 +84,11 @@ def load_weights(module: torch.nn.Module, state: dict[str, torch.Tensor], origin
                 f"{origin}: wrong shape for {key}: file has {list(tensor.shape)}, model expects "
                 f"{list(expected[key].shape)}; do the weights match the configured architecture and classes?"
             )
-    # BatchNorm fills in a missing counter itself (checkpoints saved without it still load in torch)
-    missing = [k for k in expected if k not in state and not k.endswith(".num_batches_tracked")]
-    unexpected = [k for k in state if k not in expected]
+    # BatchNorm's step counter does not matter to inference: BatchNorm fills in a missing one and
+    # FrozenBatchNorm2d drops one it does not keep, so checkpoints load with or without it.
+    counter = ".num_batches_tracked"
+    missing = [k for k in expected if k not in state and not k.endswith(counter)]
+    unexpected = [k for k in state if k not in expected and not k.endswith(counter)]
     if missing or unexpected:
         detail = f"{len(missing)} missing (e.g. {missing[0]})" if missing else f"{len(unexpected)} unexpected (e.g. {unexpected[0]})"
         raise DataError(f"{origin}: weights do not fit the configured model: {detail} keys")

@@ -90,14 +90,14 @@ class Pipeline:
         config = self.config
         if config.output.display:
             require_display()  # before anything slow, and before OpenCV could abort the process
-        build.announce_models(config)
-        checkpoints.require(config.models)  # missing weights: say so before opening any source
         renderer = build.renderer(config)
         runs: list[SourceRun] = []
         metrics = pool = None
         try:
             several = len(config.all_sources()) > 1
             runs.extend(self._prepare(source, several) for source in config.all_sources())
+            build.announce_models(config)
+            checkpoints.require(config.models)  # missing weights: one line, before anything loads
             device = resolve_device(config.runtime.device)
             if config.metrics.enabled:  # up before the models load: /healthz says 503 until frames flow
                 metrics = MetricsServer(config.metrics.host, config.metrics.port, [run.watched() for run in runs],
