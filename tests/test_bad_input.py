@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import cli_env, error_lines, run_cli, run_summary, the_error
+from helpers import cli_env, error_lines, run_cli, run_in_process, run_summary, the_error
 from safetensors.torch import save_file
 
 EXIT_FAILURE, EXIT_USAGE, EXIT_DATAERR, EXIT_NOINPUT = 1, 2, 65, 66
@@ -27,14 +27,15 @@ def run_fast(config: Path, source: Path | str, *args: str, env: dict[str, str] |
 
 
 def weights_error(config: Path, source: Path, key: str, path: Path, code: int) -> str:
-    """Run with the weights setting `key` pointing at `path`: the one error, which names that file."""
-    message = the_error(run_fast(config, source, "--set", f"{key}={path}"), code)
+    """Run with the weights setting `key` pointing at `path`: the one error, which names that file.
+    In this process (these exit codes are also checked from a fresh one, in the COCO weights test)."""
+    message = the_error(run_in_process("run", "-c", str(config), "--source", str(source), "--set", f"{key}={path}"), code)
     assert str(path) in message
     return message
 
 
 # ---------------------------------------------------------------------------------------------
-# Sources
+# Sources (each exit code once from a fresh process; the other cases in this one, which is quicker)
 
 
 def test_missing_source_file(fast_config, tmp_path):
@@ -55,7 +56,7 @@ def test_missing_source_file(fast_config, tmp_path):
 def test_file_that_is_not_a_video(fast_config, tmp_path, content):
     fake = tmp_path / "x.mp4"
     fake.write_bytes(content)
-    message = the_error(run_cli("run", "-c", str(fast_config), "--source", str(fake)), EXIT_FAILURE)
+    message = the_error(run_in_process("run", "-c", str(fast_config), "--source", str(fake)), EXIT_FAILURE)
     assert str(fake) in message
     assert "not a readable video" in message
 
@@ -67,7 +68,7 @@ def test_unknown_uri_scheme(fast_config):
 
 
 def test_credentials_are_not_logged_for_unknown_scheme(fast_config):
-    message = the_error(run_cli("run", "-c", str(fast_config), "--source", "foo://alice:s3cret@cam/x"), EXIT_USAGE)
+    message = the_error(run_in_process("run", "-c", str(fast_config), "--source", "foo://alice:s3cret@cam/x"), EXIT_USAGE)
     assert "s3cret" not in message
     assert "foo://***@cam/x" in message
 
@@ -80,7 +81,7 @@ def test_image_folder_or_glob_without_images(fast_config, tmp_path, layout):
         (folder / "notes.txt").write_text("not an image")
         (folder / "clip.mp4").write_bytes(b"")
     target = str(folder / "*.png") if layout == "glob" else str(folder)
-    message = the_error(run_cli("run", "-c", str(fast_config), "--source", target), EXIT_NOINPUT)
+    message = the_error(run_in_process("run", "-c", str(fast_config), "--source", target), EXIT_NOINPUT)
     assert target in message
     assert "no image files found" in message
 
@@ -88,7 +89,7 @@ def test_image_folder_or_glob_without_images(fast_config, tmp_path, layout):
 def test_one_missing_source_among_several_fails_before_anything_runs(fast_config, small_video, tmp_path):
     missing = tmp_path / "gone.mp4"
     message = the_error(
-        run_cli("run", "-c", str(fast_config), "--source", str(small_video), "--source", str(missing)), EXIT_NOINPUT
+        run_in_process("run", "-c", str(fast_config), "--source", str(small_video), "--source", str(missing)), EXIT_NOINPUT
     )
     assert str(missing) in message
 
