@@ -15,7 +15,6 @@ import os
 import re
 import shutil
 import sys
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -25,10 +24,10 @@ from streamer.config import Models
 from streamer.errors import EXIT_OK, DataError, InputNotFound, Unavailable
 from streamer.inference import checkpoints
 from streamer.inference.checkpoints import Kind, Weights
+from streamer.tools.downloads import MIRROR_ENV, download_resuming, failure, progress_class
 
 log = logging.getLogger("streamer.models")
 
-MIRROR_ENV = "STREAMER_MIRROR"
 CHUNK = 1 << 20
 SHA256_IN_NAME = re.compile(r"-([a-f0-9]{8,})\.")  # torch.hub's rule: the hex digits after the last '-' start the sha256
 
@@ -51,33 +50,6 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     bring.set_defaults(handler=cmd_import)
 
 
-def progress_class() -> type:
-    """huggingface_hub's progress bar on a terminal; elsewhere (a log, systemd, CI) its updates as
-    log lines, one every few seconds and one at the end."""
-    from huggingface_hub.utils import tqdm
-
-    class LoggedProgress(tqdm):
-        def __init__(self, *args, **kwargs):
-            if kwargs.get("disable") is None and not sys.stderr.isatty():
-                kwargs.update(disable=False, file=LogLines(), mininterval=5.0,
-                              bar_format="{desc}: {percentage:3.0f}% of {total_fmt}B ({rate_fmt})")
-            super().__init__(*args, **kwargs)
-
-    return LoggedProgress
-
-
-class LogLines:
-    """A file for tqdm: each update it writes becomes one log line."""
-
-    def write(self, text: str) -> int:
-        if text.strip():
-            log.info("%s", text.strip())
-        return len(text)
-
-    def flush(self) -> None:
-        pass
-
-
 def preset_weights(name: str) -> tuple[Models, list[Weights]]:
     """The preset's models section and the cached weights it needs (bundled ones need nothing)."""
     models = Models.model_validate({"preset": name})
@@ -89,8 +61,7 @@ def preset_weights(name: str) -> tuple[Models, list[Weights]]:
 
 
 def cmd_list(args: argparse.Namespace) -> int:
-    for name in presets.names():
-        print("\n".join(describe(name)) + "\n")
+    sys.stdout.write("\n\n".join("\n".join(describe(name)) for name in presets.names()) + "\n")
     return EXIT_OK
 
 
@@ -173,45 +144,6 @@ def fetch_checkpoint(weights: Weights, models: Models, mirror: str | None, allow
         raise
     os.replace(partial, weights.path)
     log.info("%s: verified, saved at %s", weights.name, weights.path)
-
-
-def download_resuming(url: str, partial: Path, name: str, mirror: str | None) -> None:
-    """Append what `partial` lacks of `url` (huggingface_hub's http_get: a Range request, retried
-    with the offset reached when the connection drops). Raises Unavailable, keeping what arrived."""
-    from huggingface_hub.file_download import http_get
-
-    partial.parent.mkdir(parents=True, exist_ok=True)
-    with open(partial, "ab") as handle:
-        done = handle.tell()
-        try:
-            http_get(url, handle, resume_size=done, displayed_filename=name, tqdm_class=progress_class())
-            return
-        except Exception as exc:  # noqa: BLE001 - every network failure reads the same to the user
-            if range_already_complete(exc, done):
-                return
-            problem = failure(exc, mirror)
-        kept = handle.tell()
-    if not kept:
-        partial.unlink(missing_ok=True)
-    resume = f"; {kept / 1e6:.1f} MB kept in {partial}: run the same command again to resume" if kept else ""
-    raise Unavailable(f"{url}: download failed ({problem}){resume}")
-
-
-def range_already_complete(exc: Exception, done: int) -> bool:
-    """A resumed download of a file that was already whole: the server answers 416."""
-    response = getattr(exc, "response", None)
-    return done > 0 and getattr(response, "status_code", None) == 416
-
-
-def failure(exc: Exception, mirror: str | None) -> str:
-    """What went wrong, in a few words: the HTTP status, or the connection error."""
-    status = getattr(getattr(exc, "response", None), "status_code", None)
-    if status == 404:
-        return "HTTP 404: not there" + ("; check --mirror or $" + MIRROR_ENV if mirror else "")
-    if status:
-        return f"HTTP {status}"
-    text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-    return f"{type(exc).__name__}: {text[:160]}" if text else type(exc).__name__
 
 
 def fetch_hub_model(weights: Weights, models: Models, mirror: str | None, allow_unverified: bool) -> None:
@@ -343,15 +275,9 @@ def walk(given: list[Path], depth: int = 6) -> Iterator[Path]:
 
 
 def import_checkpoint(source: Path, weights: Weights, models: Models, allow_unverified: bool) -> None:
+    verify_checkpoint(source, weights, models, allow_unverified)
     weights.path.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile(dir=weights.path.parent, prefix=f".{weights.name}.", suffix=".import", delete=False) as handle:
-        staged = Path(handle.name)
-    try:
-        shutil.copyfile(source, staged)
-        verify_checkpoint(staged, weights, models, allow_unverified)
-        os.replace(staged, weights.path)
-    finally:
-        staged.unlink(missing_ok=True)
+    atomic_copy(source, weights.path)
     log.info("%s: verified, imported from %s to %s", weights.name, source, weights.path)
 
 
