@@ -42,5 +42,6 @@ def test_the_readme_demo_command_uses_the_demo_models(tmp_path):
     result = run_cli("run", "--output", str(output), "--max-frames", "6", "--device", "cpu", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     assert run_summary(result.stderr)["processed"] == 6
+    assert "know only synthetic streets" not in result.stderr, "no warning where the demo models are at home"
     info = probe(output)
     assert (info["frames"], info["width"], info["height"]) == (6, 640, 360)

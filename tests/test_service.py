@@ -71,6 +71,8 @@ def test_ready_watchdog_and_stopping_reach_the_notify_socket(tmp_path, fast_conf
         assert process.wait(60) == 0, process.stderr.read()
     finally:
         process.kill() if process.poll() is None else None
+    # the demo models on a real video: said once, with the way to real models
+    assert process.stderr.read().count("the demo models know only synthetic streets") == 1
     stopping = systemd.wait_for("STOPPING=1", timeout=5)
     assert stopping > ready
     assert any(text.startswith("EXTEND_TIMEOUT_USEC=") for _, text in systemd.messages)
