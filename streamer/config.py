@@ -81,6 +81,11 @@ class SemanticModel(Strict):
 class InstanceModel(Strict):
     arch: Literal["maskrcnn_resnet50_fpn", "maskrcnn_resnet50_fpn_v2"] = Field(default="maskrcnn_resnet50_fpn", description="torchvision Mask R-CNN builder")
     weights: str = Field(default="none", description="demo (bundled; ignores arch) | none | coco (from torch's cache) | .safetensors/.pth state dict")
+    classes: tuple[str, ...] | None = Field(
+        default=None, min_length=1,
+        description="the instance model's class names in label order, from label 1 (label 0 is the background); "
+        "null: COCO's (torchvision weights) or the demo's",
+    )
     min_size: int = Field(default=800, ge=32, description="Mask R-CNN's internal resize of the shorter side")
     max_size: int = Field(default=1333, ge=32, description="Mask R-CNN's internal resize: longest side at most")
     score_threshold: Unit = Field(default=0.5, description="detections below are dropped inside the model and by fusion")
@@ -90,6 +95,14 @@ class InstanceModel(Strict):
         description="instance class name (COCO or demo) -> panoptic category, or a list of them: the semantic "
         "model's vote under the mask picks one, the first when it sees none; unmapped classes are ignored",
     )
+
+    @field_validator("classes")
+    @classmethod
+    def _unique_classes(cls, classes: tuple[str, ...] | None) -> tuple[str, ...] | None:
+        repeated = sorted({n for n in classes or () if classes.count(n) > 1})
+        if repeated:
+            raise ValueError(f"class names must be unique, repeated: {', '.join(repeated)}")
+        return classes
 
     @field_validator("class_map")
     @classmethod
@@ -223,6 +236,7 @@ class Output(Strict):
     display: bool = Field(default=False, description="show a live window")
     export_dir: str | None = Field(default=None, description="COCO panoptic annotations folder ({source}: the source id)")
     export_images: bool = Field(default=False, description="also the frames, as images/NNNNNN.jpg beside the annotations")
+    min_free_mb: float = Field(default=100.0, ge=0, description="an output folder with less free space than this is refused at start-up")
 
     def segment_length(self, live: bool) -> float:
         """Seconds per segment for a source (0: one file)."""

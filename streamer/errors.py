@@ -6,6 +6,7 @@ EXIT_FAILURE = 1
 EXIT_USAGE = 2
 EXIT_DATAERR = 65  # EX_DATAERR
 EXIT_NOINPUT = 66  # EX_NOINPUT
+EXIT_CANTCREAT = 73  # EX_CANTCREAT
 EXIT_UNAVAILABLE = 69  # EX_UNAVAILABLE
 EXIT_CONFIG = 78  # EX_CONFIG
 
@@ -28,6 +29,12 @@ class DataError(StreamerError):
 
 class InputNotFound(StreamerError):
     exit_code = EXIT_NOINPUT
+
+
+class CannotCreate(StreamerError):
+    """An output (video, segments folder, export) that cannot be written where the user named it."""
+
+    exit_code = EXIT_CANTCREAT
 
 
 class ConfigError(StreamerError):

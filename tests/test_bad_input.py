@@ -175,11 +175,35 @@ def test_semantic_weights_of_the_wrong_shape(fast_config, small_video, weights, 
     assert re.search(r"wrong shape for segmentation_head\.0\.\w+: file has \[3\b.*model expects \[6\b", message)
 
 
-def test_instance_weights_of_the_wrong_shape(fast_config, small_video, tmp_path):
+def test_a_mask_rcnn_with_other_classes_names_the_key_to_set(fast_config, small_video, tmp_path):
     path = tmp_path / "maskrcnn_3classes.safetensors"
     save_file({"roi_heads.box_predictor.cls_score.weight": torch.zeros(3, 1024)}, str(path))
     message = weights_error(fast_config, small_video, "models.instance.weights", path, EXIT_DATAERR)
-    assert "wrong shape for roi_heads.box_predictor.cls_score.weight: file has [3, 1024], model expects [91, 1024]" in message
+    assert message == (f"{path}: this Mask R-CNN has 2 classes (and the background) but without models.instance.classes, "
+                       "COCO's 90 are assumed; set models.instance.classes to its class names in label order, from label 1")
+
+
+def user_mask_rcnn(folder: Path, classes: list[str]) -> Path:
+    """A Mask R-CNN fine-tuned on the user's own classes (random values), as torch.save writes it."""
+    from streamer.config import InstanceModel
+    from streamer.inference.models import build_instance
+
+    model = build_instance(InstanceModel(classes=tuple(classes), weights="none"))[0]
+    path = folder / "my_maskrcnn.pth"
+    torch.save(model.state_dict(), path)
+    return path
+
+
+def test_a_mask_rcnn_of_the_users_own_classes_loads_with_their_names(fast_config, small_video, tmp_path):
+    path = user_mask_rcnn(tmp_path, ["van", "cyclist", "cone"])
+    mapped = ["--set", f"models.instance.weights={path}", "--set", "models.instance.class_map={van: car, cyclist: person}"]
+    result = run_in_process("run", "-c", str(fast_config), "--source", str(small_video), "--max-frames", "1", *mapped,
+                            "--set", "models.instance.classes=[van, cyclist, cone]")
+    assert result.returncode == 0, result.stderr
+    result = run_in_process("run", "-c", str(fast_config), "--source", str(small_video), "--max-frames", "1", *mapped,
+                            "--set", "models.instance.classes=[van, cyclist]")
+    message = the_error(result, EXIT_DATAERR)
+    assert "this Mask R-CNN has 3 classes (and the background) but models.instance.classes lists 2" in message
 
 
 def test_instance_weights_with_missing_keys(fast_config, small_video, tmp_path):
@@ -209,6 +233,7 @@ def test_unreadable_weights_file(fast_config, small_video, weights, tmp_path, na
         make(path)
     message = weights_error(fast_config, small_video, "models.semantic.weights", path, EXIT_DATAERR)
     assert message.startswith(f"{path}: {problem}"), message
+    assert "\x1b" not in message and "weights_only=False" not in message, "no terminal codes, no advice to load unsafely"
 
 
 class Payload:
@@ -251,7 +276,13 @@ def test_malicious_pth_is_refused_without_running_code(fast_config, small_video,
     evil = write_payload(tmp_path / "evil.pth", marker, fmt)
     message = weights_error(fast_config, small_video, key, evil, EXIT_DATAERR)
     assert not marker.exists(), "loading the weights ran code from the pickle"
-    assert message.startswith(f"{evil}: not a loadable weights file"), message
+    assert "\x1b" not in message and "weights_only=False" not in message, "one clean line, no advice to load unsafely"
+    if fmt == "pickle":  # not even a torch file
+        assert message == f"{evil}: not a loadable weights file (not a torch or safetensors file)"
+        return
+    assert re.fullmatch(rf"{re.escape(str(evil))}: holds pickled Python objects \((posix|os)\.system\), not only tensors, so it "
+                        r"is refused \(streamer never runs code from a weights file\); save the state dict alone: "
+                        r"torch\.save\(model\.state_dict\(\), path\), or use \.safetensors", message), message
 
 
 def test_coco_weights_not_in_an_empty_torch_home(fast_config, small_video, tmp_path):

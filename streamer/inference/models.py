@@ -9,6 +9,8 @@ import contextlib
 import functools
 import json
 import logging
+import pickle
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,6 +33,7 @@ log = logging.getLogger(__name__)
 
 COCO_CLASSES: list[str] = list(MaskRCNN_ResNet50_FPN_Weights.COCO_V1.meta["categories"])
 VOTE_MASK_THRESHOLD = 0.5  # mask pixels at least this likely vote for an instance's category
+ANSI_ESCAPE = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")  # terminal colours some libraries put in their messages
 RANDOM_INIT_SEED = 0  # networks without weights (`weights: none`) start from this seed
 
 
@@ -61,8 +64,17 @@ def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
             state = load_file(str(path), device="cpu")
         else:
             state = torch.load(str(path), map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:  # torch's weights-only unpickler met something that is not a tensor
+        found = re.search(r"unsupported (?:global: )?GLOBAL ([\w.]+)", str(exc), flags=re.IGNORECASE)
+        if not found:
+            raise DataError(f"{path}: not a loadable weights file (not a torch or safetensors file)") from None
+        raise DataError(
+            f"{path}: holds pickled Python objects ({found.group(1)}), not only tensors, so it is refused (streamer "
+            "never runs code from a weights file); save the state dict alone: torch.save(model.state_dict(), path), "
+            "or use .safetensors"
+        ) from None
     except Exception as exc:  # noqa: BLE001 - any failure to parse is the same user-facing problem
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        reason = ANSI_ESCAPE.sub("", str(exc)).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise DataError(
             f"{path}: not a loadable weights file ({type(exc).__name__}: {reason[:200]}); "
             "expected a state dict saved with torch.save(model.state_dict()) or safetensors"
@@ -181,7 +193,8 @@ def build_instance(settings: cfg.InstanceModel) -> tuple[torch.nn.Module, list[s
         )
         load_weights(model, read_state_dict(demo_models.INSTANCE_FILE), "demo instance weights")
         return model, names
-    options = dict(num_classes=len(COCO_CLASSES), min_size=settings.min_size, max_size=settings.max_size,
+    names = ["__background__", *settings.classes] if settings.classes else COCO_CLASSES
+    options = dict(num_classes=len(names), min_size=settings.min_size, max_size=settings.max_size,
                    box_score_thresh=settings.score_threshold, box_detections_per_img=settings.detections_per_image)
     if settings.arch == "maskrcnn_resnet50_fpn":
         # As torchvision builds it to load its published weights: a ResNet-50 with frozen batch
@@ -194,8 +207,22 @@ def build_instance(settings: cfg.InstanceModel) -> tuple[torch.nn.Module, list[s
     if weights is not None:
         if not weights.present and weights.kind is Kind.TORCH:
             raise InputNotFound(checkpoints.missing_message(weights, "none"))
-        load_weights(model, read_state_dict(weights.path), str(weights.path))
-    return model, COCO_CLASSES
+        state = read_state_dict(weights.path)
+        check_instance_classes(state, names, settings, str(weights.path))
+        load_weights(model, state, str(weights.path))
+    return model, names
+
+
+def check_instance_classes(state: dict[str, torch.Tensor], names: list[str], settings: cfg.InstanceModel, origin: str) -> None:
+    """The box classifier's rows (background included) must match the class names. Raises DataError."""
+    classifier = state.get("roi_heads.box_predictor.cls_score.weight")
+    if classifier is None or classifier.shape[0] == len(names):
+        return
+    listed = f"models.instance.classes lists {len(names) - 1}" if settings.classes else "without models.instance.classes, COCO's 90 are assumed"
+    raise DataError(
+        f"{origin}: this Mask R-CNN has {classifier.shape[0] - 1} classes (and the background) but {listed}; "
+        "set models.instance.classes to its class names in label order, from label 1"
+    )
 
 
 def category_candidates(class_names: list[str], settings: cfg.InstanceModel, categories: tuple[Category, ...]) -> torch.Tensor:

@@ -23,7 +23,7 @@ from typing import Any
 import cv2
 import numpy as np
 
-from streamer.errors import InputNotFound, StreamerError
+from streamer.errors import CannotCreate, InputNotFound, StreamerError
 from streamer.frames import Category, Panoptic, Segment
 
 log = logging.getLogger(__name__)
@@ -108,7 +108,7 @@ class PanopticExport:
         self.frames = 0
         self._lines = None
         if (self.folder / LINES).exists() or (self.folder / COCO_JSON).exists() or any((self.folder / PNG_DIR).glob("*.png")):
-            raise StreamerError(f"{self.folder}: already holds an export; choose an empty folder")
+            raise CannotCreate(f"{self.folder}: already holds an export; choose an empty folder")
 
     def _open(self) -> None:
         try:
@@ -116,7 +116,7 @@ class PanopticExport:
             if self.images:
                 (self.folder / IMAGE_DIR).mkdir(exist_ok=True)
         except OSError as exc:
-            raise StreamerError(f"{self.folder}: cannot create the export folder: {exc.strerror}") from None
+            raise CannotCreate(f"{self.folder}: cannot create the export folder: {exc.strerror}") from None
         write_atomic(self.folder / CATEGORIES, json.dumps([category_info(c) for c in self.categories], indent=1).encode())
         self._lines = open(self.folder / LINES, "a", encoding="utf-8")
 

@@ -22,7 +22,7 @@ import av.logging
 import cv2
 import numpy as np
 
-from streamer.errors import StreamerError
+from streamer.errors import CannotCreate
 from streamer.frames import Panoptic
 
 log = logging.getLogger(__name__)
@@ -188,7 +188,7 @@ def make_folder(folder: Path) -> None:
     try:
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        raise StreamerError(f"{folder}: cannot create the output folder: {exc.strerror}") from None
+        raise CannotCreate(f"{folder}: cannot create the output folder: {exc.strerror}") from None
 
 
 def finish(written: Path, final: Path) -> None:

@@ -14,6 +14,7 @@ from streamer.frames import Category
 from streamer.inference.fusion import FusionParams
 from streamer.inputs.capture import Liveness
 from streamer.inputs.sources import DEFAULT_FPS, LiveOptions, Reader
+from streamer.outputs import preflight
 from streamer.outputs.export import PanopticExport
 from streamer.outputs.recording import Retention, open_video
 from streamer.outputs.render import Renderer
@@ -86,8 +87,11 @@ def video_output(config: Config, source: Source, reader: Reader | None, live: bo
     if segment_s:
         log.info("%s: recording %g s segments named by their start time, from %s", source.id, segment_s, path)
     fps = reader.fps if reader else (source.fps or DEFAULT_FPS)
+    preflight.video_target(Path(path), bool(segment_s), settings.min_free_mb)
     return open_video(path, fps, segment_s, retention(settings))
 
 
 def export(config: Config, source: Source, categories: tuple[Category, ...], several: bool) -> PanopticExport:
-    return PanopticExport(output_path(config.output.export_dir, source.id, several), categories, config.output.export_images)
+    folder = output_path(config.output.export_dir, source.id, several)
+    preflight.folder_target(Path(folder), "export", config.output.min_free_mb)
+    return PanopticExport(folder, categories, config.output.export_images)

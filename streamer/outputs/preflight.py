@@ -1,0 +1,60 @@
+"""Start-up checks of the outputs a run will write, before any model loads or frame is read.
+
+Each output is checked for what the user named: a file where a file is meant (not an existing
+folder), a suffix the writer honours, a folder that exists or can be made, that can be written
+(a read-only mount, missing permissions), and that has room. Every refusal is one CannotCreate
+line (exit 73, EX_CANTCREAT) naming the path and what to do.
+"""
+from __future__ import annotations
+
+import errno
+import shutil
+import tempfile
+from pathlib import Path
+
+from streamer.errors import CannotCreate
+
+VIDEO_SUFFIXES = {".mp4", ".m4v"}  # the recorder writes H.264 in fragmented MP4
+
+
+def video_target(path: Path, segmented: bool, min_free_mb: float) -> None:
+    """The recording's target: one MP4 file, or (segments) a name template `cam.mp4` or a folder."""
+    if segmented and not path.suffix:
+        folder_target(path, "video segments", min_free_mb)
+        return
+    if path.suffix.lower() not in VIDEO_SUFFIXES:
+        raise CannotCreate(f"{path}: streamer records H.264 in MP4; name the video .mp4"
+                           + ("" if path.suffix else ", or give a folder for segments of a live source"))
+    if path.is_dir():
+        raise CannotCreate(f"{path}: is a folder; name the video file inside it, e.g. {path / 'out.mp4'}")
+    folder_target(path.parent, "video", min_free_mb)
+
+
+def folder_target(folder: Path, what: str, min_free_mb: float) -> None:
+    """A folder the run writes into: made if missing, then written to once, and with room."""
+    if folder.exists() and not folder.is_dir():
+        raise CannotCreate(f"{folder}: is a file, but the {what} needs a folder there; choose another path")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=folder, prefix=".streamer-write-check-"):
+            pass
+    except OSError as exc:
+        raise CannotCreate(f"{folder}: cannot write the {what} there ({reason(exc)}); {advice(exc)}") from None
+    free_mb = shutil.disk_usage(folder).free / 1e6
+    if free_mb < min_free_mb:
+        raise CannotCreate(f"{folder}: only {free_mb:.1f} MB free, the {what} needs at least {min_free_mb:g} MB "
+                           "(output.min_free_mb); free some space or choose another disk")
+
+
+def reason(exc: OSError) -> str:
+    return exc.strerror or type(exc).__name__
+
+
+def advice(exc: OSError) -> str:
+    if exc.errno == errno.EROFS:
+        return "it is a read-only file system: choose a writable folder"
+    if exc.errno in (errno.EACCES, errno.EPERM):
+        return "give the user running streamer write permission, or choose another folder"
+    if exc.errno == errno.ENOSPC:
+        return "the disk is full: free some space or choose another disk"
+    return "choose another folder"
