@@ -196,6 +196,10 @@ class Source(Strict):
     read_timeout_s: float = Field(default=5.0, gt=0, description="live sources: FFmpeg read timeout")
     stall_timeout_s: float = Field(default=15.0, gt=0, description="live sources: no frame this long means abandon and reopen")
     rtsp_transport: Literal["tcp", "udp"] = Field(default="tcp", description="RTSP over tcp or udp")
+    live: bool | None = Field(default=None, description="null: guess (cameras, rtsp and http streams are live; files, folders "
+                              "and http(s) URLs of finite files are not); true/false: override the guess")
+    on_bad_frame: Literal["skip", "stop"] = Field(default="skip", description="an undecodable image in a folder: skip it "
+                                                  "with a warning, or stop the run")
     reconnect: Reconnect = Reconnect()
 
     @field_validator("uri", mode="before")

@@ -80,30 +80,48 @@ class CaptureReader:
 
 
 class ImageFilesReader:
-    """A sorted list of image files played at a fixed rate."""
+    """A list of image files played at a fixed rate: image i is at i / fps, so a skipped image
+    leaves its slot empty. An undecodable image is skipped with a warning (counted in `skipped`),
+    or ends the run with an error when `skip_bad` is False."""
 
     live = False
 
-    def __init__(self, paths: list[Path], description: str, fps: float):
+    def __init__(self, paths: list[Path], description: str, fps: float, skip_bad: bool = True):
         self._paths = paths
         self.frame_count = len(paths)
         self._next = 0
         self.description = description
         self.fps = fps
+        self.skip_bad = skip_bad
+        self.skipped = 0
 
     def read(self) -> tuple[np.ndarray, float] | None:
-        if self._next >= len(self._paths):
-            return None
-        path = self._paths[self._next]
-        image = cv2.imread(str(path), cv2.IMREAD_COLOR)
-        if image is None:
-            raise StreamerError(f"{path}: cannot decode this image; remove or replace it")
-        pts = self._next * 1000.0 / self.fps
-        self._next += 1
-        return image, pts
+        while self._next < len(self._paths):
+            index, path = self._next, self._paths[self._next]
+            self._next += 1
+            image = cv2.imread(str(path), cv2.IMREAD_COLOR)
+            if image is not None:
+                return image, index * 1000.0 / self.fps
+            if not self.skip_bad:
+                raise StreamerError(f"{path}: cannot decode this image; remove or replace it (or set source.on_bad_frame: skip)")
+            self.skipped += 1
+            log.warning("%s: cannot decode this image, skipped (%d so far)", path, self.skipped)
+        return None
 
     def close(self) -> None:
         pass
+
+
+def natural_key(path: Path) -> list:
+    """Sort key that orders numbers by value, as file managers show them: frame2 before frame10."""
+    return [(0, int(part), "") if part.isdigit() else (1, 0, part.lower()) for part in re.split(r"(\d+)", path.name)]
+
+
+def visible_images(paths) -> list[Path]:
+    """Image files as a user sees the folder: no hidden files (".DS_Store", macOS "._" companions,
+    sync tools' temporaries), no folders, in natural order."""
+    return sorted((p for p in paths if p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith(".") and p.is_file()),
+                  key=natural_key)
 
 
 @dataclass(frozen=True)
@@ -162,15 +180,21 @@ def classify(uri: str) -> SourceKind:
             f"{redact_uri(uri)}: unknown source scheme '{scheme}'; use a camera index, /dev/videoN, a file, "
             "a folder or glob of images, rtsp(s)://, http(s):// or synthetic:street"
         )
-    if any(ch in uri for ch in "*?["):
-        return SourceKind("images", uri)
     if Path(uri).is_dir():
+        return SourceKind("images", uri)
+    if Path(uri).exists():  # whatever characters the name holds: "clip [1080p].mp4" is a file
+        return SourceKind("file", uri)
+    if any(ch in uri for ch in "*?["):
         return SourceKind("images", uri)
     return SourceKind("file", uri)
 
 
-def open_source(uri: str, fps: float | None = None, live: LiveOptions | None = None) -> Reader:
+def open_source(uri: str, fps: float | None = None, live: LiveOptions | None = None, *, force_live: bool | None = None,
+                skip_bad: bool = True) -> Reader:
     """Open a source for reading; `live` says how to open a network stream (required for one).
+    An http(s) URL serving a finite file (FFmpeg knows its length) reads as a file, every frame, to
+    its end; other streams are live; `force_live` overrides that guess. `skip_bad`: an undecodable
+    image of a folder is skipped (else it ends the run).
     Raises InputNotFound (66), UsageError (2) or StreamerError (1)."""
     source = classify(uri)
     description = redact_uri(uri)
@@ -188,9 +212,10 @@ def open_source(uri: str, fps: float | None = None, live: LiveOptions | None = N
         capture = open_stream(uri, live)
         if not capture.isOpened():
             raise StreamerError(f"{description}: cannot open the stream; check the address, credentials and network")
-        return CaptureReader(capture, description, live=True, fps_override=fps)
+        finite = urlsplit(uri).scheme.lower() in ("http", "https") and capture.get(cv2.CAP_PROP_FRAME_COUNT) > 0
+        return CaptureReader(capture, description, live=not finite if force_live is None else force_live, fps_override=fps)
     if source.kind == "images":
-        return _open_images(str(source.target), fps)
+        return _open_images(str(source.target), fps, skip_bad)
     if source.kind == "synthetic":
         from streamer.inputs.synthetic import SyntheticReader
 
@@ -218,16 +243,20 @@ def _open_file(path: Path, fps: float | None) -> Reader:
     return reader
 
 
-def _open_images(target: str, fps: float | None) -> Reader:
-    if Path(target).is_dir():
-        paths = sorted(p for p in Path(target).iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
-    else:
-        paths = sorted(Path(p) for p in glob.glob(target) if Path(p).suffix.lower() in IMAGE_SUFFIXES)
+def _open_images(target: str, fps: float | None, skip_bad: bool) -> Reader:
+    candidates = Path(target).iterdir() if Path(target).is_dir() else (Path(p) for p in glob.glob(target))
+    paths = visible_images(candidates)
     if not paths:
         raise InputNotFound(f"{target}: no image files found ({', '.join(sorted(IMAGE_SUFFIXES))})")
-    return ImageFilesReader(paths, target, fps or DEFAULT_FPS)
+    return ImageFilesReader(paths, target, fps or DEFAULT_FPS, skip_bad)
 
 
 def is_live(uri: str) -> bool:
-    """Cameras and network streams are live: they can stall, drop and come back."""
+    """Cameras and network streams are live: they can stall, drop and come back. (An http(s) URL
+    may turn out to serve a finite file: open_source tells.)"""
     return classify(uri).kind in ("camera", "stream")
+
+
+def may_be_finite(uri: str) -> bool:
+    """An http(s) URL: a camera's stream or a file on a web server, known once opened."""
+    return classify(uri).kind == "stream" and urlsplit(uri).scheme.lower() in ("http", "https")

@@ -13,7 +13,7 @@ from streamer.config import Config, Output, Source
 from streamer.frames import Category
 from streamer.inference.fusion import FusionParams
 from streamer.inputs.capture import Liveness
-from streamer.inputs.sources import DEFAULT_FPS, LiveOptions, Reader
+from streamer.inputs.sources import DEFAULT_FPS, LiveOptions, Reader, is_live, may_be_finite, open_source
 from streamer.outputs import preflight
 from streamer.outputs.export import PanopticExport
 from streamer.outputs.recording import Retention, open_video
@@ -55,6 +55,20 @@ def renderer(config: Config) -> Renderer:
 
 def live_options(source: Source) -> LiveOptions:
     return LiveOptions(source.open_timeout_s, source.read_timeout_s, source.rtsp_transport)
+
+
+def open_or_defer(source: Source, options: LiveOptions) -> tuple[bool, Reader | None]:
+    """(live, reader): a file source is opened now (a bad one fails before the models load); a
+    live one is left to its capture thread, which keeps retrying while the camera is away; an
+    http(s) URL is opened to learn which it is (source.live skips the guess)."""
+    live = is_live(source.uri) if source.live is None else source.live
+    if live and not (source.live is None and may_be_finite(source.uri)):
+        return True, None
+    reader = open_source(source.uri, source.fps, options, force_live=source.live, skip_bad=source.on_bad_frame == "skip")
+    if reader.live:
+        reader.close()
+        return True, None
+    return False, reader
 
 
 def liveness(source: Source, live: bool) -> Liveness:

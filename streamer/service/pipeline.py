@@ -23,7 +23,7 @@ from streamer.inference import checkpoints
 from streamer.inference.models import resolve_device
 from streamer.inference.worker import load_models, worker_loop
 from streamer.inputs.capture import Capture
-from streamer.inputs.sources import Reader, is_live, open_source
+from streamer.inputs.sources import Reader, open_source
 from streamer.outputs.display import DisplayOutput, Window, require_display
 from streamer.outputs.render import DeviceOverlay, Renderer
 from streamer.outputs.sink import Output, sink_loop
@@ -154,12 +154,10 @@ class Pipeline:
         return overlay
 
     def _prepare(self, source: Source, several: bool) -> SourceRun:
-        """Open a file source now (a bad one fails before the models load); a live source is
-        connected by its capture thread, which keeps retrying while the camera is away."""
+        """The source's reader (build.open_or_defer), outputs, queues and capture thread."""
         config = self.config
         live_options = build.live_options(source)
-        live = is_live(source.uri)
-        reader = None if live else open_source(source.uri, source.fps, live_options)
+        live, reader = build.open_or_defer(source, live_options)
         try:
             outputs: list[Output] = []
             if config.output.video:
@@ -178,7 +176,7 @@ class Pipeline:
         log.info("%s: %s (%s, buffer %s)", source.id, description, "live" if live else "file", policy.value)
         stats = self.stats[source.id]
         frames: queue.Queue = queue.Queue(maxsize=source.queue_size)
-        opener = (lambda: open_source(source.uri, source.fps, live_options)) if live else (lambda: reader)
+        opener = (lambda: open_source(source.uri, source.fps, live_options, force_live=True)) if live else (lambda: reader)
         capture = Capture(opener, source.id, description, frames, policy, build.liveness(source, live),
                           self.control, stats, config.runtime.max_frames)
         total = getattr(reader, "frame_count", None)

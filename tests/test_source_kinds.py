@@ -1,0 +1,72 @@
+"""A source's kind is what it is, not how it is spelled: existing paths with glob characters, folders
+as a user sees them (hidden companions, natural order, an undecodable image skipped), and an MP4 on
+a real local web server read as a file, every frame, to the end."""
+from __future__ import annotations
+
+import cv2
+import numpy as np
+import pytest
+from helpers import make_video, probe, run_in_process, run_summary
+from mirror import Mirror
+
+from streamer.errors import StreamerError
+from streamer.inputs.sources import open_source
+
+
+def frames_of(reader) -> list[tuple[np.ndarray, float]]:
+    frames = []
+    while (item := reader.read()) is not None:
+        frames.append(item)
+    reader.close()
+    return frames
+
+
+def write_frame(path, value: int) -> None:
+    cv2.imwrite(str(path), np.full((24, 32, 3), value, np.uint8))
+
+
+def test_an_existing_file_with_glob_characters_is_that_file(fast_config, tmp_path):
+    clip = make_video(tmp_path / "clip [1080p] *final?.mp4", frames=4)
+    result = run_in_process("run", "-c", str(fast_config), "--source", str(clip), "--output", str(tmp_path / "out.mp4"))
+    assert result.returncode == 0, result.stderr
+    assert run_summary(result.stderr)["processed"] == 4
+
+
+def test_a_folder_reads_as_a_user_sees_it(tmp_path):
+    folder = tmp_path / "frames [day 1]"
+    folder.mkdir()
+    for number, value in ((1, 10), (2, 20), (10, 100)):
+        write_frame(folder / f"frame{number}.png", value)
+    (folder / "._frame1.png").write_bytes(b"\x00\x05\x16\x07 AppleDouble companion")  # macOS on a foreign disk
+    (folder / ".DS_Store").write_bytes(b"Bud1")
+    (folder / ".frame5.png.tmp.png").write_bytes(b"half a sync")  # a sync tool's temporary
+    (folder / "thumbs.png").mkdir()  # a folder that looks like an image
+    frames = frames_of(open_source(str(folder), fps=10))
+    assert [int(image[0, 0, 0]) for image, _ in frames] == [10, 20, 100], "frame2 before frame10, companions left out"
+    assert [pts for _, pts in frames] == [0.0, 100.0, 200.0]
+
+
+def test_an_undecodable_image_is_skipped_and_counted_or_stops_the_run(tmp_path):
+    for number, value in ((1, 10), (3, 30)):
+        write_frame(tmp_path / f"{number}.png", value)
+    (tmp_path / "2.png").write_bytes(b"\x89PNG\r\n\x1a\n truncated by a crash")
+    reader = open_source(str(tmp_path), fps=10)
+    frames = frames_of(reader)
+    assert [int(image[0, 0, 0]) for image, _ in frames] == [10, 30]
+    assert [pts for _, pts in frames] == [0.0, 200.0], "the bad image keeps its time slot"
+    assert reader.skipped == 1
+    with pytest.raises(StreamerError, match=r"2\.png: cannot decode this image"):
+        frames_of(open_source(str(tmp_path), fps=10, skip_bad=False))
+
+
+def test_an_mp4_on_a_web_server_is_read_as_a_file_to_its_end(fast_config, tmp_path):
+    clip = make_video(tmp_path / "clip.mp4", frames=9, fps=10)
+    output = tmp_path / "out.mp4"
+    with Mirror({"/videos/clip.mp4": clip}) as server:
+        result = run_in_process("run", "-c", str(fast_config), "--source", f"{server.url}/videos/clip.mp4",
+                                "--output", str(output))
+    assert result.returncode == 0, result.stderr
+    summary = run_summary(result.stderr)
+    assert (summary["read"], summary["processed"], summary["dropped"]) == (9, 9, 0), "every frame, once"
+    assert probe(output)["frames"] == 9
+    assert "(file, buffer block)" in result.stderr
