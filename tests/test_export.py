@@ -283,7 +283,7 @@ def test_second_run_into_an_export_folder_fails_and_keeps_it(run_export, module_
     before = snapshot(run_export)
     source = f"synthetic:street?seed=7&frames=2&size={SIZE[0]}x{SIZE[1]}"
     result = run_cli("run", "-c", str(module_config), "--source", source, "--export-dir", str(run_export))
-    assert str(run_export) in the_error(result, 1)
+    assert str(run_export) in the_error(result, 73)  # EX_CANTCREAT: that output cannot be created
     assert snapshot(run_export) == before, "the existing export was changed"
 
 

@@ -3,6 +3,8 @@ as a user sees them (hidden companions, natural order, an undecodable image skip
 a real local web server read as a file, every frame, to the end."""
 from __future__ import annotations
 
+import json
+
 import cv2
 import numpy as np
 import pytest
@@ -70,3 +72,17 @@ def test_an_mp4_on_a_web_server_is_read_as_a_file_to_its_end(fast_config, tmp_pa
     assert (summary["read"], summary["processed"], summary["dropped"]) == (9, 9, 0), "every frame, once"
     assert probe(output)["frames"] == 9
     assert "(file, buffer block)" in result.stderr
+
+
+def test_source_fps_overrides_a_wrong_header_in_the_video_and_the_export(fast_config, tmp_path):
+    """A file whose header and timestamps claim 100 fps, run at source.fps=25: frame N is at N/25 s."""
+    clip = make_video(tmp_path / "fast.mp4", frames=19, fps=100)
+    output, export = tmp_path / "out.mp4", tmp_path / "export"
+    result = run_in_process("run", "-c", str(fast_config), "--source", str(clip), "--output", str(output),
+                            "--export-dir", str(export), "--set", "source.fps=25")
+    assert result.returncode == 0, result.stderr
+    times = probe(output)["times"]
+    assert len(times) == 19
+    assert times[-1] - times[0] == pytest.approx(18 / 25, abs=0.005)
+    stamps = [image["pts_ms"] for image in json.loads((export / "panoptic.json").read_text())["images"]]
+    assert stamps == pytest.approx([index * 40.0 for index in range(19)])

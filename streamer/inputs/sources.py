@@ -47,6 +47,7 @@ class CaptureReader:
         self._capture = capture
         self.description = description
         self.live = live
+        self._fixed_rate = fps_override is not None  # source.fps set: frame N is at N / fps, whatever the container says
         reported = capture.get(cv2.CAP_PROP_FPS)
         self.fps = fps_override or (reported if reported and math.isfinite(reported) and 0 < reported < 1000 else DEFAULT_FPS)
         count = capture.get(cv2.CAP_PROP_FRAME_COUNT)
@@ -68,7 +69,7 @@ class CaptureReader:
         if not ok or image is None:
             return None
         pts = self._capture.get(cv2.CAP_PROP_POS_MSEC)
-        if not math.isfinite(pts) or pts < 0 or (pts <= self._last_pts and self._count):
+        if self._fixed_rate or not math.isfinite(pts) or pts < 0 or (pts <= self._last_pts and self._count):
             pts = self._count * 1000.0 / self.fps  # no usable timestamps: derive from the rate
             # (for live sources capture.LiveClock then anchors these to the wall clock)
         self._last_pts = pts

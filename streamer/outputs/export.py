@@ -171,7 +171,8 @@ def build_coco_json(folder: str | Path) -> int:
         try:
             line = json.loads(text)
             png = folder / PNG_DIR / line["file_name"]
-            image = {"id": line["image_id"], "file_name": image_name(line["file_name"]), "width": line["width"], "height": line["height"]}
+            image = {"id": line["image_id"], "file_name": image_name(line["file_name"]), "width": line["width"], "height": line["height"],
+                     "pts_ms": line["pts_ms"]}  # the frame's time in the source (COCO allows extra fields)
             annotation = {"image_id": line["image_id"], "file_name": line["file_name"], "segments_info": line["segments_info"]}
         except (json.JSONDecodeError, KeyError, TypeError):
             log.warning("%s line %d: incomplete or damaged (cut off by a crash?), skipped", folder / LINES, number)
