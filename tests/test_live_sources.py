@@ -118,7 +118,7 @@ def test_a_source_faster_than_the_model_keeps_latency_bounded_and_memory_flat(tm
                         "--set", f"source.buffer={policy}", "--set", "models.semantic.input_size=[640, 352]")
         samples: list[int] = []  # RSS every 0.5 s once warmed up
         try:
-            daemon.wait_processed(100, timeout=120)  # warmed up: 100+ frames
+            daemon.wait_processed(50, timeout=120)  # warmed up: 50+ frames (half what a loaded 2-core machine manages in time)
             while daemon.process.poll() is None:
                 rss = _rss_kib(daemon.process.pid)
                 if rss:

@@ -65,14 +65,20 @@ class VideoOutput:
         self._container = None
         self._stream = None
         self._last_pts = -1
+        self.size: tuple[int, int] | None = None  # the frames' size (width, height), from the first one
+        self._resized_from: tuple[int, int] | None = None
         make_folder(self.path.parent)
 
     def _open(self, width: int, height: int) -> None:
         self._container = av.open(str(self.partial), mode="w", format="mp4", options=FRAGMENTED_MP4)
         stream = self._container.add_stream("libx264", rate=Fraction(self.fps).limit_denominator(1001))
-        stream.width, stream.height = width, height
-        # 4:2:0 is what browsers and players expect; it needs even sizes, so odd ones keep full chroma.
-        stream.pix_fmt = "yuv420p" if width % 2 == 0 and height % 2 == 0 else "yuv444p"
+        # 4:2:0, the only H.264 every browser and phone plays, needs even sizes: an odd one gets a black edge
+        self.size = (width, height)
+        stream.width, stream.height = width + width % 2, height + height % 2
+        if (stream.width, stream.height) != self.size:
+            log.info("%s: frames are %dx%d; recorded as %dx%d with a black edge on the right or bottom (H.264 4:2:0 "
+                     "needs even sizes)", self.path, width, height, stream.width, stream.height)
+        stream.pix_fmt = "yuv420p"
         stream.time_base = VIDEO_TIME_BASE
         stream.codec_context.time_base = VIDEO_TIME_BASE
         stream.codec_context.gop_size = max(1, int(self.fps * KEYFRAME_S))
@@ -82,8 +88,13 @@ class VideoOutput:
     def write(self, result: Panoptic, rendered: np.ndarray) -> None:
         if self._container is None:
             self._open(rendered.shape[1], rendered.shape[0])
-        if (rendered.shape[1], rendered.shape[0]) != (self._stream.width, self._stream.height):
-            rendered = cv2.resize(rendered, (self._stream.width, self._stream.height), interpolation=cv2.INTER_AREA)
+        if (rendered.shape[1], rendered.shape[0]) != self.size:
+            if (rendered.shape[1], rendered.shape[0]) != self._resized_from:
+                self._resized_from = (rendered.shape[1], rendered.shape[0])
+                log.warning("%s: the source changed size to %dx%d; recorded letterboxed into %dx%d", self.path,
+                            rendered.shape[1], rendered.shape[0], *self.size)
+            rendered = letterbox(rendered, self.size)
+        rendered = pad_to(rendered, (self._stream.width, self._stream.height))
         if self.first_pts_ms is None:
             self.first_pts_ms = result.frame.pts_ms
         pts = max(round((result.frame.pts_ms - self.first_pts_ms) * 90), self._last_pts + 1)
@@ -105,6 +116,26 @@ class VideoOutput:
         self._container = None
         finish(self.partial, self.path)
         log.info("wrote %s (%d frames)", self.path, self.frames)
+
+
+def letterbox(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """`image` scaled to fit inside `size` (width, height) with its aspect kept, centred on black."""
+    width, height = size
+    scale = min(width / image.shape[1], height / image.shape[0])
+    fitted = cv2.resize(image, (max(1, round(image.shape[1] * scale)), max(1, round(image.shape[0] * scale))),
+                        interpolation=cv2.INTER_AREA)
+    canvas = np.zeros((height, width, 3), np.uint8)
+    top, left = (height - fitted.shape[0]) // 2, (width - fitted.shape[1]) // 2
+    canvas[top:top + fitted.shape[0], left:left + fitted.shape[1]] = fitted
+    return canvas
+
+
+def pad_to(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """`image` with black columns on the right and rows at the bottom up to `size` (width, height)."""
+    width, height = size
+    if (image.shape[1], image.shape[0]) == (width, height):
+        return image
+    return cv2.copyMakeBorder(image, 0, height - image.shape[0], 0, width - image.shape[1], cv2.BORDER_CONSTANT, value=0)
 
 
 @dataclass(frozen=True)
