@@ -7,7 +7,6 @@ import json
 
 import av
 import cv2
-import numpy as np
 from helpers import decode_video, moving_pattern, run_in_process
 
 
