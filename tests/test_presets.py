@@ -2,6 +2,8 @@
 the class map's candidates and the semantic vote that picks among them (the rider rule)."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 from helpers import ROOT
@@ -146,3 +148,18 @@ def test_a_v2_checkpoint_saved_without_batch_norm_counters_loads():
     state = {k: v for k, v in model.state_dict().items() if not k.endswith("num_batches_tracked")}
     assert len(state) < len(model.state_dict())
     load_weights(model, state, "v2 without counters")
+
+
+@pytest.mark.parametrize("env", [{}, {"TORCH_HOME": "/srv/torch"}, {"XDG_CACHE_HOME": "/srv/cache"},
+                                 {"TORCH_HOME": "~/models", "XDG_CACHE_HOME": "/srv/cache"}])
+def test_the_checkpoint_cache_is_where_torch_looks(monkeypatch, env):
+    """Found without importing torch, so it must agree with torch.hub.get_dir()."""
+    import torch
+
+    from streamer.inference import checkpoints
+
+    for key in ("TORCH_HOME", "XDG_CACHE_HOME"):
+        monkeypatch.delenv(key, raising=False)
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    assert checkpoints.torch_checkpoints() == Path(torch.hub.get_dir()) / "checkpoints"

@@ -80,7 +80,8 @@ def test_a_failing_stage_stops_the_run_with_one_error_and_keeps_the_video(tmp_pa
     folder = image_folder(tmp_path / "images", 3)
     (folder / "003.png").write_bytes(b"not a png")
     output = tmp_path / "out.mp4"
-    result = run_cli("run", "-c", str(fast_config), "--source", str(folder), "--output", str(output))
+    result = run_cli("run", "-c", str(fast_config), "--source", str(folder), "--output", str(output),
+                     "--set", "source.on_bad_frame=stop")  # the default skips a bad image
     assert "003.png" in the_error(result, 1)
     assert probe(output)["frames"] == 3
 

@@ -8,12 +8,14 @@ default `~/.cache/huggingface/hub`). Nothing here downloads: `streamer models fe
 from __future__ import annotations
 
 import enum
+import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
 from streamer import config as cfg
 from streamer import presets
-from streamer.errors import InputNotFound
+from streamer.errors import DataError, InputNotFound
 
 HUB_FILES = ("config.json", "model.safetensors")  # what smp's save_pretrained writes and a model is built from
 COCO_URLS = {  # torchvision's published COCO weights per Mask R-CNN builder; the 8 hex digits start the file's sha256
@@ -48,10 +50,11 @@ class Weights:
 
 
 def torch_checkpoints() -> Path:
-    """torch's checkpoint cache: `torch.hub.get_dir()/checkpoints` ($TORCH_HOME/hub/checkpoints)."""
-    import torch
-
-    return Path(torch.hub.get_dir()) / "checkpoints"
+    """torch's checkpoint cache, `torch.hub.get_dir()/checkpoints`, found as torch finds it
+    ($TORCH_HOME, else $XDG_CACHE_HOME/torch, else ~/.cache/torch; then hub/checkpoints) but
+    without importing torch, so the `models` commands and their errors answer at once."""
+    torch_home = os.environ.get("TORCH_HOME") or os.path.join(os.environ.get("XDG_CACHE_HOME") or "~/.cache", "torch")
+    return Path(os.path.expanduser(torch_home)) / "hub" / "checkpoints"
 
 
 def hub_cache() -> Path:
@@ -131,3 +134,26 @@ def missing_message(weights: Weights, preset: str) -> str:
     else:
         how = f"download it once where there is network (hf download {weights.name}) and copy the cache"
     return f"{weights.name}: {weights.role} weights not in {cache} ({where}); {how}"
+
+
+def pretrained_config(folder: Path, settings: cfg.SemanticModel, origin: str) -> dict:
+    """config.json of an smp save_pretrained folder, checked against the settings: its architecture,
+    encoder and number of classes must be the configured ones (without importing torch, so a wrong
+    folder is refused at once). Raises InputNotFound, DataError."""
+    path = folder / "config.json"
+    if not path.is_file():
+        raise InputNotFound(f"{origin}: no config.json in {folder} (expected an smp save_pretrained folder)")
+    try:
+        arguments = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise DataError(f"{origin}: config.json is not valid JSON ({exc})") from None
+    if not isinstance(arguments, dict):
+        raise DataError(f"{origin}: config.json does not hold an object")
+    found = {"arch": arguments.get("_model_class"), "encoder": arguments.get("encoder_name"), "classes": arguments.get("classes")}
+    expected = {"arch": settings.arch, "encoder": settings.encoder, "classes": len(settings.classes)}
+    words = {"arch": "architecture", "encoder": "encoder", "classes": "classes"}
+    problems = [f"{words[key]} {found[key]} where models.semantic.{key} expects {expected[key]}"
+                for key in found if str(found[key]).lower() != str(expected[key]).lower()]
+    if problems:
+        raise DataError(f"{origin}: the model does not fit the configuration: {'; '.join(problems)}")
+    return arguments

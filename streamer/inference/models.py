@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import json
 import logging
 import pickle
 import re
@@ -145,19 +144,12 @@ def create_semantic(settings: cfg.SemanticModel) -> torch.nn.Module:
 
 def build_pretrained(folder: Path, settings: cfg.SemanticModel, origin: str) -> torch.nn.Module:
     """The network an smp `save_pretrained` folder describes (config.json: `_model_class` and the
-    constructor's arguments; model.safetensors: the state dict), checked against the settings:
-    architecture, encoder and number of classes must match. Raises InputNotFound, DataError."""
+    constructor's arguments; model.safetensors: the state dict), once checkpoints.pretrained_config
+    found it fits the settings. Raises InputNotFound, DataError."""
     import segmentation_models_pytorch as smp
 
-    arguments = pretrained_config(folder, origin)
-    arch, encoder, classes = arguments.pop("_model_class", ""), arguments.get("encoder_name"), arguments.get("classes")
-    problems = [f"{what} {found} where models.semantic.{key} expects {expected}"
-                for what, key, found, expected in (("architecture", "arch", arch, settings.arch),
-                                                   ("encoder", "encoder", encoder, settings.encoder),
-                                                   ("classes", "classes", classes, len(settings.classes)))
-                if str(found).lower() != str(expected).lower()]
-    if problems:
-        raise DataError(f"{origin}: the model does not fit the configuration: {'; '.join(problems)}")
+    arguments = checkpoints.pretrained_config(folder, settings, origin)
+    arch = arguments.pop("_model_class")
     arguments["encoder_weights"] = None  # never fetch ImageNet weights: the state dict holds them all
     try:
         model = smp.create_model(arch, **arguments)
@@ -165,20 +157,6 @@ def build_pretrained(folder: Path, settings: cfg.SemanticModel, origin: str) -> 
         raise DataError(f"{origin}: config.json does not describe a network smp can build ({type(exc).__name__}: {exc})") from None
     load_weights(model, read_state_dict(folder / "model.safetensors"), origin)
     return model
-
-
-def pretrained_config(folder: Path, origin: str) -> dict:
-    """config.json of a save_pretrained folder as a dict. Raises InputNotFound, DataError."""
-    path = folder / "config.json"
-    if not path.is_file():
-        raise InputNotFound(f"{origin}: no config.json in {folder} (expected an smp save_pretrained folder)")
-    try:
-        arguments = json.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise DataError(f"{origin}: config.json is not valid JSON ({exc})") from None
-    if not isinstance(arguments, dict):
-        raise DataError(f"{origin}: config.json does not hold an object")
-    return arguments
 
 
 # ---------------------------------------------------------------------------------------------

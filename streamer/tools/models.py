@@ -207,12 +207,13 @@ def verify_checkpoint(path: Path, weights: Weights, models: Models, allow_unveri
 def verify_hub_folder(folder: Path, weights: Weights, models: Models, allow_unverified: bool) -> None:
     """The hub's LFS hashes (a cached file is stored under its sha256), then a strict build of the
     preset's semantic network from the folder."""
-    from streamer.inference import models as networks
-
+    checkpoints.pretrained_config(folder, models.semantic, str(folder))  # a folder of another preset: refused before torch loads
     for name in checkpoints.HUB_FILES:
         blob = (folder / name).resolve()
         if re.fullmatch(r"[0-9a-f]{64}", blob.name):
             check_sha256(blob, blob.name, f"{weights.name}/{name}", allow_unverified)
+    from streamer.inference import models as networks  # torch: only for the files that passed so far
+
     networks.build_pretrained(folder, models.semantic, origin=str(folder))
 
 
