@@ -213,7 +213,7 @@ def open_source(uri: str, fps: float | None = None, live: LiveOptions | None = N
         capture = open_stream(uri, live)
         if not capture.isOpened():
             raise StreamerError(f"{description}: cannot open the stream; check the address, credentials and network")
-        finite = urlsplit(uri).scheme.lower() in ("http", "https") and capture.get(cv2.CAP_PROP_FRAME_COUNT) > 0
+        finite = may_be_finite(uri) and capture.get(cv2.CAP_PROP_FRAME_COUNT) > 0
         return CaptureReader(capture, description, live=not finite if force_live is None else force_live, fps_override=fps)
     if source.kind == "images":
         return _open_images(str(source.target), fps, skip_bad)
