@@ -7,6 +7,7 @@ EXIT_USAGE = 2
 EXIT_DATAERR = 65  # EX_DATAERR
 EXIT_NOINPUT = 66  # EX_NOINPUT
 EXIT_CANTCREAT = 73  # EX_CANTCREAT
+EXIT_IOERR = 74  # EX_IOERR
 EXIT_UNAVAILABLE = 69  # EX_UNAVAILABLE
 EXIT_CONFIG = 78  # EX_CONFIG
 
@@ -35,6 +36,12 @@ class CannotCreate(StreamerError):
     """An output (video, segments folder, export) that cannot be written where the user named it."""
 
     exit_code = EXIT_CANTCREAT
+
+
+class WriteFailed(StreamerError):
+    """An output that stopped taking data mid-run (a full disk, an I/O error); what was written is kept."""
+
+    exit_code = EXIT_IOERR
 
 
 class ConfigError(StreamerError):

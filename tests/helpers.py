@@ -103,6 +103,18 @@ def make_video(path: Path, frames: int = 12, size: tuple[int, int] = (160, 120),
     return path
 
 
+def readable_frames(path: Path) -> int:
+    """Frames PyAV decodes before the first error (a file cut off by a kill ends in a damaged fragment)."""
+    count = 0
+    try:
+        with av.open(str(path)) as container:
+            for _ in container.decode(video=0):
+                count += 1
+    except av.FFmpegError:
+        pass
+    return count
+
+
 def probe(path: Path) -> dict:
     """Decode every frame with PyAV: count, size, frame rate, and the frames' timestamps."""
     with av.open(str(path)) as container:

@@ -28,12 +28,12 @@ def test_a_read_only_mount_is_refused_for_the_video_and_the_export(fast_config, 
 def test_a_full_disk_is_refused_before_anything_runs(fast_config, small_video, tmp_path):
     with tmpfs(tmp_path / "full", "size=48k") as full:
         message = refused(fast_config, small_video, "--output", str(full / "out.mp4"))
-        assert message == f"{full}: only 0.0 MB free, the video needs at least 100 MB (output.min_free_mb); " \
+        assert message == f"{full}: only 0.0 MB free, less than output.min_free_mb (100 MB) for the video; " \
                           "free some space or choose another disk"
         assert list(full.iterdir()) == []
         # a fresh process says the same, with the documented code
         result = run_cli("run", "-c", str(fast_config), "--source", str(small_video), "--export-dir", str(full / "export"))
-        assert the_error(result, EXIT_CANTCREAT).startswith(f"{full / 'export'}: only 0.0 MB free, the export needs")
+        assert the_error(result, EXIT_CANTCREAT).startswith(f"{full / 'export'}: only 0.0 MB free, less than output.min_free_mb (100 MB) for the export")
 
 
 @pytest.mark.parametrize("case", ["folder-named-as-the-video", "file-where-a-folder-is-needed", "not-mp4", "no-suffix"])

@@ -9,9 +9,8 @@ import signal
 import time
 from pathlib import Path
 
-import av
 import pytest
-from helpers import RECORDER, RECORDER_FPS, Daemon, make_video, probe, run_in_process, run_summary
+from helpers import RECORDER, RECORDER_FPS, Daemon, make_video, probe, readable_frames, run_in_process, run_summary
 from rtsp import RtspServer, needs_rtsp
 
 from streamer.outputs.recording import Retention, enforce_retention
@@ -19,18 +18,6 @@ from streamer.outputs.recording import Retention, enforce_retention
 FPS = RECORDER_FPS  # the recorder's camera-paced synthetic street
 SEGMENT_S = 2
 SEGMENT_FRAMES = FPS * SEGMENT_S
-
-
-def readable_frames(path: Path) -> int:
-    """Frames PyAV decodes before the first error (a file cut off by a kill ends in a damaged fragment)."""
-    count = 0
-    try:
-        with av.open(str(path)) as container:
-            for _ in container.decode(video=0):
-                count += 1
-    except av.FFmpegError:
-        pass
-    return count
 
 
 def files(folder: Path, pattern: str) -> set[Path]:

@@ -14,6 +14,7 @@ is written after it, so every line names complete files.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -23,7 +24,7 @@ from typing import Any
 import cv2
 import numpy as np
 
-from streamer.errors import CannotCreate, InputNotFound, StreamerError
+from streamer.errors import CannotCreate, InputNotFound, StreamerError, WriteFailed
 from streamer.frames import Category, Panoptic, Segment
 
 log = logging.getLogger(__name__)
@@ -83,13 +84,20 @@ def _complete_png(path: Path) -> bool:
 
 
 def write_atomic(path: Path, data: bytes) -> None:
-    """Write to a hidden temporary file beside `path`, fsync, rename: `path` is always whole."""
+    """Write to a hidden temporary file beside `path`, fsync, rename: `path` is always whole. On an
+    OSError (with `path` as its filename) the temporary file is removed and `path` is as it was."""
     temporary = path.with_name(f".{path.name}.tmp")
-    with open(temporary, "wb") as handle:
-        handle.write(data)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(temporary, path)
+    try:
+        with open(temporary, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(temporary, path)
+    except OSError as exc:
+        with contextlib.suppress(OSError):
+            temporary.unlink(missing_ok=True)
+        exc.filename = str(path)
+        raise
 
 
 class PanopticExport:
@@ -121,6 +129,17 @@ class PanopticExport:
         self._lines = open(self.folder / LINES, "a", encoding="utf-8")
 
     def write(self, result: Panoptic, rendered: np.ndarray) -> None:
+        try:
+            self._write(result)
+        except OSError as exc:
+            raise self._failure(exc) from None
+
+    def _failure(self, exc: OSError) -> WriteFailed:
+        return WriteFailed(f"{exc.filename or self.folder}: {exc.strerror or exc} while exporting; the {self.frames} frames "
+                           f"exported before are kept: free some space, then `streamer export-json {self.folder}` "
+                           "writes their panoptic.json")
+
+    def _write(self, result: Panoptic) -> None:
         if self._lines is None:
             self._open()
         frame = result.frame
@@ -152,8 +171,11 @@ class PanopticExport:
         if self._lines is None:
             log.warning("%s: no frame was processed, so nothing was exported", self.folder)
             return
-        self._lines.close()
-        build_coco_json(self.folder)
+        try:
+            self._lines.close()
+            build_coco_json(self.folder)
+        except OSError as exc:
+            raise self._failure(exc) from None
         log.info("exported %d frames to %s", self.frames, self.folder)
 
 

@@ -1,9 +1,10 @@
 """Start-up checks of the outputs a run will write, before any model loads or frame is read.
 
 Each output is checked for what the user named: a file where a file is meant (not an existing
-folder), a suffix the writer honours, a folder that exists or can be made, that can be written
-(a read-only mount, missing permissions), and that has room. Every refusal is one CannotCreate
-line (exit 73, EX_CANTCREAT) naming the path and what to do.
+folder), a suffix the writer honours, a folder that exists or can be made and can be written (a
+read-only mount, missing permissions). `require_room` checks the free space, once leftovers are
+recovered and retention has made room. Every refusal is one CannotCreate line (exit 73,
+EX_CANTCREAT) naming the path and what to do.
 """
 from __future__ import annotations
 
@@ -17,21 +18,21 @@ from streamer.errors import CannotCreate
 VIDEO_SUFFIXES = {".mp4", ".m4v"}  # the recorder writes H.264 in fragmented MP4
 
 
-def video_target(path: Path, segmented: bool, min_free_mb: float) -> None:
+def video_target(path: Path, segmented: bool) -> None:
     """The recording's target: one MP4 file, or (segments) a name template `cam.mp4` or a folder."""
     if segmented and not path.suffix:
-        folder_target(path, "video segments", min_free_mb)
+        folder_target(path, "video segments")
         return
     if path.suffix.lower() not in VIDEO_SUFFIXES:
         raise CannotCreate(f"{path}: streamer records H.264 in MP4; name the video .mp4"
                            + ("" if path.suffix else ", or give a folder for segments of a live source"))
     if path.is_dir():
         raise CannotCreate(f"{path}: is a folder; name the video file inside it, e.g. {path / 'out.mp4'}")
-    folder_target(path.parent, "video", min_free_mb)
+    folder_target(path.parent, "video")
 
 
-def folder_target(folder: Path, what: str, min_free_mb: float) -> None:
-    """A folder the run writes into: made if missing, then written to once, and with room."""
+def folder_target(folder: Path, what: str) -> None:
+    """A folder the run writes into: made if missing, then written to once."""
     if folder.exists() and not folder.is_dir():
         raise CannotCreate(f"{folder}: is a file, but the {what} needs a folder there; choose another path")
     try:
@@ -40,10 +41,18 @@ def folder_target(folder: Path, what: str, min_free_mb: float) -> None:
             pass
     except OSError as exc:
         raise CannotCreate(f"{folder}: cannot write the {what} there ({reason(exc)}); {advice(exc)}") from None
-    free_mb = shutil.disk_usage(folder).free / 1e6
-    if free_mb < min_free_mb:
-        raise CannotCreate(f"{folder}: only {free_mb:.1f} MB free, the {what} needs at least {min_free_mb:g} MB "
-                           "(output.min_free_mb); free some space or choose another disk")
+
+
+def free_mb(folder: Path) -> float:
+    return shutil.disk_usage(folder).free / 1e6
+
+
+def require_room(folder: Path, what: str, min_free_mb: float, note: str = "") -> None:
+    """Refuse (CannotCreate) when `folder` has less than `min_free_mb` MB free; `note` says what was tried."""
+    free = free_mb(folder)
+    if free < min_free_mb:
+        raise CannotCreate(f"{folder}: only {free:.1f} MB free{note}, less than output.min_free_mb ({min_free_mb:g} MB) "
+                           f"for the {what}; free some space or choose another disk")
 
 
 def reason(exc: OSError) -> str:

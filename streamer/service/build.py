@@ -101,11 +101,12 @@ def video_output(config: Config, source: Source, reader: Reader | None, live: bo
     if segment_s:
         log.info("%s: recording %g s segments named by their start time, from %s", source.id, segment_s, path)
     fps = reader.fps if reader else (source.fps or DEFAULT_FPS)
-    preflight.video_target(Path(path), bool(segment_s), settings.min_free_mb)
-    return open_video(path, fps, segment_s, retention(settings))
+    preflight.video_target(Path(path), bool(segment_s))
+    return open_video(path, fps, segment_s, retention(settings), settings.min_free_mb)
 
 
 def export(config: Config, source: Source, categories: tuple[Category, ...], several: bool) -> PanopticExport:
     folder = output_path(config.output.export_dir, source.id, several)
-    preflight.folder_target(Path(folder), "export", config.output.min_free_mb)
+    preflight.folder_target(Path(folder), "export")
+    preflight.require_room(Path(folder), "export", config.output.min_free_mb)
     return PanopticExport(folder, categories, config.output.export_images)
