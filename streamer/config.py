@@ -240,7 +240,7 @@ class Output(Strict):
     display: bool = Field(default=False, description="show a live window")
     export_dir: str | None = Field(default=None, description="COCO panoptic annotations folder ({source}: the source id)")
     export_images: bool = Field(default=False, description="also the frames, as images/NNNNNN.jpg beside the annotations")
-    min_free_mb: float = Field(default=100.0, ge=0, description="an output folder with less free space than this is refused at start-up")
+    min_free_mb: float = Field(default=100.0, ge=0, description="an output folder with less free space than this is refused at start-up and before each new segment")
 
     def segment_length(self, live: bool) -> float:
         """Seconds per segment for a source (0: one file)."""
