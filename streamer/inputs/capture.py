@@ -19,6 +19,7 @@ from streamer import control as ctl
 from streamer.config import BufferPolicy
 from streamer.errors import StreamerError
 from streamer.frames import Frame
+from streamer.inputs.clock import LiveClock
 from streamer.inputs.sources import Reader
 from streamer.uris import redact_uri
 
@@ -50,34 +51,6 @@ def backoff_delay(attempt: int, initial: float, maximum: float, rng: random.Rand
     drawn from [half, full] of that so that many cameras do not retry in lockstep."""
     ceiling = min(maximum, initial * 2 ** min(attempt, 30))
     return rng.uniform(ceiling / 2, ceiling)
-
-
-class LiveClock:
-    """Timestamps for a live source that survive reconnects.
-
-    Within one connection the stream's own PTS is used (smooth), shifted so that the connection's
-    first frame sits at its wall-clock time since the session started; a stream without usable
-    PTS falls back to wall-clock time. An outage therefore shows as a gap, never as a jump back.
-    """
-
-    def __init__(self) -> None:
-        self._session_start = time.monotonic()
-        self._offset: float | None = None
-        self._last = -1.0
-
-    def new_connection(self) -> None:
-        self._offset = None
-
-    def stamp(self, stream_pts: float, captured_mono: float) -> float:
-        wall = (captured_mono - self._session_start) * 1000.0
-        if self._offset is None:
-            self._offset = wall - stream_pts
-        pts = stream_pts + self._offset
-        if pts <= self._last or abs(pts - wall) > 2000.0:  # PTS went back or drifted: re-anchor
-            self._offset = wall - stream_pts
-            pts = max(wall, self._last + 1.0)
-        self._last = pts
-        return pts
 
 
 def offer(frames: queue.Queue, frame: Frame, policy: BufferPolicy, control: ctl.Control, stats: ctl.Stats) -> bool:
@@ -117,10 +90,13 @@ class _ReadError:
 
 
 def _read_ahead(reader: Reader, handoff: queue.Queue, alive: threading.Event) -> None:
-    """Helper thread: read frames into `handoff` until the source ends or this reader is abandoned."""
+    """Helper thread: read frames into `handoff`, as (image, pts, arrival on the monotonic clock),
+    until the source ends or this reader is abandoned."""
     try:
         while alive.is_set():
             item = reader.read()
+            if item is not None:
+                item = (*item, time.monotonic())
             while alive.is_set():
                 try:
                     handoff.put(item, timeout=ctl.POLL_S)
@@ -162,7 +138,7 @@ class Capture:
         self.max_frames = max_frames
         self.state = State.CONNECTING
         self._rng = random.Random(seed)
-        self._clock = LiveClock()
+        self._clock = LiveClock(source_id, time.monotonic())
         self._down_since: float | None = None
 
     def run(self) -> None:
@@ -262,13 +238,14 @@ class Capture:
                     log.warning("%s: read failed: %s", self.source_id, redact_uri(str(item.exc)))
                     return "failed"
                 last_frame = time.monotonic()
-                if not self._emit(*item, captured_mono=last_frame):
+                if not self._emit(*item):
                     return "stopped"
             return "stopped"
         finally:
             alive.clear()  # the helper thread exits (and closes the reader) as soon as its read returns
 
     def _emit(self, image, stream_pts: float, captured_mono: float) -> bool:
+        """Queue one frame; `captured_mono`: its arrival from the reader."""
         pts = self._clock.stamp(stream_pts, captured_mono) if self.liveness.live else stream_pts
         frame = Frame(self.source_id, self.stats.read, image, pts, time.time(), captured_mono)
         self.stats.read += 1

@@ -35,7 +35,8 @@ class Reader(Protocol):
     fps: float
 
     def read(self) -> tuple[np.ndarray, float] | None:
-        """Next (BGR image, pts in ms), or None when the source has ended."""
+        """Next (BGR image, pts in ms), or None when the source has ended. A live source's pts is
+        NaN when the stream gives none."""
 
     def close(self) -> None: ...
 
@@ -70,9 +71,11 @@ class CaptureReader:
             return None
         pts = self._capture.get(cv2.CAP_PROP_POS_MSEC)
         if self._fixed_rate or not math.isfinite(pts) or pts < 0 or (pts <= self._last_pts and self._count):
-            pts = self._count * 1000.0 / self.fps  # no usable timestamps: derive from the rate
-            # (for live sources capture.LiveClock then anchors these to the wall clock)
-        self._last_pts = pts
+            # no usable timestamp: a file's is derived from the rate; a live source's frame is
+            # stamped by its arrival (inputs.clock, which also tells real PTS from invented ones)
+            pts = math.nan if self.live and not self._fixed_rate else self._count * 1000.0 / self.fps
+        if math.isfinite(pts):
+            self._last_pts = pts
         self._count += 1
         return image, pts
 
