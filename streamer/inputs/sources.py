@@ -20,11 +20,11 @@ import cv2
 import numpy as np
 
 from streamer.errors import InputNotFound, StreamerError, UsageError
+from streamer.inputs.images import IMAGE_SUFFIXES, ImageFilesReader, visible_images
 from streamer.uris import redact_uri
 
 log = logging.getLogger(__name__)
 
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"}
 STREAM_SCHEMES = {"rtsp", "rtsps", "http", "https"}
 DEFAULT_FPS = 25.0
 
@@ -81,51 +81,6 @@ class CaptureReader:
 
     def close(self) -> None:
         self._capture.release()
-
-
-class ImageFilesReader:
-    """A list of image files played at a fixed rate: image i is at i / fps, so a skipped image
-    leaves its slot empty. An undecodable image is skipped with a warning (counted in `skipped`),
-    or ends the run with an error when `skip_bad` is False."""
-
-    live = False
-
-    def __init__(self, paths: list[Path], description: str, fps: float, skip_bad: bool = True):
-        self._paths = paths
-        self.frame_count = len(paths)
-        self._next = 0
-        self.description = description
-        self.fps = fps
-        self.skip_bad = skip_bad
-        self.skipped = 0
-
-    def read(self) -> tuple[np.ndarray, float] | None:
-        while self._next < len(self._paths):
-            index, path = self._next, self._paths[self._next]
-            self._next += 1
-            image = cv2.imread(str(path), cv2.IMREAD_COLOR)
-            if image is not None:
-                return image, index * 1000.0 / self.fps
-            if not self.skip_bad:
-                raise StreamerError(f"{path}: cannot decode this image; remove or replace it (or set source.on_bad_frame: skip)")
-            self.skipped += 1
-            log.warning("%s: cannot decode this image, skipped (%d so far)", path, self.skipped)
-        return None
-
-    def close(self) -> None:
-        pass
-
-
-def natural_key(path: Path) -> list:
-    """Sort key that orders numbers by value, as file managers show them: frame2 before frame10."""
-    return [(0, int(part), "") if part.isdigit() else (1, 0, part.lower()) for part in re.split(r"(\d+)", path.name)]
-
-
-def visible_images(paths) -> list[Path]:
-    """Image files as a user sees the folder: no hidden files (".DS_Store", macOS "._" companions,
-    sync tools' temporaries), no folders, in natural order."""
-    return sorted((p for p in paths if p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith(".") and p.is_file()),
-                  key=natural_key)
 
 
 @dataclass(frozen=True)
