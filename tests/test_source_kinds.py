@@ -4,6 +4,7 @@ a real local web server read as a file, every frame, to the end."""
 from __future__ import annotations
 
 import json
+import subprocess
 
 import cv2
 import numpy as np
@@ -86,3 +87,23 @@ def test_source_fps_overrides_a_wrong_header_in_the_video_and_the_export(fast_co
     assert times[-1] - times[0] == pytest.approx(18 / 25, abs=0.005)
     stamps = [image["pts_ms"] for image in json.loads((export / "panoptic.json").read_text())["images"]]
     assert stamps == pytest.approx([index * 40.0 for index in range(19)])
+
+
+def test_a_truncated_file_says_how_many_frames_it_held_of_those_announced(fast_config, tmp_path, caplog):
+    """An MP4 with its index up front (faststart), cut off while being copied: the index announces 30 frames."""
+    whole = tmp_path / "whole.mp4"
+    subprocess.run(["ffmpeg", "-v", "error", "-f", "lavfi", "-i", "testsrc=size=160x120:rate=10", "-frames:v", "30",
+                    "-c:v", "libx264", "-movflags", "+faststart", str(whole)], check=True)
+    cut = tmp_path / "cut.mp4"
+    cut.write_bytes(whole.read_bytes()[:5000])
+    result = run_in_process("run", "-c", str(fast_config), "--source", str(cut), "--output", str(tmp_path / "out.mp4"))
+    assert result.returncode == 0, result.stderr
+    read = run_summary(result.stderr)["read"]
+    assert 0 < read < 29
+    assert f"{cut}: ended after {read} of the 30 frames its container announces (the file is truncated or damaged)" in result.stderr
+    caplog.clear()
+    frames_of(open_source(str(cut)))
+    assert "announces" in caplog.text
+    caplog.clear()
+    assert len(frames_of(open_source(str(whole)))) == 30
+    assert "announces" not in caplog.text  # a whole file reads to its end in silence

@@ -55,6 +55,7 @@ class CaptureReader:
         self.frame_count = int(count) if not live and count and math.isfinite(count) and count > 0 else None
         self._last_pts = -math.inf
         self._count = 0
+        self._said_short = False
         self._peeked: tuple[np.ndarray, float] | None = None
 
     def peek(self) -> bool:
@@ -68,6 +69,7 @@ class CaptureReader:
             return frame
         ok, image = self._capture.read()
         if not ok or image is None:
+            self._warn_if_short()
             return None
         pts = self._capture.get(cv2.CAP_PROP_POS_MSEC)
         if self._fixed_rate or not math.isfinite(pts) or pts < 0 or (pts <= self._last_pts and self._count):
@@ -78,6 +80,14 @@ class CaptureReader:
             self._last_pts = pts
         self._count += 1
         return image, pts
+
+    def _warn_if_short(self) -> None:
+        """At the end of a file: say so when it held fewer frames than its container announced (a
+        file cut off while being written or copied). One frame short is within how containers count."""
+        if self.frame_count is not None and self._count < self.frame_count - 1 and not self._said_short:
+            self._said_short = True
+            log.warning("%s: ended after %d of the %d frames its container announces (the file is truncated or damaged)",
+                        self.description, self._count, self.frame_count)
 
     def close(self) -> None:
         self._capture.release()
