@@ -1,6 +1,7 @@
 """The recording plays everywhere and frames keep their real shape: H.264 4:2:0 for any size (an odd
-one padded to even), and a source that changes size is letterboxed into the recording, never
-stretched, while the models and the export see every frame at its true size."""
+one padded to even), and a source that changes size starts a new segment, or is letterboxed into a
+single-file recording, never stretched, while the models and the export see every frame at its true
+size."""
 from __future__ import annotations
 
 import json
@@ -49,3 +50,15 @@ def test_a_source_that_changes_size_is_letterboxed_never_stretched(fast_config, 
     images = json.loads((export / "panoptic.json").read_text())["images"]
     assert [(i["width"], i["height"]) for i in images] == [(160, 120), (160, 120), (90, 120), (160, 120)]
     assert cv2.imread(str(export / "panoptic" / "000002.png")).shape[:2] == (120, 90), "the export keeps the true size"
+
+
+def test_a_segmented_recording_starts_a_new_segment_when_the_size_changes(fast_config, tmp_path):
+    folder = image_folder(tmp_path / "mixed", [(160, 120), (160, 120), (90, 120), (160, 120)])
+    segments = tmp_path / "segments"
+    result = run_in_process("run", "-c", str(fast_config), "--source", str(folder), "--output", str(segments),
+                            "--set", "output.segment_seconds=60")
+    assert result.returncode == 0, result.stderr
+    recorded = sorted((frames[0].shape[1], frames[0].shape[0], len(frames))
+                      for frames in map(decode_video, segments.glob("*.mp4")))
+    assert recorded == [(90, 120, 1), (160, 120, 1), (160, 120, 2)], "each size in segments of its own, none letterboxed"
+    assert "the source changed size from 160x120 to 90x120; a new segment begins" in result.stderr

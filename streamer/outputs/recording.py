@@ -258,8 +258,11 @@ class SegmentedRecording:
         preflight.require_room(self.naming.folder, "video segments", self.min_free_mb, note)
 
     def write(self, result: Panoptic, rendered: np.ndarray) -> None:
-        current = self.current
-        if current is not None and result.frame.pts_ms - current.first_pts_ms >= self.segment_s * 1000:
+        current, size = self.current, (rendered.shape[1], rendered.shape[0])
+        if current is not None and current.size != size:  # a camera reconfigured: its own segment, not letterboxed
+            log.info("%s: the source changed size from %dx%d to %dx%d; a new segment begins", self.naming.folder, *current.size, *size)
+            self._close_current()
+        elif current is not None and result.frame.pts_ms - current.first_pts_ms >= self.segment_s * 1000:
             self._close_current()
         if self.current is None:
             self._require_room()
