@@ -77,3 +77,17 @@ def test_significant_bits_set_the_white_point(tmp_path, bits):
     assert png_significant_bits(path) == bits
     assert to_bgr8(np.full((1, 1, 3), top, np.uint16), bits).tolist() == [[[255, 255, 255]]]
     assert to_bgr8(np.full((1, 1, 3), top // 2, np.uint16), bits).tolist() == [[[127, 127, 127]]]
+
+
+def test_a_photo_keeps_the_orientation_its_exif_gives(tmp_path):
+    from PIL import Image
+
+    y, x = np.mgrid[0:24, 0:32]
+    picture = np.stack([x * 8, y * 10, np.full_like(x, 128)], axis=-1).astype(np.uint8)  # smooth: JPEG keeps it
+    photo = Image.fromarray(picture[..., ::-1].copy())  # 32 wide, 24 high
+    exif = photo.getexif()
+    exif[0x0112] = 6  # Orientation: rotate 90 degrees clockwise to display, as phones write it
+    photo.save(tmp_path / "phone.jpg", exif=exif, quality=95)
+    image, _ = open_source(str(tmp_path / "phone.jpg")).read()
+    assert image.shape == (32, 24, 3)
+    assert np.abs(image.astype(int) - np.rot90(picture, k=-1)).mean() < 4

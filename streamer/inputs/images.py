@@ -1,10 +1,10 @@
 """Image files as frames: a folder read as a file manager shows it, each image at its real range.
 
 OpenCV's IMREAD_COLOR turns a 16-bit image into 8 bits by dropping the low byte, which is right only
-when all 16 bits are used, and refuses floating-point TIFFs. Here an image is read as stored and
-scaled by the range its file declares: a PNG's sBIT chunk (e.g. 12 significant bits of 16, as
-machine-vision cameras write), the full integer range otherwise, 0..1 for floating point
-(PNG specification 11.3.3.4; TIFF 6.0 SampleFormat).
+when all 16 bits are used, and refuses floating-point TIFFs. Here an image is read at its stored
+depth (EXIF orientation applied, as IMREAD_COLOR does) and scaled by the range its file declares: a
+PNG's sBIT chunk (e.g. 12 significant bits of 16, as machine-vision cameras write), the full integer
+range otherwise, 0..1 for floating point (PNG specification 11.3.3.4; TIFF 6.0 SampleFormat).
 """
 from __future__ import annotations
 
@@ -27,7 +27,7 @@ PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 def read_image(path: Path) -> np.ndarray | None:
     """The image at `path` as H x W x 3 uint8 BGR at its real range (to_bgr8); None when it does
     not decode."""
-    image = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+    image = cv2.imread(str(path), cv2.IMREAD_ANYDEPTH | cv2.IMREAD_COLOR)  # EXIF orientation applied
     if image is None:
         return None
     bits = png_significant_bits(path) if image.dtype == np.uint16 and path.suffix.lower() == ".png" else None
