@@ -34,7 +34,13 @@ def _positive_multiple_of_32(value: int) -> int:
     return value
 
 
+def _home(value: str) -> str:
+    """`~` and `~user` at the start of a path mean the home folder, as in a shell."""
+    return os.path.expanduser(value) if value.startswith("~") else value
+
+
 Unit = Annotated[float, AfterValidator(_unit_interval)]
+UserPath = Annotated[str, AfterValidator(_home)]  # a path a user writes: ~ is their home
 Mult32 = Annotated[int, AfterValidator(_positive_multiple_of_32)]
 LIVE_SEGMENT_SECONDS = 60.0  # a live source records in segments this long unless output.segment_seconds says otherwise
 
@@ -58,7 +64,7 @@ class ClassSpec(Strict):
 class SemanticModel(Strict):
     arch: str = Field(default="Unet", description="any segmentation_models_pytorch architecture name")
     encoder: str = Field(default="resnet18", description="encoder name (smp)")
-    weights: str = Field(
+    weights: UserPath = Field(
         default="none",
         description="demo (bundled; ignores arch/encoder) | none (random init) | .safetensors/.pth state dict "
         "| smp save_pretrained folder | hub id already in the Hugging Face cache",
@@ -80,7 +86,7 @@ class SemanticModel(Strict):
 
 class InstanceModel(Strict):
     arch: Literal["maskrcnn_resnet50_fpn", "maskrcnn_resnet50_fpn_v2"] = Field(default="maskrcnn_resnet50_fpn", description="torchvision Mask R-CNN builder")
-    weights: str = Field(default="none", description="demo (bundled; ignores arch) | none | coco (from torch's cache) | .safetensors/.pth state dict")
+    weights: UserPath = Field(default="none", description="demo (bundled; ignores arch) | none | coco (from torch's cache) | .safetensors/.pth state dict")
     classes: tuple[str, ...] | None = Field(
         default=None, min_length=1,
         description="the instance model's class names in label order, from label 1 (label 0 is the background); "
@@ -210,7 +216,8 @@ class Source(Strict):
     @field_validator("uri")
     @classmethod
     def _expand_environment(cls, value: str) -> str:
-        """`${NAME}` is replaced by the environment variable NAME, so credentials stay out of the file."""
+        """`${NAME}` is replaced by the environment variable NAME, so credentials stay out of the file;
+        a leading `~` is the home folder."""
 
         def lookup(match: re.Match) -> str:
             name = match.group(1)
@@ -218,7 +225,7 @@ class Source(Strict):
                 raise ValueError(f"environment variable {name} is not set")
             return os.environ[name]
 
-        return re.sub(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}", lookup, value)
+        return _home(re.sub(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}", lookup, value))
 
 
 class Render(Strict):
@@ -231,14 +238,14 @@ class Render(Strict):
 
 
 class Output(Strict):
-    video: str | None = Field(default=None, description="H.264 MP4 to write (with segments: their name template or folder; {source}: the source id)")
+    video: UserPath | None = Field(default=None, description="H.264 MP4 to write (with segments: their name template or folder; {source}: the source id)")
     segment_seconds: float | None = Field(
         default=None, ge=0, description=f"record in segments this long; null: {LIVE_SEGMENT_SECONDS:g} for live sources, one file otherwise; 0: one file"
     )
     keep_hours: float | None = Field(default=None, gt=0, description="retention: remove finished segments older than this")
     max_bytes: ByteSize | None = Field(default=None, description="retention: remove the oldest finished segments beyond this total, e.g. 20GB")
     display: bool = Field(default=False, description="show a live window")
-    export_dir: str | None = Field(default=None, description="COCO panoptic annotations folder ({source}: the source id)")
+    export_dir: UserPath | None = Field(default=None, description="COCO panoptic annotations folder ({source}: the source id)")
     export_images: bool = Field(default=False, description="also the frames, as images/NNNNNN.jpg beside the annotations")
     min_free_mb: float = Field(default=100.0, ge=0, description="an output folder with less free space than this is refused at start-up and before each new segment")
 

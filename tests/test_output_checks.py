@@ -61,3 +61,24 @@ def test_missing_folders_are_made(fast_config, small_video, tmp_path):
                             "--output", str(video), "--export-dir", str(tmp_path / "more" / "export"))
     assert result.returncode == 0, result.stderr
     assert video.is_file() and (tmp_path / "more" / "export" / "panoptic.json").is_file()
+
+
+def test_the_source_video_is_never_recorded_over(fast_config, small_video, tmp_path):
+    link = tmp_path / "same.mp4"
+    link.symlink_to(small_video)
+    before = small_video.read_bytes()
+    for name in (small_video, link):
+        message = refused(fast_config, small_video, "--output", str(name))
+        assert message == f"{name}: is the source video itself, and recording would replace it; choose another name"
+    assert small_video.read_bytes() == before
+
+
+def test_a_home_folder_written_as_tilde_is_the_home_folder(fast_config, small_video, tmp_path, monkeypatch):
+    """As a systemd unit or a config file writes it: no shell expands the ~ there."""
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.chdir(tmp_path)
+    result = run_in_process("run", "-c", str(fast_config), "--source", str(small_video), "--max-frames", "1",
+                            "--output", "~/videos/out.mp4")
+    assert result.returncode == 0, result.stderr
+    assert (tmp_path / "home" / "videos" / "out.mp4").is_file()
+    assert not (tmp_path / "~").exists()

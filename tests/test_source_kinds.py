@@ -12,7 +12,8 @@ import pytest
 from helpers import make_video, probe, run_in_process, run_summary
 from mirror import Mirror
 
-from streamer.errors import StreamerError
+from streamer.config import Source
+from streamer.errors import StreamerError, UsageError
 from streamer.inputs.sources import open_source
 
 
@@ -107,3 +108,14 @@ def test_a_truncated_file_says_how_many_frames_it_held_of_those_announced(fast_c
     caplog.clear()
     assert len(frames_of(open_source(str(whole)))) == 30
     assert "announces" not in caplog.text  # a whole file reads to its end in silence
+
+
+def test_a_file_url_is_its_file_whatever_it_escapes(tmp_path, monkeypatch):
+    clip = make_video(tmp_path / "clip [1080p] été #2.mp4", frames=3)
+    assert "%20" in clip.as_uri()  # file:///.../clip%20%5B1080p%5D%20%C3%A9t%C3%A9%20%232.mp4, as file managers copy it
+    assert len(frames_of(open_source(clip.as_uri()))) == 3
+    assert len(frames_of(open_source(clip.as_uri().replace("file://", "file://localhost")))) == 3
+    with pytest.raises(UsageError, match="a file:// URL of another host"):
+        open_source("file://nas/share/clip.mp4")
+    monkeypatch.setenv("HOME", str(tmp_path))
+    assert len(frames_of(open_source(Source(uri=f"~/{clip.name}").uri))) == 3  # ~ in a config file is the home folder

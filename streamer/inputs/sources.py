@@ -14,7 +14,7 @@ import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
 import cv2
 import numpy as np
@@ -143,8 +143,11 @@ def classify(uri: str) -> SourceKind:
     if "://" in uri:
         if scheme in STREAM_SCHEMES:
             return SourceKind("stream", uri)
-        if scheme == "file":
-            return classify(urlsplit(uri).path)
+        if scheme == "file":  # file:///home/me/clip%20%5B1080p%5D.mp4 (RFC 8089), as file managers copy it
+            parts = urlsplit(uri)
+            if parts.netloc not in ("", "localhost"):
+                raise UsageError(f"{uri}: a file:// URL of another host ({parts.netloc}); mount it and give the path")
+            return classify(unquote(parts.path))
         raise UsageError(
             f"{redact_uri(uri)}: unknown source scheme '{scheme}'; use a camera index, /dev/videoN, a file, "
             "a folder or glob of images, rtsp(s)://, http(s):// or synthetic:street"
@@ -224,6 +227,12 @@ def is_live(uri: str) -> bool:
     """Cameras and network streams are live: they can stall, drop and come back. (An http(s) URL
     may turn out to serve a finite file: open_source tells.)"""
     return classify(uri).kind in ("camera", "stream")
+
+
+def local_file(uri: str) -> Path | None:
+    """The file a file source reads (a video or one image), None for other kinds."""
+    source = classify(uri)
+    return Path(str(source.target)) if source.kind == "file" else None
 
 
 def may_be_finite(uri: str) -> bool:

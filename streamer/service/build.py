@@ -13,7 +13,7 @@ from streamer.config import Config, Output, Source
 from streamer.frames import Category
 from streamer.inference.fusion import FusionParams
 from streamer.inputs.capture import Liveness
-from streamer.inputs.sources import DEFAULT_FPS, LiveOptions, Reader, is_live, may_be_finite, open_source
+from streamer.inputs.sources import DEFAULT_FPS, LiveOptions, Reader, is_live, local_file, may_be_finite, open_source
 from streamer.outputs import preflight
 from streamer.outputs.export import PanopticExport
 from streamer.outputs.recording import Retention, open_video
@@ -101,7 +101,7 @@ def video_output(config: Config, source: Source, reader: Reader | None, live: bo
     if segment_s:
         log.info("%s: recording %g s segments named by their start time, from %s", source.id, segment_s, path)
     fps = reader.fps if reader else (source.fps or DEFAULT_FPS)
-    preflight.video_target(Path(path), bool(segment_s))
+    preflight.video_target(Path(path), bool(segment_s), local_file(source.uri))
     return open_video(path, fps, segment_s, retention(settings), settings.min_free_mb)
 
 
