@@ -206,6 +206,29 @@ def test_a_mask_rcnn_of_the_users_own_classes_loads_with_their_names(fast_config
     assert "this Mask R-CNN has 3 classes (and the background) but models.instance.classes lists 2" in message
 
 
+@pytest.mark.parametrize("form", ["training checkpoint", "DataParallel"])
+def test_a_mask_rcnn_saved_as_training_scripts_save_it_loads(tmp_path, form):
+    """torchvision's references/detection/train.py saves the weights beside the optimizer, its argparse
+    arguments and the MultiStepLR milestones (a Counter); a model wrapped for several GPUs saves its
+    keys under `module.`."""
+    import argparse
+    import collections
+
+    from streamer.inference.models import read_state_dict
+
+    plain = torch.load(user_mask_rcnn(tmp_path, ["van", "cyclist", "cone"]), weights_only=True)
+    if form == "training checkpoint":
+        saved = {"model": plain, "optimizer": {"state": {}, "param_groups": [{"lr": 0.02, "params": [0, 1]}]},
+                 "lr_scheduler": {"milestones": collections.Counter({16: 1, 22: 1}), "gamma": 0.1},
+                 "args": argparse.Namespace(lr=0.02, epochs=26, data_path="/data"), "epoch": 25}
+    else:
+        saved = {f"module.{key}": value for key, value in plain.items()}
+    path = tmp_path / "checkpoint.pth"
+    torch.save(saved, path)
+    state = read_state_dict(path)
+    assert state.keys() == plain.keys() and all(torch.equal(state[k], plain[k]) for k in plain)
+
+
 def test_instance_weights_with_missing_keys(fast_config, small_video, tmp_path):
     path = tmp_path / "maskrcnn_partial.safetensors"
     save_file({"roi_heads.box_predictor.cls_score.weight": torch.zeros(91, 1024)}, str(path))

@@ -5,11 +5,14 @@ cache. `.pth` files are read with `torch.load(..., weights_only=True)` only.
 """
 from __future__ import annotations
 
+import argparse
+import collections
 import contextlib
 import functools
 import logging
 import pickle
 import re
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -52,6 +55,12 @@ def resolve_device(name: str) -> torch.device:
 # Weights files
 
 
+# Plain data that training checkpoints hold beside the weights, safe to rebuild: torchvision's
+# references/detection/train.py saves its argparse arguments and MultiStepLR's milestones (a Counter).
+PLAIN_DATA = [argparse.Namespace, collections.Counter]
+DATA_PARALLEL = "module."
+
+
 def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     """A state dict from `.safetensors` or `.pth` (weights only). One clear error for a bad file."""
     if not path.is_file():
@@ -62,7 +71,9 @@ def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
 
             state = load_file(str(path), device="cpu")
         else:
-            state = torch.load(str(path), map_location="cpu", weights_only=True)
+            with torch.serialization.safe_globals(PLAIN_DATA), warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # torch's notes on a raw pickle's protocol: the refusal below says it all
+                state = torch.load(str(path), map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:  # torch's weights-only unpickler met something that is not a tensor
         found = re.search(r"unsupported (?:global: )?GLOBAL ([\w.]+)", str(exc), flags=re.IGNORECASE)
         if not found:
@@ -78,11 +89,13 @@ def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
             f"{path}: not a loadable weights file ({type(exc).__name__}: {reason[:200]}); "
             "expected a state dict saved with torch.save(model.state_dict()) or safetensors"
         ) from None
-    for wrapper in ("state_dict", "model"):
+    for wrapper in ("state_dict", "model"):  # a training checkpoint: the weights beside the optimizer's state
         if isinstance(state, dict) and isinstance(state.get(wrapper), dict):
             state = state[wrapper]
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise DataError(f"{path}: does not hold a state dict of tensors")
+    if state and all(key.startswith(DATA_PARALLEL) for key in state):  # saved from a DataParallel/DDP wrapper
+        state = {key[len(DATA_PARALLEL):]: value for key, value in state.items()}
     return state
 
 
