@@ -84,6 +84,7 @@ def test_image_folder_or_glob_without_images(fast_config, tmp_path, layout):
     message = the_error(run_in_process("run", "-c", str(fast_config), "--source", target), EXIT_NOINPUT)
     assert target in message
     assert "no image files found" in message
+    assert message.endswith("; it holds videos: give one of them as the source") == (layout == "no-images")
 
 
 def test_one_missing_source_among_several_fails_before_anything_runs(fast_config, small_video, tmp_path):

@@ -119,3 +119,16 @@ def test_a_file_url_is_its_file_whatever_it_escapes(tmp_path, monkeypatch):
         open_source("file://nas/share/clip.mp4")
     monkeypatch.setenv("HOME", str(tmp_path))
     assert len(frames_of(open_source(Source(uri=f"~/{clip.name}").uri))) == 3  # ~ in a config file is the home folder
+
+
+def test_links_are_followed_to_what_they_name(tmp_path):
+    real = tmp_path / "real"
+    real.mkdir()
+    for number, value in ((1, 10), (2, 20)):
+        write_frame(real / f"{number}.PNG", value)  # suffixes in capitals, as cameras write them
+    linked = tmp_path / "today"
+    linked.symlink_to(real, target_is_directory=True)
+    (real / "3.png").symlink_to(real / "1.PNG")  # a linked image is an image
+    (real / "4.png").symlink_to(tmp_path / "gone.png")  # a dangling link is no image
+    frames = frames_of(open_source(str(linked), fps=10))
+    assert [int(image[0, 0, 0]) for image, _ in frames] == [10, 20, 10]

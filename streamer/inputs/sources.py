@@ -25,6 +25,7 @@ from streamer.uris import redact_uri
 
 log = logging.getLogger(__name__)
 
+VIDEO_HINTS = {".mp4", ".m4v", ".mkv", ".mov", ".avi", ".webm", ".ts", ".mts"}  # for a hint only: FFmpeg reads more
 STREAM_SCHEMES = {"rtsp", "rtsps", "http", "https"}
 DEFAULT_FPS = 25.0
 
@@ -219,7 +220,9 @@ def _open_images(target: str, fps: float | None, skip_bad: bool) -> Reader:
     candidates = Path(target).iterdir() if Path(target).is_dir() else (Path(p) for p in glob.glob(target))
     paths = visible_images(candidates)
     if not paths:
-        raise InputNotFound(f"{target}: no image files found ({', '.join(sorted(IMAGE_SUFFIXES))})")
+        videos = Path(target).is_dir() and any(p.suffix.lower() in VIDEO_HINTS for p in Path(target).iterdir())
+        raise InputNotFound(f"{target}: no image files found ({', '.join(sorted(IMAGE_SUFFIXES))})"
+                            + ("; it holds videos: give one of them as the source" if videos else ""))
     return ImageFilesReader(paths, target, fps or DEFAULT_FPS, skip_bad)
 
 

@@ -245,8 +245,10 @@ class SegmentedRecording:
         self.min_free_mb = min_free_mb
         self.current: VideoOutput | None = None
         make_folder(self.naming.folder)
+        enforce_retention(self.naming.finished(), retention)  # room first: recovery writes copies
+        if retention.active:
+            make_room(self.naming.folder, self.naming.finished(), min_free_mb)
         recover_partials(self.naming.partials())
-        enforce_retention(self.naming.finished(), retention)
         self._require_room()
 
     def _require_room(self) -> None:
