@@ -439,12 +439,12 @@ def decodable_packets(reader: av.container.InputContainer, stream) -> Iterator[a
 def count_frames(path: Path) -> int:
     """The frames of `path` that decode, up to the first error."""
     frames = 0
-    with av.open(str(path)) as container:
-        try:
+    try:
+        with av.open(str(path)) as container:
             for _ in container.decode(video=0):
                 frames += 1
-        except av.FFmpegError:
-            pass
+    except av.FFmpegError:
+        pass
     return frames
 
 
