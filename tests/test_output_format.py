@@ -5,6 +5,7 @@ size."""
 from __future__ import annotations
 
 import json
+import subprocess
 
 import av
 import cv2
@@ -26,12 +27,14 @@ def run(fast_config, source, tmp_path, *args):
 
 
 def test_an_odd_sized_source_is_recorded_in_4_2_0_with_an_even_size(fast_config, tmp_path):
-    folder = image_folder(tmp_path / "odd", [(161, 121)] * 3)
-    output, result = run(fast_config, folder, tmp_path)
+    webm = tmp_path / "odd.webm"  # VP9 at 383x215, as a browser or a screen recorder writes it
+    subprocess.run(["ffmpeg", "-v", "error", "-f", "lavfi", "-i", "testsrc=size=383x215:rate=10", "-frames:v", "3",
+                    "-c:v", "libvpx-vp9", "-deadline", "realtime", str(webm)], check=True)
+    output, result = run(fast_config, webm, tmp_path)
     with av.open(str(output)) as container:
         codec = container.streams.video[0].codec_context
-        assert (codec.pix_fmt, codec.profile, codec.width, codec.height) == ("yuv420p", "High", 162, 122)
-    assert "frames are 161x121; recorded as 162x122 with a black edge" in result.stderr
+        assert (codec.pix_fmt, codec.profile, codec.width, codec.height) == ("yuv420p", "High", 384, 216)
+    assert "frames are 383x215; recorded as 384x216 with a black edge" in result.stderr
     luma = cv2.cvtColor(decode_video(output)[0], cv2.COLOR_BGR2GRAY)  # 4:2:0 shares colour over 2x2: judge brightness
     assert luma[:, -1].mean() < 0.3 * luma[:, -2].mean() and luma[-1, :].mean() < 0.3 * luma[-2, :].mean(), \
         "the added column and row are black"
