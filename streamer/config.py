@@ -29,8 +29,8 @@ def _unit_interval(value: float) -> float:
 
 
 def _positive_multiple_of_32(value: int) -> int:
-    if value <= 0 or value % 32:
-        raise ValueError("must be a positive multiple of 32")
+    if value <= 0 or value % 32 or value > MAX_INPUT_SIDE:
+        raise ValueError(f"must be a positive multiple of 32, at most {MAX_INPUT_SIDE}")
     return value
 
 
@@ -42,6 +42,10 @@ def _home(value: str) -> str:
 Unit = Annotated[float, AfterValidator(_unit_interval)]
 UserPath = Annotated[str, AfterValidator(_home)]  # a path a user writes: ~ is their home
 Mult32 = Annotated[int, AfterValidator(_positive_multiple_of_32)]
+MAX_INPUT_SIDE = 8192  # pixels: beyond this a network input does not fit in memory
+DAY_S = 86400.0
+MIN_SEGMENT_S = 0.1
+MIN_BUDGET = 1_000_000  # bytes: output.max_bytes below this cannot hold one segment of a real camera
 LIVE_SEGMENT_SECONDS = 60.0  # a live source records in segments this long unless output.segment_seconds says otherwise
 
 RGB = tuple[Annotated[int, Field(ge=0, le=255)], Annotated[int, Field(ge=0, le=255)], Annotated[int, Field(ge=0, le=255)]]
@@ -52,7 +56,7 @@ IMAGENET_STD = (58.395, 57.12, 57.375)
 
 
 class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)  # every number finite
 
 
 class ClassSpec(Strict):
@@ -92,8 +96,8 @@ class InstanceModel(Strict):
         description="the instance model's class names in label order, from label 1 (label 0 is the background); "
         "null: COCO's (torchvision weights) or the demo's",
     )
-    min_size: int = Field(default=800, ge=32, description="Mask R-CNN's internal resize of the shorter side")
-    max_size: int = Field(default=1333, ge=32, description="Mask R-CNN's internal resize: longest side at most")
+    min_size: int = Field(default=800, ge=32, le=MAX_INPUT_SIDE, description="Mask R-CNN's internal resize of the shorter side")
+    max_size: int = Field(default=1333, ge=32, le=MAX_INPUT_SIDE, description="Mask R-CNN's internal resize: longest side at most")
     score_threshold: Unit = Field(default=0.5, description="detections below are dropped inside the model and by fusion")
     detections_per_image: int = Field(default=100, ge=1, le=999, description="most detections the model keeps per frame")
     class_map: dict[str, str | tuple[str, ...]] = Field(
@@ -160,15 +164,15 @@ class Models(Strict):
 class Fusion(Strict):
     mask_threshold: Unit = Field(default=0.5, description="mask probability that counts as inside")
     overlap_threshold: Unit = Field(default=0.5, description="an instance more than this fraction covered by better ones is rejected")
-    stuff_area_min: int = Field(default=1024, ge=0, description="stuff regions smaller than this (pixels at frame resolution) become void")
-    label_divisor: int = Field(default=LABEL_DIVISOR, ge=2, description="panoptic value = category_id * label_divisor + instance_id")
+    stuff_area_min: int = Field(default=1024, ge=0, le=MAX_INPUT_SIDE**2, description="stuff regions smaller than this (pixels at frame resolution) become void")
+    label_divisor: int = Field(default=LABEL_DIVISOR, ge=2, le=65536, description="panoptic value = category_id * label_divisor + instance_id")
 
 
 class Reconnect(Strict):
-    max_attempts: int | None = Field(default=None, ge=1, description="reconnect attempts in a row before giving up; null: forever")
-    initial_delay_s: float = Field(default=1.0, gt=0, description="first backoff delay (doubles, with jitter)")
-    max_delay_s: float = Field(default=30.0, gt=0, description="backoff delay at most")
-    healthy_after_s: float = Field(default=30.0, gt=0, description="streaming this long resets the backoff")
+    max_attempts: int | None = Field(default=None, ge=1, le=10**9, description="reconnect attempts in a row before giving up; null: forever")
+    initial_delay_s: float = Field(default=1.0, ge=0.01, le=3600, description="first backoff delay (doubles, with jitter)")
+    max_delay_s: float = Field(default=30.0, ge=0.01, le=3600, description="backoff delay at most")
+    healthy_after_s: float = Field(default=30.0, gt=0, le=DAY_S, description="streaming this long resets the backoff")
 
     @model_validator(mode="after")
     def _ordered(self) -> Reconnect:
@@ -194,19 +198,27 @@ class BufferPolicy(str, enum.Enum):
 
 class Source(Strict):
     uri: str = Field(min_length=1, description="camera index, /dev/videoN, file, image folder or glob, rtsp(s)://, http(s)://, synthetic:street?...")
-    id: str = Field(default="cam0", pattern=r"^[A-Za-z0-9_.-]{1,64}$", description="name in logs, metrics and outputs")
+    id: str = Field(default="cam0", description="name in logs, metrics and outputs: a name, never a path")
     buffer: BufferPolicy = Field(default=BufferPolicy.AUTO, description="auto | block | drop_oldest | latest (auto: block for files, drop_oldest for live)")
     queue_size: int = Field(default=2, ge=1, le=1024, description="frames waiting for the model; small keeps live latency low")
-    fps: float | None = Field(default=None, gt=0, description="frame rate for image folders (null: 25), or to override a wrong header")
-    open_timeout_s: float = Field(default=10.0, gt=0, description="live sources: FFmpeg open timeout")
-    read_timeout_s: float = Field(default=5.0, gt=0, description="live sources: FFmpeg read timeout")
-    stall_timeout_s: float = Field(default=15.0, gt=0, description="live sources: no frame this long means abandon and reopen")
+    fps: float | None = Field(default=None, ge=0.01, le=1000, description="frame rate for image folders (null: 25), or to override a wrong header")
+    open_timeout_s: float = Field(default=10.0, ge=0.1, le=3600, description="live sources: FFmpeg open timeout")
+    read_timeout_s: float = Field(default=5.0, ge=0.1, le=3600, description="live sources: FFmpeg read timeout")
+    stall_timeout_s: float = Field(default=15.0, ge=0.1, le=DAY_S, description="live sources: no frame this long means abandon and reopen")
     rtsp_transport: Literal["tcp", "udp"] = Field(default="tcp", description="RTSP over tcp or udp")
     live: bool | None = Field(default=None, description="null: guess (cameras, rtsp and http streams are live; files, folders "
                               "and http(s) URLs of finite files are not); true/false: override the guess")
     on_bad_frame: Literal["skip", "stop"] = Field(default="skip", description="an undecodable image in a folder: skip it "
                                                   "with a warning, or stop the run")
     reconnect: Reconnect = Reconnect()
+
+    @field_validator("id")
+    @classmethod
+    def _a_name_not_a_path(cls, value: str) -> str:
+        """Ids go into file names ({source}): `..`, `.`, a leading dot or a slash would be paths."""
+        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}", value):
+            raise ValueError("must be a name of 1-64 letters, digits, '_', '.' or '-' that starts with a letter or digit")
+        return value
 
     @field_validator("uri", mode="before")
     @classmethod
@@ -240,14 +252,23 @@ class Render(Strict):
 class Output(Strict):
     video: UserPath | None = Field(default=None, description="H.264 MP4 to write (with segments: their name template or folder; {source}: the source id)")
     segment_seconds: float | None = Field(
-        default=None, ge=0, description=f"record in segments this long; null: {LIVE_SEGMENT_SECONDS:g} for live sources, one file otherwise; 0: one file"
+        default=None, ge=0, le=DAY_S, description=f"record in segments this long (0.1 s at least); null: {LIVE_SEGMENT_SECONDS:g} for live "
+        "sources, one file otherwise; 0: one file"
     )
-    keep_hours: float | None = Field(default=None, gt=0, description="retention: remove finished segments older than this")
-    max_bytes: ByteSize | None = Field(default=None, description="retention: remove the oldest finished segments beyond this total, e.g. 20GB")
+    keep_hours: float | None = Field(default=None, gt=0, le=24 * 366 * 100, description="retention: remove finished segments older than this")
+    max_bytes: ByteSize | None = Field(default=None, ge=MIN_BUDGET, description="retention: remove the oldest finished segments beyond "
+                                       "this total, e.g. 20GB (1MB at least: less holds no segment of a real camera)")
     display: bool = Field(default=False, description="show a live window")
     export_dir: UserPath | None = Field(default=None, description="COCO panoptic annotations folder ({source}: the source id)")
     export_images: bool = Field(default=False, description="also the frames, as images/NNNNNN.jpg beside the annotations")
-    min_free_mb: float = Field(default=100.0, ge=0, description="an output folder with less free space than this is refused at start-up and before each new segment")
+    min_free_mb: float = Field(default=100.0, ge=0, le=10**9, description="an output folder with less free space than this is refused at start-up and before each new segment")
+
+    @field_validator("segment_seconds")
+    @classmethod
+    def _segments_or_one_file(cls, value: float | None) -> float | None:
+        if value is not None and 0 < value < MIN_SEGMENT_S:
+            raise ValueError(f"must be 0 (one file) or at least {MIN_SEGMENT_S:g}")
+        return value
 
     def segment_length(self, live: bool) -> float:
         """Seconds per segment for a source (0: one file)."""
@@ -272,15 +293,15 @@ class Runtime(Strict):
         """YAML reads a bare on/off as a boolean."""
         return {True: "on", False: "off"}.get(value, value) if isinstance(value, bool) else value
 
-    max_frames: int | None = Field(default=None, ge=1, description="stop after this many frames")
+    max_frames: int | None = Field(default=None, ge=1, le=10**12, description="stop after this many frames")
     parallel_frames: int | None = Field(
         default=None, ge=1, le=16, description="frames in the models at once; null: 1 on CUDA, 2 on a CPU of 2+ cores"
     )
-    torch_threads: int | None = Field(default=None, ge=1, description="torch threads per frame in the models; null: the cores shared out")
+    torch_threads: int | None = Field(default=None, ge=1, le=1024, description="torch threads per frame in the models; null: the cores shared out")
     max_batch: int = Field(default=1, ge=1, le=64, description="queued frames (any sources) run through the models together")
-    status_interval_s: float = Field(default=10.0, gt=0, description="status line period when not on a terminal")
-    drain_timeout_s: float = Field(default=30.0, gt=0, description="how long a graceful stop may finish queued frames")
-    stage_timeout_s: float = Field(default=60.0, gt=0, description="a stage whose loop stalls this long stops the systemd watchdog pings")
+    status_interval_s: float = Field(default=10.0, ge=0.1, le=DAY_S, description="status line period when not on a terminal")
+    drain_timeout_s: float = Field(default=30.0, gt=0, le=DAY_S, description="how long a graceful stop may finish queued frames")
+    stage_timeout_s: float = Field(default=60.0, ge=1, le=DAY_S, description="a stage whose loop stalls this long stops the systemd watchdog pings")
     log_level: Literal["debug", "info", "warning", "error"] = Field(default="info", description="debug also prints tracebacks")
     log_format: Literal["text", "json"] = Field(default="text", description="json: one JSON object per line")
 
@@ -316,6 +337,18 @@ class Config(Strict):
         repeated = sorted({i for i in ids if ids.count(i) > 1})
         if repeated:
             raise ValueError(f"sources: every source needs its own id, repeated: {', '.join(repeated)}")
+        return self
+
+    @model_validator(mode="after")
+    def _panoptic_ids_fit(self) -> Config:
+        """ids = category * label_divisor + instance: instances must fit below the divisor, and every id in
+        the export's PNG (24 bits, COCO panoptic)."""
+        divisor, detections = self.fusion.label_divisor, self.models.instance.detections_per_image
+        if divisor <= detections:
+            raise ValueError(f"fusion.label_divisor ({divisor}) must exceed models.instance.detections_per_image ({detections})")
+        if (len(self.models.semantic.classes) + 1) * divisor > 2 ** 24:
+            raise ValueError(f"fusion.label_divisor ({divisor}) times the {len(self.models.semantic.classes)} classes does not fit "
+                             "the 24 bits of a COCO panoptic PNG; lower it")
         return self
 
     def all_sources(self) -> tuple[Source, ...]:
@@ -405,7 +438,7 @@ def _first_error(exc: ValidationError, origin: str, overridden: list[str] | tupl
     elif "input" in first and not isinstance(first["input"], (dict, list)):
         message += f", got {first['input']!r}"
     more = f" (and {len(errors) - 1} more problem{'s' if len(errors) > 2 else ''})" if len(errors) > 1 else ""
-    return f"{origin}: {where + ': ' if where else ''}{message}{more}"
+    return redact_uri(f"{origin}: {where + ': ' if where else ''}{message}{more}")  # the value may be a camera URL
 
 
 def to_yaml(config: Config) -> str:

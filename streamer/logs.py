@@ -1,7 +1,8 @@
 """Logging to stderr, one line per event: plain text, JSON lines, or journald's priority prefixes.
 
 Under systemd (stderr is the journal stream named by $JOURNAL_STREAM) lines carry a `<N>` syslog
-priority and no timestamp, since journald records both itself.
+priority and no timestamp, since journald records both itself. Every line, whoever logged it (a
+library too), has the secrets of the URLs it quotes hidden (uris.redact_uri).
 """
 from __future__ import annotations
 
@@ -10,6 +11,8 @@ import logging
 import os
 import sys
 from datetime import datetime, timezone
+
+from streamer.uris import redact_uri
 
 TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 JOURNAL_FORMAT = "<%(priority)d>%(levelname)s %(name)s: %(message)s"
@@ -22,14 +25,21 @@ class JsonFormatter(logging.Formatter):
             "time": datetime.fromtimestamp(record.created, timezone.utc).isoformat(timespec="milliseconds"),
             "level": record.levelname.lower(),
             "logger": record.name,
-            "message": record.getMessage(),
+            "message": redact_uri(record.getMessage()),
         }
         if record.exc_info:
-            event["traceback"] = self.formatException(record.exc_info)
+            event["traceback"] = redact_uri(self.formatException(record.exc_info))
         return json.dumps(event, ensure_ascii=False)
 
 
-class JournalFormatter(logging.Formatter):
+class RedactedFormatter(logging.Formatter):
+    """A text format whose output has the secrets of every URL it quotes hidden."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        return redact_uri(super().format(record))
+
+
+class JournalFormatter(RedactedFormatter):
     def format(self, record: logging.LogRecord) -> str:
         record.priority = SYSLOG_PRIORITY.get(record.levelno, 6)
         return super().format(record)
@@ -51,7 +61,19 @@ def configure_logging(level: str = "info", style: str = "text") -> None:
     elif stderr_is_journal():
         handler.setFormatter(JournalFormatter(JOURNAL_FORMAT))
     else:
-        handler.setFormatter(logging.Formatter(TEXT_FORMAT))
+        handler.setFormatter(RedactedFormatter(TEXT_FORMAT))
     logging.basicConfig(level=getattr(logging, level.upper()), handlers=[handler], force=True)
     for chatty in ("httpx", "httpx2"):  # a line per HTTP request of a download: only at debug
         logging.getLogger(chatty).setLevel(logging.DEBUG if level == "debug" else logging.WARNING)
+    quiet_native_logs(level == "debug")
+
+
+def quiet_native_logs(debug: bool) -> None:
+    """OpenCV and the FFmpeg inside it print to stderr themselves, outside this format and its
+    redaction (FFmpeg may quote a stream's URL): only in debug runs. Read by OpenCV when it loads
+    and when its FFmpeg backend starts, so this is set before either where it can be."""
+    os.environ["OPENCV_LOG_LEVEL"] = "INFO" if debug else "ERROR"
+    os.environ["OPENCV_FFMPEG_LOGLEVEL"] = "32" if debug else "-8"  # AV_LOG_INFO, AV_LOG_QUIET
+    cv2 = sys.modules.get("cv2")
+    if cv2 is not None and hasattr(cv2, "setLogLevel"):
+        cv2.setLogLevel(4 if debug else 2)  # already loaded: INFO / ERROR (cv2.utils.logging levels)

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from helpers import DEMO_MODELS, probe, readable_frames, run_cli, run_in_process, the_error, tmpfs
 
-from streamer.outputs.recording import recover_partial
+from streamer.outputs.recovery import recover_partial
 
 EXIT_CANTCREAT, EXIT_IOERR = 73, 74
 
@@ -49,7 +49,7 @@ def test_a_disk_that_fills_keeps_every_frame_until_there_is_room_to_recover(tmp_
         assert message.startswith(f"{leftover}, left by a run that did not finish, could not be recovered "
                                   f"(No space left on device writing {disk / 'out.recovered.mp4.recovering'}); it is kept untouched")
         assert sha(leftover) == before
-        assert sorted(p.name for p in disk.iterdir()) == ["out.mp4.partial"]  # no empty copy, no scratch left
+        assert sorted(p.name for p in disk.iterdir()) == [".out.mp4.lock", "out.mp4.partial"]  # no empty copy, no scratch
 
         # with room, the next start recovers every frame, then records
         remount(disk, "size=2m")

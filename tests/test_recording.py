@@ -9,11 +9,10 @@ import signal
 import time
 from pathlib import Path
 
-import pytest
 from helpers import RECORDER, RECORDER_FPS, Daemon, make_video, probe, readable_frames, run_in_process, run_summary
 from rtsp import RtspServer, needs_rtsp
 
-from streamer.outputs.recording import Retention, enforce_retention
+from streamer.outputs.retention import Catalog, Retention, enforce_retention
 
 FPS = RECORDER_FPS  # the recorder's camera-paced synthetic street
 SEGMENT_S = 2
@@ -116,21 +115,21 @@ def test_retention_removes_the_oldest_finished_segments_by_size_then_age(tmp_pat
     new = segment("20260101T020000Z", 100, age_h=1)
     other = tmp_path / "notes.mp4"
     other.write_bytes(b"y" * 1000)
-    enforce_retention([old, middle, new], Retention(keep_hours=24, max_bytes=None))
+    enforce_retention(Catalog().segments([old, middle, new]), Retention(keep_hours=24, max_bytes=None))
     assert not old.exists() and middle.exists() and new.exists()
-    enforce_retention([middle, new], Retention(keep_hours=None, max_bytes=150))
+    enforce_retention(Catalog().segments([middle, new]), Retention(keep_hours=None, max_bytes=150))
     assert not middle.exists() and new.exists()
     assert other.exists()  # only segments are ever removed
 
 
-@pytest.mark.parametrize("setting", ["output.max_bytes=1kb", "output.keep_hours=0.0001"])
-def test_retention_applies_while_recording(tmp_path, setting):
+def test_retention_applies_while_recording(tmp_path):
+    """By age here; by size in test_retention_clock, whose segments are big enough for max_bytes' 1 MB floor."""
     out = tmp_path / "rec"
-    daemon = Daemon(*RECORDER, "--output", str(out), "--set", "output.segment_seconds=0.5", "--set", setting,
-                    "--max-frames", "40")
-    assert daemon.finish(timeout=120) == 0, daemon.text()
-    assert "retention: removed" in daemon.text()
-    assert len(list(out.glob("*.mp4"))) < 10  # 40 frames at 8 fps in 0.5 s segments made 10
+    result = run_in_process("run", *RECORDER, "--output", str(out), "--set", "output.segment_seconds=0.5",
+                            "--set", "output.keep_hours=0.0001", "--max-frames", "40")
+    assert result.returncode == 0, result.stderr
+    assert "retention: removed" in result.stderr and "over output.keep_hours = 0.0001" in result.stderr
+    assert 1 <= len(list(out.glob("*.mp4"))) < 10  # 40 frames at 8 fps in 0.5 s segments made 10
 
 
 @needs_rtsp

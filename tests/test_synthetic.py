@@ -257,6 +257,10 @@ def test_uri_all_keys():
     "synthetic:street?size=0x360",
     "synthetic:street?size=640x-360",
     "synthetic:street?size=axb",
+    "synthetic:street?size=100000x100000",  # validation accepts only what a run can use
+    "synthetic:street?fps=1e300",
+    "synthetic:street?fps=1e-300",
+    "synthetic:street?frames=99999999999999999999",
 ])
 def test_uri_errors(uri):
     with pytest.raises(ValueError) as err:

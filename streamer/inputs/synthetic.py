@@ -41,6 +41,7 @@ MIN_VISIBLE_PIXELS = 20
 
 _SHIFT = 4  # fractional bits of the polygon vertices handed to OpenCV
 _ONE = 1 << _SHIFT
+MAX_SIDE = 8192  # pixels: a frame this size already takes 200 MB
 _REF_ASPECT = 16 / 9  # horizontal geometry is defined for this aspect, then stretched to the size
 _BLOCK_S = 60.0  # traffic is scheduled in blocks of this many seconds
 _BLOCK_BIAS = 8  # added to block numbers so those reaching back before t=0 stay non-negative
@@ -91,22 +92,22 @@ def parse_synthetic_uri(uri: str) -> dict:
             raise fail(f"key {key!r} given twice")
         seen.add(key)
         if key == "seed":
-            out["seed"] = _parse_int(value, 0, fail, key)
+            out["seed"] = _parse_int(value, 0, 2**63 - 1, fail, key)
         elif key == "frames":
-            out["frames"] = _parse_int(value, 1, fail, key)
+            out["frames"] = _parse_int(value, 1, 10**9, fail, key)
         elif key == "fps":
             try:
                 fps = float(value)
             except ValueError:
                 raise fail(f"fps must be a number, got {value!r}") from None
-            if not math.isfinite(fps) or fps <= 0:
-                raise fail(f"fps must be positive, got {value!r}")
+            if not (math.isfinite(fps) and 0.01 <= fps <= 1000):
+                raise fail(f"fps must be between 0.01 and 1000, got {value!r}")
             out["fps"] = fps
         elif key == "size":
             w, x, h = value.lower().partition("x")
             if not x:
                 raise fail(f"size must be WxH, got {value!r}")
-            out["size"] = (_parse_int(w, 1, fail, "size width"), _parse_int(h, 1, fail, "size height"))
+            out["size"] = (_parse_int(w, 1, MAX_SIDE, fail, "size width"), _parse_int(h, 1, MAX_SIDE, fail, "size height"))
         elif key == "realtime":
             if value not in ("0", "1"):
                 raise fail(f"realtime must be 0 or 1, got {value!r}")
@@ -116,13 +117,10 @@ def parse_synthetic_uri(uri: str) -> dict:
     return out
 
 
-def _parse_int(text: str, minimum: int, fail: Callable[[str], ValueError], what: str) -> int:
-    if not (text.isascii() and text.isdigit()):
-        raise fail(f"{what} must be an integer >= {minimum}, got {text!r}")
-    value = int(text)
-    if value < minimum:
-        raise fail(f"{what} must be an integer >= {minimum}, got {text!r}")
-    return value
+def _parse_int(text: str, minimum: int, maximum: int, fail: Callable[[str], ValueError], what: str) -> int:
+    if not (text.isascii() and text.isdigit()) or not minimum <= int(text) <= maximum:
+        raise fail(f"{what} must be an integer from {minimum} to {maximum}, got {text!r}")
+    return int(text)
 
 
 # --------------------------------------------------------------------------------------------

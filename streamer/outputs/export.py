@@ -83,12 +83,20 @@ def _complete_png(path: Path) -> bool:
         return False
 
 
+def open_new(path: Path, mode: str, append: bool = False):
+    """`path` opened for writing without following a link: created (O_EXCL) or, with `append`,
+    appended to when it is a plain file already."""
+    flags = os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC | (os.O_APPEND if append else os.O_EXCL)
+    return os.fdopen(os.open(path, flags, 0o644), mode, **({} if "b" in mode else {"encoding": "utf-8"}))
+
+
 def write_atomic(path: Path, data: bytes) -> None:
     """Write to a hidden temporary file beside `path`, fsync, rename: `path` is always whole. On an
     OSError (with `path` as its filename) the temporary file is removed and `path` is as it was."""
     temporary = path.with_name(f".{path.name}.tmp")
     try:
-        with open(temporary, "wb") as handle:
+        temporary.unlink(missing_ok=True)  # one a crash left, or a link someone planted: never written through
+        with open_new(temporary, "wb") as handle:
             handle.write(data)
             handle.flush()
             os.fsync(handle.fileno())
@@ -117,16 +125,26 @@ class PanopticExport:
         self._lines = None
         if (self.folder / LINES).exists() or (self.folder / COCO_JSON).exists() or any((self.folder / PNG_DIR).glob("*.png")):
             raise CannotCreate(f"{self.folder}: already holds an export; choose an empty folder")
+        self._refuse_links()
+
+    def _subfolders(self) -> list[Path]:
+        return [self.folder / PNG_DIR] + ([self.folder / IMAGE_DIR] if self.images else [])
+
+    def _refuse_links(self) -> None:
+        """A sub-folder that is a link would send the export elsewhere (files are opened O_NOFOLLOW)."""
+        for sub in self._subfolders():
+            if sub.is_symlink():
+                raise CannotCreate(f"{sub}: is a link, which would send the export elsewhere; remove it, or choose an empty folder")
 
     def _open(self) -> None:
         try:
-            (self.folder / PNG_DIR).mkdir(parents=True, exist_ok=True)
-            if self.images:
-                (self.folder / IMAGE_DIR).mkdir(exist_ok=True)
+            for sub in self._subfolders():
+                sub.mkdir(parents=True, exist_ok=True)
+            self._refuse_links()  # again: one could have been planted since start-up
         except OSError as exc:
             raise CannotCreate(f"{self.folder}: cannot create the export folder: {exc.strerror}") from None
         write_atomic(self.folder / CATEGORIES, json.dumps([category_info(c) for c in self.categories], indent=1).encode())
-        self._lines = open(self.folder / LINES, "a", encoding="utf-8")
+        self._lines = open_new(self.folder / LINES, "a", append=True)
 
     def write(self, result: Panoptic, rendered: np.ndarray) -> None:
         try:

@@ -9,7 +9,9 @@ EX_CANTCREAT) naming the path and what to do.
 from __future__ import annotations
 
 import errno
+import os
 import shutil
+import stat
 import tempfile
 from pathlib import Path
 
@@ -42,8 +44,28 @@ def folder_target(folder: Path, what: str) -> None:
         folder.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryFile(dir=folder, prefix=".streamer-write-check-"):
             pass
+        mode = folder.stat().st_mode
     except OSError as exc:
         raise CannotCreate(f"{folder}: cannot write the {what} there ({reason(exc)}); {advice(exc)}") from None
+    if link := planted_link(folder):
+        raise CannotCreate(f"{link}: is a link made by another user (uid {link.lstat().st_uid}) in a folder every user may "
+                           f"write, so it could send the {what} elsewhere; choose another path")
+    if mode & stat.S_IWOTH and not mode & stat.S_ISVTX:
+        raise CannotCreate(f"{folder}: every user may write there (mode {stat.S_IMODE(mode):o}, no sticky bit), so anyone could "
+                           f"plant links that send the {what} elsewhere; chmod o-w it, or choose another folder")
+
+
+def planted_link(folder: Path) -> Path | None:
+    """A link on the way to `folder` that another user made in a world-writable folder such as /tmp
+    (the kernel's fs.protected_symlinks rule, checked here since the kernel may not)."""
+    path = Path(folder.absolute().anchor)
+    for part in folder.absolute().parts[1:]:
+        parent, path = path, path / part
+        if path.is_symlink():
+            owner, where = path.lstat().st_uid, parent.stat()
+            if where.st_mode & stat.S_IWOTH and owner not in (os.geteuid(), where.st_uid):
+                return path
+    return None
 
 
 def free_mb(folder: Path) -> float:

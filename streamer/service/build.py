@@ -6,18 +6,22 @@ only in `streamer.config`. The pipeline, `streamer eval` and `streamer bench` al
 from __future__ import annotations
 
 import logging
+from contextlib import ExitStack
 from pathlib import Path
 
 from streamer import presets
 from streamer.config import Config, Output, Source
+from streamer.errors import StreamerError
 from streamer.frames import Category
 from streamer.inference.fusion import FusionParams
 from streamer.inputs.capture import Liveness
 from streamer.inputs.sources import DEFAULT_FPS, LiveOptions, Reader, is_live, local_file, may_be_finite, open_source
 from streamer.outputs import preflight
 from streamer.outputs.export import PanopticExport
-from streamer.outputs.recording import Retention, open_video
+from streamer.outputs.locks import holding
+from streamer.outputs.recording import open_video
 from streamer.outputs.render import Renderer
+from streamer.outputs.retention import Retention
 
 log = logging.getLogger(__name__)
 
@@ -64,7 +68,15 @@ def open_or_defer(source: Source, options: LiveOptions) -> tuple[bool, Reader | 
     live = is_live(source.uri) if source.live is None else source.live
     if live and not (source.live is None and may_be_finite(source.uri)):
         return True, None
-    reader = open_source(source.uri, source.fps, options, force_live=source.live, skip_bad=source.on_bad_frame == "skip")
+    try:
+        reader = open_source(source.uri, source.fps, options, force_live=source.live, skip_bad=source.on_bad_frame == "skip")
+    except StreamerError as exc:
+        if not live:
+            raise
+        # an http(s) URL that does not answer yet: a file server would, so take it for a camera that is away
+        log.warning("%s: %s; taken for a live stream, retried until it answers (source.live: false says otherwise)",
+                    source.id, exc)
+        return True, None
     if reader.live:
         reader.close()
         return True, None
@@ -92,9 +104,10 @@ def output_path(template: str, source_id: str, several: bool) -> str:
     return str(path.with_name(f"{path.stem}-{source_id}{path.suffix}"))
 
 
-def video_output(config: Config, source: Source, reader: Reader | None, live: bool, several: bool):
+def video_output(config: Config, source: Source, reader: Reader | None, live: bool, several: bool, locks: ExitStack):
     """The source's video (one file, or segments for a live source), leftovers recovered first.
-    `reader` is the opened file source (its frame rate), None for a live one."""
+    `reader` is the opened file source (its frame rate), None for a live one; the output's lock
+    joins `locks`, taken before any leftover is touched."""
     settings = config.output
     segment_s = settings.segment_length(live)
     path = output_path(settings.video, source.id, several)
@@ -102,11 +115,14 @@ def video_output(config: Config, source: Source, reader: Reader | None, live: bo
         log.info("%s: recording %g s segments named by their start time, from %s", source.id, segment_s, path)
     fps = reader.fps if reader else (source.fps or DEFAULT_FPS)
     preflight.video_target(Path(path), bool(segment_s), local_file(source.uri))
+    locks.enter_context(holding(Path(path), "video"))
     return open_video(path, fps, segment_s, retention(settings), settings.min_free_mb)
 
 
-def export(config: Config, source: Source, categories: tuple[Category, ...], several: bool) -> PanopticExport:
+def export(config: Config, source: Source, categories: tuple[Category, ...], several: bool, locks: ExitStack) -> PanopticExport:
+    """The source's COCO panoptic export; its folder's lock joins `locks`."""
     folder = output_path(config.output.export_dir, source.id, several)
     preflight.folder_target(Path(folder), "export")
+    locks.enter_context(holding(Path(folder), "export"))
     preflight.require_room(Path(folder), "export", config.output.min_free_mb)
     return PanopticExport(folder, categories, config.output.export_images)

@@ -14,7 +14,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 
 import torch
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Histogram, generate_latest
@@ -23,6 +23,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from streamer import control as ctl
 from streamer.errors import StreamerError
 from streamer.frames import Panoptic
+from streamer.service.http import BoundedHTTPServer
 
 log = logging.getLogger(__name__)
 
@@ -132,10 +133,9 @@ class MetricsServer:
             registry=self.registry, buckets=LATENCY_BUCKETS,
         )
         try:
-            self._server = ThreadingHTTPServer((host, port), self._handler())
+            self._server = BoundedHTTPServer((host, port), self._handler())
         except OSError as exc:
             raise StreamerError(f"metrics: cannot listen on {host}:{port}: {exc.strerror}; change metrics.port or stop what uses it") from None
-        self._server.daemon_threads = True
         self.port = self._server.server_address[1]
         threading.Thread(target=self._server.serve_forever, name="metrics", daemon=True).start()
         log.info("metrics on http://%s:%d/metrics, health on /healthz", host, self.port)

@@ -8,6 +8,7 @@ properly. Every component is built from the config in build.py; this module only
 from __future__ import annotations
 
 import collections
+import contextlib
 import logging
 import queue
 import signal
@@ -35,6 +36,9 @@ from streamer.uris import redact_uri
 
 log = logging.getLogger(__name__)
 
+# SIGINT, SIGTERM, SIGHUP (a closed terminal or ssh session): stop after the frames in flight, and
+# at once when sent again; SIGQUIT: stop at once; SIGUSR1: a status line now; SIGUSR2: ignored.
+SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1, signal.SIGUSR2)
 RESULT_QUEUE_SIZE = 4
 JOIN_TIMEOUT_S = 10.0
 
@@ -76,12 +80,16 @@ class Pipeline:
         self.notifier = Notifier()
         self.stats = {source.id: ctl.Stats() for source in config.all_sources()}
         self._signals = 0
+        self._status_now = False  # SIGUSR1
+        self._locks = contextlib.ExitStack()
 
     def run(self) -> RunSummary:
-        """Signals are handled from the start: a SIGTERM while the models load ends the run cleanly."""
+        """Signals are handled from the start: a SIGTERM while the models load ends the run cleanly.
+        The outputs' locks are held from before their leftovers are recovered to the end."""
         previous = self._install_signal_handlers()
         try:
-            return self._run()
+            with self._locks:
+                return self._run()
         finally:
             for sig, handler in (previous or {}).items():
                 signal.signal(sig, handler)
@@ -161,9 +169,9 @@ class Pipeline:
         try:
             outputs: list[Output] = []
             if config.output.video:
-                outputs.append(build.video_output(config, source, reader, live, several))
+                outputs.append(build.video_output(config, source, reader, live, several, self._locks))
             if config.output.export_dir:
-                outputs.append(build.export(config, source, config.categories(), several))
+                outputs.append(build.export(config, source, config.categories(), several, self._locks))
         except BaseException:
             if reader:
                 reader.close()
@@ -200,7 +208,8 @@ class Pipeline:
                     self._show(runs, windows)
                 else:
                     time.sleep(0.1)
-                progress.update()
+                progress.update(force=self._status_now)
+                self._status_now = False
                 health.update()
                 if self.control.stop.is_set() and drain_deadline is None:
                     drain_deadline = self._begin_drain()
@@ -236,18 +245,25 @@ class Pipeline:
     def _install_signal_handlers(self) -> dict | None:
         if threading.current_thread() is not threading.main_thread():
             return None
-        previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+        previous = {sig: signal.getsignal(sig) for sig in SIGNALS}
         for sig in previous:
             signal.signal(sig, self._on_signal)
         return previous
 
     def _on_signal(self, signum, _frame) -> None:
-        self._signals += 1
+        """What each signal means (README, "Signals"); none leaves an output unfinished."""
         name = signal.Signals(signum).name
-        if self._signals == 1:
+        if signum == signal.SIGUSR1:
+            self._status_now = True
+            return
+        if signum == signal.SIGUSR2:
+            log.info("%s: ignored (SIGUSR1 logs the status now; SIGTERM, SIGINT or SIGHUP stop)", name)
+            return
+        self._signals += 1
+        if self._signals == 1 and signum != signal.SIGQUIT:
             log.info("%s: finishing the frames in flight, then stopping (send again to stop at once)", name)
             self.control.stop.set()
         else:
-            log.warning("%s again: stopping now", name)
+            log.warning("%s: stopping now; the outputs are still closed properly", name if self._signals == 1 else f"{name} again")
+            self.control.stop.set()
             self.control.abort.set()
-

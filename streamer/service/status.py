@@ -70,13 +70,14 @@ class Progress:
 
             self._bar = tqdm(total=total, unit="frame", dynamic_ncols=True)
 
-    def update(self) -> None:
+    def update(self, force: bool = False) -> None:
+        """The bar, or the status line once an interval has passed; `force`: the line now (SIGUSR1)."""
         processed = sum(s.processed for s in self.stats)
-        if self._bar is not None:
+        if self._bar is not None and not force:
             self._bar.update(processed - self._bar.n)
             return
         now = time.monotonic()
-        if now < self._next_line:
+        if now < self._next_line and not force:
             return
         counts = [s.processed for s in self.stats]
         elapsed = max(now - self._last_time, 1e-9)
