@@ -269,7 +269,7 @@ BAD_FILES = {
     "wrong-type-section": (_set("fusion", [1, 2]), "fusion: Input should be"),
     "input-size-not-32": (
         _set("models.semantic.input_size", [100, 96]),
-        "models.semantic.input_size.0: must be a positive multiple of 32, got 100",
+        "models.semantic.input_size.0: must be a positive multiple of 32, at most 8192, got 100",
     ),
     "bad-choice": (_set("source.buffer", "newest"), "source.buffer: Input should be"),
     "bad-device": (_set("runtime.device", "gpu"), "runtime.device: String should match pattern"),
@@ -352,7 +352,7 @@ BAD_SETS = {
     "wrong-type": ("runtime.max_frames=many", "runtime.max_frames: Input should be a valid integer"),
     "input-size-not-32": (
         "models.semantic.input_size=[256, 100]",
-        "models.semantic.input_size.1: must be a positive multiple of 32, got 100",
+        "models.semantic.input_size.1: must be a positive multiple of 32, at most 8192, got 100",
     ),
     "negative": ("fusion.stuff_area_min=-1", "fusion.stuff_area_min: Input should be greater than or equal to 0"),
     "null-required": ("source.uri=null", "source.uri: Input should be a valid string"),

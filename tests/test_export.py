@@ -101,7 +101,8 @@ def png_names(folder: Path) -> set[str]:
 
 
 def snapshot(folder: Path) -> dict[str, bytes]:
-    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+    """The export's files (the lock file beside them names whoever ran last, and is no part of it)."""
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file() and p.name != ".streamer.lock"}
 
 
 def synth(out: Path, seed: int = SYNTH_SEED, frames: int = SYNTH_FRAMES) -> Path:
