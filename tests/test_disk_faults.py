@@ -116,3 +116,17 @@ def test_retention_makes_room_for_new_segments_where_configured(tmp_path, retent
         kept = sorted(segments.glob("*.mp4"))
         assert 0 < len(kept) < 16  # 64 frames at 8 fps in 0.5 s segments made 16
         assert sum(probe(p)["frames"] for p in kept) == 4 * len(kept)  # the newest, whole
+
+
+def test_a_copy_a_killed_recovery_left_is_removed_and_the_leftover_recovered_again(tmp_path):
+    video = tmp_path / "cam.mp4"
+    first = run_in_process("run", *STREET, "--output", str(video), "--max-frames", "6", "--set", "output.min_free_mb=0")
+    assert first.returncode == 0, first.stderr
+    video.rename(tmp_path / "cam.mp4.partial")  # as a kill leaves a recording
+    scratch = tmp_path / "cam.recovered.mp4.recovering"
+    scratch.write_bytes(b"\x00\x00\x00\x18ftypisom" + b"\x00" * 500)  # a recovery copy cut off by a kill
+    again = run_in_process("run", *STREET, "--output", str(video), "--max-frames", "2", "--set", "output.min_free_mb=0")
+    assert again.returncode == 0, again.stderr
+    assert "removed cam.recovered.mp4.recovering, an unfinished recovery copy" in again.stderr
+    assert not scratch.exists() and not (tmp_path / "cam.mp4.partial").exists()
+    assert probe(tmp_path / "cam.recovered.mp4")["frames"] == 6 and probe(video)["frames"] == 2

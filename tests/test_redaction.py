@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import json
 
+import av
 import pytest
 import yaml
-from helpers import cli_env, run_cli
+from helpers import DEMO_MODELS, Daemon, cli_env, free_port, http_get, run_cli
+from mjpeg import MjpegCamera
 
 from streamer.uris import redact_uri
 
@@ -70,3 +72,27 @@ def test_check_config_shows_no_secret_even_from_the_environment(fast_config):
     # a value refused by validation is quoted back without its secrets too
     result = run_cli("check-config", "-c", str(fast_config), "--set", "source.uri=rtsp://a:hunter2@h/${NOT_SET_ANYWHERE}")
     assert result.returncode == 78 and "hunter2" not in result.stderr
+
+
+def test_no_output_carries_the_cameras_secret(tmp_path):
+    """The video's metadata, the export, /metrics and /healthz of a run on a camera whose URL holds a
+    token: the source is named by its id everywhere."""
+    video, export, port = tmp_path / "cam.mp4", tmp_path / "export", free_port()
+    with MjpegCamera(fps=8) as camera:
+        url = f"{camera.url}?user=admin&token=hunter2"
+        daemon = Daemon("--source", url, *DEMO_MODELS, "--set", "models.semantic.input_size=[160,96]",
+                        "--set", "models.instance.min_size=96", "--set", "models.instance.max_size=160", "--set", "runtime.device=cpu",
+                        "--set", "output.segment_seconds=0", "--output", str(video), "--export-dir", str(export),
+                        "--set", "metrics.enabled=true", "--set", f"metrics.port={port}", "--set", "runtime.status_interval_s=0.5")
+        try:
+            daemon.wait_processed(2, timeout=120)
+            served = http_get(port, "/metrics")[1] + http_get(port, "/healthz")[1]
+            assert daemon.terminate() == 0, daemon.text()
+        finally:
+            daemon.terminate()
+    assert "cam0" in served and "hunter2" not in served and "token" not in served
+    assert "hunter2" not in daemon.text()
+    with av.open(str(video)) as container:
+        assert "hunter2" not in json.dumps(container.metadata)
+    for path in export.rglob("*.json*"):
+        assert "hunter2" not in path.read_text(), path

@@ -12,6 +12,7 @@ import numpy as np
 from helpers import DEMO_MODELS, run_in_process
 
 from streamer.outputs.recording import VideoOutput
+from streamer.outputs.recovery import recover_partial
 from streamer.outputs.retention import TAG, Moment, Record, Retention, Segment, ages, ordered, plan, read_record
 
 NOW = Moment(wall=2_000_000_000.0, boot_id="boot-a", boottime=100_000.0)
@@ -88,3 +89,13 @@ def test_real_segments_named_by_a_clock_a_day_ahead_are_removed_before_new_ones(
     assert sorted(read_record(p).sequence for p in new) == [4, 5, 6], "the sequence goes on from the folder's"
     assert not stale[0].exists(), "the oldest stale one went first, by its record, not its name"
     assert f"retention: removed {stale[0].name} (the oldest while the segments hold" in result.stderr
+
+
+def test_a_recovered_segment_keeps_its_record(tmp_path):
+    now = Moment.now()
+    finished = tmp_path / "cam-20260101T000000Z.mp4"
+    write_segment(finished, Record(41, now), frames=4)
+    leftover = finished.with_name(finished.name + ".partial")
+    finished.rename(leftover)  # as a kill leaves a segment
+    assert recover_partial(leftover) is None
+    assert read_record(finished) == Record(41, now)

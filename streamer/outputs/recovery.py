@@ -18,6 +18,7 @@ import av.logging
 
 from streamer.outputs import preflight
 from streamer.outputs.files import PARTIAL, close_mp4, finish, free_name, open_mp4
+from streamer.outputs.retention import TAG
 
 log = logging.getLogger(__name__)
 
@@ -86,6 +87,8 @@ def remux_readable(source: Path, target: Path) -> int:
             file, writer = open_mp4(scratch)
             try:
                 copy = writer.add_stream_from_template(stream)
+                if TAG in reader.metadata:  # the segment's record, which retention orders by
+                    writer.metadata[TAG] = reader.metadata[TAG]
                 for packet in decodable_packets(reader, stream):
                     packet.stream = copy
                     writer.mux(packet)

@@ -21,6 +21,7 @@ class BoundedHTTPServer(ThreadingHTTPServer):
     """ThreadingHTTPServer with a cap on open connections; handlers get IO_TIMEOUT_S per operation."""
 
     daemon_threads = True
+    request_queue_size = 128  # the listen backlog: a burst of connections waits here, not in SYN retries
 
     def __init__(self, address: tuple[str, int], handler: type[BaseHTTPRequestHandler], max_connections: int = MAX_CONNECTIONS):
         handler.timeout = IO_TIMEOUT_S  # StreamRequestHandler sets it on the socket before reading
