@@ -14,7 +14,17 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import AfterValidator, BaseModel, ByteSize, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ByteSize,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from streamer import presets
 from streamer.errors import ConfigError, InputNotFound
@@ -211,6 +221,21 @@ class Source(Strict):
     on_bad_frame: Literal["skip", "stop"] = Field(default="skip", description="an undecodable image in a folder: skip it "
                                                   "with a warning, or stop the run")
     reconnect: Reconnect = Reconnect()
+
+    _template: str | None = PrivateAttr(default=None)  # the uri as written, when it names environment variables
+
+    @model_validator(mode="wrap")
+    @classmethod
+    def _keep_the_template(cls, data: Any, handler) -> Source:
+        source = handler(data)
+        if isinstance(data, dict) and "${" in str(data.get("uri", "")):
+            source._template = data["uri"]
+        return source
+
+    @property
+    def shown(self) -> str:
+        """The uri as it may be shown: as written (`${NAME}`, never its value), secrets hidden."""
+        return redact_uri(self._template or self.uri)
 
     @field_validator("id")
     @classmethod
@@ -442,5 +467,11 @@ def _first_error(exc: ValidationError, origin: str, overridden: list[str] | tupl
 
 
 def to_yaml(config: Config) -> str:
-    """The resolved configuration, as check-config prints it (credentials in URLs masked)."""
-    return redact_uri(yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False, default_flow_style=False))
+    """The resolved configuration, as check-config prints it: sources as written (`${NAME}` kept,
+    never its value), every URL's secrets hidden."""
+    data = config.model_dump(mode="json")
+    if config.source is not None:
+        data["source"]["uri"] = config.source.shown
+    for node, source in zip(data["sources"], config.sources):
+        node["uri"] = source.shown
+    return redact_uri(yaml.safe_dump(data, sort_keys=False, default_flow_style=False))

@@ -69,6 +69,13 @@ def test_check_config_shows_no_secret_even_from_the_environment(fast_config):
         result = run_cli("check-config", "-c", str(fast_config), "--set", f"source.uri={url}", env=env)
         assert result.returncode == 0, result.stderr
         assert "hunter2" not in result.stdout + result.stderr
+    # a variable anywhere in the uri shows as written, never its value: in check-config, and in a run's every line
+    plain_path = "rtsp://127.0.0.1:9/${CAM_PASSWORD}/stream"
+    result = run_cli("check-config", "-c", str(fast_config), "--set", f"source.uri={plain_path}", env=env)
+    assert f"uri: {plain_path}" in result.stdout and "hunter2" not in result.stdout
+    result = run_cli("run", "-c", str(fast_config), "--set", f"source.uri={plain_path}", "--set", "source.reconnect.max_attempts=1",
+                     "--set", "source.reconnect.initial_delay_s=0.1", env=env)
+    assert result.returncode != 0 and "${CAM_PASSWORD}" in result.stderr and "hunter2" not in result.stderr
     # a value refused by validation is quoted back without its secrets too
     result = run_cli("check-config", "-c", str(fast_config), "--set", "source.uri=rtsp://a:hunter2@h/${NOT_SET_ANYWHERE}")
     assert result.returncode == 78 and "hunter2" not in result.stderr

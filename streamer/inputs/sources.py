@@ -163,14 +163,14 @@ def classify(uri: str) -> SourceKind:
 
 
 def open_source(uri: str, fps: float | None = None, live: LiveOptions | None = None, *, force_live: bool | None = None,
-                skip_bad: bool = True) -> Reader:
+                skip_bad: bool = True, shown: str | None = None) -> Reader:
     """Open a source for reading; `live` says how to open a network stream (required for one).
     An http(s) URL serving a finite file (FFmpeg knows its length) reads as a file, every frame, to
     its end; other streams are live; `force_live` overrides that guess. `skip_bad`: an undecodable
     image of a folder is skipped (else it ends the run).
     Raises InputNotFound (66), UsageError (2) or StreamerError (1)."""
     source = classify(uri)
-    description = redact_uri(uri)
+    description = shown or redact_uri(uri)  # `shown`: the uri as written (config.Source.shown)
     if source.kind == "camera":
         if isinstance(source.target, str) and not Path(source.target).exists():
             raise InputNotFound(f"{uri}: no such camera device")

@@ -69,7 +69,8 @@ def open_or_defer(source: Source, options: LiveOptions) -> tuple[bool, Reader | 
     if live and not (source.live is None and may_be_finite(source.uri)):
         return True, None
     try:
-        reader = open_source(source.uri, source.fps, options, force_live=source.live, skip_bad=source.on_bad_frame == "skip")
+        reader = open_source(source.uri, source.fps, options, force_live=source.live, skip_bad=source.on_bad_frame == "skip",
+                             shown=source.shown)
     except StreamerError as exc:
         if not live:
             raise

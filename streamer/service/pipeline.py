@@ -32,7 +32,6 @@ from streamer.service import build
 from streamer.service.metrics import MetricsServer, WatchedSource
 from streamer.service.notify import Notifier, watchdog_interval
 from streamer.service.status import Health, Progress, timing_text
-from streamer.uris import redact_uri
 
 log = logging.getLogger(__name__)
 
@@ -180,11 +179,11 @@ class Pipeline:
         if display:
             outputs.append(display)
         policy = source.buffer.resolve(live)
-        description = reader.description if reader else redact_uri(source.uri)
+        description = reader.description if reader else source.shown
         log.info("%s: %s (%s, buffer %s)", source.id, description, "live" if live else "file", policy.value)
         stats = self.stats[source.id]
         frames: queue.Queue = queue.Queue(maxsize=source.queue_size)
-        opener = (lambda: open_source(source.uri, source.fps, live_options, force_live=True)) if live else (lambda: reader)
+        opener = (lambda: open_source(source.uri, source.fps, live_options, force_live=True, shown=source.shown)) if live else (lambda: reader)
         capture = Capture(opener, source.id, description, frames, policy, build.liveness(source, live),
                           self.control, stats, config.runtime.max_frames)
         total = getattr(reader, "frame_count", None)
