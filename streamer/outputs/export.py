@@ -26,6 +26,7 @@ import numpy as np
 
 from streamer.errors import CannotCreate, InputNotFound, StreamerError, WriteFailed
 from streamer.frames import Category, Panoptic, Segment
+from streamer.outputs import preflight
 
 log = logging.getLogger(__name__)
 
@@ -153,7 +154,7 @@ class PanopticExport:
             raise self._failure(exc) from None
 
     def _failure(self, exc: OSError) -> WriteFailed:
-        return WriteFailed(f"{exc.filename or self.folder}: {exc.strerror or exc} while exporting; the {self.frames} frames "
+        return WriteFailed(f"{exc.filename or self.folder}: {preflight.reason(exc)} while exporting; the {self.frames} frames "
                            f"exported before are kept: free some space, then `streamer export-json {self.folder}` "
                            "writes their panoptic.json")
 
