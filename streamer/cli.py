@@ -17,7 +17,7 @@ from typing import NoReturn
 from streamer import __version__, presets
 from streamer.arguments import add_config_arguments, config_overrides, frame_size, positive_int, quote
 from streamer.config import Config, load_config, to_yaml
-from streamer.errors import EXIT_FAILURE, EXIT_OK, StreamerError, UsageError
+from streamer.errors import EXIT_FAILURE, EXIT_OK, CannotCreate, StreamerError
 from streamer.logs import configure_logging
 from streamer.uris import redact_uri
 
@@ -37,6 +37,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--display", action=argparse.BooleanOptionalAction, default=None, help="show a live window (q or Esc stops)")
     run.add_argument("--device", metavar="DEV", help="auto, cpu, cuda or cuda:N")
     run.add_argument("--max-frames", type=int, metavar="N", help="stop after N frames")
+    run.add_argument("--overwrite", action="store_true", default=None, help="replace an existing --output video or --export-dir export")
     run.set_defaults(handler=cmd_run)
 
     synth = commands.add_parser("synth", help="render a synthetic street video with panoptic ground truth")
@@ -45,6 +46,7 @@ def build_parser() -> argparse.ArgumentParser:
     synth.add_argument("--size", type=frame_size, default=(640, 360), metavar="WxH")
     synth.add_argument("--fps", type=float, default=15.0)
     synth.add_argument("--out", required=True, metavar="DIR", help="gets video.mp4, panoptic/*.png and panoptic.json")
+    synth.add_argument("--overwrite", action="store_true", help="replace a scene already in --out")
     synth.set_defaults(handler=cmd_synth)
 
     evaluate = commands.add_parser("eval", help="panoptic quality (PQ) of the models on synthetic scenes with ground truth")
@@ -53,6 +55,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--device", metavar="DEV", help="auto, cpu, cuda or cuda:N")
     evaluate.add_argument("--json", action="store_true", help="print the results as JSON instead of tables")
     evaluate.add_argument("--export-dir", metavar="DIR", help="also write the fused predictions in COCO panoptic format")
+    evaluate.add_argument("--overwrite", action="store_true", default=None, help="replace an export already in --export-dir")
     evaluate.set_defaults(handler=cmd_eval)
 
     # Listed for --help; main() hands its arguments to streamer.tools.train_demo untouched.
@@ -91,7 +94,11 @@ def run_overrides(args: argparse.Namespace) -> list[str]:
         overrides.append(f"runtime.device={quote(args.device)}")
     if args.max_frames is not None:
         overrides.append(f"runtime.max_frames={args.max_frames}")
-    return overrides + config_overrides(args)
+    return overrides + overwrite_override(args) + config_overrides(args)
+
+
+def overwrite_override(args: argparse.Namespace) -> list[str]:
+    return ["output.overwrite=true"] if args.overwrite else []
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -110,11 +117,11 @@ def cmd_synth(args: argparse.Namespace) -> int:
     from streamer.outputs.recording import VideoOutput
 
     out = Path(args.out)
-    if (out / "video.mp4").exists():
-        raise UsageError(f"{out}: already holds a synthetic scene; choose another --out")
+    if (out / "video.mp4").exists() and not args.overwrite:
+        raise CannotCreate(f"{out}: already holds a synthetic scene; --overwrite replaces it, or choose another --out")
     scene = StreetScene(args.seed, args.size, args.fps)
+    export = PanopticExport(out, CATEGORIES, overwrite=args.overwrite)
     video = VideoOutput(out / "video.mp4", args.fps)
-    export = PanopticExport(out, CATEGORIES)
     try:
         for index in range(args.frames):
             rendered = scene.render(index)
@@ -131,7 +138,7 @@ def cmd_synth(args: argparse.Namespace) -> int:
 
 def cmd_eval(args: argparse.Namespace) -> int:
     overrides = [f"source.uri={quote(args.source)}"] + ([f"runtime.device={quote(args.device)}"] if args.device else [])
-    config = load_config(args.config, overrides + config_overrides(args))
+    config = load_config(args.config, overrides + overwrite_override(args) + config_overrides(args))
     configure_logging(args.log_level or config.runtime.log_level, args.log_format or config.runtime.log_format)
     from streamer.tools.evaluate import evaluate_synthetic
 

@@ -287,6 +287,7 @@ class Output(Strict):
     export_dir: UserPath | None = Field(default=None, description="COCO panoptic annotations folder ({source}: the source id)")
     export_images: bool = Field(default=False, description="also the frames, as images/NNNNNN.jpg beside the annotations")
     min_free_mb: float = Field(default=100.0, ge=0, le=10**9, description="an output folder with less free space than this is refused at start-up and before each new segment")
+    overwrite: bool = Field(default=False, description="replace an existing video file or export (--overwrite); false: refuse to start")
 
     @field_validator("segment_seconds")
     @classmethod

@@ -118,15 +118,25 @@ class PanopticExport:
 
     stage = "export"
 
-    def __init__(self, folder: str | Path, categories: tuple[Category, ...], images: bool = False):
+    def __init__(self, folder: str | Path, categories: tuple[Category, ...], images: bool = False, overwrite: bool = False):
+        """`overwrite`: a folder that holds an export already has that export's files removed when
+        the first frame is written (so a run that fails at start-up leaves it whole); without it
+        such a folder is refused (CannotCreate)."""
         self.folder = Path(folder)
         self.categories = categories
         self.images = images
         self.frames = 0
         self._lines = None
-        if (self.folder / LINES).exists() or (self.folder / COCO_JSON).exists() or any((self.folder / PNG_DIR).glob("*.png")):
-            raise CannotCreate(f"{self.folder}: already holds an export; choose an empty folder")
+        self._previous = self._previous_files()
+        if self._previous and not overwrite:
+            raise CannotCreate(f"{self.folder}: already holds an export; --overwrite (output.overwrite: true) replaces it, "
+                               "or choose an empty folder")
         self._refuse_links()
+
+    def _previous_files(self) -> list[Path]:
+        """The files of an earlier export in the folder (only those: anything else there stays)."""
+        named = [self.folder / name for name in (LINES, COCO_JSON, CATEGORIES) if (self.folder / name).is_file()]
+        return named + sorted((self.folder / PNG_DIR).glob("*.png")) + sorted((self.folder / IMAGE_DIR).glob("*.jpg"))
 
     def _subfolders(self) -> list[Path]:
         return [self.folder / PNG_DIR] + ([self.folder / IMAGE_DIR] if self.images else [])
@@ -142,8 +152,12 @@ class PanopticExport:
             for sub in self._subfolders():
                 sub.mkdir(parents=True, exist_ok=True)
             self._refuse_links()  # again: one could have been planted since start-up
+            for path in self._previous:
+                path.unlink(missing_ok=True)
         except OSError as exc:
             raise CannotCreate(f"{self.folder}: cannot create the export folder: {exc.strerror}") from None
+        if self._previous:
+            log.info("%s: replaced the export that was there (%d files)", self.folder, len(self._previous))
         write_atomic(self.folder / CATEGORIES, json.dumps([category_info(c) for c in self.categories], indent=1).encode())
         self._lines = open_new(self.folder / LINES, "a", append=True)
 

@@ -20,11 +20,14 @@ from streamer.errors import CannotCreate
 VIDEO_SUFFIXES = {".mp4", ".m4v"}  # the recorder writes H.264 in fragmented MP4
 
 
-def video_target(path: Path, segmented: bool, source: Path | None = None) -> None:
+def video_target(path: Path, segmented: bool, source: Path | None = None, overwrite: bool = False) -> None:
     """The recording's target: one MP4 file, or (segments) a name template `cam.mp4` or a folder;
-    never `source`, the file being read (by any name: a link, a relative path)."""
+    never `source`, the file being read (by any name: a link, a relative path); an existing file
+    only with `overwrite` (segments never replace one: each gets a new name)."""
     if source is not None and path.exists() and source.exists() and path.samefile(source):
         raise CannotCreate(f"{path}: is the source video itself, and recording would replace it; choose another name")
+    if not segmented and path.is_file() and not overwrite:
+        raise CannotCreate(f"{path}: already exists; --overwrite (output.overwrite: true) replaces it, or choose another name")
     if segmented and not path.suffix:
         folder_target(path, "video segments")
         return

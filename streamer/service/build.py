@@ -8,26 +8,31 @@ from __future__ import annotations
 import logging
 from contextlib import ExitStack
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from streamer import presets
 from streamer.config import Config, Output, Source
 from streamer.errors import StreamerError
 from streamer.frames import Category
-from streamer.inference.fusion import FusionParams
 from streamer.inputs.capture import Liveness
 from streamer.inputs.sources import DEFAULT_FPS, LiveOptions, Reader, is_live, local_file, may_be_finite, open_source
 from streamer.outputs import preflight
 from streamer.outputs.export import PanopticExport
 from streamer.outputs.locks import holding
 from streamer.outputs.recording import open_video
-from streamer.outputs.render import Renderer
 from streamer.outputs.retention import Retention
+
+if TYPE_CHECKING:  # torch-heavy: imported when the pipeline builds them, after the cheap checks
+    from streamer.inference.fusion import FusionParams
+    from streamer.outputs.render import Renderer
 
 log = logging.getLogger(__name__)
 
 
 def fusion_params(config: Config) -> FusionParams:
     """The fusion rule's thresholds: the instance score threshold and the `fusion:` section."""
+    from streamer.inference.fusion import FusionParams
+
     fusion = config.fusion
     return FusionParams(
         score_threshold=config.models.instance.score_threshold,
@@ -53,6 +58,8 @@ def announce_models(config: Config) -> None:
 
 
 def renderer(config: Config) -> Renderer:
+    from streamer.outputs.render import Renderer
+
     render = config.render
     return Renderer(config.categories(), config.fusion.label_divisor, render.alpha, render.contours, render.labels)
 
@@ -115,7 +122,7 @@ def video_output(config: Config, source: Source, reader: Reader | None, live: bo
     if segment_s:
         log.info("%s: recording %g s segments named by their start time, from %s", source.id, segment_s, path)
     fps = reader.fps if reader else (source.fps or DEFAULT_FPS)
-    preflight.video_target(Path(path), bool(segment_s), local_file(source.uri))
+    preflight.video_target(Path(path), bool(segment_s), local_file(source.uri), settings.overwrite)
     locks.enter_context(holding(Path(path), "video"))
     return open_video(path, fps, segment_s, retention(settings), settings.min_free_mb)
 
@@ -126,4 +133,4 @@ def export(config: Config, source: Source, categories: tuple[Category, ...], sev
     preflight.folder_target(Path(folder), "export")
     locks.enter_context(holding(Path(folder), "export"))
     preflight.require_room(Path(folder), "export", config.output.min_free_mb)
-    return PanopticExport(folder, categories, config.output.export_images)
+    return PanopticExport(folder, categories, config.output.export_images, config.output.overwrite)

@@ -15,23 +15,23 @@ import signal
 import threading
 import time
 from dataclasses import dataclass
-
-import torch
+from typing import TYPE_CHECKING
 
 from streamer import control as ctl
 from streamer.config import Config, Source
 from streamer.inference import checkpoints
-from streamer.inference.models import resolve_device
-from streamer.inference.worker import load_models, worker_loop
 from streamer.inputs.capture import Capture
 from streamer.inputs.sources import Reader, open_source
 from streamer.outputs.display import DisplayOutput, Window, require_display
-from streamer.outputs.render import DeviceOverlay, Renderer
 from streamer.outputs.sink import Output, sink_loop
 from streamer.service import build
-from streamer.service.metrics import MetricsServer, WatchedSource
 from streamer.service.notify import Notifier, watchdog_interval
 from streamer.service.status import Health, Progress, timing_text
+
+if TYPE_CHECKING:  # torch and the models are imported once the inputs and outputs are checked
+    import torch
+
+    from streamer.outputs.render import DeviceOverlay, Renderer
 
 log = logging.getLogger(__name__)
 
@@ -64,7 +64,9 @@ class SourceRun:
     reader: Reader | None  # a file opened up front; live sources connect in their capture thread
     total: int | None  # frames in a file, for the progress bar
 
-    def watched(self) -> WatchedSource:
+    def watched(self):
+        from streamer.service.metrics import WatchedSource
+
         return WatchedSource(self.settings.id, self.stats, lambda: self.capture.state.value,
                              {"frames": self.frames, "results": self.results}, self.settings.stall_timeout_s)
 
@@ -97,7 +99,6 @@ class Pipeline:
         config = self.config
         if config.output.display:
             require_display()  # before anything slow, and before OpenCV could abort the process
-        renderer = build.renderer(config)
         runs: list[SourceRun] = []
         metrics = pool = None
         try:
@@ -105,6 +106,12 @@ class Pipeline:
             runs.extend(self._prepare(source, several) for source in config.all_sources())
             build.announce_models(config)
             checkpoints.require(config.models)  # missing weights: one line, before anything loads
+            # Only now the heavy part: torch, the models (every check above answers without them).
+            from streamer.inference.models import resolve_device
+            from streamer.inference.worker import load_models, worker_loop
+            from streamer.service.metrics import MetricsServer
+
+            renderer = build.renderer(config)
             device = resolve_device(config.runtime.device)
             if config.metrics.enabled:  # up before the models load: /healthz says 503 until frames flow
                 metrics = MetricsServer(config.metrics.host, config.metrics.port, [run.watched() for run in runs],

@@ -67,7 +67,7 @@ def evaluate_synthetic(config: Config, uri: str, export_dir: str | None = None) 
         raise UsageError(f"eval: {uri}: give a frame count, e.g. &frames=300")
     ground_truth_lut(config.categories())  # a class missing: fail before the models load
     device = resolve_device(config.runtime.device)
-    export = PanopticExport(export_dir, config.categories()) if export_dir else None
+    export = PanopticExport(export_dir, config.categories(), overwrite=config.output.overwrite) if export_dir else None
     pool, models = load_models(config, device)
     started = time.monotonic()
     try:

@@ -30,7 +30,9 @@ from pathlib import Path
 from typing import Any
 
 from streamer.arguments import add_config_arguments, config_overrides, frame_size, positive_int
-from streamer.errors import EXIT_OK, StreamerError
+from streamer.errors import EXIT_OK, CannotCreate
+from streamer.outputs import preflight
+from streamer.outputs.export import write_atomic
 from streamer.tools.bench.options import BenchOptions, load_bench_config
 
 log = logging.getLogger(__name__)
@@ -60,6 +62,7 @@ def add_parser(commands: Any) -> None:
     parser.add_argument("--repeats", type=positive_int, default=DEFAULT_REPEATS, metavar="R", help=f"runs of each mode (default {DEFAULT_REPEATS})")
     parser.add_argument("--seed", type=int, default=DEFAULT_SEED, help=f"synthetic scene seed (default {DEFAULT_SEED})")
     parser.add_argument("--json", metavar="PATH", help="also write every number to this JSON file")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing --json file")
     parser.add_argument("--micro-sizes", type=size_list, default=MICRO_SIZES, metavar="WxH,...", help="fusion/overlay frame sizes (default 1280x720,1920x1080)")
     parser.add_argument("--instances", type=count_list, default=MICRO_INSTANCES, metavar="N,...", help="fusion/overlay instance counts (default 10,50,100)")
     parser.add_argument("--micro-repeats", type=positive_int, default=MICRO_REPEATS, metavar="R", help=f"repeats of each micro-benchmark (default {MICRO_REPEATS})")
@@ -100,22 +103,21 @@ def command(args: argparse.Namespace) -> int:
     configure_logging(args.log_level or config.runtime.log_level, args.log_format or config.runtime.log_format)
     json_path = Path(args.json) if args.json else None
     if json_path is not None:
-        check_writable(json_path)
+        check_writable(json_path, args.overwrite)
     from streamer.tools.bench.report import format_report  # torch and the models from here on
     from streamer.tools.bench.run import run_bench
 
     report = run_bench(options, config)
     sys.stdout.write(format_report(report) + "\n")
     if json_path is not None:
-        json_path.write_text(json.dumps(report, indent=1) + "\n", encoding="utf-8")
+        write_atomic(json_path, (json.dumps(report, indent=1) + "\n").encode())
         log.info("wrote %s", json_path)
     return EXIT_OK
 
 
-def check_writable(path: Path) -> None:
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with open(path, "a", encoding="utf-8"):
-            pass
-    except OSError as exc:
-        raise StreamerError(f"--json {path}: cannot write there ({exc.strerror}); choose another path") from None
+def check_writable(path: Path, overwrite: bool) -> None:
+    """Before anything slow: the report's folder can be written, and an existing report is replaced
+    only with --overwrite (CannotCreate)."""
+    if path.exists() and not (overwrite and path.is_file()):
+        raise CannotCreate(f"--json {path}: already exists; --overwrite replaces it, or choose another name")
+    preflight.folder_target(path.parent, "benchmark report")
