@@ -116,9 +116,12 @@ def needed(models: cfg.Models) -> list[Weights]:
 
 
 def require(models: cfg.Models) -> None:
-    """Raise InputNotFound (exit 66) for the first cached weights that are not there, naming the
-    command that puts them there and the place. (Files named by path are checked where they load.)"""
+    """Raise InputNotFound (exit 66) for the first weights that are not there: a file named by path,
+    or cached weights (the message names the command that puts them there and the place). Their
+    content is checked where they load."""
     for weights in needed(models):
+        if weights.kind is Kind.FILE and not weights.present:
+            raise InputNotFound(f"{weights.path}: weights file not found")
         if weights.kind in (Kind.TORCH, Kind.HUB) and not weights.present:
             raise InputNotFound(missing_message(weights, models.preset))
 
