@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import copy
 import enum
+import math
 import os
 import re
 from importlib import resources
@@ -55,6 +56,7 @@ Mult32 = Annotated[int, AfterValidator(_positive_multiple_of_32)]
 MAX_INPUT_SIDE = 8192  # pixels: beyond this a network input does not fit in memory
 DAY_S = 86400.0
 MIN_SEGMENT_S = 0.1
+FIRST_CONNECT_S = 30.0  # how long a never-connected source keeps trying, by default, outside systemd
 MIN_BUDGET = 1_000_000  # bytes: output.max_bytes below this cannot hold one segment of a real camera
 LIVE_SEGMENT_SECONDS = 60.0  # a live source records in segments this long unless output.segment_seconds says otherwise
 
@@ -183,6 +185,28 @@ class Reconnect(Strict):
     initial_delay_s: float = Field(default=1.0, ge=0.01, le=3600, description="first backoff delay (doubles, with jitter)")
     max_delay_s: float = Field(default=30.0, ge=0.01, le=3600, description="backoff delay at most")
     healthy_after_s: float = Field(default=30.0, gt=0, le=DAY_S, description="streaming this long resets the backoff")
+    first_connect_s: float | Literal["auto"] | None = Field(
+        default="auto", description="a live source that has never delivered a frame gives up after this long (its failure's "
+        f"exit code); null: retries forever; auto: {FIRST_CONNECT_S:g} s, or forever under systemd ($INVOCATION_ID set)")
+
+    @field_validator("first_connect_s", mode="before")
+    @classmethod
+    def _window(cls, value: Any) -> float | str | None:
+        if value is None or value == "auto":
+            return value
+        try:
+            seconds = float(value)
+        except (TypeError, ValueError):
+            seconds = math.nan
+        if isinstance(value, bool) or not 0 < seconds <= DAY_S:
+            raise ValueError(f"must be seconds above 0 and at most {DAY_S:g}, \"auto\" or null (forever)")
+        return seconds
+
+    def first_connect_window(self) -> float | None:
+        """Seconds a never-connected source keeps trying; None: forever."""
+        if self.first_connect_s != "auto":
+            return self.first_connect_s
+        return None if os.environ.get("INVOCATION_ID") else FIRST_CONNECT_S
 
     @model_validator(mode="after")
     def _ordered(self) -> Reconnect:

@@ -9,6 +9,7 @@ EXIT_NOINPUT = 66  # EX_NOINPUT
 EXIT_CANTCREAT = 73  # EX_CANTCREAT
 EXIT_IOERR = 74  # EX_IOERR
 EXIT_UNAVAILABLE = 69  # EX_UNAVAILABLE
+EXIT_NOPERM = 77  # EX_NOPERM
 EXIT_CONFIG = 78  # EX_CONFIG
 
 
@@ -49,6 +50,12 @@ class ConfigError(StreamerError):
 
 
 class Unavailable(StreamerError):
-    """A remote service (a download site or mirror) could not be reached or refused the request."""
+    """A remote service (a download site, a mirror, a camera's stream) could not be reached or refused the request."""
 
     exit_code = EXIT_UNAVAILABLE
+
+
+class NotPermitted(StreamerError):
+    """A remote service turned the credentials down (HTTP or RTSP 401/403)."""
+
+    exit_code = EXIT_NOPERM

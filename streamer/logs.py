@@ -74,6 +74,7 @@ def quiet_native_logs(debug: bool) -> None:
     and when its FFmpeg backend starts, so this is set before either where it can be."""
     os.environ["OPENCV_LOG_LEVEL"] = "INFO" if debug else "ERROR"
     os.environ["OPENCV_FFMPEG_LOGLEVEL"] = "32" if debug else "-8"  # AV_LOG_INFO, AV_LOG_QUIET
-    cv2 = sys.modules.get("cv2")
-    if cv2 is not None and hasattr(cv2, "setLogLevel"):
-        cv2.setLogLevel(4 if debug else 2)  # already loaded: INFO / ERROR (cv2.utils.logging levels)
+    if "cv2" in sys.modules:  # already loaded: set its level directly (OpenCV 4 and 5 have it here)
+        from cv2.utils import logging as cv2_logging
+
+        cv2_logging.setLogLevel(cv2_logging.LOG_LEVEL_INFO if debug else cv2_logging.LOG_LEVEL_ERROR)

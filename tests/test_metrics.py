@@ -9,6 +9,7 @@ from helpers import RECORDER, Daemon, busy_port, free_port, http_get, make_video
 from rtsp import RtspServer, needs_rtsp
 
 from streamer import control as ctl
+from streamer.inputs.capture import Connection
 from streamer.service.metrics import WatchedSource, health
 
 
@@ -88,12 +89,16 @@ def test_a_busy_metrics_port_is_one_clear_error(tmp_path):
 def test_health_needs_a_recent_frame_from_every_source_and_no_stuck_stage():
     fresh, stale = ctl.Stats(), ctl.Stats()
     fresh.last_frame_mono, stale.last_frame_mono = 99.0, 80.0
-    sources = [WatchedSource(name, stats, lambda: "streaming", {}, 5.0) for name, stats in (("a", fresh), ("b", stale))]
+    streaming = Connection("streaming", 0, None)
+    sources = [WatchedSource(name, stats, lambda: streaming, {}, 5.0) for name, stats in (("a", fresh), ("b", stale))]
     ok, body = health(sources, [], now=100.0)
     assert not ok and body["reasons"] == ["source b: no frame for 20.0 s (stall timeout 5 s)"]
     ok, body = health(sources[:1], [], now=100.0)
     assert ok and body["status"] == "ok" and body["sources"]["a"]["last_frame_age_s"] == 1.0
     ok, body = health(sources[:1], ["worker"], now=100.0)
     assert not ok and body["reasons"] == ["stage worker is stuck"]
-    ok, body = health([WatchedSource("c", ctl.Stats(), lambda: "connecting", {}, 5.0)], [], now=100.0)
+    refused = Connection("connecting", 3, "c: rtsp://***@cam/x: connection refused")
+    ok, body = health([WatchedSource("c", ctl.Stats(), lambda: refused, {}, 5.0)], [], now=100.0)
     assert not ok and body["reasons"] == ["source c: no frame yet"]
+    assert body["sources"]["c"] == {"state": "connecting", "attempt": 3, "last_error": "c: rtsp://***@cam/x: connection refused",
+                                    "last_frame_age_s": None}

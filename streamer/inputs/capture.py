@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 from streamer import control as ctl
 from streamer.config import BufferPolicy
-from streamer.errors import StreamerError
+from streamer.errors import DataError, StreamerError
 from streamer.frames import Frame
 from streamer.inputs.clock import LiveClock
 from streamer.inputs.sources import Reader
@@ -34,6 +34,20 @@ class State(enum.Enum):
 
 
 @dataclass(frozen=True)
+class Connection:
+    """A source's connection as the status line and /healthz show it."""
+
+    state: str  # connecting | streaming | reconnecting | ended
+    attempt: int  # attempts in a row that failed or did not last; 0 once streaming well
+    last_error: str | None  # why the last attempt failed (credentials hidden); None once a frame arrived
+
+    def text(self, source_id: str) -> str:
+        """`cam0 streaming`, `cam0 connecting (attempt 3)`."""
+        waiting = self.state in (State.CONNECTING.value, State.RECONNECTING.value) and self.attempt
+        return f"{source_id} {self.state}" + (f" (attempt {self.attempt})" if waiting else "")
+
+
+@dataclass(frozen=True)
 class Liveness:
     """Watchdog and reconnect settings of one source (defaults and meanings: `source:` in
     streamer.config)."""
@@ -44,6 +58,7 @@ class Liveness:
     initial_delay_s: float
     max_delay_s: float
     healthy_after_s: float
+    first_connect_s: float | None = None  # a source that never delivered a frame gives up after this; None = forever
 
 
 def backoff_delay(attempt: int, initial: float, maximum: float, rng: random.Random) -> float:
@@ -137,6 +152,10 @@ class Capture:
         self.stats = stats
         self.max_frames = max_frames
         self.state = State.CONNECTING
+        self.attempt = 0  # connection attempts in a row that failed or did not last (status line, /healthz)
+        self.last_error: str | None = None  # why the last one failed (credentials hidden)
+        self._streamed = False  # a frame has arrived since the start
+        self._started = time.monotonic()
         self._rng = random.Random(seed)
         self._clock = LiveClock(source_id, time.monotonic())
         self._down_since: float | None = None
@@ -152,6 +171,9 @@ class Capture:
             ctl.put(self.frames, ctl.END, self.control)
             self.control.done()
 
+    def connection(self) -> Connection:
+        return Connection(self.state.value, self.attempt, self.last_error)
+
     def _stopping(self) -> bool:
         return self.control.stop.is_set() or self.control.abort.is_set() or self._enough()
 
@@ -159,16 +181,16 @@ class Capture:
         return self.max_frames is not None and self.stats.read >= self.max_frames
 
     def _run(self) -> None:
-        attempt = 0
+        self._started = time.monotonic()  # the first-connect window begins with the first attempt
         while not self._stopping():
             try:
                 reader = self.open_reader()
             except StreamerError as exc:
                 if not self.liveness.live:
                     raise
-                if not self._wait_before_retry(attempt, exc):
+                self.last_error = redact_uri(str(exc))
+                if not self._wait_before_retry(exc):
                     return
-                attempt += 1
                 continue
             self._set_state(State.STREAMING)
             self._clock.new_connection()
@@ -180,23 +202,37 @@ class Capture:
             if outcome == "stopped":
                 return
             if time.monotonic() - connected >= self.liveness.healthy_after_s:
-                attempt = 0
+                self.attempt = 0
             self._down_since = time.monotonic()
             self.stats.reconnects += 1
             self._set_state(State.RECONNECTING)
-            if not self._wait_before_retry(attempt, None):
+            if not self._wait_before_retry(None):
                 return
-            attempt += 1
 
-    def _wait_before_retry(self, attempt: int, error: StreamerError | None) -> bool:
-        """Sleep the backoff delay (interruptibly); False when attempts are exhausted or we stop."""
+    def _never_connected_for(self) -> float | None:
+        """Seconds since the start while no frame has arrived yet; None once one has."""
+        return None if self._streamed else time.monotonic() - self._started
+
+    def _wait_before_retry(self, error: StreamerError | None) -> bool:
+        """Sleep the backoff delay (interruptibly); False when we stop. Raises when the attempts are
+        exhausted, or when a source that never delivered a frame has used its first-connect window:
+        the last failure's error (its kind's exit code), or DataError for connections without frames."""
         if self._down_since is None:
             self._down_since = time.monotonic()
+        attempt, self.attempt = self.attempt, self.attempt + 1
         limit = self.liveness.max_attempts
         if limit is not None and attempt >= limit:
             reason = f": {redact_uri(str(error))}" if error else ""
             raise StreamerError(f"{self.description}: gave up after {attempt} reconnect attempt(s){reason}")
         delay = backoff_delay(attempt, self.liveness.initial_delay_s, self.liveness.max_delay_s, self._rng)
+        window, waited = self.liveness.first_connect_s, self._never_connected_for()
+        if window is not None and waited is not None:
+            if waited >= window:
+                raise (type(error) if error else DataError)(
+                    f"{self.source_id}: {redact_uri(str(error)) if error else 'connected, but no frame arrived'}; "
+                    f"no frame within {window:g} s ({attempt + 1} attempts), giving up "
+                    "(source.reconnect.first_connect_s: null retries forever)")
+            delay = min(delay, window - waited)  # the last attempt at the window's end
         if error is not None:
             log.warning("%s: %s; retrying in %.1f s (attempt %d)", self.source_id, redact_uri(str(error)), delay, attempt + 1)
         else:
@@ -249,6 +285,8 @@ class Capture:
         pts = self._clock.stamp(stream_pts, captured_mono) if self.liveness.live else stream_pts
         frame = Frame(self.source_id, self.stats.read, image, pts, time.time(), captured_mono)
         self.stats.read += 1
+        self._streamed = True
+        self.last_error = None
         self.stats.last_frame_at, self.stats.last_frame_mono = frame.captured_at, captured_mono
         self.control.first_frame.set()
         return offer(self.frames, frame, self.policy, self.control, self.stats)

@@ -10,6 +10,7 @@ import logging
 import math
 import os
 import re
+import sys
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -172,8 +173,7 @@ def open_source(uri: str, fps: float | None = None, live: LiveOptions | None = N
     source = classify(uri)
     description = shown or redact_uri(uri)  # `shown`: the uri as written (config.Source.shown)
     if source.kind == "camera":
-        if isinstance(source.target, str) and not Path(source.target).exists():
-            raise InputNotFound(f"{uri}: no such camera device")
+        require_device(uri)
         backend = cv2.CAP_V4L2 if isinstance(source.target, str) else cv2.CAP_ANY
         capture = cv2.VideoCapture(source.target, backend)
         if not capture.isOpened():
@@ -184,7 +184,9 @@ def open_source(uri: str, fps: float | None = None, live: LiveOptions | None = N
             raise ValueError(f"{description}: a network stream needs LiveOptions")
         capture = open_stream(uri, live)
         if not capture.isOpened():
-            raise StreamerError(f"{description}: cannot open the stream; check the address, credentials and network")
+            from streamer.inputs.diagnosis import open_failure
+
+            raise open_failure(uri, description, live.open_timeout_s, live.read_timeout_s, live.rtsp_transport)
         finite = may_be_finite(uri) and capture.get(cv2.CAP_PROP_FRAME_COUNT) > 0
         return CaptureReader(capture, description, live=not finite if force_live is None else force_live, fps_override=fps)
     if source.kind == "images":
@@ -224,6 +226,22 @@ def _open_images(target: str, fps: float | None, skip_bad: bool) -> Reader:
         raise InputNotFound(f"{target}: no image files found ({', '.join(sorted(IMAGE_SUFFIXES))})"
                             + ("; it holds videos: give one of them as the source" if videos else ""))
     return ImageFilesReader(paths, target, fps or DEFAULT_FPS, skip_bad)
+
+
+def require_device(uri: str) -> None:
+    """For a camera source: its device node exists (/dev/videoN as given, or for an index N on
+    Linux /dev/videoN, where OpenCV's V4L2 backend looks), else InputNotFound. Other kinds pass."""
+    source = classify(uri)
+    if source.kind != "camera":
+        return
+    if isinstance(source.target, str):
+        device = Path(source.target)
+    elif sys.platform.startswith("linux"):
+        device = Path(f"/dev/video{source.target}")
+    else:
+        return
+    if not device.exists():
+        raise InputNotFound(f"camera {uri}: no such device ({device})")
 
 
 def is_live(uri: str) -> bool:

@@ -1,12 +1,20 @@
-"""Draw a panoptic map over its frame: palette, alpha blend, instance contours, labels.
+"""Draw a panoptic map over its frame: palette, alpha blend, outlines, labels.
 
 `Renderer.overlay` does it all on the host (numpy/OpenCV). `DeviceOverlay` does the colours, blend
-and contours as tensor code where the panoptic map is (a GPU), so only the finished frame comes back
+and outlines as tensor code where the panoptic map is (a GPU), so only the finished frame comes back
 to the host; `Renderer.draw_labels` then adds the labels there.
+
+Things (instances) are blended at `alpha` and outlined in white; stuff at `stuff_alpha` and outlined
+in its own colour, so that a region whose colour is close to what it shows (a grey building, a blue
+sky) is still visibly marked. Labels scale with the frame (`label_style`) and are placed by
+`place_labels`: most confident first, never on top of each other, never for tiny objects.
 """
 from __future__ import annotations
 
 import colorsys
+import functools
+from collections.abc import Sequence
+from dataclasses import dataclass
 
 import cv2
 import numpy as np
@@ -16,8 +24,17 @@ from streamer.frames import Category, Panoptic, Segment
 
 INSTANCE_COLORS = 256  # instance ids cycle through this many hues per category
 CONTOUR_COLOR = (255, 255, 255)
+STUFF_ALPHA = 0.4  # default opacity of stuff (render.stuff_alpha); things get render.alpha
 MAX_TABLE = 1 << 22  # entries of the value -> colour table (16 MiB)
 STRIP_ROWS = 32  # overlay works on strips this high: a 1080p strip's intermediates fit in the CPU cache
+VOID, STUFF, THING = 0, 1, 2  # the kind of a panoptic value, the 4th byte of the value table
+
+FONT = cv2.FONT_HERSHEY_SIMPLEX
+LINE_HEIGHT = 1 / 24  # a label's line (as cv2.getTextSize measures it) per pixel of the frame's shorter side,
+MIN_LINE_HEIGHT = 12  # ... but at least this many pixels: smaller text is no longer legible
+MIN_LABEL_SIDE = 1 / 36  # things smaller than a square this side (per pixel of the shorter side) get no label
+
+Rect = tuple[int, int, int, int]  # x0, y0, x1, y1 in pixels: x0 <= x < x1, y0 <= y < y1
 
 
 def stuff_palette(categories: tuple[Category, ...]) -> np.ndarray:
@@ -46,13 +63,101 @@ def instance_palette(categories: tuple[Category, ...]) -> np.ndarray:
     return lut
 
 
-class Renderer:
-    """Holds the palettes for one category table; `overlay` is the per-frame call."""
+@dataclass(frozen=True)
+class LabelStyle:
+    """How labels look on frames of one size (pixels unless said otherwise)."""
 
-    def __init__(self, categories: tuple[Category, ...], label_divisor: int, alpha: float, contours: bool, labels: bool):
+    scale: float  # cv2.putText font scale
+    weight: int  # cv2.putText thickness of the white letters
+    halo: int  # width of the black outline around the letters
+    gap: int  # between a label and its object's box
+    min_area: int  # things with fewer pixels get no label
+
+
+def label_style(width: int, height: int) -> LabelStyle:
+    """The label style for a width x height frame. Sizes follow the shorter side, so a frame shown
+    fitted to a screen has labels of the same apparent size whatever its resolution (a 32:9 frame
+    does not get huge ones); the floor keeps them legible on small frames."""
+    short = min(width, height)
+    line = max(MIN_LINE_HEIGHT, round(short * LINE_HEIGHT))
+    weight = 1 if line < 24 else 2
+    return LabelStyle(
+        scale=cv2.getFontScaleFromHeight(FONT, line, weight),
+        weight=weight,
+        halo=max(1, round(line / 12)),
+        gap=max(1, round(line / 8)),
+        min_area=round(short * MIN_LABEL_SIDE) ** 2,
+    )
+
+
+@functools.lru_cache(maxsize=4096)
+def label_patch(text: str, style: LabelStyle) -> tuple[np.ndarray, np.ndarray]:
+    """(letters, halo): two h x w uint8 coverage masks (0-255) of `text`, cut to the halo's extent,
+    so that h x w is exactly the rectangle the label paints. Cached; read only."""
+    (width, height), baseline = cv2.getTextSize(text, FONT, style.scale, style.weight)
+    margin = style.halo + 2
+    letters = np.zeros((height + baseline + 2 * margin, width + 2 * margin), np.uint8)
+    cv2.putText(letters, text, (margin, margin + height), FONT, style.scale, 255, style.weight, cv2.LINE_AA)
+    disc = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * style.halo + 1, 2 * style.halo + 1))
+    halo = cv2.dilate(letters, disc)
+    x, y, w, h = cv2.boundingRect(halo)
+    letters, halo = letters[y:y + h, x:x + w], halo[y:y + h, x:x + w]
+    letters.flags.writeable = halo.flags.writeable = False
+    return letters, halo
+
+
+def label_text(segment: Segment, categories: dict[int, Category]) -> str:
+    """What a thing's label says: its class name and score, e.g. "car 0.87"."""
+    name = categories[segment.category_id].name
+    return f"{name} {segment.score:.2f}" if segment.score is not None else name
+
+
+def place_labels(segments: Sequence[Segment], sizes: Sequence[tuple[int, int]], frame: tuple[int, int], min_area: int,
+                 gap: int) -> list[tuple[int, Rect]]:
+    """Where the labels of `segments` go, greedily: most confident first (score descending, a missing
+    score counting as certain; then larger area first), each at the first of above its box, inside
+    the box's top, below its box that lies inside the frame and meets no label placed before; a
+    label that fits nowhere, and every segment of fewer than `min_area` pixels, gets none.
+
+    sizes[i]: (width, height) of segment i's label in pixels; frame: (width, height); gap: pixels
+    between a label and its box. Returns (index into segments, rectangle) per placed label, in
+    placement order; rectangles lie inside the frame and do not intersect.
+    """
+    frame_w, frame_h = frame
+
+    def confidence(index: int) -> tuple[float, int]:
+        segment = segments[index]
+        return (1.0 if segment.score is None else segment.score), segment.area
+
+    placed: list[tuple[int, Rect]] = []
+    for index in sorted((i for i, s in enumerate(segments) if s.area >= min_area), key=confidence, reverse=True):
+        x, y, w, h = segments[index].bbox
+        width, height = sizes[index]
+        left = min(max(x, 0), frame_w - width)
+        for top in (y - gap - height, y + gap, y + h + gap):  # above, inside the top, below
+            rect = (left, top, left + width, top + height)
+            if left >= 0 and top >= 0 and top + height <= frame_h and not any(_intersect(rect, r) for _, r in placed):
+                placed.append((index, rect))
+                break
+    return placed
+
+
+def _intersect(a: Rect, b: Rect) -> bool:
+    return a[0] < b[2] and b[0] < a[2] and a[1] < b[3] and b[1] < a[3]
+
+
+class Renderer:
+    """Holds the palettes for one category table; `overlay` is the per-frame call.
+
+    alpha: opacity of things (instances); stuff_alpha: opacity of stuff; contours: outline every
+    segment (things in white, stuff in its own colour); labels: class name and score of things."""
+
+    def __init__(self, categories: tuple[Category, ...], label_divisor: int, alpha: float, contours: bool, labels: bool,
+                 stuff_alpha: float = STUFF_ALPHA):
         self.categories = {c.id: c for c in categories}
         self.divisor = label_divisor
         self.alpha = alpha
+        self.stuff_alpha = stuff_alpha
         self.contours = contours
         self.labels = labels
         self._stuff = stuff_palette(categories)
@@ -68,13 +173,19 @@ class Renderer:
         return np.where((instance > 0)[..., None], colors, self._stuff[category])
 
     def overlay(self, image: np.ndarray, panoptic: np.ndarray, segments: tuple[Segment, ...]) -> np.ndarray:
-        """The frame with its segmentation blended in; void pixels keep the original image."""
+        """The frame with its segmentation drawn (H x W x 3 uint8 BGR, a new array); `image` H x W x 3
+        uint8 BGR, `panoptic` H x W integer values. Void pixels keep the original image."""
         if self._table is None or panoptic.dtype.kind not in "iu":  # the plain (slow) way, same result
             colors = self.colorize(panoptic)
-            blended = cv2.addWeighted(image, 1.0 - self.alpha, colors, self.alpha, 0.0)
-            out = np.where((panoptic > 0)[..., None], blended, image)
+            things = panoptic % self.divisor > 0
+            out = cv2.addWeighted(image, 1.0 - self.stuff_alpha, colors, self.stuff_alpha, 0.0)
+            out[things] = cv2.addWeighted(image, 1.0 - self.alpha, colors, self.alpha, 0.0)[things]
+            out[panoptic <= 0] = image[panoptic <= 0]
             if self.contours:
-                out[instance_boundaries(panoptic, self.divisor)] = CONTOUR_COLOR
+                edges = boundaries(panoptic)
+                stuff_edges = edges & ~things & (panoptic > 0)
+                out[stuff_edges] = colors[stuff_edges]
+                out[edges & things] = CONTOUR_COLOR
         else:  # the same steps, a strip of rows at a time so that they run in the CPU's cache
             if image.shape[:2] != panoptic.shape:
                 raise ValueError(f"image is {image.shape[:2]} but its panoptic map {panoptic.shape}")
@@ -91,33 +202,49 @@ class Renderer:
         return self.draw_labels(result.drawn, result.segments)
 
     def draw_labels(self, image: np.ndarray, segments: tuple[Segment, ...]) -> np.ndarray:
-        """Each thing's name and score above its box, drawn into `image` (when labels are on)."""
-        if self.labels:
-            for segment in segments:
-                if segment.isthing:
-                    self._label(image, segment)
+        """Things' labels ("car 0.87"), sized for this frame by `label_style` and put where
+        `place_labels` says, drawn into `image` (H x W x 3 uint8 BGR, returned) when labels are on."""
+        if not self.labels:
+            return image
+        height, width = image.shape[:2]
+        style = label_style(width, height)
+        things = [s for s in segments if s.isthing]
+        patches = [label_patch(label_text(s, self.categories), style) for s in things]
+        sizes = [(letters.shape[1], letters.shape[0]) for letters, _ in patches]
+        for index, (x0, y0, x1, y1) in place_labels(things, sizes, (width, height), style.min_area, style.gap):
+            letters, halo = patches[index]
+            area = image[y0:y1, x0:x1]
+            darkened = cv2.multiply(area, cv2.merge([255 - halo] * 3), scale=1 / 255)  # the black outline
+            cv2.add(darkened, cv2.merge([letters] * 3), dst=area)  # white letters on it
         return image
 
     def device_overlay(self, device: torch.device) -> DeviceOverlay | None:
-        """This renderer's colours and contours as tensor code on `device` (None: no value table,
+        """This renderer's colours and outlines as tensor code on `device` (None: no value table,
         as with a huge label_divisor; the host draws those frames)."""
-        return None if self._table is None else DeviceOverlay(self._table, self.alpha, self.contours, device)
+        if self._table is None:
+            return None
+        return DeviceOverlay(self._table, self.alpha, self.stuff_alpha, self.contours, device)
 
     def _overlay_rows(self, image: np.ndarray, panoptic: np.ndarray, out: np.ndarray, top: int, bottom: int) -> None:
-        """Rows top..bottom-1 of `overlay`, written into `out`. Colours and the instance flag come
-        from one table lookup (out-of-range values raise IndexError and negative ones wrap, exactly
-        as in `colorize`); one row above and below is looked up too, for the contours."""
+        """Rows top..bottom-1 of `overlay`, written into `out`. Colours and kinds come from one table
+        lookup (out-of-range values raise IndexError and negative ones wrap, exactly as in
+        `colorize`); one row above and below is looked up too, for the outlines."""
         above, below = max(top - 1, 0), min(bottom + 1, panoptic.shape[0])
         packed = np.take(self._table, panoptic[above:below])
-        channels = packed.view(np.uint8).reshape(below - above, panoptic.shape[1], 4)  # B, G, R, is-instance
+        channels = packed.view(np.uint8).reshape(below - above, panoptic.shape[1], 4)  # B, G, R, kind
         rows = slice(top - above, bottom - above)
         colors = cv2.cvtColor(channels[rows], cv2.COLOR_BGRA2BGR)
-        target = out[top:bottom]
-        cv2.addWeighted(image[top:bottom], 1.0 - self.alpha, colors, self.alpha, 0.0, dst=target)
-        cv2.copyTo(image[top:bottom], (panoptic[top:bottom] <= 0).view(np.uint8), target)  # void keeps the image
+        kind = cv2.extractChannel(channels[rows], 3)
+        things = kind == THING
+        source, target = image[top:bottom], out[top:bottom]
+        cv2.addWeighted(source, 1.0 - self.stuff_alpha, colors, self.stuff_alpha, 0.0, dst=target)
+        if self.alpha != self.stuff_alpha:
+            cv2.copyTo(cv2.addWeighted(source, 1.0 - self.alpha, colors, self.alpha, 0.0), things.view(np.uint8), target)
+        cv2.copyTo(source, (panoptic[top:bottom] <= 0).view(np.uint8), target)  # void keeps the image
         if self.contours:
-            edges = _boundaries(panoptic[above:below], cv2.extractChannel(channels, 3).view(bool))[rows]
-            cv2.copyTo(self._contour_image(target.shape[1:])[: bottom - top], edges.view(np.uint8), target)
+            edges = boundaries(panoptic[above:below])[rows]
+            cv2.copyTo(colors, (edges & (kind == STUFF)).view(np.uint8), target)
+            cv2.copyTo(self._contour_image(target.shape[1:])[: bottom - top], (edges & things).view(np.uint8), target)
 
     def _contour_image(self, shape: tuple[int, ...]) -> np.ndarray:
         """STRIP_ROWS rows of the contour colour at this width (one width at a time; read only, so
@@ -128,22 +255,16 @@ class Renderer:
             self._contour_images = {shape: image}
         return image
 
-    def _label(self, image: np.ndarray, segment: Segment) -> None:
-        name = self.categories[segment.category_id].name
-        text = f"{name} {segment.score:.2f}" if segment.score is not None else name
-        x, y = segment.bbox[0], max(segment.bbox[1] - 3, 10)
-        cv2.putText(image, text, (x, y), cv2.FONT_HERSHEY_SIMPLEX, 0.4, (0, 0, 0), 3, cv2.LINE_AA)
-        cv2.putText(image, text, (x, y), cv2.FONT_HERSHEY_SIMPLEX, 0.4, (255, 255, 255), 1, cv2.LINE_AA)
-
 
 class DeviceOverlay:
     """`Renderer.overlay` less the labels, in torch on the panoptic map's device: one table lookup
-    for colour and instance flag, the blend, void pixels keeping the image, the contours. The blend
-    rounds half to even as OpenCV's does; the tests hold it to the host result."""
+    for colour and kind, the blends, void pixels keeping the image, the outlines. The blend rounds
+    half to even as OpenCV's does; the tests hold it to the host result."""
 
-    def __init__(self, table: np.ndarray, alpha: float, contours: bool, device: torch.device):
-        self.table = torch.from_numpy(table.view(np.uint8).reshape(-1, 4)).to(device)  # B, G, R, is-instance
+    def __init__(self, table: np.ndarray, alpha: float, stuff_alpha: float, contours: bool, device: torch.device):
+        self.table = torch.from_numpy(table.view(np.uint8).reshape(-1, 4)).to(device)  # B, G, R, kind
         self.alpha = alpha
+        self.stuff_alpha = stuff_alpha
         self.contours = contours
         self.contour_color = torch.tensor(CONTOUR_COLOR, dtype=torch.uint8, device=device)
 
@@ -152,34 +273,43 @@ class DeviceOverlay:
         if image.shape[:2] != panoptic.shape:
             raise ValueError(f"image is {tuple(image.shape[:2])} but its panoptic map {tuple(panoptic.shape)}")
         packed = self.table.index_select(0, panoptic.flatten()).view(*panoptic.shape, 4)
-        blended = (image.float() * (1.0 - self.alpha) + packed[..., :3].float() * self.alpha).round_().to(torch.uint8)
-        out = torch.where((panoptic > 0)[..., None], blended, image)
+        colors, kind = packed[..., :3], packed[..., 3:]
+        things = kind == THING
+        out = torch.where(things, _blend(image, colors, self.alpha), _blend(image, colors, self.stuff_alpha))
+        out = torch.where((panoptic > 0)[..., None], out, image)
         if self.contours:
-            out = torch.where(_boundaries(panoptic, packed[..., 3].bool())[..., None], self.contour_color, out)
+            edges = boundaries(panoptic)[..., None]
+            out = torch.where(edges & (kind == STUFF), colors, out)
+            out = torch.where(edges & things, self.contour_color, out)
         return out
+
+
+def _blend(image: torch.Tensor, colors: torch.Tensor, alpha: float) -> torch.Tensor:
+    """cv2.addWeighted(image, 1 - alpha, colors, alpha, 0) in torch: uint8, rounded half to even."""
+    return (image.float() * (1.0 - alpha) + colors.float() * alpha).round_().to(torch.uint8)
 
 
 def instance_boundaries(panoptic: np.ndarray, divisor: int) -> np.ndarray:
     """Boolean H x W: pixels of a thing segment that touch a different segment (4-neighbourhood)."""
-    return _boundaries(panoptic, panoptic % divisor > 0)
+    return boundaries(panoptic) & (panoptic % divisor > 0)
 
 
-def _boundaries(panoptic, is_instance):
-    """Pixels that differ from a 4-neighbour, where `is_instance` (numpy arrays or torch tensors)."""
-    edges = is_instance & False  # all False, of the same kind
+def boundaries(panoptic):
+    """Boolean H x W: pixels whose value differs from a 4-neighbour's (a numpy array or a torch
+    tensor in, the same kind out). A seam between two segments is marked on both sides."""
+    edges = panoptic != panoptic  # all False, of the same kind
     horizontal = panoptic[:, 1:] != panoptic[:, :-1]
     vertical = panoptic[1:, :] != panoptic[:-1, :]
     edges[:, :-1] |= horizontal
     edges[:, 1:] |= horizontal
     edges[:-1, :] |= vertical
     edges[1:, :] |= vertical
-    edges &= is_instance
     return edges
 
 
 def value_table(stuff: np.ndarray, instances: np.ndarray, divisor: int) -> np.ndarray | None:
-    """Every panoptic value 0 .. (C+1)*divisor-1 -> its colour and instance flag packed in a
-    little-endian uint32 (bytes B, G, R, flag), so a frame is coloured by one lookup.
+    """Every panoptic value 0 .. (C+1)*divisor-1 -> its colour and kind (VOID, STUFF or THING)
+    packed in a little-endian uint32 (bytes B, G, R, kind), so a frame is coloured by one lookup.
     None when the table would be too big (a huge label_divisor)."""
     size = len(stuff) * divisor
     if size > MAX_TABLE:
@@ -189,5 +319,5 @@ def value_table(stuff: np.ndarray, instances: np.ndarray, divisor: int) -> np.nd
     colors = np.where((instance > 0)[:, None], instances[category, instance % INSTANCE_COLORS], stuff[category])
     table = np.zeros((size, 4), np.uint8)
     table[:, :3] = colors
-    table[:, 3] = instance > 0
+    table[:, 3] = np.where(instance > 0, THING, np.where(category > 0, STUFF, VOID))
     return table.view("<u4").reshape(size)

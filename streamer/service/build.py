@@ -15,7 +15,16 @@ from streamer.config import Config, Output, Source
 from streamer.errors import StreamerError
 from streamer.frames import Category
 from streamer.inputs.capture import Liveness
-from streamer.inputs.sources import DEFAULT_FPS, LiveOptions, Reader, is_live, local_file, may_be_finite, open_source
+from streamer.inputs.sources import (
+    DEFAULT_FPS,
+    LiveOptions,
+    Reader,
+    is_live,
+    local_file,
+    may_be_finite,
+    open_source,
+    require_device,
+)
 from streamer.outputs import preflight
 from streamer.outputs.export import PanopticExport
 from streamer.outputs.locks import holding
@@ -70,10 +79,13 @@ def live_options(source: Source) -> LiveOptions:
 
 def open_or_defer(source: Source, options: LiveOptions) -> tuple[bool, Reader | None]:
     """(live, reader): a file source is opened now (a bad one fails before the models load); a
-    live one is left to its capture thread, which keeps retrying while the camera is away; an
+    live one is left to its capture thread, which keeps retrying while the camera is away (a
+    camera device that does not exist fails now, unless its first-connect window is forever); an
     http(s) URL is opened to learn which it is (source.live skips the guess)."""
     live = is_live(source.uri) if source.live is None else source.live
     if live and not (source.live is None and may_be_finite(source.uri)):
+        if source.reconnect.first_connect_window() is not None:
+            require_device(source.uri)
         return True, None
     try:
         reader = open_source(source.uri, source.fps, options, force_live=source.live, skip_bad=source.on_bad_frame == "skip",
@@ -94,7 +106,7 @@ def open_or_defer(source: Source, options: LiveOptions) -> tuple[bool, Reader | 
 def liveness(source: Source, live: bool) -> Liveness:
     reconnect = source.reconnect
     return Liveness(live, source.stall_timeout_s, reconnect.max_attempts, reconnect.initial_delay_s,
-                    reconnect.max_delay_s, reconnect.healthy_after_s)
+                    reconnect.max_delay_s, reconnect.healthy_after_s, reconnect.first_connect_window())
 
 
 def retention(output: Output) -> Retention:

@@ -23,6 +23,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from streamer import control as ctl
 from streamer.errors import StreamerError
 from streamer.frames import Panoptic
+from streamer.inputs.capture import Connection
 from streamer.service.http import BoundedHTTPServer
 
 log = logging.getLogger(__name__)
@@ -36,7 +37,7 @@ class WatchedSource:
 
     source_id: str
     stats: ctl.Stats
-    state: Callable[[], str]  # the capture state: connecting, streaming, reconnecting, ended
+    connection: Callable[[], Connection]  # the capture's state, attempts and last error
     queues: dict[str, queue.Queue]  # name (frames, results) -> queue
     stall_timeout_s: float
 
@@ -48,7 +49,9 @@ def health(sources: list[WatchedSource], stalled_stages: list[str], now: float) 
     for source in sources:
         last = source.stats.last_frame_mono
         age = None if last is None else now - last
-        report[source.source_id] = {"state": source.state(), "last_frame_age_s": None if age is None else round(age, 3)}
+        connection = source.connection()
+        report[source.source_id] = {"state": connection.state, "attempt": connection.attempt, "last_error": connection.last_error,
+                                    "last_frame_age_s": None if age is None else round(age, 3)}
         if age is None:
             reasons.append(f"source {source.source_id}: no frame yet")
         elif age > source.stall_timeout_s:
@@ -79,17 +82,21 @@ class _StatsCollector:
             yield family
         dropped = CounterMetricFamily("streamer_frames_dropped", "Frames dropped before the model, by cause", labels=["source", "cause"])
         up = GaugeMetricFamily("streamer_source_up", "1 while the source is streaming", labels=["source"])
+        attempts = GaugeMetricFamily("streamer_source_connect_attempts", "Connection attempts in a row that failed or did not last",
+                                     labels=["source"])
         last = GaugeMetricFamily("streamer_last_frame_timestamp_seconds", "Wall-clock time of the newest frame read", labels=["source"])
         depth = GaugeMetricFamily("streamer_queue_depth", "Items waiting in a queue", labels=["source", "queue"])
         for source in self.sources:
             for cause, count in sorted(source.stats.dropped.items()):
                 dropped.add_metric([source.source_id, cause], count)
-            up.add_metric([source.source_id], 1.0 if source.state() == "streaming" else 0.0)
+            connection = source.connection()
+            up.add_metric([source.source_id], 1.0 if connection.state == "streaming" else 0.0)
+            attempts.add_metric([source.source_id], connection.attempt)
             if source.stats.last_frame_at is not None:
                 last.add_metric([source.source_id], source.stats.last_frame_at)
             for name, q in source.queues.items():
                 depth.add_metric([source.source_id, name], q.qsize())
-        yield from (dropped, up, last, depth)
+        yield from (dropped, up, attempts, last, depth)
         if self.device.type == "cuda":
             memory = GaugeMetricFamily("streamer_gpu_memory_bytes", "GPU memory held by PyTorch", labels=["device", "kind"])
             memory.add_metric([str(self.device), "allocated"], torch.cuda.memory_allocated(self.device))

@@ -62,12 +62,12 @@ class SourceRun:
     display: DisplayOutput | None
     stats: ctl.Stats
     reader: Reader | None  # a file opened up front; live sources connect in their capture thread
-    total: int | None  # frames in a file, for the progress bar
+    total: int | None  # frames this run will take from it, for the progress bar; None: no end known
 
     def watched(self):
         from streamer.service.metrics import WatchedSource
 
-        return WatchedSource(self.settings.id, self.stats, lambda: self.capture.state.value,
+        return WatchedSource(self.settings.id, self.stats, self.capture.connection,
                              {"frames": self.frames, "results": self.results}, self.settings.stall_timeout_s)
 
 
@@ -193,7 +193,8 @@ class Pipeline:
         opener = (lambda: open_source(source.uri, source.fps, live_options, force_live=True, shown=source.shown)) if live else (lambda: reader)
         capture = Capture(opener, source.id, description, frames, policy, build.liveness(source, live),
                           self.control, stats, config.runtime.max_frames)
-        total = getattr(reader, "frame_count", None)
+        count, limit = getattr(reader, "frame_count", None), config.runtime.max_frames  # count None: live, or not said
+        total = min(count, limit) if count and limit else count or limit
         return SourceRun(source, capture, frames, queue.Queue(maxsize=RESULT_QUEUE_SIZE), outputs, display, stats, reader, total)
 
     # -- main thread -----------------------------------------------------------------------
@@ -205,6 +206,7 @@ class Pipeline:
         progress = Progress(
             [run.stats for run in runs], [q for run in runs for q in (run.frames, run.results)],
             sum(totals) if all(totals) else None, self.config.runtime.status_interval_s,
+            lambda: [run.capture.connection().text(run.settings.id) for run in runs],
         )
         health = Health(self.control, self.notifier, watchdog_interval(), self.config.runtime.stage_timeout_s)
         drain_deadline = None

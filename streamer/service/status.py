@@ -4,13 +4,20 @@ from __future__ import annotations
 
 import collections
 import logging
+import os
 import sys
 import time
+from collections.abc import Callable
+
+from tqdm import tqdm
+from tqdm.contrib.logging import logging_redirect_tqdm
 
 from streamer import control as ctl
 from streamer.service.notify import Notifier
 
 log = logging.getLogger(__name__)
+
+RATE_WINDOW_S = 10.0  # the bar's frames per second and ETA: the rate over about this long
 
 
 def timing_text(stats: list[ctl.Stats]) -> str:
@@ -54,28 +61,78 @@ class Health:
         self.notifier.watchdog()
 
 
-class Progress:
-    """A tqdm bar for file sources on a terminal; otherwise one status line every interval."""
+def usable_terminal(stream) -> bool:
+    """A terminal that can draw a bar: a tty that reports its width (a pty left at 0x0, as on some
+    CI runners and ssh sessions, does not, and tqdm would draw nothing there)."""
+    try:
+        return stream.isatty() and os.get_terminal_size(stream.fileno()).columns > 0
+    except (AttributeError, OSError, ValueError):  # no file descriptor (a StringIO), or no terminal
+        return False
 
-    def __init__(self, stats: list[ctl.Stats], queues, total: int | None, interval_s: float):
+
+class RecentRate:
+    """Frames per second over about the last `window_s` seconds, measured from the first frame done,
+    so the slow first frames (the models warming up) weigh neither on the rate nor on the ETA.
+    0 while unknown (fewer than two counts seen), which tqdm shows as "?"."""
+
+    def __init__(self, window_s: float):
+        self.window = window_s
+        self._samples: collections.deque[tuple[float, int]] = collections.deque()  # (time, count) at each change
+
+    def add(self, now: float, count: int) -> None:
+        if count > 0 and (not self._samples or count != self._samples[-1][1]):
+            self._samples.append((now, count))
+        while len(self._samples) > 2 and self._samples[1][0] <= now - self.window:
+            self._samples.popleft()
+
+    def rate(self, now: float) -> float:
+        if len(self._samples) < 2:
+            return 0.0
+        (first_time, first_count), (_, last_count) = self._samples[0], self._samples[-1]
+        return (last_count - first_count) / max(now - first_time, 1e-9)  # to now: a stall shows as a falling rate
+
+
+class _Bar(tqdm):
+    """tqdm with the rate (and so the ETA) of a RecentRate instead of tqdm's own estimate."""
+
+    def __init__(self, *args, rate: RecentRate, **kwargs):
+        self.recent = rate
+        super().__init__(*args, **kwargs)
+
+    @property
+    def format_dict(self):
+        return {**super().format_dict, "rate": self.recent.rate(time.monotonic())}
+
+
+class Progress:
+    """Where stderr is a usable terminal and the frames to come are known (a file's count capped by
+    --max-frames, or --max-frames alone): a bar, the run's log lines written above it. Otherwise (no
+    terminal, one without a size, or a live source without an end) one status line every interval."""
+
+    def __init__(self, stats: list[ctl.Stats], queues, total: int | None, interval_s: float,
+                 sources: Callable[[], list[str]] = list):
+        """`sources`: each source's connection for the status line (`cam0 connecting (attempt 3)`)."""
         self.stats = stats
         self.queues = queues
+        self.sources = sources
         self.interval = interval_s
         self._next_line = time.monotonic() + interval_s
         self._last_counts = [0] * len(stats)
         self._last_time = time.monotonic()
         self._bar = None
-        if total and sys.stderr.isatty():
-            from tqdm import tqdm
-
-            self._bar = tqdm(total=total, unit="frame", dynamic_ncols=True)
+        if total and usable_terminal(sys.stderr):
+            self._bar = _Bar(total=total, unit="frame", dynamic_ncols=True, file=sys.stderr, rate=RecentRate(RATE_WINDOW_S))
+            self._drawn_at = time.monotonic()
+            # Log lines go through tqdm.write while the bar is up (same formatter, so still redacted).
+            self._redirect = logging_redirect_tqdm(tqdm_class=_Bar)
+            self._redirect.__enter__()
 
     def update(self, force: bool = False) -> None:
         """The bar, or the status line once an interval has passed; `force`: the line now (SIGUSR1)."""
-        processed = sum(s.processed for s in self.stats)
         if self._bar is not None and not force:
-            self._bar.update(processed - self._bar.n)
+            self._advance()
             return
+        processed = sum(s.processed for s in self.stats)
         now = time.monotonic()
         if now < self._next_line and not force:
             return
@@ -88,10 +145,28 @@ class Progress:
         dropped = sum((s.dropped for s in self.stats), collections.Counter())
         dropped_text = ", ".join(f"{cause} {n}" for cause, n in sorted(dropped.items())) or "0"
         log.info(
-            "status: %.1f fps%s, %d processed, queues %s, dropped %s, reconnects %d, %s",
+            "status: %.1f fps%s, %d processed, queues %s, dropped %s, reconnects %d, %s; %s",
             sum(rates), per_source, processed, depths, dropped_text, sum(s.reconnects for s in self.stats), timing_text(self.stats),
+            ", ".join(self.sources()),
         )
+
+    def _advance(self, final: bool = False) -> None:
+        """The bar's count: frames done with (processed, or dropped on the way), so that it ends at
+        its total; redrawn at most every 0.1 s, and each second anyway (the rate falls in a stall)."""
+        now = time.monotonic()
+        processed = sum(s.processed for s in self.stats)
+        dropped = sum(sum(s.dropped.values()) for s in self.stats)
+        self._bar.recent.add(now, processed + dropped)
+        since = now - self._drawn_at
+        if not final and (since < 0.1 or (since < 1.0 and processed + dropped == self._bar.n)):
+            return
+        if dropped:
+            self._bar.set_postfix_str(f"{dropped} dropped", refresh=False)
+        self._bar.n, self._drawn_at = processed + dropped, now
+        self._bar.refresh()
 
     def close(self) -> None:
         if self._bar is not None:
+            self._advance(final=True)
             self._bar.close()
+            self._redirect.__exit__(None, None, None)

@@ -32,7 +32,6 @@ from typing import Any
 from streamer.arguments import add_config_arguments, config_overrides, frame_size, positive_int
 from streamer.errors import EXIT_OK, CannotCreate
 from streamer.outputs import preflight
-from streamer.outputs.export import write_atomic
 from streamer.tools.bench.options import BenchOptions, load_bench_config
 
 log = logging.getLogger(__name__)
@@ -110,6 +109,8 @@ def command(args: argparse.Namespace) -> int:
     report = run_bench(options, config)
     sys.stdout.write(format_report(report) + "\n")
     if json_path is not None:
+        from streamer.outputs.export import write_atomic
+
         write_atomic(json_path, (json.dumps(report, indent=1) + "\n").encode())
         log.info("wrote %s", json_path)
     return EXIT_OK

@@ -1,0 +1,65 @@
+"""Why a network stream did not open, in one line a user can act on.
+
+OpenCV's capture says only that it failed. On a failure the stream is opened once more through
+PyAV, whose exceptions carry FFmpeg's error code (RTSP and HTTP status codes included, which
+FFmpeg maps alike), and the failure is named by kind: host not found, refused, timed out,
+unauthorised, not found, bad stream. Each kind has its own exit code (README, "Exit codes"), used
+when a source that never connected gives up. PyAV's own logging stays off (its default), so this
+adds nothing to stderr.
+"""
+from __future__ import annotations
+
+import socket
+import time
+from urllib.parse import urlsplit
+
+import av
+
+from streamer.errors import DataError, InputNotFound, NotPermitted, StreamerError, Unavailable
+
+DEFAULT_PORTS = {"rtsp": 554, "rtsps": 322, "http": 80, "https": 443}
+TIMED_OUT_FRACTION = 0.9  # a failure after this much of the open timeout is the timeout (RTSP reports it as bad data)
+
+
+def ffmpeg_options(uri: str, rtsp_transport: str) -> dict[str, str]:
+    return {"rtsp_transport": rtsp_transport} if urlsplit(uri).scheme.lower() in ("rtsp", "rtsps") else {}
+
+
+def open_failure(uri: str, description: str, open_timeout_s: float, read_timeout_s: float, rtsp_transport: str) -> StreamerError:
+    """The error for a stream that OpenCV could not open, by kind; `description` is the URI as it
+    may be shown (credentials hidden). Tries to open it through PyAV (at most `open_timeout_s`)."""
+    parts = urlsplit(uri)
+    host = parts.hostname or ""
+    address = f"{host}:{parts.port or DEFAULT_PORTS.get(parts.scheme.lower(), '?')}"
+    try:
+        socket.getaddrinfo(host, None)
+    except (socket.gaierror, UnicodeError):
+        return InputNotFound(f"{description}: host {host!r} not found (DNS); check the address")
+    started = time.monotonic()
+    try:
+        container = av.open(uri, options=ffmpeg_options(uri, rtsp_transport), timeout=(open_timeout_s, read_timeout_s))
+    except av.error.HTTPUnauthorizedError:
+        return NotPermitted(f"{description}: unauthorised (401): the user name or password is wrong or missing; "
+                            "give them in the URL (rtsp://${USER}:${PASSWORD}@host/path, from the environment)")
+    except av.error.HTTPForbiddenError:
+        return NotPermitted(f"{description}: forbidden (403): these credentials may not read this stream")
+    except av.error.HTTPNotFoundError:
+        return InputNotFound(f"{description}: not found (404): {address} has no stream at this path; check the path")
+    except av.error.ConnectionRefusedError:
+        return Unavailable(f"{description}: connection refused: nothing listens at {address}; check the address and port, "
+                           "and that the camera is on")
+    except (av.error.FFmpegError, OSError) as exc:
+        if time.monotonic() - started >= TIMED_OUT_FRACTION * open_timeout_s or isinstance(exc, TimeoutError):
+            return Unavailable(f"{description}: timed out: no answer from {address} within {open_timeout_s:g} s "
+                               "(source.open_timeout_s); check the network (firewall, VPN) and the address")
+        if isinstance(exc, av.error.HTTPError):
+            return Unavailable(f"{description}: the server refused the request ({exc.strerror})")
+        if isinstance(exc, (av.error.InvalidDataError, av.error.DemuxerNotFoundError, av.error.DecoderNotFoundError)):
+            return DataError(f"{description}: bad stream: {address} answers, but not with video FFmpeg can read; check the path "
+                             "and the camera's stream settings (H.264/H.265/MJPEG)")
+        return Unavailable(f"{description}: cannot open the stream ({exc.strerror or type(exc).__name__}); "
+                           "check the address, credentials and network")
+    with container:
+        if not container.streams.video:
+            return DataError(f"{description}: bad stream: it holds no video (only {', '.join(s.type for s in container.streams)})")
+    return Unavailable(f"{description}: the stream opened only on a second try; retrying")
