@@ -97,7 +97,7 @@ def test_wrong_path_is_retried_with_clear_lines(tmp_path, fast_config):
         finally:
             assert daemon.terminate() == 0, daemon.text()
     text = daemon.text()
-    assert "cannot open the stream" in text and "/nothing-here" in text
+    assert "/nothing-here: not found (404)" in text
     assert "pa:ss" not in text and "viewer" not in text
 
 
