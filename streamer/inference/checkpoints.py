@@ -121,7 +121,8 @@ def require(models: cfg.Models) -> None:
     content is checked where they load."""
     for weights in needed(models):
         if weights.kind is Kind.FILE and not weights.present:
-            raise InputNotFound(f"{weights.path}: weights file not found")
+            raise InputNotFound(f"{weights.path}: weights file not found" if weights.path.suffix in WEIGHTS_SUFFIXES
+                                else f"{weights.name}: {weights.role} weights not found (no such file or folder)")
         if weights.kind in (Kind.TORCH, Kind.HUB) and not weights.present:
             raise InputNotFound(missing_message(weights, models.preset))
 
