@@ -173,7 +173,8 @@ def test_check_config_fills_in_defaults(tmp_path):
     assert printed["fusion"]["label_divisor"] == 1000
     assert printed["runtime"]["half"] == "auto"
     assert printed["output"] == {"video": None, "segment_seconds": None, "keep_hours": None, "max_bytes": None,
-                                 "display": False, "export_dir": None, "export_images": False, "min_free_mb": 100.0}
+                                 "display": False, "export_dir": None, "export_images": False, "min_free_mb": 100.0,
+                                 "overwrite": False}
     assert printed["metrics"] == {"enabled": False, "host": "127.0.0.1", "port": 9108}
 
 

@@ -242,7 +242,7 @@ def test_synth_is_deterministic_per_seed(synth_export, tmp_path):
 def test_synth_refuses_to_overwrite_a_scene(synth_export):
     before = snapshot(synth_export)
     result = run_cli("synth", "--seed", "9", "--frames", "2", "--size", "160x96", "--out", str(synth_export), timeout=60)
-    assert the_error(result, 2) == f"{synth_export}: already holds a synthetic scene; choose another --out"
+    assert the_error(result, 73) == f"{synth_export}: already holds a synthetic scene; --overwrite replaces it, or choose another --out"
     assert snapshot(synth_export) == before
 
 
