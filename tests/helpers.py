@@ -259,8 +259,8 @@ def http_get(port: int, path: str) -> tuple[int, str]:
 class Daemon:
     """`streamer run` in a subprocess whose stderr lines are collected, each with the time it arrived."""
 
-    def __init__(self, *args: str):
-        self.process = popen_cli("run", *args)
+    def __init__(self, *args: str, env: dict[str, str] | None = None):
+        self.process = popen_cli("run", *args, env=env)
         self.lines: list[tuple[float, str]] = []
         self._reader = threading.Thread(target=self._collect, daemon=True)
         self._reader.start()

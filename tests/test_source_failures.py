@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import queue
 import re
 import socket
 import threading
@@ -15,10 +16,13 @@ import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
-from helpers import DEMO_MODELS, LIVE, Daemon, cli_env, free_port, http_get, make_video, popen_cli, run_cli, the_error
+from helpers import DEMO_MODELS, LIVE, Daemon, free_port, http_get, make_video, run_cli, the_error
 from rtsp import RtspServer, needs_rtsp
 
+from streamer import control as ctl
+from streamer.config import BufferPolicy, Reconnect
 from streamer.errors import DataError, InputNotFound, NotPermitted, Unavailable
+from streamer.inputs.capture import Capture, Connection, Liveness
 from streamer.inputs.sources import LiveOptions, open_source
 
 OUR_LINE = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} (DEBUG|INFO|WARNING|ERROR) streamer[\w.]*: ")
@@ -148,29 +152,43 @@ def test_a_url_that_never_answers_gives_up_naming_the_failure_and_showing_its_st
     assert source["state"] == "connecting" and source["attempt"] >= 1 and "connection refused" in source["last_error"]
 
 
-@pytest.mark.parametrize("how", ["first_connect_s=null", "under systemd"])
-def test_without_a_first_connect_window_a_dead_source_is_retried_until_stopped(tmp_path, how):
-    args = ["--source", f"rtsp://127.0.0.1:{free_port()}/x", *LIVE]
-    if how == "first_connect_s=null":
-        process = popen_cli("run", *args, "--set", "source.reconnect.first_connect_s=null", "--set", "source.open_timeout_s=1")
-    else:  # systemd sets INVOCATION_ID for every service it runs; first_connect_s: auto then means forever
-        process = popen_cli("run", *args, env=cli_env(INVOCATION_ID="0123456789abcdef0123456789abcdef"))
-    daemon = Daemon.__new__(Daemon)  # collect the lines of this process as Daemon does
-    daemon.process, daemon.lines = process, []
-    daemon._reader = threading.Thread(target=daemon._collect, daemon=True)
-    daemon._reader.start()
-    try:
-        first = daemon.wait_for(r"retrying in", timeout=120)
-        if how == "first_connect_s=null":
-            time.sleep(3.0)  # past a 1 s window's worth of attempts
-            assert process.poll() is None, daemon.text()
-        else:
-            assert "giving up" not in daemon.text()
-        daemon.wait_for(r"\(attempt 4\)", timeout=60, after=first)
-        assert process.poll() is None, daemon.text()
-    finally:
-        assert daemon.terminate() == 0, daemon.text()
-    assert "giving up" not in daemon.text()
+def refused_capture(window: float | None, control: ctl.Control) -> Capture:
+    """A live source whose every connection attempt is refused, retried every 0.05 s."""
+    def refuse():
+        raise Unavailable("cam0: rtsp://cam/x: connection refused")
+
+    return Capture(refuse, "cam0", "rtsp://cam/x", queue.Queue(maxsize=2), BufferPolicy.DROP_OLDEST,
+                   Liveness(True, 15.0, None, 0.05, 0.05, 30.0, window), control, ctl.Stats())
+
+
+def test_a_never_connected_source_gives_up_at_its_window_and_without_one_retries_until_stopped():
+    bounded, control = refused_capture(0.5, ctl.Control()), ctl.Control()
+    started = time.monotonic()
+    bounded.run()  # returns once it gives up
+    assert 0.5 <= time.monotonic() - started < 5
+    assert isinstance(bounded.control.failure, Unavailable) and bounded.control.exit_code == 69
+    assert "no frame within 0.5 s" in str(bounded.control.failure) and bounded.attempt >= 5
+
+    forever = refused_capture(None, control)
+    thread = threading.Thread(target=forever.run, daemon=True)
+    thread.start()
+    time.sleep(1.5)  # three times the window above
+    assert thread.is_alive() and control.failure is None and forever.attempt >= 10
+    assert forever.connection() == Connection("connecting", forever.attempt, "cam0: rtsp://cam/x: connection refused")
+    control.stop.set()
+    thread.join(5)
+    assert not thread.is_alive() and control.exit_code == 0
+
+
+@pytest.mark.parametrize("setting, systemd, window", [
+    ("auto", False, 30.0), ("auto", True, None), (None, False, None), (None, True, None), (7, False, 7.0), (7, True, 7.0),
+])
+def test_first_connect_auto_is_bounded_at_a_terminal_and_forever_under_systemd(monkeypatch, setting, systemd, window):
+    if systemd:  # systemd sets INVOCATION_ID for every service it runs
+        monkeypatch.setenv("INVOCATION_ID", "0123456789abcdef0123456789abcdef")
+    else:
+        monkeypatch.delenv("INVOCATION_ID", raising=False)
+    assert Reconnect(first_connect_s=setting).first_connect_window() == window
 
 
 @needs_rtsp
