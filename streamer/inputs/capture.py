@@ -155,7 +155,7 @@ class Capture:
         self.attempt = 0  # connection attempts in a row that failed or did not last (status line, /healthz)
         self.last_error: str | None = None  # why the last one failed (credentials hidden)
         self._streamed = False  # a frame has arrived since the start
-        self._started = time.monotonic()
+        self._started = 0.0  # the first attempt (monotonic clock)
         self._rng = random.Random(seed)
         self._clock = LiveClock(source_id, time.monotonic())
         self._down_since: float | None = None
@@ -181,7 +181,7 @@ class Capture:
         return self.max_frames is not None and self.stats.read >= self.max_frames
 
     def _run(self) -> None:
-        self._started = time.monotonic()  # the first-connect window begins with the first attempt
+        self._started = time.monotonic()
         while not self._stopping():
             try:
                 reader = self.open_reader()
@@ -209,10 +209,6 @@ class Capture:
             if not self._wait_before_retry(None):
                 return
 
-    def _never_connected_for(self) -> float | None:
-        """Seconds since the start while no frame has arrived yet; None once one has."""
-        return None if self._streamed else time.monotonic() - self._started
-
     def _wait_before_retry(self, error: StreamerError | None) -> bool:
         """Sleep the backoff delay (interruptibly); False when we stop. Raises when the attempts are
         exhausted, or when a source that never delivered a frame has used its first-connect window:
@@ -225,8 +221,9 @@ class Capture:
             reason = f": {redact_uri(str(error))}" if error else ""
             raise StreamerError(f"{self.description}: gave up after {attempt} reconnect attempt(s){reason}")
         delay = backoff_delay(attempt, self.liveness.initial_delay_s, self.liveness.max_delay_s, self._rng)
-        window, waited = self.liveness.first_connect_s, self._never_connected_for()
-        if window is not None and waited is not None:
+        window = self.liveness.first_connect_s
+        if window is not None and not self._streamed:
+            waited = time.monotonic() - self._started
             if waited >= window:
                 raise (type(error) if error else DataError)(
                     f"{self.source_id}: {redact_uri(str(error)) if error else 'connected, but no frame arrived'}; "
