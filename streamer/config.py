@@ -290,9 +290,10 @@ class Source(Strict):
 
 
 class Render(Strict):
-    alpha: Unit = Field(default=0.5, description="overlay opacity")
-    contours: bool = Field(default=True, description="outline every instance")
-    labels: bool = Field(default=True, description="class name and score over every instance")
+    alpha: Unit = Field(default=0.6, description="opacity of things (each car, each person)")
+    stuff_alpha: Unit = Field(default=0.5, description="opacity of stuff (road, building, sky, ...); keep it below alpha so that things stand out")
+    contours: bool = Field(default=True, description="outline every segment: things in white, stuff in its colour lightened halfway to white")
+    labels: bool = Field(default=True, description="class name and score over each thing, sized to the frame; none for tiny things or where it would cover another label")
     on_model_device: bool | None = Field(
         default=None, description="colours, blend and contours drawn where the models run (null: on CUDA only)"
     )

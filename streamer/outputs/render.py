@@ -4,10 +4,11 @@
 and outlines as tensor code where the panoptic map is (a GPU), so only the finished frame comes back
 to the host; `Renderer.draw_labels` then adds the labels there.
 
-Things (instances) are blended at `alpha` and outlined in white; stuff at `stuff_alpha` and outlined
-in its own colour, so that a region whose colour is close to what it shows (a grey building, a blue
-sky) is still visibly marked. Labels scale with the frame (`label_style`) and are placed by
-`place_labels`: most confident first, never on top of each other, never for tiny objects.
+Things (instances) are blended at `alpha` and outlined in white; stuff at `stuff_alpha` (by default
+lower) and outlined in its own colour lightened halfway to white (`outline_colors`), so that a region
+whose colour is close to what it shows (a grey building, a blue sky) is still visibly marked. Labels
+scale with the frame (`label_style`) and are placed by `place_labels`: most confident first, never
+on top of each other, none for tiny objects.
 """
 from __future__ import annotations
 
@@ -24,15 +25,14 @@ from streamer.frames import Category, Panoptic, Segment
 
 INSTANCE_COLORS = 256  # instance ids cycle through this many hues per category
 CONTOUR_COLOR = (255, 255, 255)
-STUFF_ALPHA = 0.4  # default opacity of stuff (render.stuff_alpha); things get render.alpha
 MAX_TABLE = 1 << 22  # entries of the value -> colour table (16 MiB)
 STRIP_ROWS = 32  # overlay works on strips this high: a 1080p strip's intermediates fit in the CPU cache
 VOID, STUFF, THING = 0, 1, 2  # the kind of a panoptic value, the 4th byte of the value table
 
 FONT = cv2.FONT_HERSHEY_SIMPLEX
-LINE_HEIGHT = 1 / 24  # a label's line (as cv2.getTextSize measures it) per pixel of the frame's shorter side,
-MIN_LINE_HEIGHT = 12  # ... but at least this many pixels: smaller text is no longer legible
-MIN_LABEL_SIDE = 1 / 36  # things smaller than a square this side (per pixel of the shorter side) get no label
+LINE_HEIGHT = 1 / 24  # a label's line (as cv2.getTextSize measures it) as a fraction of the frame's shorter side:
+MIN_LINE_HEIGHT = 12  # 15 px at 360p, 45 px at 1080p, but at least 12 px (capitals about 9 px: smaller is not legible)
+MIN_LABEL_SIDE = 1 / 36  # things of fewer pixels than a square of this side (fraction of the shorter side) get no label
 
 Rect = tuple[int, int, int, int]  # x0, y0, x1, y1 in pixels: x0 <= x < x1, y0 <= y < y1
 
@@ -80,7 +80,7 @@ def label_style(width: int, height: int) -> LabelStyle:
     does not get huge ones); the floor keeps them legible on small frames."""
     short = min(width, height)
     line = max(MIN_LINE_HEIGHT, round(short * LINE_HEIGHT))
-    weight = 1 if line < 24 else 2
+    weight = 1 if line < 24 else 2  # thin strokes look faint on large letters (OpenCV 5: 2 = bold)
     return LabelStyle(
         scale=cv2.getFontScaleFromHeight(FONT, line, weight),
         weight=weight,
@@ -90,7 +90,7 @@ def label_style(width: int, height: int) -> LabelStyle:
     )
 
 
-@functools.lru_cache(maxsize=4096)
+@functools.lru_cache(maxsize=512)  # a label is one of (classes x 101 scores); 1080p patches are ~25 kB
 def label_patch(text: str, style: LabelStyle) -> tuple[np.ndarray, np.ndarray]:
     """(letters, halo): two h x w uint8 coverage masks (0-255) of `text`, cut to the halo's extent,
     so that h x w is exactly the rectangle the label paints. Cached; read only."""
@@ -114,14 +114,15 @@ def label_text(segment: Segment, categories: dict[int, Category]) -> str:
 
 def place_labels(segments: Sequence[Segment], sizes: Sequence[tuple[int, int]], frame: tuple[int, int], min_area: int,
                  gap: int) -> list[tuple[int, Rect]]:
-    """Where the labels of `segments` go, greedily: most confident first (score descending, a missing
-    score counting as certain; then larger area first), each at the first of above its box, inside
-    the box's top, below its box that lies inside the frame and meets no label placed before; a
-    label that fits nowhere, and every segment of fewer than `min_area` pixels, gets none.
+    """Where the labels of `segments` go, chosen greedily, most confident first (score descending, a
+    missing score counting as certain; then the larger area). A label is left-aligned with its box
+    (moved left or right to stay in the frame) and takes the first of three places that lies inside
+    the frame and meets no label placed before: above the box, inside the box's top, below the box.
+    A label that fits nowhere, and the label of a segment of fewer than `min_area` pixels, is left out.
 
-    sizes[i]: (width, height) of segment i's label in pixels; frame: (width, height); gap: pixels
+    sizes[i]: (width, height) in pixels of segment i's label; frame: (width, height); gap: pixels
     between a label and its box. Returns (index into segments, rectangle) per placed label, in
-    placement order; rectangles lie inside the frame and do not intersect.
+    placement order; the rectangles lie inside the frame and do not intersect.
     """
     frame_w, frame_h = frame
 
@@ -149,11 +150,12 @@ def _intersect(a: Rect, b: Rect) -> bool:
 class Renderer:
     """Holds the palettes for one category table; `overlay` is the per-frame call.
 
-    alpha: opacity of things (instances); stuff_alpha: opacity of stuff; contours: outline every
-    segment (things in white, stuff in its own colour); labels: class name and score of things."""
+    alpha: opacity of things (instances), 0-1; stuff_alpha: opacity of stuff, 0-1; contours: outline
+    every segment (things in white, stuff in its colour lightened); labels: class name and score of
+    things, placed by `place_labels`."""
 
     def __init__(self, categories: tuple[Category, ...], label_divisor: int, alpha: float, contours: bool, labels: bool,
-                 stuff_alpha: float = STUFF_ALPHA):
+                 stuff_alpha: float):
         self.categories = {c.id: c for c in categories}
         self.divisor = label_divisor
         self.alpha = alpha
@@ -184,7 +186,7 @@ class Renderer:
             if self.contours:
                 edges = boundaries(panoptic)
                 stuff_edges = edges & ~things & (panoptic > 0)
-                out[stuff_edges] = colors[stuff_edges]
+                out[stuff_edges] = outline_colors(colors)[stuff_edges]
                 out[edges & things] = CONTOUR_COLOR
         else:  # the same steps, a strip of rows at a time so that they run in the CPU's cache
             if image.shape[:2] != panoptic.shape:
@@ -215,7 +217,7 @@ class Renderer:
             letters, halo = patches[index]
             area = image[y0:y1, x0:x1]
             darkened = cv2.multiply(area, cv2.merge([255 - halo] * 3), scale=1 / 255)  # the black outline
-            cv2.add(darkened, cv2.merge([letters] * 3), dst=area)  # white letters on it
+            area[:] = cv2.add(darkened, cv2.merge([letters] * 3))  # white letters on it
         return image
 
     def device_overlay(self, device: torch.device) -> DeviceOverlay | None:
@@ -243,7 +245,7 @@ class Renderer:
         cv2.copyTo(source, (panoptic[top:bottom] <= 0).view(np.uint8), target)  # void keeps the image
         if self.contours:
             edges = boundaries(panoptic[above:below])[rows]
-            cv2.copyTo(colors, (edges & (kind == STUFF)).view(np.uint8), target)
+            cv2.copyTo(outline_colors(colors), (edges & (kind == STUFF)).view(np.uint8), target)
             cv2.copyTo(self._contour_image(target.shape[1:])[: bottom - top], (edges & things).view(np.uint8), target)
 
     def _contour_image(self, shape: tuple[int, ...]) -> np.ndarray:
@@ -279,7 +281,7 @@ class DeviceOverlay:
         out = torch.where((panoptic > 0)[..., None], out, image)
         if self.contours:
             edges = boundaries(panoptic)[..., None]
-            out = torch.where(edges & (kind == STUFF), colors, out)
+            out = torch.where(edges & (kind == STUFF), outline_colors(colors), out)
             out = torch.where(edges & things, self.contour_color, out)
         return out
 
@@ -287,6 +289,13 @@ class DeviceOverlay:
 def _blend(image: torch.Tensor, colors: torch.Tensor, alpha: float) -> torch.Tensor:
     """cv2.addWeighted(image, 1 - alpha, colors, alpha, 0) in torch: uint8, rounded half to even."""
     return (image.float() * (1.0 - alpha) + colors.float() * alpha).round_().to(torch.uint8)
+
+
+def outline_colors(colors):
+    """The outline colour of stuff: its colour halfway to white, (c >> 1) + 128 per channel (uint8
+    numpy array or torch tensor in, the same out), light enough to show on what a stuff colour
+    resembles."""
+    return (colors >> 1) + 128
 
 
 def instance_boundaries(panoptic: np.ndarray, divisor: int) -> np.ndarray:

@@ -70,7 +70,8 @@ def renderer(config: Config) -> Renderer:
     from streamer.outputs.render import Renderer
 
     render = config.render
-    return Renderer(config.categories(), config.fusion.label_divisor, render.alpha, render.contours, render.labels)
+    return Renderer(config.categories(), config.fusion.label_divisor, render.alpha, render.contours, render.labels,
+                    render.stuff_alpha)
 
 
 def live_options(source: Source) -> LiveOptions:
