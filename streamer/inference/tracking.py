@@ -1,0 +1,138 @@
+"""Tracks across frames: every thing segment of a source gets a `track_id` that stays while the object
+is visible and across short occlusions.
+
+The association is the `trackers` library's (roboflow/trackers, Apache-2.0): ByteTrack (Zhang et
+al. 2022), OC-SORT (Cao et al. 2023) or SORT (Bewley et al. 2016) on the segments' boxes, one
+tracker per category so that a car never continues a person's track. Lost tracks are kept for
+`max_lost_s` seconds of stream time (the frames' PTS), whatever the frame rate.
+
+This module also keeps the panoptic map's instance ids stable: a track holds the same instance id
+(its "slot", the smallest free one of its category) for its whole life, so that the overlay, whose
+colour follows the instance id, keeps each object's colour. Track ids only grow; slots are reused
+once their track has ended.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+import numpy as np
+
+from streamer.frames import Segment
+
+TRACKERS = ("bytetrack", "ocsort", "sort")
+NOMINAL_FPS = 30.0  # `trackers` counts its lost-track buffer in frames at 30 fps; with timestamps, seconds = frames / 30
+
+
+@dataclass(frozen=True)
+class TrackingParams:
+    """The `tracking:` section (defaults and meanings: streamer.config)."""
+
+    enabled: bool
+    tracker: str  # one of TRACKERS
+    max_lost_s: float  # a track not seen for this long (stream time) ends
+    min_hits: int  # frames a new track needs before it gets an id
+
+
+def _make_tracker(params: TrackingParams):
+    import trackers  # imported when a run tracks: the library and supervision take ~0.6 s to load
+
+    lost = max(1, round(params.max_lost_s * NOMINAL_FPS))
+    if params.tracker == "bytetrack":
+        return trackers.ByteTrackTracker(lost_track_buffer=lost, frame_rate=NOMINAL_FPS, minimum_consecutive_frames=params.min_hits,
+                                         track_activation_threshold=0.0, high_conf_det_threshold=0.0)
+    if params.tracker == "ocsort":
+        return trackers.OCSORTTracker(lost_track_buffer=lost, frame_rate=NOMINAL_FPS, minimum_consecutive_frames=params.min_hits,
+                                      high_conf_det_threshold=0.0)
+    return trackers.SORTTracker(lost_track_buffer=lost, frame_rate=NOMINAL_FPS, minimum_consecutive_frames=params.min_hits)
+
+
+class SourceTracker:
+    """The tracks of one source. `update` takes each frame's fused result in stream order."""
+
+    def __init__(self, params: TrackingParams, label_divisor: int):
+        self.params = params
+        self.divisor = label_divisor
+        self._trackers: dict[int, object] = {}  # category id -> its tracker
+        self._ids: dict[tuple[int, int], int] = {}  # (category, the library's id) -> our track id
+        self._slots: dict[int, int] = {}  # track id -> instance id in the map
+        self._next_id = 1
+
+    def reset(self) -> None:
+        """Forget every track (a reconnect: what comes next is not a continuation). Ids keep growing."""
+        self._trackers.clear()
+        self._ids.clear()
+        self._slots.clear()
+
+    def update(self, panoptic: np.ndarray, segments: tuple[Segment, ...], pts_s: float) -> tuple[np.ndarray, tuple[Segment, ...]]:
+        """(panoptic map, segments) with each thing's `track_id` set (None while its track is too new,
+        `min_hits`) and its instance id replaced by its track's slot. `panoptic`: H x W int32, see
+        frames.LABEL_DIVISOR (not modified; a new array when ids change); `pts_s`: the frame's
+        stream time in seconds, increasing."""
+        import supervision as sv
+
+        things = [s for s in segments if s.isthing]
+        tracks: dict[int, int] = {}  # segment id -> track id
+        for category in sorted({s.category_id for s in things}):
+            members = [s for s in things if s.category_id == category]
+            boxes = np.array([(x, y, x + w, y + h) for x, y, w, h in (s.bbox for s in members)], dtype=np.float64)
+            scores = np.array([1.0 if s.score is None else s.score for s in members])
+            detections = sv.Detections(xyxy=boxes, confidence=scores, data={"segment": np.array([s.id for s in members])})
+            tracker = self._trackers.setdefault(category, _make_tracker(self.params))
+            result = tracker.update(detections, timestamp=pts_s)
+            for segment_id, library_id in zip(result.data["segment"], result.tracker_id):
+                if library_id >= 0:
+                    tracks[int(segment_id)] = self._track_id(category, int(library_id))
+        for category in set(self._trackers) - {s.category_id for s in things}:  # unseen this frame: time passes for them too
+            self._trackers[category].update(sv.Detections.empty(), timestamp=pts_s)
+        return self._relabel(panoptic, segments, tracks)
+
+    def _track_id(self, category: int, library_id: int) -> int:
+        key = (category, library_id)
+        if key not in self._ids:
+            self._ids[key] = self._next_id
+            self._next_id += 1
+        return self._ids[key]
+
+    def _relabel(self, panoptic: np.ndarray, segments: tuple[Segment, ...], tracks: dict[int, int]):
+        """Instance ids: a track's slot; a thing without a track, a slot free in this frame."""
+        live = set(tracks.values())
+        self._slots = {track: slot for track, slot in self._slots.items() if track in live or track in self._lingering()}
+        taken: dict[int, set[int]] = {}
+        for track, slot in self._slots.items():
+            taken.setdefault(slot // self.divisor, set()).add(slot)
+        new_ids: dict[int, int] = {}
+        for segment in sorted((s for s in segments if s.isthing), key=lambda s: s.id):
+            track = tracks.get(segment.id)
+            if track in self._slots:
+                new_ids[segment.id] = self._slots[track]
+                continue
+            used = taken.setdefault(segment.category_id, set())
+            value = next(segment.category_id * self.divisor + i for i in range(1, self.divisor) if segment.category_id * self.divisor + i not in used)
+            used.add(value)
+            new_ids[segment.id] = value
+            if track is not None:
+                self._slots[track] = value
+        out = panoptic
+        changed = [(s, new_ids[s.id]) for s in segments if s.isthing and new_ids[s.id] != s.id]
+        if changed:
+            out = panoptic.copy()
+            masks = [(s, value, _box(s), panoptic[_box(s)] == s.id) for s, value in changed]  # all read before any write
+            for _, value, box, mask in masks:
+                out[box][mask] = value
+        relabelled = tuple(replace(s, id=new_ids[s.id], track_id=tracks.get(s.id)) if s.isthing else s for s in segments)
+        return out, relabelled
+
+    def _lingering(self) -> set[int]:
+        """Tracks the trackers still remember (lost, but within max_lost_s): their slots stay reserved."""
+        remembered = set()
+        for category, tracker in self._trackers.items():
+            for tracklet in tracker.tracks:
+                key = (category, int(tracklet.tracker_id))
+                if key in self._ids:
+                    remembered.add(self._ids[key])
+        return remembered
+
+
+def _box(segment: Segment) -> tuple[slice, slice]:
+    x, y, w, h = segment.bbox
+    return slice(y, y + h), slice(x, x + w)
