@@ -317,3 +317,13 @@ def tmpfs(folder: Path, options: str) -> Iterator[Path]:
         yield folder
     finally:
         subprocess.run(["umount", "-l", str(folder)], check=False)
+
+
+def random_rectangles(rng: np.random.Generator, base: np.ndarray, values: list[int], count: int) -> np.ndarray:
+    """`base` with `count` random rectangles painted in values drawn from `values` (random panoptic maps)."""
+    out = base.copy()
+    h, w = out.shape
+    for _ in range(count):
+        y, x = rng.integers(0, h), rng.integers(0, w)
+        out[y:y + rng.integers(1, h // 2 + 1), x:x + rng.integers(1, w // 2 + 1)] = rng.choice(values)
+    return out

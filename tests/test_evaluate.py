@@ -10,6 +10,7 @@ import json
 import numpy as np
 import pytest
 import torch
+from helpers import random_rectangles
 
 from streamer.frames import Category
 from streamer.inference.fusion import FusionParams, fuse
@@ -202,15 +203,6 @@ def brute_force(pred: np.ndarray, gt: np.ndarray, table: dict[int, bool]) -> dic
         if g not in matched_gt:
             stats[g // 1000][2] += 1
     return stats
-
-
-def random_rectangles(rng: np.random.Generator, base: np.ndarray, values: list[int], count: int) -> np.ndarray:
-    out = base.copy()
-    h, w = out.shape
-    for _ in range(count):
-        y, x = rng.integers(0, h), rng.integers(0, w)
-        out[y:y + rng.integers(1, h // 2 + 1), x:x + rng.integers(1, w // 2 + 1)] = rng.choice(values)
-    return out
 
 
 @pytest.mark.parametrize("seed", range(20))

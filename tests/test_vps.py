@@ -11,6 +11,7 @@ import time
 
 import numpy as np
 import pytest
+from helpers import random_rectangles
 
 from streamer.tools.pq import PQAccumulator, match_frame
 from streamer.tools.vps import VideoPanopticAccumulator, combine_sequences, oracle_relabel
@@ -248,15 +249,6 @@ def test_oracle_of_a_perfect_flicker_is_one():
 
 # --------------------------------------------------------------------------------------------
 # cross-checks on random sequences
-
-
-def random_rectangles(rng, base, values, count):
-    out = base.copy()
-    h, w = out.shape
-    for _ in range(count):
-        y, x = rng.integers(0, h), rng.integers(0, w)
-        out[y:y + rng.integers(1, h // 2 + 1), x:x + rng.integers(1, w // 2 + 1)] = rng.choice(values)
-    return out
 
 
 RANDOM_TABLE = {1: False, 2: False, 3: True, 4: True}

@@ -54,7 +54,7 @@ def match_frame(pred_map: np.ndarray, gt_map: np.ndarray, label_divisor: int = L
     Both maps are H x W non-negative integers below 2**31. The pred/GT intersection table comes
     from one np.unique over a combined 64-bit key; the rest works on that (small) table only.
     """
-    pred, gt = _check_maps(pred_map, gt_map)
+    pred, gt = check_maps(pred_map, gt_map)
     pairs, inter = np.unique((pred.astype(np.int64) << 32) | gt.astype(np.int64), return_counts=True)
     p, g = pairs >> 32, pairs & 0xFFFFFFFF  # one row per (pred id, gt id) pair that shares pixels
 
@@ -81,7 +81,8 @@ def match_frame(pred_map: np.ndarray, gt_map: np.ndarray, label_divisor: int = L
     )
 
 
-def _check_maps(pred_map: np.ndarray, gt_map: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def check_maps(pred_map: np.ndarray, gt_map: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Both maps as numpy arrays, or ValueError: not two H x W integer maps of one shape, values 0 .. 2**31-1."""
     pred, gt = to_numpy(pred_map), to_numpy(gt_map)
     if pred.ndim != 2 or pred.shape != gt.shape:
         raise ValueError(f"panoptic maps must be two H x W arrays of one shape, got {pred.shape} and {gt.shape}")

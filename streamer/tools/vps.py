@@ -44,7 +44,7 @@ from typing import Any
 import numpy as np
 
 from streamer.frames import LABEL_DIVISOR
-from streamer.tools.pq import MATCH_IOU, VOID_FRACTION, CategoryTable, to_numpy
+from streamer.tools.pq import MATCH_IOU, VOID_FRACTION, CategoryTable, check_maps, to_numpy
 
 VPQ_WINDOWS = (0, 5, 10, 15)
 """Window sizes k in frames; a window holds k + 1 consecutive frames."""
@@ -72,16 +72,8 @@ def pair_table(pred_map: np.ndarray, gt_map: np.ndarray, label_divisor: int = LA
     crowd: GT values that are crowd, or an H x W bool array (numpy or torch); crowd GT pixels (not void ones) are
     returned as `_CROWD | category_id * label_divisor`. Returns three int64 arrays of one length.
     """
-    pred, gt = to_numpy(pred_map), to_numpy(gt_map)
-    if pred.ndim != 2 or pred.shape != gt.shape:
-        raise ValueError(f"panoptic maps must be two H x W arrays of one shape, got {pred.shape} and {gt.shape}")
-    for name, array in (("predicted", pred), ("ground-truth", gt)):
-        if not np.issubdtype(array.dtype, np.integer):
-            raise ValueError(f"the {name} panoptic map must hold integers, got {array.dtype}")
-        if array.size and (array.min() < 0 or array.max() >= _CROWD):
-            raise ValueError(f"the {name} panoptic map holds values outside 0 .. 2**31-1")
-    shape = pred.shape
-    pred, gt = pred.astype(np.int64).ravel(), gt.astype(np.int64).ravel()
+    shape = tuple(pred_map.shape)
+    pred, gt = (array.astype(np.int64) for array in check_maps(pred_map, gt_map))  # raveled
     if crowd is not None:
         mask = to_numpy(crowd) if hasattr(crowd, "shape") else np.asarray(list(crowd), np.int64)
         if mask.dtype == bool:
