@@ -77,7 +77,9 @@ class SourceTracker:
             boxes = np.array([(x, y, x + w, y + h) for x, y, w, h in (s.bbox for s in members)], dtype=np.float64)
             scores = np.array([1.0 if s.score is None else s.score for s in members])
             detections = sv.Detections(xyxy=boxes, confidence=scores, data={"segment": np.array([s.id for s in members])})
-            tracker = self._trackers.setdefault(category, _make_tracker(self.params))
+            if category not in self._trackers:
+                self._trackers[category] = _make_tracker(self.params)
+            tracker = self._trackers[category]
             result = tracker.update(detections, timestamp=pts_s)
             for segment_id, library_id in zip(result.data["segment"], result.tracker_id):
                 if library_id >= 0:
@@ -95,8 +97,8 @@ class SourceTracker:
 
     def _relabel(self, panoptic: np.ndarray, segments: tuple[Segment, ...], tracks: dict[int, int]):
         """Instance ids: a track's slot; a thing without a track, a slot free in this frame."""
-        live = set(tracks.values())
-        self._slots = {track: slot for track, slot in self._slots.items() if track in live or track in self._lingering()}
+        kept = set(tracks.values()) | self._lingering()
+        self._slots = {track: slot for track, slot in self._slots.items() if track in kept}
         taken: dict[int, set[int]] = {}
         for track, slot in self._slots.items():
             taken.setdefault(slot // self.divisor, set()).add(slot)
