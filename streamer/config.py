@@ -60,6 +60,9 @@ FIRST_CONNECT_S = 30.0  # how long a never-connected source keeps trying, by def
 MIN_BUDGET = 1_000_000  # bytes: output.max_bytes below this cannot hold one segment of a real camera
 LIVE_SEGMENT_SECONDS = 60.0  # a live source records in segments this long unless output.segment_seconds says otherwise
 
+Coordinate = Annotated[float, Field(ge=-MAX_INPUT_SIDE, le=2 * MAX_INPUT_SIDE)]
+Point = tuple[Coordinate, Coordinate]  # x, y in pixels of the source's frames, y down
+CountName = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9 _.-]{0,63}$")]
 RGB = tuple[Annotated[int, Field(ge=0, le=255)], Annotated[int, Field(ge=0, le=255)], Annotated[int, Field(ge=0, le=255)]]
 Channel = Annotated[float, Field(ge=0, le=255)]
 Spread = Annotated[float, Field(gt=0, le=255)]
@@ -245,6 +248,12 @@ class Source(Strict):
     on_bad_frame: Literal["skip", "stop"] = Field(default="skip", description="an undecodable image in a folder: skip it "
                                                   "with a warning, or stop the run")
     reconnect: Reconnect = Reconnect()
+    lines: dict[CountName, tuple[Point, Point]] = Field(
+        default_factory=dict, description="counting lines, name -> [[x, y], [x, y]] in pixels of the frame: every track "
+        "crossing one is counted once, \"in\" when it crosses to the right-hand side looking from the first point to the second")
+    zones: dict[CountName, tuple[Point, ...]] = Field(
+        default_factory=dict, description="counting zones, name -> [[x, y], ...] (3 points or more) in pixels of the frame: "
+        "every track whose ground point (the bottom centre of its box) enters one is counted once")
 
     _template: str | None = PrivateAttr(default=None)  # the uri as written, when it names environment variables
 
@@ -260,6 +269,22 @@ class Source(Strict):
     def shown(self) -> str:
         """The uri as it may be shown: as written (`${NAME}`, never its value), secrets hidden."""
         return redact_uri(self._template or self.uri)
+
+    @field_validator("lines")
+    @classmethod
+    def _lines_have_length(cls, lines: dict[str, tuple]) -> dict[str, tuple]:
+        short = sorted(name for name, (a, b) in lines.items() if a == b)
+        if short:
+            raise ValueError(f"{short[0]}: its two points are the same")
+        return lines
+
+    @field_validator("zones")
+    @classmethod
+    def _zones_are_polygons(cls, zones: dict[str, tuple]) -> dict[str, tuple]:
+        small = sorted(name for name, points in zones.items() if len(set(points)) < 3)
+        if small:
+            raise ValueError(f"{small[0]}: a zone needs 3 distinct points or more")
+        return zones
 
     @field_validator("id")
     @classmethod
@@ -328,6 +353,13 @@ class Output(Strict):
         return LIVE_SEGMENT_SECONDS if live else 0.0
 
 
+class Tracking(Strict):
+    enabled: bool = Field(default=True, description="give every thing a track id that stays while it is visible and across short occlusions")
+    tracker: Literal["ocsort", "bytetrack", "sort"] = Field(default="ocsort", description="the association (the trackers library): ocsort | bytetrack | sort")
+    max_lost_s: float = Field(default=2.0, gt=0, le=3600, description="a track unseen this long (stream time) ends; a reconnect ends every track")
+    min_hits: int = Field(default=1, ge=1, le=100, description="frames in a row a new object needs before its track id is given")
+
+
 class Metrics(Strict):
     enabled: bool = Field(default=False, description="Prometheus /metrics and /healthz over HTTP")
     host: str = Field(default="127.0.0.1", description="address to listen on")
@@ -363,6 +395,7 @@ class Config(Strict):
     models: Models = Field(default_factory=lambda: Models.model_validate({}))
     fusion: Fusion = Fusion()
     render: Render = Render()
+    tracking: Tracking = Tracking()
     output: Output = Output()
     metrics: Metrics = Metrics()
     runtime: Runtime = Runtime()
@@ -388,6 +421,13 @@ class Config(Strict):
         repeated = sorted({i for i in ids if ids.count(i) > 1})
         if repeated:
             raise ValueError(f"sources: every source needs its own id, repeated: {', '.join(repeated)}")
+        return self
+
+    @model_validator(mode="after")
+    def _counting_needs_tracks(self) -> Config:
+        counting = [s.id for s in self.all_sources() if s.lines or s.zones]
+        if counting and not self.tracking.enabled:
+            raise ValueError(f"source {counting[0]} has counting lines or zones, which need tracking.enabled: true")
         return self
 
     @model_validator(mode="after")

@@ -8,10 +8,13 @@ import queue
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from streamer.errors import EXIT_FAILURE, EXIT_OK, StreamerError
 from streamer.uris import redact_uri
+
+if TYPE_CHECKING:
+    from streamer.inference.counting import Counts
 
 log = logging.getLogger(__name__)
 
@@ -111,6 +114,7 @@ class Stats:
     dropped: collections.Counter = field(default_factory=collections.Counter)  # cause -> frames
     latencies: collections.deque = field(default_factory=lambda: collections.deque(maxlen=1000))  # capture -> sink, s
     model_times: collections.deque = field(default_factory=lambda: collections.deque(maxlen=1000))  # inference + fusion, s
+    counts: Counts | None = None  # the newest counts of the source (zones, lines, objects), when it counts
 
 
 def latency_summary(latencies) -> tuple[float, float, float] | None:

@@ -7,8 +7,12 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from streamer.inference.counting import Counts, Event
 
 LABEL_DIVISOR = 1000
 """Panoptic maps hold `category_id * LABEL_DIVISOR + instance_id`; stuff has instance_id 0; void is 0."""
@@ -34,6 +38,7 @@ class Frame:
     pts_ms: float  # the stream's own timestamp
     captured_at: float  # wall clock (time.time()) when it was read
     captured_mono: float  # time.monotonic() when it was read, for latency
+    connection: int = 0  # the source's reconnects before it: a change means a gap, and tracks end
 
     @property
     def size(self) -> tuple[int, int]:
@@ -51,7 +56,7 @@ class Segment:
     score: float | None  # detection score for things; None for stuff
     area: int
     bbox: tuple[int, int, int, int]  # x, y, w, h
-    track_id: int | None = None
+    track_id: int | None = None  # things: the object across frames (None: not tracked, or its track is too new)
 
 
 @dataclass(frozen=True)
@@ -63,3 +68,5 @@ class Panoptic:
     segments: tuple[Segment, ...]
     timings: Mapping[str, float] = field(default_factory=dict, repr=False)  # worker stage -> seconds; read only
     drawn: np.ndarray | None = field(default=None, repr=False)  # the overlay less labels, when drawn on the models' device
+    counts: Counts | None = None  # the source's counts after this frame (None: not counting)
+    events: tuple[Event, ...] = ()  # the line crossings and zone entries of this frame

@@ -19,7 +19,7 @@ import numpy as np
 
 from streamer.frames import Segment
 
-TRACKERS = ("bytetrack", "ocsort", "sort")
+TRACKERS = ("ocsort", "bytetrack", "sort")
 NOMINAL_FPS = 30.0  # `trackers` counts its lost-track buffer in frames at 30 fps; with timestamps, seconds = frames / 30
 
 

@@ -1,9 +1,12 @@
-"""Inference: frames -> both models -> fusion -> Panoptic results, in each source's frame order.
+"""Inference: frames -> both models -> fusion -> tracks and counts -> Panoptic results, in each source's frame order.
 
 One coordinating thread (`worker_loop`) takes frames from the sources' queues and hands them to an
 `InferencePool`, whose threads run the models on several frames at once; results leave in the
 order the frames were taken. On a CPU two frames on one torch thread each beat one frame on two
-threads by ~40 % (intra-op parallelism leaves cores idle; see docs/benchmarks.md).
+threads by ~40 % (intra-op parallelism leaves cores idle; see docs/benchmarks.md). Tracking and
+counting need each source's frames in order, so they run on the coordinating thread as results
+leave (`Follow`), and so does the overlay drawn on the models' device, whose colours follow the
+tracks.
 """
 from __future__ import annotations
 
@@ -14,9 +17,9 @@ import os
 import queue
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from concurrent.futures import FIRST_COMPLETED, Future, wait
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -25,8 +28,10 @@ import torch
 from streamer import control as ctl
 from streamer.config import Config
 from streamer.frames import Frame, Panoptic
+from streamer.inference.counting import Counter
 from streamer.inference.fusion import FusionParams, fuse
 from streamer.inference.models import PanopticModels, build_models
+from streamer.inference.tracking import SourceTracker, TrackingParams
 
 log = logging.getLogger(__name__)
 
@@ -131,11 +136,20 @@ def load_models(config: Config, device: torch.device) -> tuple[InferencePool, Pa
     return pool, models
 
 
+@dataclass(frozen=True)
+class Fused:
+    """A frame's fused result, and what the overlay on the models' device will need once it is tracked."""
+
+    result: Panoptic
+    image: torch.Tensor | None  # H x W x 3 uint8 BGR on the models' device; None: drawn on the host
+    panoptic: torch.Tensor | None  # H x W int32 on the models' device, the per-frame ids
+
+
 def infer(models: PanopticModels, params: FusionParams, frames: list[Frame], taken_mono: float,
-          overlay: Overlay | None = None) -> list[Panoptic]:
-    """Frames through the models in one batch, then each through the fusion rule (and `overlay`,
-    when the drawing is done on the models' device). `taken_mono`: when the worker took the frames
-    from their queues (time.monotonic()), for the queue_wait timing."""
+          on_device: bool = False) -> list[Fused]:
+    """Frames through the models in one batch, then each through the fusion rule. `taken_mono`: when
+    the worker took the frames from their queues (time.monotonic()), for the queue_wait timing;
+    `on_device`: keep the image and map on the models' device for the overlay drawn there."""
     started = time.perf_counter()
     predictions = models.predict([frame.image for frame in frames])
     inference = (time.perf_counter() - started) / len(frames)  # the batch's time, shared out
@@ -145,16 +159,71 @@ def infer(models: PanopticModels, params: FusionParams, frames: list[Frame], tak
         panoptic, segments = fuse(
             prediction.semantic, prediction.masks, prediction.scores, prediction.categories, models.is_thing, params
         )
-        drawn = overlay(prediction.image, panoptic).cpu().numpy() if overlay else None
-        results.append(Panoptic(
+        result = Panoptic(
             frame=frame,
             panoptic_map=panoptic.cpu().numpy(),
             segments=tuple(segments),
             timings={"queue_wait": taken_mono - frame.captured_mono, "inference": inference,
                      "fusion": time.perf_counter() - fusing},
-            drawn=drawn,
-        ))
+        )
+        results.append(Fused(result, prediction.image, panoptic) if on_device else Fused(result, None, None))
     return results
+
+
+class Follow:
+    """What happens to each source's results in frame order, on the coordinating thread: tracking
+    (`tracking`, None: off), counting (`counters`: source id -> its Counter; sources without one do
+    not count) and the overlay drawn on the models' device (`overlay`), after the tracker has given
+    every thing its instance id, so that colours follow tracks. A reconnect (Frame.connection) or a
+    timestamp that goes back ends every track of that source."""
+
+    def __init__(self, tracking: TrackingParams | None, label_divisor: int, counters: Mapping[str, Counter | None] | None = None,
+                 overlay: Overlay | None = None):
+        self.tracking = tracking if tracking and tracking.enabled else None
+        self.divisor = label_divisor
+        self.counters = {source: counter for source, counter in (counters or {}).items() if counter}
+        self.overlay = overlay
+        self._trackers: dict[str, SourceTracker] = {}
+        self._last: dict[str, tuple[int, float]] = {}  # source id -> (connection, pts_ms) of its previous frame
+
+    def __call__(self, fused: Fused) -> Panoptic:
+        result = fused.result
+        frame = result.frame
+        started = time.perf_counter()
+        source = frame.source_id
+        tracker, counter = self._tracker(source), self.counters.get(source)
+        last = self._last.get(source)
+        if last is not None and (frame.connection != last[0] or frame.pts_ms <= last[1]):
+            for state in (tracker, counter):
+                if state:
+                    state.reset()
+        self._last[source] = (frame.connection, frame.pts_ms)
+        panoptic, segments = result.panoptic_map, result.segments
+        if tracker:
+            panoptic, segments = tracker.update(panoptic, segments, frame.pts_ms / 1000.0)
+        events = tuple(counter.update(segments, frame.pts_ms / 1000.0)) if counter else ()
+        timings = {**result.timings, "tracking": time.perf_counter() - started}
+        drawn = None
+        if self.overlay and fused.image is not None:
+            drawn = self.overlay(fused.image, _renumber(fused.panoptic, result.segments, segments)).cpu().numpy()
+        return replace(result, panoptic_map=panoptic, segments=segments, timings=timings, drawn=drawn,
+                       counts=counter.counts() if counter else None, events=events)
+
+    def _tracker(self, source: str) -> SourceTracker | None:
+        if self.tracking and source not in self._trackers:
+            self._trackers[source] = SourceTracker(self.tracking, self.divisor)
+        return self._trackers.get(source)
+
+
+def _renumber(panoptic: torch.Tensor, before, after) -> torch.Tensor:
+    """The map on the device with the ids the tracker changed (segments `before` -> `after`, in one order)."""
+    changed = [(old.id, new.id) for old, new in zip(before, after) if old.id != new.id]
+    if not changed:
+        return panoptic
+    old, new = (torch.tensor(ids, dtype=panoptic.dtype, device=panoptic.device) for ids in zip(*changed))
+    table = torch.arange(int(max(panoptic.max().item(), new.max().item())) + 1, dtype=panoptic.dtype, device=panoptic.device)
+    table[old] = new
+    return table[panoptic.long()]
 
 
 Route = tuple[queue.Queue, queue.Queue]  # one source's (frames, results)
@@ -199,11 +268,14 @@ def worker_loop(
     routes: list[Route],
     control: ctl.Control,
     max_batch: int = 1,
-    overlay: Overlay | None = None,
+    follow: Follow | None = None,
 ) -> None:
     """Serve every source's queue pair: batches of up to `max_batch` frames, `pool.size` batches at
-    once, results in the order the frames were taken. Passes each source's END on after its last
-    result; returns when all ended."""
+    once, results in the order the frames were taken, each through `follow` (tracks, counts, the
+    overlay on the models' device; default: none of them). Passes each source's END on after its
+    last result; returns when all ended."""
+    follow = follow or Follow(None, params.label_divisor)
+    on_device = follow.overlay is not None
     waiting = list(routes)
     jobs: collections.deque[Job] = collections.deque()
     try:
@@ -214,14 +286,14 @@ def worker_loop(
                 batch, ended = gather(waiting, max_batch)
                 if batch:
                     frames = [frame for _, frame in batch]
-                    jobs.append(Job([r for r, _ in batch], pool.submit(infer, models, params, frames, time.monotonic(), overlay)))
+                    jobs.append(Job([r for r, _ in batch], pool.submit(infer, models, params, frames, time.monotonic(), on_device)))
                     running.append(jobs[-1].future)
                 for route in ended:
                     waiting.remove(route)
                 if ended:
                     jobs.append(Job(ended))
                 took = bool(batch or ended)
-            if not _pass_on_finished(jobs, control):
+            if not _pass_on_finished(jobs, control, follow):
                 return
             if not jobs:
                 control.beat()  # idle; while a batch runs, only its end counts as progress (a hung model is caught)
@@ -236,9 +308,9 @@ def worker_loop(
         control.done()
 
 
-def _pass_on_finished(jobs: collections.deque[Job], control: ctl.Control) -> bool:
-    """Results of the oldest finished jobs onto their sources' result queues, in order (a model's
-    exception is raised here). False when the pipeline aborted meanwhile."""
+def _pass_on_finished(jobs: collections.deque[Job], control: ctl.Control, follow: Follow) -> bool:
+    """Results of the oldest finished jobs, through `follow`, onto their sources' result queues, in
+    order (a model's exception is raised here). False when the pipeline aborted meanwhile."""
     while jobs and (jobs[0].future is None or jobs[0].future.done()):
         job = jobs.popleft()
         control.beat()
@@ -246,7 +318,7 @@ def _pass_on_finished(jobs: collections.deque[Job], control: ctl.Control) -> boo
             if not all(ctl.put(results, ctl.END, control) for _, results in job.routes):
                 return False
             continue
-        for (_, results), result in zip(job.routes, job.future.result()):
-            if not ctl.put(results, result, control):
+        for (_, results), fused in zip(job.routes, job.future.result()):
+            if not ctl.put(results, follow(fused), control):
                 return False
     return True

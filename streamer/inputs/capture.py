@@ -280,7 +280,7 @@ class Capture:
     def _emit(self, image, stream_pts: float, captured_mono: float) -> bool:
         """Queue one frame; `captured_mono`: its arrival from the reader."""
         pts = self._clock.stamp(stream_pts, captured_mono) if self.liveness.live else stream_pts
-        frame = Frame(self.source_id, self.stats.read, image, pts, time.time(), captured_mono)
+        frame = Frame(self.source_id, self.stats.read, image, pts, time.time(), captured_mono, self.stats.reconnects)
         self.stats.read += 1
         self._streamed = True
         self.last_error = None

@@ -8,7 +8,9 @@ Layout of an export folder:
   panoptic.json         images + annotations + categories, written when the run finishes
                         (or rebuilt from segments.jsonl by `streamer export-json DIR`)
 `images[].file_name` is NNNNNN.jpg for frame NNNNNN of the source: the file in images/ when the
-frames are exported, the conventional name otherwise.
+frames are exported, the conventional name otherwise. With tracking, every thing's segments_info
+has its `track_id`, an annotation lists the frame's line crossings and zone entries as `events`,
+and panoptic.json adds `counts`: distinct tracks per category and the events' totals.
 Each PNG (and JPEG) is written under a temporary name and renamed, and its line in segments.jsonl
 is written after it, so every line names complete files.
 """
@@ -26,6 +28,7 @@ import numpy as np
 
 from streamer.errors import CannotCreate, InputNotFound, StreamerError, WriteFailed
 from streamer.frames import Category, Panoptic, Segment
+from streamer.inference.counting import Event
 from streamer.outputs import preflight
 
 log = logging.getLogger(__name__)
@@ -57,6 +60,35 @@ def segment_info(segment: Segment) -> dict[str, Any]:
     if segment.track_id is not None:
         info["track_id"] = segment.track_id
     return info
+
+
+def event_info(event: Event) -> dict[str, Any]:
+    """A line crossing {"line", "direction", "track_id", "category"} or zone entry {"zone", "track_id", "category"}."""
+    info: dict[str, Any] = {event.kind: event.name}
+    if event.direction is not None:
+        info["direction"] = event.direction
+    return {**info, "track_id": event.track_id, "category": event.category}
+
+
+def export_counts(annotations: list[dict[str, Any]], categories: list[dict[str, Any]]) -> dict[str, Any]:
+    """The totals of an export's annotations: {"objects_total": {category: distinct track ids},
+    "lines": {line: {category: {"in": n, "out": n}}}, "zones": {zone: {category: n}}}."""
+    names = {c["id"]: c["name"] for c in categories}
+    tracks: dict[str, set[int]] = {}
+    lines: dict[str, dict[str, dict[str, int]]] = {}
+    zones: dict[str, dict[str, int]] = {}
+    for annotation in annotations:
+        for info in annotation["segments_info"]:
+            if "track_id" in info:
+                tracks.setdefault(names.get(info["category_id"], str(info["category_id"])), set()).add(info["track_id"])
+        for event in annotation.get("events", ()):
+            if "line" in event:
+                per_way = lines.setdefault(event["line"], {}).setdefault(event["category"], {"in": 0, "out": 0})
+                per_way[event["direction"]] += 1
+            else:
+                per_zone = zones.setdefault(event["zone"], {})
+                per_zone[event["category"]] = per_zone.get(event["category"], 0) + 1
+    return {"objects_total": {name: len(ids) for name, ids in sorted(tracks.items())}, "lines": lines, "zones": zones}
 
 
 def category_info(category: Category) -> dict[str, Any]:
@@ -196,6 +228,8 @@ class PanopticExport:
             "pts_ms": round(frame.pts_ms, 3),
             "segments_info": [segment_info(s) for s in result.segments],
         }
+        if result.events:
+            line["events"] = [event_info(e) for e in result.events]
         self._lines.write(json.dumps(line) + "\n")
         self._lines.flush()
         self.frames += 1
@@ -229,6 +263,8 @@ def build_coco_json(folder: str | Path) -> int:
             image = {"id": line["image_id"], "file_name": image_name(line["file_name"]), "width": line["width"], "height": line["height"],
                      "pts_ms": line["pts_ms"]}  # the frame's time in the source (COCO allows extra fields)
             annotation = {"image_id": line["image_id"], "file_name": line["file_name"], "segments_info": line["segments_info"]}
+            if line.get("events"):
+                annotation["events"] = line["events"]
         except (json.JSONDecodeError, KeyError, TypeError):
             log.warning("%s line %d: incomplete or damaged (cut off by a crash?), skipped", folder / LINES, number)
             continue
@@ -240,5 +276,7 @@ def build_coco_json(folder: str | Path) -> int:
     for leftover in [*(folder / PNG_DIR).glob(".*.tmp"), *(folder / IMAGE_DIR).glob(".*.tmp")]:  # writes cut off by a crash
         leftover.unlink()
     coco = {"info": {"description": "streamer panoptic export"}, "images": images, "annotations": annotations, "categories": categories}
+    if any("track_id" in info for annotation in annotations for info in annotation["segments_info"]):
+        coco["counts"] = export_counts(annotations, categories)
     write_atomic(folder / COCO_JSON, json.dumps(coco).encode())
     return len(images)

@@ -8,7 +8,9 @@ Things (instances) are blended at `alpha` and outlined in white; stuff at `stuff
 lower) and outlined in its own colour lightened halfway to white (`outline_colors`), so that a region
 whose colour is close to what it shows (a grey building, a blue sky) is still visibly marked. Labels
 scale with the frame (`label_style`) and are placed by `place_labels`: most confident first, never
-on top of each other, none for tiny objects.
+on top of each other, none for tiny objects. A tracked thing's colour follows its instance id,
+which the tracker keeps for the track's whole life, and its label names the track ("car 12").
+Counting lines and zones are drawn over it all in amber, with their counts (`draw_counting`).
 """
 from __future__ import annotations
 
@@ -22,9 +24,11 @@ import numpy as np
 import torch
 
 from streamer.frames import Category, Panoptic, Segment
+from streamer.inference.counting import Counts
 
 INSTANCE_COLORS = 256  # instance ids cycle through this many hues per category
 CONTOUR_COLOR = (255, 255, 255)
+COUNT_COLOR = (0, 200, 255)  # BGR amber: counting lines and zones, apart from every class colour
 MAX_TABLE = 1 << 22  # entries of the value -> colour table (16 MiB)
 STRIP_ROWS = 32  # overlay works on strips this high: a 1080p strip's intermediates fit in the CPU cache
 VOID, STUFF, THING = 0, 1, 2  # the kind of a panoptic value, the 4th byte of the value table
@@ -107,9 +111,56 @@ def label_patch(text: str, style: LabelStyle) -> tuple[np.ndarray, np.ndarray]:
 
 
 def label_text(segment: Segment, categories: dict[int, Category]) -> str:
-    """What a thing's label says: its class name and score, e.g. "car 0.87"."""
+    """What a thing's label says: its class name and track, e.g. "car 12"; untracked, its score, "car 0.87"."""
     name = categories[segment.category_id].name
+    if segment.track_id is not None:
+        return f"{name} {segment.track_id}"
     return f"{name} {segment.score:.2f}" if segment.score is not None else name
+
+
+def draw_counting(image: np.ndarray, counts: Counts) -> np.ndarray:
+    """The counting zones (outlined) and lines (with an arrow towards their "in" side) of `counts`,
+    each named with its totals ("north in 3 out 1", "crosswalk 4"), drawn into `image` (H x W x 3
+    uint8 BGR, returned) in COUNT_COLOR; coordinates in pixels of the frame."""
+    height, width = image.shape[:2]
+    style = label_style(width, height)
+    thick = max(2, 2 * style.weight)
+    line_height = label_patch("Ag", style)[0].shape[0]
+    for zone in counts.zones:
+        points = np.round(np.array(zone.points)).astype(np.int32)
+        cv2.polylines(image, [points], True, COUNT_COLOR, thick, cv2.LINE_AA)
+        entries = sum(n for (name, _), n in counts.zone_entries.items() if name == zone.name)
+        top = min(zone.points, key=lambda p: (p[1], p[0]))
+        _stamp(image, f"{zone.name} {entries}", top[0], top[1] - line_height, style)
+    for line in counts.lines:
+        a, b = np.array(line.a), np.array(line.b)
+        cv2.line(image, tuple(np.round(a).astype(int)), tuple(np.round(b).astype(int)), COUNT_COLOR, thick, cv2.LINE_AA)
+        middle, along = (a + b) / 2, (b - a) / np.hypot(*(b - a))
+        inward = np.array([-along[1], along[0]])  # the right-hand side looking from a to b (y down): "in"
+        tip = middle + inward * 1.5 * line_height
+        cv2.arrowedLine(image, tuple(np.round(middle).astype(int)), tuple(np.round(tip).astype(int)), COUNT_COLOR, thick,
+                        cv2.LINE_AA, tipLength=0.4)
+        crossed = {d: sum(n for (name, _, way), n in counts.line_crossings.items() if name == line.name and way == d) for d in ("in", "out")}
+        corner = middle - inward * 1.5 * line_height
+        _stamp(image, f"{line.name} in {crossed['in']} out {crossed['out']}", corner[0], corner[1] - line_height / 2, style)
+    return image
+
+
+def _stamp(image: np.ndarray, text: str, x: float, y: float, style: LabelStyle) -> None:
+    """`text` as a label (white letters, black outline) with its top-left corner near (x, y), moved into the frame."""
+    letters, halo = label_patch(text, style)
+    h, w = letters.shape
+    x0 = int(min(max(round(x), 0), image.shape[1] - w))
+    y0 = int(min(max(round(y), 0), image.shape[0] - h))
+    if x0 >= 0 and y0 >= 0:
+        _paste(image, letters, halo, x0, y0)
+
+
+def _paste(image: np.ndarray, letters: np.ndarray, halo: np.ndarray, x0: int, y0: int) -> None:
+    """A label patch (`label_patch`) into `image` with its top-left corner at (x0, y0), inside the frame."""
+    area = image[y0:y0 + letters.shape[0], x0:x0 + letters.shape[1]]
+    darkened = cv2.multiply(area, cv2.merge([255 - halo] * 3), scale=1 / 255)  # the black outline
+    area[:] = cv2.add(darkened, cv2.merge([letters] * 3))  # white letters on it
 
 
 def place_labels(segments: Sequence[Segment], sizes: Sequence[tuple[int, int]], frame: tuple[int, int], min_area: int,
@@ -198,13 +249,18 @@ class Renderer:
 
     def render(self, result: Panoptic) -> np.ndarray:
         """The frame with its segmentation drawn (H x W x 3 uint8 BGR): the whole overlay, or only
-        the labels where the rest was drawn on the models' device (`result.drawn`)."""
+        the labels where the rest was drawn on the models' device (`result.drawn`); then the
+        counting lines and zones, when the source has any."""
         if result.drawn is None:
-            return self.overlay(result.frame.image, result.panoptic_map, result.segments)
-        return self.draw_labels(result.drawn, result.segments)
+            out = self.overlay(result.frame.image, result.panoptic_map, result.segments)
+        else:
+            out = self.draw_labels(result.drawn, result.segments)
+        if result.counts is not None and (result.counts.lines or result.counts.zones):
+            draw_counting(out, result.counts)
+        return out
 
     def draw_labels(self, image: np.ndarray, segments: tuple[Segment, ...]) -> np.ndarray:
-        """Things' labels ("car 0.87"), sized for this frame by `label_style` and put where
+        """Things' labels ("car 12", `label_text`), sized for this frame by `label_style` and put where
         `place_labels` says, drawn into `image` (H x W x 3 uint8 BGR, returned) when labels are on."""
         if not self.labels:
             return image
@@ -213,11 +269,8 @@ class Renderer:
         things = [s for s in segments if s.isthing]
         patches = [label_patch(label_text(s, self.categories), style) for s in things]
         sizes = [(letters.shape[1], letters.shape[0]) for letters, _ in patches]
-        for index, (x0, y0, x1, y1) in place_labels(things, sizes, (width, height), style.min_area, style.gap):
-            letters, halo = patches[index]
-            area = image[y0:y1, x0:x1]
-            darkened = cv2.multiply(area, cv2.merge([255 - halo] * 3), scale=1 / 255)  # the black outline
-            area[:] = cv2.add(darkened, cv2.merge([letters] * 3))  # white letters on it
+        for index, (x0, y0, _, _) in place_labels(things, sizes, (width, height), style.min_area, style.gap):
+            _paste(image, *patches[index], x0, y0)
         return image
 
     def device_overlay(self, device: torch.device) -> DeviceOverlay | None:

@@ -49,6 +49,7 @@ def sink_loop(
                 output.write(result, rendered)
                 timings[output.stage] = time.perf_counter() - started
             stats.processed += 1
+            stats.counts = result.counts or stats.counts
             if observe:
                 observe(result, timings)
             stats.latencies.append(time.monotonic() - result.frame.captured_mono)

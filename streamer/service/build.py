@@ -32,7 +32,9 @@ from streamer.outputs.recording import open_video
 from streamer.outputs.retention import Retention
 
 if TYPE_CHECKING:  # torch-heavy: imported when the pipeline builds them, after the cheap checks
+    from streamer.inference.counting import Counter
     from streamer.inference.fusion import FusionParams
+    from streamer.inference.tracking import TrackingParams
     from streamer.outputs.render import Renderer
 
 log = logging.getLogger(__name__)
@@ -50,6 +52,25 @@ def fusion_params(config: Config) -> FusionParams:
         stuff_area_min=fusion.stuff_area_min,
         label_divisor=fusion.label_divisor,
     )
+
+
+def tracking_params(config: Config) -> TrackingParams:
+    """The `tracking:` section."""
+    from streamer.inference.tracking import TrackingParams
+
+    tracking = config.tracking
+    return TrackingParams(tracking.enabled, tracking.tracker, tracking.max_lost_s, tracking.min_hits)
+
+
+def counter(config: Config, source: Source) -> Counter | None:
+    """The source's counts (objects, its lines and zones); None when tracking is off: counting needs tracks."""
+    from streamer.inference.counting import Counter, Line, Zone
+
+    if not config.tracking.enabled:
+        return None
+    lines = [Line(name, a, b) for name, (a, b) in source.lines.items()]
+    zones = [Zone(name, points) for name, points in source.zones.items()]
+    return Counter(lines, zones, {c.id: c.name for c in config.categories()})
 
 
 def announce_models(config: Config) -> None:

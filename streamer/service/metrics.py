@@ -97,6 +97,7 @@ class _StatsCollector:
             for name, q in source.queues.items():
                 depth.add_metric([source.source_id, name], q.qsize())
         yield from (dropped, up, attempts, last, depth)
+        yield from self._counts()
         if self.device.type == "cuda":
             memory = GaugeMetricFamily("streamer_gpu_memory_bytes", "GPU memory held by PyTorch", labels=["device", "kind"])
             memory.add_metric([str(self.device), "allocated"], torch.cuda.memory_allocated(self.device))
@@ -105,6 +106,28 @@ class _StatsCollector:
         info = GaugeMetricFamily("streamer_build_info", "Versions of streamer and its main libraries", labels=list(self.build))
         info.add_metric(list(self.build.values()), 1.0)
         yield info
+
+
+    def _counts(self):
+        """The counts of tracked objects, line crossings and zone entries (sources that count)."""
+        seen = CounterMetricFamily("streamer_objects", "Distinct tracked objects seen", labels=["source", "category"])
+        visible = GaugeMetricFamily("streamer_objects", "Tracked objects in the newest frame", labels=["source", "category"])
+        crossings = CounterMetricFamily("streamer_line_crossings", "Tracks that crossed a counting line (each once per line)",
+                                        labels=["source", "line", "category", "direction"])
+        entries = CounterMetricFamily("streamer_zone_entries", "Tracks that entered a counting zone (each once per zone)",
+                                      labels=["source", "zone", "category"])
+        for source in self.sources:
+            counts = source.stats.counts
+            if counts is None:
+                continue
+            for category, total in sorted(counts.objects_total.items()):
+                seen.add_metric([source.source_id, category], total)
+                visible.add_metric([source.source_id, category], counts.visible.get(category, 0))
+            for (line, category, direction), total in sorted(counts.line_crossings.items()):
+                crossings.add_metric([source.source_id, line, category, direction], total)
+            for (zone, category), total in sorted(counts.zone_entries.items()):
+                entries.add_metric([source.source_id, zone, category], total)
+        yield from (seen, visible, crossings, entries)
 
 
 def build_labels(device: torch.device) -> dict[str, str]:

@@ -26,7 +26,7 @@ from streamer.outputs.display import DisplayOutput, Window, require_display
 from streamer.outputs.sink import Output, sink_loop
 from streamer.service import build
 from streamer.service.notify import Notifier, watchdog_interval
-from streamer.service.status import Health, Progress, timing_text
+from streamer.service.status import Health, Progress, counts_text, timing_text
 
 if TYPE_CHECKING:  # torch and the models are imported once the inputs and outputs are checked
     import torch
@@ -108,7 +108,7 @@ class Pipeline:
             checkpoints.require(config.models)  # missing weights: one line, before anything loads
             # Only now the heavy part: torch, the models (every check above answers without them).
             from streamer.inference.models import resolve_device
-            from streamer.inference.worker import load_models, worker_loop
+            from streamer.inference.worker import Follow, load_models, worker_loop
             from streamer.service.metrics import MetricsServer
 
             renderer = build.renderer(config)
@@ -117,7 +117,9 @@ class Pipeline:
                 metrics = MetricsServer(config.metrics.host, config.metrics.port, [run.watched() for run in runs],
                                         self.control, config.runtime.stage_timeout_s, device)
             pool, models = load_models(config, device)
-            overlay = self._device_overlay(renderer, device)
+            follow = Follow(build.tracking_params(config), config.fusion.label_divisor,
+                            {source.id: build.counter(config, source) for source in config.all_sources()},
+                            self._device_overlay(renderer, device))
         except BaseException:
             for closable in [run.reader for run in runs] + [metrics, pool]:
                 if closable:
@@ -126,7 +128,7 @@ class Pipeline:
         threads = [threading.Thread(target=run.capture.run, name=f"capture-{run.settings.id}", daemon=True) for run in runs]
         threads.append(threading.Thread(target=worker_loop, name="worker", daemon=True, args=(
             pool, models, build.fusion_params(config), [(run.frames, run.results) for run in runs], self.control,
-            config.runtime.max_batch, overlay)))
+            config.runtime.max_batch, follow)))
         observe = metrics.observe if metrics else None
         sinks = [threading.Thread(target=sink_loop, name=f"sink-{run.settings.id}", daemon=True,
                                   args=(run.results, run.outputs, renderer.render, self.control, run.stats, observe))
@@ -206,7 +208,7 @@ class Pipeline:
         progress = Progress(
             [run.stats for run in runs], [q for run in runs for q in (run.frames, run.results)],
             sum(totals) if all(totals) else None, self.config.runtime.status_interval_s,
-            lambda: [run.capture.connection().text(run.settings.id) for run in runs],
+            lambda: [run.capture.connection().text(run.settings.id) + counts_text(run.stats.counts) for run in runs],
         )
         health = Health(self.control, self.notifier, watchdog_interval(), self.config.runtime.stage_timeout_s)
         drain_deadline = None

@@ -13,6 +13,7 @@ from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
 from streamer import control as ctl
+from streamer.inference.counting import Counts
 from streamer.service.notify import Notifier
 
 log = logging.getLogger(__name__)
@@ -27,6 +28,21 @@ def timing_text(stats: list[ctl.Stats]) -> str:
     if latency is None or model is None:
         return "latency -"
     return "latency p50/p95/max %.3f/%.3f/%.3f s, model %.3f s/frame" % (*latency, model[0])
+
+
+def counts_text(counts: Counts | None) -> str:
+    """A source's counts for its status line: `: car 12 (3 now), person 4 (0 now); north in 3 out 1;
+    crosswalk 4`, unique tracks per category (visible now), then each line's and zone's totals; "" when not counting."""
+    if counts is None:
+        return ""
+    parts = [", ".join(f"{name} {total} ({counts.visible.get(name, 0)} now)" for name, total in sorted(counts.objects_total.items()))
+             or "no objects yet"]
+    data = counts.to_dict()
+    for name, per_category in data["lines"].items():
+        crossed = {way: sum(c[way] for c in per_category.values()) for way in ("in", "out")}
+        parts.append(f"{name} in {crossed['in']} out {crossed['out']}")
+    parts += [f"{name} {sum(per_category.values())}" for name, per_category in data["zones"].items()]
+    return ": " + "; ".join(parts)
 
 
 class Health:

@@ -1,7 +1,11 @@
 """`streamer eval`: run the models over a synthetic scene and score three fusions against its ground truth.
 
 The same model outputs feed the project's fusion, the naive overwrite loop and semantic-only, so the
-difference in PQ is the fusion rule's alone.
+difference in PQ is the fusion rule's alone. The fusion's output is also scored as video
+(streamer.tools.vps: STQ, VPQ, ID switches) three ways: with the tracker's ids (`fused`, what
+`streamer run` writes), with the per-frame ids the fusion numbers by score (`per_frame_ids`, the
+baseline), and with the oracle association (each segment given the ground-truth track it
+overlaps most: the best AQ any tracker could reach with these masks).
 """
 from __future__ import annotations
 
@@ -16,20 +20,25 @@ import numpy as np
 
 from streamer.config import Config
 from streamer.errors import UsageError
-from streamer.frames import LABEL_DIVISOR, Category, Frame, Panoptic
+from streamer.frames import LABEL_DIVISOR, Category, Frame, Panoptic, Segment
 from streamer.inference.fusion import FusionParams, fuse
 from streamer.inference.models import PanopticModels, resolve_device
+from streamer.inference.tracking import SourceTracker, TrackingParams
 from streamer.inference.worker import InferencePool, load_models
 from streamer.inputs.sources import classify, open_source
 from streamer.inputs.synthetic import CATEGORIES, SceneFrame
 from streamer.outputs.export import PanopticExport
-from streamer.service.build import fusion_params
+from streamer.service.build import fusion_params, tracking_params
 from streamer.tools.baselines import naive_fusion, semantic_only
 from streamer.tools.pq import PQAccumulator, PQResult, format_pq_table
+from streamer.tools.vps import VideoPanopticAccumulator, VideoPanopticResult, oracle_relabel
 
 log = logging.getLogger(__name__)
 
-METHODS = ("fused", "naive", "semantic_only")
+METHODS = ("fused", "naive", "semantic_only", "per_frame_ids")
+"""PQ is scored for each; `fused` holds the tracker's ids, `per_frame_ids` the same fusion's per-frame ids."""
+TRACKED = ("fused", "per_frame_ids")  # the methods also scored as video
+VIDEO_DIVISOR = 1 << 20  # the video metrics' label divisor: room for every track id of a long scene
 
 
 @dataclass(frozen=True)
@@ -38,23 +47,34 @@ class EvalReport:
     device: str
     seconds: float
     results: dict[str, PQResult]  # method -> PQ
+    video: dict[str, VideoPanopticResult]  # `fused` (tracked ids) and `per_frame_ids` -> video metrics
+    oracle_aq: float | None  # AQ with the oracle association: the ceiling of the tracker's
 
     def to_dict(self) -> dict[str, Any]:
-        return {
-            "source": self.source,
-            "device": self.device,
-            "seconds": round(self.seconds, 1),
-            **{method: result.to_dict() for method, result in self.results.items()},
-        }
+        out: dict[str, Any] = {"source": self.source, "device": self.device, "seconds": round(self.seconds, 1)}
+        for method, result in self.results.items():
+            out[method] = result.to_dict()
+            if method in self.video:
+                out[method]["video"] = {**self.video[method].to_dict(), "oracle_aq": self.oracle_aq}
+        return out
 
     def text(self) -> str:
         parts = [f"PQ on {self.source} ({self.device}, {self.seconds:.0f} s)"]
         for method, result in self.results.items():
-            parts += ["", f"[{method}]", format_pq_table(result)]
+            if method != "per_frame_ids":  # per-frame PQ is the same table as fused's: ids do not change it
+                parts += ["", f"[{method}]", format_pq_table(result)]
         parts += ["", "summary (PQ all / things / stuff, %):"]
         for method, result in self.results.items():
             groups = (result.all, result.things, result.stuff)
             parts.append(f"  {method:<14}" + " / ".join("-" if g.pq is None else f"{100 * g.pq:.1f}" for g in groups))
+        parts += ["", "video (%; ID switches of the matched track-frames):",
+                  f"  {'':<14}{'STQ':>6}{'AQ':>6}{'SQ':>6}{'VPQ0':>6}{'VPQ5':>6}{'VPQ10':>6}{'VPQ15':>6}  ID switches"]
+        for method, video in self.video.items():
+            cells = [video.stq, video.aq, video.sq, *video.vpq.values()]
+            share = video.id_switches / video.matched_track_frames if video.matched_track_frames else 0.0
+            parts.append(f"  {method:<14}" + "".join("     -" if v is None else f"{100 * v:6.1f}" for v in cells)
+                         + f"  {video.id_switches} of {video.matched_track_frames} ({100 * share:.1f} %)")
+        parts.append(f"  oracle AQ {'-' if self.oracle_aq is None else f'{100 * self.oracle_aq:.1f}'} (the best association of these masks)")
         return "\n".join(parts)
 
 
@@ -72,22 +92,29 @@ def evaluate_synthetic(config: Config, uri: str, export_dir: str | None = None) 
     started = time.monotonic()
     try:
         scenes = iter(reader.read_frame, None)
-        results = score(scenes, pool, models, fusion_params(config), config.categories(), export, reader.fps)
+        scores = score(scenes, pool, models, fusion_params(config), config.categories(), tracking_params(config), export, reader.fps)
     finally:
         pool.close()
-    return EvalReport(uri, str(device), time.monotonic() - started, results)
+    return EvalReport(uri, str(device), time.monotonic() - started, *scores)
 
 
 def score(
     scenes: Iterable[SceneFrame], pool: InferencePool, models: PanopticModels, params: FusionParams,
-    categories: tuple[Category, ...], export: PanopticExport | None = None, fps: float = 1.0,
-) -> dict[str, PQResult]:
-    """PQ of the three fusions (METHODS) over synthetic frames with their ground truth, scored in
-    order, `pool.size` frames in the models at once; the fused predictions also go to `export`
-    (frame i at i / fps seconds). Raises UsageError when the classes lack one the ground truth has."""
+    categories: tuple[Category, ...], tracking: TrackingParams | None = None, export: PanopticExport | None = None,
+    fps: float = 1.0,
+) -> tuple[dict[str, PQResult], dict[str, VideoPanopticResult], float | None]:
+    """Over synthetic frames with their ground truth, scored in order, `pool.size` frames in the
+    models at once: PQ of each of METHODS, the video metrics of TRACKED, and the oracle AQ. Without
+    `tracking` (or with it disabled) `fused` keeps the per-frame ids. Frame i is at i / fps seconds
+    (the tracker's clock); the fused predictions also go to `export`.
+    Raises UsageError when the classes lack one the ground truth has."""
     lut = ground_truth_lut(categories)
     divisor = params.label_divisor
     scores = {method: PQAccumulator(categories, divisor) for method in METHODS}
+    video = {method: VideoPanopticAccumulator(categories, VIDEO_DIVISOR) for method in (*TRACKED, "oracle")}
+    tracker = SourceTracker(tracking, divisor) if tracking and tracking.enabled else None
+    oracle_tracks: dict[int, int] = {}
+    untracked = _Countdown(VIDEO_DIVISOR)
     scenes = iter(scenes)
     in_flight: collections.deque = collections.deque()
     index = 0
@@ -98,10 +125,17 @@ def score(
             if not in_flight:
                 break
             scene, outputs = in_flight.popleft()
-            fused, segments, naive, semantic = outputs.result()
+            per_frame, per_frame_segments, naive, semantic = outputs.result()
+            fused, segments = tracker.update(per_frame, per_frame_segments, index / fps) if tracker else (per_frame, per_frame_segments)
             truth = relabel(scene.panoptic, lut, divisor)
-            for method, prediction in zip(METHODS, (fused, naive, semantic)):
+            for method, prediction in zip(METHODS, (fused, naive, semantic, per_frame)):
                 scores[method].add(prediction, truth)
+            truth_tracks = relabel(by_track(scene.panoptic, scene.segments, divisor, VIDEO_DIVISOR), lut, VIDEO_DIVISOR)
+            tracked = by_track(fused, segments, divisor, VIDEO_DIVISOR, untracked) if tracker else None
+            per_frame = by_track(per_frame, (), divisor, VIDEO_DIVISOR)
+            video["fused"].add(per_frame if tracked is None else tracked, truth_tracks)
+            video["per_frame_ids"].add(per_frame, truth_tracks)
+            video["oracle"].add(oracle_relabel(per_frame, truth_tracks, categories, oracle_tracks, VIDEO_DIVISOR), truth_tracks)
             if export is not None:
                 frame = Frame("synthetic", index, scene.image, index * 1000.0 / fps, time.time(), time.monotonic())
                 export.write(Panoptic(frame, fused, tuple(segments)), scene.image)
@@ -111,7 +145,36 @@ def score(
     finally:
         if export is not None:
             export.close()
-    return {method: accumulator.result() for method, accumulator in scores.items()}
+    oracle = video.pop("oracle").result()
+    return ({method: accumulator.result() for method, accumulator in scores.items()},
+            {method: accumulator.result() for method, accumulator in video.items()}, oracle.aq)
+
+
+class _Countdown:
+    """Instance ids for things without a track, from the top of the id range down: each a track of one frame."""
+
+    def __init__(self, divisor: int):
+        self.next = divisor - 1
+
+    def __call__(self) -> int:
+        self.next -= 1
+        return self.next + 1
+
+
+def by_track(panoptic: np.ndarray, segments: Iterable[Segment], divisor: int, to_divisor: int,
+             untracked: _Countdown | None = None) -> np.ndarray:
+    """`panoptic` (H x W, category * divisor + instance) encoded at `to_divisor` with each thing segment's
+    instance id replaced by its track id, so that one id means one object across frames; a thing whose
+    track_id is None gets `untracked()` (or keeps its instance id when that is None); segments not
+    listed keep theirs. Returns H x W int64."""
+    instances: dict[int, int] = {}
+    for segment in segments:
+        if segment.isthing:
+            track = segment.track_id
+            instances[segment.id] = track if track is not None else (untracked() if untracked else segment.id % divisor)
+    values, inverse = np.unique(panoptic, return_inverse=True)
+    encoded = np.array([v // divisor * to_divisor + instances.get(v, v % divisor) for v in values.tolist()], np.int64)
+    return encoded[inverse].reshape(panoptic.shape)
 
 
 def _outputs(models: PanopticModels, params: FusionParams, image: np.ndarray) -> tuple:

@@ -345,7 +345,7 @@ def evaluate(semantic: torch.nn.Module, instance: torch.nn.Module, config: Confi
     models = PanopticModels(semantic, instance, list(INSTANCE_CLASSES), config.models, config.categories(), device, "off")
     pool = InferencePool(1, torch.get_num_threads())
     try:
-        return score(scene_frames(seeds, frames), pool, models, fusion_params(config), config.categories())
+        return score(scene_frames(seeds, frames), pool, models, fusion_params(config), config.categories())[0]
     finally:
         pool.close()
 
