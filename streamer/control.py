@@ -14,7 +14,7 @@ from streamer.errors import EXIT_FAILURE, EXIT_OK, StreamerError
 from streamer.uris import redact_uri
 
 if TYPE_CHECKING:
-    from streamer.inference.counting import Counts
+    from streamer.frames import Counts
 
 log = logging.getLogger(__name__)
 

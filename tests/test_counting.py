@@ -7,8 +7,8 @@ import itertools
 
 import pytest
 
-from streamer.frames import Segment
-from streamer.inference.counting import Counter, Counts, Event, Line, Zone
+from streamer.frames import Counts, Event, Line, Segment, Zone
+from streamer.inference.counting import Counter
 from streamer.inputs.synthetic import CAR, PERSON, StreetScene
 
 NAMES = {CAR: "car", PERSON: "person"}

@@ -24,6 +24,18 @@ def test_demo_models_reach_the_pq_floor_and_the_fusion_beats_both_baselines(tmp_
     assert {c["name"] for c in report["fused"]["per_class"]} == {"road", "sidewalk", "building", "sky", "car", "person"}
     coco = json.loads((tmp_path / "export" / "panoptic.json").read_text())
     assert len(coco["annotations"]) == 24
+    assert any("track_id" in info for a in coco["annotations"] for info in a["segments_info"]), "the export carries tracks"
+
+    # The same fusion scored as video: the tracker's ids against per-frame ids and the oracle association.
+    tracked, per_frame = report["fused"]["video"], report["per_frame_ids"]["video"]
+    for video in (tracked, per_frame):
+        assert set(video) == {"stq", "aq", "sq", "vpq", "id_switches", "matched_track_frames", "oracle_aq"}
+        assert set(video["vpq"]) == {"0", "5", "10", "15"}
+    assert tracked["sq"] == per_frame["sq"] and tracked["vpq"]["0"] == per_frame["vpq"]["0"], "ids change no per-frame score"
+    assert tracked["aq"] >= 0.9 * tracked["oracle_aq"] > per_frame["aq"], (tracked, per_frame)
+    assert tracked["id_switches"] <= 0.01 * tracked["matched_track_frames"] < per_frame["id_switches"]
+    assert tracked["vpq"]["15"] > per_frame["vpq"]["15"]
+    assert report["per_frame_ids"]["all"]["pq"] == fused, "tracking leaves PQ as it was"
 
 
 @pytest.mark.parametrize("synthetic, problem", [

@@ -28,81 +28,11 @@ end with the tracker's `max_lost_s`, far shorter, so that does not happen with t
 """
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
-from typing import Literal
 
 import numpy as np
 
-from streamer.frames import Segment
-
-
-@dataclass(frozen=True)
-class Line:
-    """A counting line from `a` to `b`, pixels (x, y); "in" is towards its right-hand side on screen (module docstring)."""
-
-    name: str
-    a: tuple[float, float]
-    b: tuple[float, float]
-
-    def __post_init__(self) -> None:
-        a, b = (tuple(float(v) for v in p) for p in (self.a, self.b))  # lists (from a config file) become tuples
-        if len(a) != 2 or len(b) != 2 or not all(map(math.isfinite, (*a, *b))) or a == b:
-            raise ValueError(f"line {self.name!r}: a and b must be two distinct finite points, got {self.a}, {self.b}")
-        object.__setattr__(self, "a", a)
-        object.__setattr__(self, "b", b)
-
-
-@dataclass(frozen=True)
-class Zone:
-    """A counting zone: a simple or self-intersecting polygon of >= 3 points (x, y), pixels, even-odd rule."""
-
-    name: str
-    points: tuple[tuple[float, float], ...]
-
-    def __post_init__(self) -> None:
-        points = tuple(tuple(float(v) for v in p) for p in self.points)
-        if len(points) < 3 or not all(len(p) == 2 and all(map(math.isfinite, p)) for p in points):
-            raise ValueError(f"zone {self.name!r}: needs >= 3 finite points (x, y), got {self.points}")
-        object.__setattr__(self, "points", points)
-
-
-@dataclass(frozen=True)
-class Event:
-    """One count: a track crossing a line (direction "in" / "out") or entering a zone (direction None)."""
-
-    kind: Literal["line", "zone"]
-    name: str  # the line's or zone's
-    track_id: int
-    category: str
-    direction: str | None
-    pts_s: float  # stream time of the frame it happened in
-
-
-@dataclass(frozen=True)
-class Counts:
-    """A snapshot of the totals since the Counter was made (the dicts are copies)."""
-
-    objects_total: dict[str, int]  # category -> distinct tracks seen
-    visible: dict[str, int]  # category -> tracked things in the last frame; 0 for categories seen before
-    line_crossings: dict[tuple[str, str, str], int]  # (line, category, "in" | "out") -> n; only those > 0
-    zone_entries: dict[tuple[str, str], int]  # (zone, category) -> n; only those > 0
-    lines: tuple[Line, ...] = ()  # every configured line, in order
-    zones: tuple[Zone, ...] = ()  # every configured zone, in order
-
-    def to_dict(self) -> dict:
-        """JSON-friendly: {"objects_total": {cat: n}, "visible": {cat: n}, "lines": {line: {cat: {"in": n, "out": n}}},
-        "zones": {zone: {cat: n}}}. Every configured line and zone has its entry, `{}` before anything counted; a
-        category that crossed a line has both directions."""
-        lines: dict[str, dict] = {line.name: {} for line in self.lines}
-        for (line, category, direction), n in sorted(self.line_crossings.items()):
-            lines.setdefault(line, {}).setdefault(category, {"in": 0, "out": 0})[direction] = n
-        zones: dict[str, dict] = {zone.name: {} for zone in self.zones}
-        for (zone, category), n in sorted(self.zone_entries.items()):
-            zones.setdefault(zone, {})[category] = n
-        return {"objects_total": dict(self.objects_total), "visible": dict(self.visible), "lines": lines, "zones": zones}
-
+from streamer.frames import Counts, Event, Line, Segment, Zone
 
 _STATE = ("_track", "_used", "_seen", "_anchor", "_side", "_line_done", "_zone_done")
 

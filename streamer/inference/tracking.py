@@ -37,17 +37,23 @@ def _make_tracker(params: TrackingParams):
     import trackers  # imported when a run tracks: the library and supervision take ~0.6 s to load
 
     lost = max(1, round(params.max_lost_s * NOMINAL_FPS))
+    confirm = max(1, params.min_hits - 1)  # the library names a track one update after this many; min_hits 1: see SourceTracker
     if params.tracker == "bytetrack":
-        return trackers.ByteTrackTracker(lost_track_buffer=lost, frame_rate=NOMINAL_FPS, minimum_consecutive_frames=params.min_hits,
+        return trackers.ByteTrackTracker(lost_track_buffer=lost, frame_rate=NOMINAL_FPS, minimum_consecutive_frames=confirm,
                                          track_activation_threshold=0.0, high_conf_det_threshold=0.0)
     if params.tracker == "ocsort":
-        return trackers.OCSORTTracker(lost_track_buffer=lost, frame_rate=NOMINAL_FPS, minimum_consecutive_frames=params.min_hits,
+        return trackers.OCSORTTracker(lost_track_buffer=lost, frame_rate=NOMINAL_FPS, minimum_consecutive_frames=confirm,
                                       high_conf_det_threshold=0.0)
-    return trackers.SORTTracker(lost_track_buffer=lost, frame_rate=NOMINAL_FPS, minimum_consecutive_frames=params.min_hits)
+    return trackers.SORTTracker(lost_track_buffer=lost, frame_rate=NOMINAL_FPS, minimum_consecutive_frames=confirm)
 
 
 class SourceTracker:
-    """The tracks of one source. `update` takes each frame's fused result in stream order."""
+    """The tracks of one source. `update` takes each frame's fused result in stream order.
+
+    The libraries name a track from its second frame on. With min_hits 1 an object gets its track id
+    on its first frame: the tracklet the library spawned for it carries that id (held here by
+    identity) until the library names it, and from then on the library's id maps to it.
+    """
 
     def __init__(self, params: TrackingParams, label_divisor: int):
         self.params = params
@@ -55,6 +61,7 @@ class SourceTracker:
         self._trackers: dict[int, object] = {}  # category id -> its tracker
         self._ids: dict[tuple[int, int], int] = {}  # (category, the library's id) -> our track id
         self._slots: dict[int, int] = {}  # track id -> instance id in the map
+        self._early: dict[int, tuple[object, int]] = {}  # id() of a tracklet not yet named -> (it, our track id)
         self._next_id = 1
 
     def reset(self) -> None:
@@ -62,6 +69,7 @@ class SourceTracker:
         self._trackers.clear()
         self._ids.clear()
         self._slots.clear()
+        self._early.clear()
 
     def update(self, panoptic: np.ndarray, segments: tuple[Segment, ...], pts_s: float) -> tuple[np.ndarray, tuple[Segment, ...]]:
         """(panoptic map, segments) with each thing's `track_id` set (None while its track is too new,
@@ -80,19 +88,32 @@ class SourceTracker:
             if category not in self._trackers:
                 self._trackers[category] = _make_tracker(self.params)
             tracker = self._trackers[category]
+            before = {id(t) for t in tracker.tracks}
             result = tracker.update(detections, timestamp=pts_s)
-            for segment_id, library_id in zip(result.data["segment"], result.tracker_id):
+            born = [t for t in tracker.tracks if id(t) not in before]
+            for segment_id, library_id, box in zip(result.data["segment"], result.tracker_id, result.xyxy):
                 if library_id >= 0:
-                    tracks[int(segment_id)] = self._track_id(category, int(library_id))
+                    tracks[int(segment_id)] = self._track_id(category, int(library_id), tracker.tracks)
+                elif self.params.min_hits <= 1 and (tracklet := _spawned_for(box, born)) is not None:
+                    born.remove(tracklet)
+                    tracks[int(segment_id)] = self._early.setdefault(id(tracklet), (tracklet, self._new_id()))[1]
         for category in set(self._trackers) - {s.category_id for s in things}:  # unseen this frame: time passes for them too
             self._trackers[category].update(sv.Detections.empty(), timestamp=pts_s)
+        alive = {id(t) for tracker in self._trackers.values() for t in tracker.tracks if t.tracker_id == -1}
+        self._early = {key: value for key, value in self._early.items() if key in alive}
         return self._relabel(panoptic, segments, tracks)
 
-    def _track_id(self, category: int, library_id: int) -> int:
+    def _new_id(self) -> int:
+        self._next_id += 1
+        return self._next_id - 1
+
+    def _track_id(self, category: int, library_id: int, tracklets: list) -> int:
+        """Our track id for a track the library names: the one its tracklet got on its first frame, else a new one."""
         key = (category, library_id)
         if key not in self._ids:
-            self._ids[key] = self._next_id
-            self._next_id += 1
+            named = next((t for t in tracklets if t.tracker_id == library_id), None)
+            early = self._early.pop(id(named), None) if named is not None else None
+            self._ids[key] = early[1] if early else self._new_id()
         return self._ids[key]
 
     def _relabel(self, panoptic: np.ndarray, segments: tuple[Segment, ...], tracks: dict[int, int]):
@@ -125,14 +146,19 @@ class SourceTracker:
         return out, relabelled
 
     def _lingering(self) -> set[int]:
-        """Tracks the trackers still remember (lost, but within max_lost_s): their slots stay reserved."""
-        remembered = set()
+        """Tracks the trackers still remember (lost, but within max_lost_s, or not yet named): their slots stay reserved."""
+        remembered = {track for _, track in self._early.values()}
         for category, tracker in self._trackers.items():
             for tracklet in tracker.tracks:
                 key = (category, int(tracklet.tracker_id))
                 if key in self._ids:
                     remembered.add(self._ids[key])
         return remembered
+
+
+def _spawned_for(box: np.ndarray, born: list) -> object | None:
+    """The tracklet among those just spawned that starts at `box` (x0, y0, x1, y1), if any."""
+    return next((t for t in born if np.allclose(t.get_state_bbox(), box, atol=1e-3)), None)
 
 
 def _box(segment: Segment) -> tuple[slice, slice]:

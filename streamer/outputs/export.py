@@ -27,8 +27,7 @@ import cv2
 import numpy as np
 
 from streamer.errors import CannotCreate, InputNotFound, StreamerError, WriteFailed
-from streamer.frames import Category, Panoptic, Segment
-from streamer.inference.counting import Event
+from streamer.frames import Category, Event, Panoptic, Segment
 from streamer.outputs import preflight
 
 log = logging.getLogger(__name__)

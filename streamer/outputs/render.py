@@ -23,8 +23,7 @@ import cv2
 import numpy as np
 import torch
 
-from streamer.frames import Category, Panoptic, Segment
-from streamer.inference.counting import Counts
+from streamer.frames import Category, Counts, Panoptic, Segment
 
 INSTANCE_COLORS = 256  # instance ids cycle through this many hues per category
 CONTOUR_COLOR = (255, 255, 255)

@@ -64,7 +64,8 @@ def tracking_params(config: Config) -> TrackingParams:
 
 def counter(config: Config, source: Source) -> Counter | None:
     """The source's counts (objects, its lines and zones); None when tracking is off: counting needs tracks."""
-    from streamer.inference.counting import Counter, Line, Zone
+    from streamer.frames import Line, Zone
+    from streamer.inference.counting import Counter
 
     if not config.tracking.enabled:
         return None

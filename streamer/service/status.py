@@ -13,7 +13,7 @@ from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
 from streamer import control as ctl
-from streamer.inference.counting import Counts
+from streamer.frames import Counts
 from streamer.service.notify import Notifier
 
 log = logging.getLogger(__name__)

@@ -5,7 +5,7 @@ difference in PQ is the fusion rule's alone. The fusion's output is also scored 
 (streamer.tools.vps: STQ, VPQ, ID switches) three ways: with the tracker's ids (`fused`, what
 `streamer run` writes), with the per-frame ids the fusion numbers by score (`per_frame_ids`, the
 baseline), and with the oracle association (each segment given the ground-truth track it
-overlaps most: the best AQ any tracker could reach with these masks).
+overlaps most: what a perfect tracker would give these masks, the practical ceiling of AQ).
 """
 from __future__ import annotations
 
@@ -48,7 +48,7 @@ class EvalReport:
     seconds: float
     results: dict[str, PQResult]  # method -> PQ
     video: dict[str, VideoPanopticResult]  # `fused` (tracked ids) and `per_frame_ids` -> video metrics
-    oracle_aq: float | None  # AQ with the oracle association: the ceiling of the tracker's
+    oracle_aq: float | None  # AQ with the oracle association: the practical ceiling of the tracker's
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {"source": self.source, "device": self.device, "seconds": round(self.seconds, 1)}
@@ -74,7 +74,7 @@ class EvalReport:
             share = video.id_switches / video.matched_track_frames if video.matched_track_frames else 0.0
             parts.append(f"  {method:<14}" + "".join("     -" if v is None else f"{100 * v:6.1f}" for v in cells)
                          + f"  {video.id_switches} of {video.matched_track_frames} ({100 * share:.1f} %)")
-        parts.append(f"  oracle AQ {'-' if self.oracle_aq is None else f'{100 * self.oracle_aq:.1f}'} (the best association of these masks)")
+        parts.append(f"  oracle AQ {'-' if self.oracle_aq is None else f'{100 * self.oracle_aq:.1f}'} (a perfect tracker's association of these masks)")
         return "\n".join(parts)
 
 

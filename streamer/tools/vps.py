@@ -28,7 +28,9 @@ H x W boolean mask, is ignored as the references do.
   predicted segments match as in PQ (same category, IoU > 0.5, so one-to-one); a GT track matched
   to another predicted id than at its previous matched frame is one switch.
 - Oracle association: `oracle_relabel` gives each predicted thing segment the track of the GT it
-  overlaps most, so AQ of the relabelled sequence is the best any tracker could reach with those masks.
+  overlaps most: the association a perfect tracker would give those masks, the practical ceiling of
+  AQ. Not a strict bound: where one segment covers two objects, a tracker that gives it an id of its
+  own can score a hair above it, because the segment's pixels then do not enlarge a GT track's match.
 
 Efficiency: each frame is reduced to its (GT value, predicted value) -> pixel count table; a
 window's tube intersections and areas are sums of its frames' tables, so only the last
@@ -304,7 +306,7 @@ def oracle_relabel(pred_map: np.ndarray, gt_map: np.ndarray, categories: Categor
     the first time it is overlapped. Thing segments overlapping no (non-crowd) GT thing count down
     from label_divisor - 1 in each frame: they never take a GT track's id, and having no TPA they
     cannot change AQ. Stuff and void stay as they are. Feeding the relabelled maps to
-    `VideoPanopticAccumulator` gives the oracle AQ: the best association any tracker could give these masks.
+    `VideoPanopticAccumulator` gives the oracle AQ (the module docstring says why it is the practical, not strict, ceiling).
     """
     _, thing = category_arrays(categories)
     g, p, n = pair_table(pred_map, gt_map, label_divisor, crowd)
