@@ -3,6 +3,7 @@ CLI, a daemon whose log lines are collected, polling, ports. Test files import t
 (`from helpers import ...`); the fixtures live in conftest.py."""
 from __future__ import annotations
 
+import collections
 import contextlib
 import io
 import logging
@@ -140,6 +141,24 @@ def mask_bbox(mask: np.ndarray) -> tuple[int, int, int, int]:
     """(x, y, width, height) of the True pixels of a 2-D mask (COCO's bbox)."""
     ys, xs = np.nonzero(mask)
     return int(xs.min()), int(ys.min()), int(xs.max() - xs.min() + 1), int(ys.max() - ys.min() + 1)
+
+
+def boxes_frame(boxes: list[tuple[int, int, int, int, int]], size=(120, 200)) -> tuple[np.ndarray, tuple]:
+    """A map with road (category 1) and things (category, x, y, w, h), numbered by rank in the frame as
+    the fusion does: the first listed is instance 1 of its category."""
+    from streamer.frames import LABEL_DIVISOR, Segment
+
+    panoptic = np.full(size, 1 * LABEL_DIVISOR, np.int32)
+    counts: collections.Counter = collections.Counter()
+    for category, x, y, w, h in boxes:
+        counts[category] += 1
+        panoptic[y:y + h, x:x + w] = category * LABEL_DIVISOR + counts[category]
+    segments = []
+    for value in np.unique(panoptic):
+        mask = panoptic == value
+        category, instance = divmod(int(value), LABEL_DIVISOR)
+        segments.append(Segment(int(value), category, instance > 0, 0.9 if instance else None, int(mask.sum()), mask_bbox(mask)))
+    return panoptic, tuple(segments)
 
 
 def cli_env(**extra: str) -> dict[str, str]:

@@ -98,3 +98,27 @@ def test_a_run_at_the_bounds_validation_accepts_finishes(tmp_path):
 def test_max_bytes_that_holds_no_segment_is_a_configuration_error(fast_config):
     message = the_error(run_in_process("check-config", "-c", str(fast_config), "--set", "output.max_bytes=0"), EXIT_CONFIG)
     assert message.startswith("command line: output.max_bytes: Input should be greater than or equal to 1000000")
+
+
+@pytest.mark.parametrize("counting, message", [
+    ({"lines": {"north": [[0, 10], [0, 10]]}}, "source.lines: north: its two points are the same"),
+    ({"lines": {"north": [[0, 10]]}}, "source.lines.north"),
+    ({"lines": {"north": [[0, 10], [5, math.nan]]}}, "source.lines.north.1.1"),
+    ({"lines": {"../x": [[0, 10], [5, 10]]}}, "source.lines.../x.[key]"),
+    ({"zones": {"walk": [[0, 0], [10, 0], [0, 0]]}}, "source.zones: walk: a zone needs 3 distinct points or more"),
+    ({"zones": {"walk": [[0, 0], [10, 0], [1e9, 5]]}}, "source.zones.walk.2.0"),
+    ({"lines": {"north": [[0, 10], [5, 10]]}, "tracking": False},
+     "source cam0 has counting lines or zones, which need tracking.enabled: true"),
+])
+def test_a_bad_counting_line_or_zone_is_a_configuration_error_naming_it(counting, message):
+    raw = {"source": {"uri": "synthetic:street", **{k: v for k, v in counting.items() if k != "tracking"}}}
+    if "tracking" in counting:
+        raw["tracking"] = {"enabled": counting["tracking"]}
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        validate(raw)
+
+
+def test_good_lines_and_zones_become_points():
+    source = validate({"source": {"uri": "synthetic:street", "lines": {"north gate": [[0, 10.5], [640, 10.5]]},
+                                  "zones": {"walk": [[0, 0], [10, 0], [10, 10]]}}}).source
+    assert source.lines == {"north gate": ((0.0, 10.5), (640.0, 10.5))} and source.zones["walk"][2] == (10.0, 10.0)

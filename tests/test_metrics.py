@@ -5,12 +5,16 @@ import json
 import re
 import time
 
+import torch
 from helpers import RECORDER, Daemon, busy_port, free_port, http_get, make_video, run_cli, the_error, wait_until
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.parser import text_string_to_metric_families
 from rtsp import RtspServer, needs_rtsp
 
 from streamer import control as ctl
+from streamer.frames import Counts
 from streamer.inputs.capture import Connection
-from streamer.service.metrics import WatchedSource, health
+from streamer.service.metrics import StatsCollector, WatchedSource, health
 
 
 def sample(text: str, name: str, **labels: str) -> float | None:
@@ -102,3 +106,26 @@ def test_health_needs_a_recent_frame_from_every_source_and_no_stuck_stage():
     assert not ok and body["reasons"] == ["source c: no frame yet"]
     assert body["sources"]["c"] == {"state": "connecting", "attempt": 3, "last_error": "c: rtsp://***@cam/x: connection refused",
                                     "last_frame_age_s": None}
+
+
+def test_counts_are_scraped_per_source_category_line_and_zone():
+    """The counting series as Prometheus reads them (the 0.0.4 text format the daemon serves): the
+    counter `streamer_objects_total` and the gauge `streamer_objects` are distinct names there."""
+    counts = Counts({"car": 5, "person": 2}, {"car": 1, "person": 0}, {("north", "car", "in"): 3, ("north", "car", "out"): 1},
+                    {("crosswalk", "person"): 2})
+    counting, quiet = ctl.Stats(), ctl.Stats()
+    counting.counts = counts
+    streaming = Connection("streaming", 0, None)
+    sources = [WatchedSource(name, stats, lambda: streaming, {}, 5.0) for name, stats in (("cam0", counting), ("cam1", quiet))]
+    registry = CollectorRegistry()
+    registry.register(StatsCollector(sources, torch.device("cpu"), {"version": "test"}))
+    text = generate_latest(registry).decode()
+    assert sample(text, "streamer_objects_total", source="cam0", category="car") == 5
+    assert sample(text, "streamer_objects", source="cam0", category="car") == 1
+    assert sample(text, "streamer_objects", source="cam0", category="person") == 0
+    assert sample(text, "streamer_line_crossings_total", source="cam0", line="north", category="car", direction="in") == 3
+    assert sample(text, "streamer_line_crossings_total", source="cam0", line="north", category="car", direction="out") == 1
+    assert sample(text, "streamer_zone_entries_total", source="cam0", zone="crosswalk", category="person") == 2
+    assert 'source="cam1"' not in "".join(line for line in text.splitlines() if "objects" in line or "line_" in line or "zone_" in line)
+    families = {(f.name, f.type) for f in text_string_to_metric_families(text)}
+    assert {("streamer_objects", "counter"), ("streamer_objects", "gauge")} <= families

@@ -15,7 +15,8 @@ import time
 
 from helpers import RECORDER, cli_env
 
-from streamer.service.status import RecentRate
+from streamer.frames import Counts, Line, Zone
+from streamer.service.status import RecentRate, counts_text
 
 SOURCE = "synthetic:street?seed=1&frames=60&size=160x96"  # 60 frames, more than the runs take
 BAR = re.compile(r"\d+%\|.*\| *\d+/\d+ \[")
@@ -104,3 +105,13 @@ def test_rate_leaves_out_the_warm_up_and_follows_the_recent_frames():
     assert abs(rate.rate(107.0) - 2) < 0.01
     rate.add(127.0, 221)  # nothing done for 20 s: the rate falls
     assert rate.rate(127.0) < 0.1
+
+
+def test_the_status_line_reads_each_sources_counts():
+    lines = (Line("north", (0, 10), (100, 10)), Line("south", (0, 90), (100, 90)))
+    counts = Counts({"person": 4, "car": 12}, {"car": 3}, {("north", "car", "in"): 2, ("north", "person", "in"): 1,
+                                                          ("north", "car", "out"): 1}, {("crosswalk", "person"): 4},
+                    lines, (Zone("crosswalk", ((0, 0), (9, 0), (9, 9))),))
+    assert counts_text(counts) == ": car 12 (3 now), person 4 (0 now); north in 3 out 1; south in 0 out 0; crosswalk 4"
+    assert counts_text(Counts({}, {}, {}, {})) == ": no objects yet"
+    assert counts_text(None) == ""

@@ -10,10 +10,12 @@ import torch
 from helpers import mask_bbox
 
 from streamer.config import Render
-from streamer.frames import Category, Segment
+from streamer.frames import Category, Counts, Line, Segment, Zone
 from streamer.outputs.render import (
     CONTOUR_COLOR,
+    COUNT_COLOR,
     Renderer,
+    draw_counting,
     instance_boundaries,
     label_patch,
     label_style,
@@ -477,3 +479,27 @@ def test_without_a_value_table_the_host_draws_the_same():
         table = Renderer(CATEGORIES, DIVISOR, 0.6, contours, True, stuff_alpha=0.4).overlay(image, panoptic, segments)
         plain = Renderer(CATEGORIES, divisor, 0.6, contours, True, stuff_alpha=0.4).overlay(image, wide, segments)
         assert np.array_equal(table, plain)
+
+
+def test_a_tracked_things_label_names_its_track():
+    assert label_text(Segment(CAR + 1, 3, True, 0.866, 1, (0, 0, 1, 1), track_id=12), NAMES) == "car 12"
+
+
+def test_counting_lines_point_to_their_in_side_and_zones_are_outlined_with_their_totals():
+    image = np.full((240, 320, 3), 90, np.uint8)
+    line = Line("north", (20, 120), (300, 120))  # pointing right: "in" is downwards
+    zone = Zone("walk", ((40, 20), (120, 20), (120, 80), (40, 80)))
+    counts = Counts({}, {}, {("north", "car", "in"): 3, ("north", "car", "out"): 1}, {("walk", "person"): 4}, (line,), (zone,))
+    drawn = draw_counting(image.copy(), counts)
+    amber = np.all(drawn == COUNT_COLOR, axis=-1)
+    assert amber[120, 20:300].all(), "the line"
+    assert amber[20, 40:121].all() and amber[20:81, 40].all() and amber[80, 40:121].all() and amber[20:81, 120].all(), "the zone"
+    assert amber[124:140, 150:170].any() and not amber[100:117, 150:170].any(), "the arrow points down, to the in side"
+    assert not amber[25:76, 45:116].any(), "a zone is outlined, not filled"
+    white = np.all(drawn == 255, axis=-1)
+    assert white[90:118, 120:200].any(), "the line's totals sit on its out side"
+    assert white[:20, 40:120].any(), "the zone's total above it"
+    assert not white[130:].any(), "no text on the in side"
+    flipped = draw_counting(image.copy(), Counts({}, {}, {}, {}, (Line("north", (300, 120), (20, 120)),)))
+    arrow = np.all(flipped == COUNT_COLOR, axis=-1)
+    assert arrow[100:117, 150:170].any() and not arrow[124:140, 150:170].any(), "b to a: in is upwards"

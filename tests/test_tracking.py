@@ -7,7 +7,7 @@ import collections
 
 import numpy as np
 import pytest
-from helpers import mask_bbox
+from helpers import boxes_frame as frame_of
 
 from streamer.frames import LABEL_DIVISOR, Segment
 from streamer.inference.tracking import TRACKERS, SourceTracker, TrackingParams
@@ -19,22 +19,6 @@ FPS = 10.0
 
 def params(tracker: str = "bytetrack", max_lost_s: float = 1.0, min_hits: int = 1) -> TrackingParams:
     return TrackingParams(True, tracker, max_lost_s, min_hits)
-
-
-def frame_of(boxes: list[tuple[int, int, int, int, int]], size=(120, 200)) -> tuple[np.ndarray, tuple[Segment, ...]]:
-    """A map with road (category 1) and things (category, x, y, w, h), numbered by rank in the frame as
-    the fusion does: the first listed is instance 1 of its category."""
-    panoptic = np.full(size, 1 * LABEL_DIVISOR, np.int32)
-    counts: collections.Counter = collections.Counter()
-    for category, x, y, w, h in boxes:
-        counts[category] += 1
-        panoptic[y:y + h, x:x + w] = category * LABEL_DIVISOR + counts[category]
-    segments = []
-    for value in np.unique(panoptic):
-        mask = panoptic == value
-        category, instance = divmod(int(value), LABEL_DIVISOR)
-        segments.append(Segment(int(value), category, instance > 0, 0.9 if instance else None, int(mask.sum()), mask_bbox(mask)))
-    return panoptic, tuple(segments)
 
 
 def things(segments) -> list[Segment]:

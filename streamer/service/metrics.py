@@ -60,7 +60,7 @@ def health(sources: list[WatchedSource], stalled_stages: list[str], now: float) 
     return ok, {"status": "ok" if ok else "unhealthy", "reasons": reasons, "sources": report}
 
 
-class _StatsCollector:
+class StatsCollector:
     """Reads the counters and gauges at scrape time."""
 
     def __init__(self, sources: list[WatchedSource], device: torch.device, build: dict[str, str]):
@@ -154,7 +154,7 @@ class MetricsServer:
         self.control = control
         self.stage_timeout_s = stage_timeout_s
         self.registry = CollectorRegistry()
-        self.registry.register(_StatsCollector(sources, device, build_labels(device)))
+        self.registry.register(StatsCollector(sources, device, build_labels(device)))
         self.stage_seconds = Histogram(
             "streamer_stage_seconds", "Time per frame in each stage", ["stage"], registry=self.registry, buckets=LATENCY_BUCKETS
         )
