@@ -1,8 +1,11 @@
 """`streamer bench` through the real CLI in a tiny configuration: every section of the JSON report is
-there with sane numbers, and the project's fusion matched the reference loop. No timing is asserted."""
+there with sane numbers, the project's fusion matched the reference loop and the tracker kept every
+object's track. No timing is asserted."""
 from __future__ import annotations
 
+import dataclasses
 import json
+import math
 
 import numpy as np
 import pytest
@@ -12,11 +15,14 @@ from helpers import run_cli, the_error
 from streamer.frames import Category
 from streamer.inference.fusion import FusionParams, fuse
 from streamer.tools.baselines import reference_fusion
-from streamer.tools.bench.micro import random_scene
+from streamer.tools.bench import micro
+from streamer.tools.bench.micro import random_scene, tracking_and_counting
+from streamer.tools.bench.options import BenchOptions, load_bench_config
+from streamer.tools.bench.report import targets
 
 TINY = [
     "--size", "160x96", "--frames", "6", "--repeats", "1", "--memory-frames", "12",
-    "--micro-sizes", "160x96,200x120", "--instances", "3,12", "--micro-repeats", "2",
+    "--micro-sizes", "160x96,200x120", "--instances", "3,12", "--micro-repeats", "2", "--tracking-frames", "8",
     # the demo models, run small: Mask R-CNN and the Unet see 160x96
     "--set", "models.semantic.input_size=[160,96]", "--set", "models.instance.min_size=96",
     "--set", "models.instance.max_size=160",
@@ -24,7 +30,8 @@ TINY = [
 
 
 def positive(stats: dict) -> bool:
-    return all(stats[key] > 0 for key in ("median", "min", "max")) and stats["min"] <= stats["median"] <= stats["max"]
+    return (all(stats[key] > 0 and math.isfinite(stats[key]) for key in ("median", "min", "max"))
+            and stats["min"] <= stats["median"] <= stats["max"])
 
 
 @pytest.fixture(scope="module")
@@ -63,6 +70,13 @@ def test_micro_benchmarks_and_identical_fusion(report):
     assert len(data["overlay"]) == 4
     for row in data["overlay"]:
         assert positive(row["ms"]) and row["threads"] == 1
+    assert [(tuple(r["size"]), r["instances"]) for r in data["tracking"]] == [
+        ((160, 96), 3), ((160, 96), 12), ((200, 120), 3), ((200, 120), 12)]
+    for row in data["tracking"]:
+        assert row["frames"] == 8 and row["timed_frames"] == 4 and row["threads"] == 1, row
+        for key in ("ms", "tracking_ms", "counting_ms"):
+            assert positive(row[key]) and row[key]["n"] == 4, (key, row)
+        assert row["tracks"] == row["kept_tracks"] == row["objects_counted"] == row["instances"], row
     codec = data["codec"]
     assert codec["size"] == [160, 96] and codec["frames"] == 6
     assert positive(codec["encode_fps"]) and positive(codec["decode_fps"])
@@ -84,11 +98,14 @@ def test_memory_environment_and_targets(report):
     assert settings["device"] == "cpu" and settings["dtype"] == "float32"
     assert settings["size"] == [160, 96] and settings["source"].startswith("synthetic:street?seed=1000&frames=6")
     names = [t["name"] for t in data["targets"]]
-    assert len(names) == 6
+    assert len(names) == 7
+    assert settings["tracking_frames"] == 8
     assert all(t["met"] in (True, False, None) for t in data["targets"])
     identical = [t for t in data["targets"] if t["name"].startswith("every fusion output")][0]
     assert identical["met"] is True
-    for heading in ("end to end", "fusion (ms, median; fuse on", "overlay (ms, one thread)", "codecs at 160x96", "memory: RSS", "targets:"):
+    tracking = "tracking + counting (ms per frame, median, one thread; ocsort, 2 lines, 1 zone, 4 of 8 frames timed)"
+    for heading in ("end to end", "fusion (ms, median; fuse on", "overlay (ms, one thread)", tracking, "codecs at 160x96", "memory: RSS",
+                    "targets:"):
         assert heading in stdout, heading
 
 
@@ -125,3 +142,60 @@ def test_reference_loop_gives_what_fuse_gives(count):
     panoptic, segments = fuse(*(torch.from_numpy(a) for a in (semantic, masks, scores, labels, is_thing)), params)
     assert np.array_equal(panoptic.numpy(), expected_map)
     assert segments == expected_segments
+
+
+@pytest.fixture(scope="module")
+def tracking_setup():
+    options = BenchOptions(
+        config=None, overrides=(), device="cpu", size=(160, 96), frames=2, repeats=1, seed=7,
+        micro_sizes=((192, 108), (320, 180)), instances=(3, 12), micro_repeats=1, tracking_frames=12, memory_frames=0,
+        torch_threads=None, cv2_threads=None,
+    )
+    return options, load_bench_config(options)
+
+
+def test_tracking_and_counting_keeps_every_objects_track(tracking_setup):
+    options, config = tracking_setup
+    rows = tracking_and_counting(options, config)
+    assert [(tuple(r["size"]), r["instances"]) for r in rows] == [
+        ((192, 108), 3), ((192, 108), 12), ((320, 180), 3), ((320, 180), 12)]
+    for row in rows:
+        assert row["tracker"] == "ocsort" and row["lines"] == 2 and row["zones"] == 1 and row["threads"] == 1
+        assert row["frames"] == 12 and row["timed_frames"] == 7  # 5 frames of warm-up
+        for key in ("ms", "tracking_ms", "counting_ms"):
+            assert positive(row[key]) and row[key]["n"] == 7, (key, row)
+        assert row["ms"]["min"] >= row["tracking_ms"]["min"]
+        # one track id per object for the whole run, each counted once as an object
+        assert row["tracks"] == row["kept_tracks"] == row["objects_counted"] == row["instances"], row
+        assert row["events"] >= 0
+
+
+def test_the_kept_tracks_check_notices_objects_that_swap_places(tracking_setup, monkeypatch):
+    """Objects that jump to another object's place every frame (same category: the boxes move two
+    along) cannot keep a track each: the row says so, and the target is missed."""
+    options, config = tracking_setup
+    moving = micro.moving_objects
+
+    def jumping(*args, **kwargs):
+        labels, boxes = moving(*args, **kwargs)
+        return labels, np.stack([np.roll(frame, 2 * index, axis=0) for index, frame in enumerate(boxes)])
+
+    monkeypatch.setattr(micro, "moving_objects", jumping)
+    rows = tracking_and_counting(dataclasses.replace(options, micro_sizes=((320, 180),), instances=(12,)), config)
+    assert rows[0]["kept_tracks"] == 0 and rows[0]["tracks"] == rows[0]["instances"]  # the tracks stay with the places
+
+
+def test_the_tracking_target_reads_the_1080p_row_at_50_objects():
+    def report(ms: float, kept: int) -> dict:
+        row = {"size": [1920, 1080], "instances": 50, "ms": {"median": ms}, "kept_tracks": kept}
+        return {"end_to_end": {"ratios": {"pipeline_vs_models_only": 1.0, "pipeline_vs_sequential": 1.0}}, "fusion": [],
+                "overlay": [], "tracking": [dict(row, instances=10), row], "memory": None}
+
+    def verdict(data: dict) -> tuple:
+        target = [t for t in targets(data) if t["name"].startswith("tracking + counting")][0]
+        return target["value"], target["met"]
+
+    assert verdict(report(1.5, 50)) == (1.5, True)
+    assert verdict(report(2.5, 50)) == (2.5, False)
+    assert verdict(report(1.5, 49)) == (1.5, False)  # a tracker that loses tracks meets nothing
+    assert verdict({**report(1.5, 50), "tracking": []}) == (None, None)

@@ -26,11 +26,12 @@ GATE = Line("gate", (100, 0), (100, 120))  # pointing down: "in" is towards smal
 
 
 def fused(index: int, boxes, source: str = "cam0", connection: int = 0, pts_ms: float | None = None) -> Fused:
-    """A frame's fusion result with per-frame ids (things numbered by rank), image and map as the device holds them."""
+    """A frame's fusion result with per-frame ids (things numbered by rank), and the image and map as the
+    models' device holds them (its own memory, as on a GPU)."""
     panoptic, segments = boxes_frame(boxes, SIZE)
     image = np.random.default_rng(index).integers(0, 256, (*SIZE, 3), np.uint8)
     frame = Frame(source, index, image, index * 100.0 if pts_ms is None else pts_ms, time.time(), time.monotonic(), connection)
-    return Fused(Panoptic(frame, panoptic, segments), torch.from_numpy(image), torch.from_numpy(panoptic))
+    return Fused(Panoptic(frame, panoptic.copy(), segments), torch.from_numpy(image), torch.from_numpy(panoptic))
 
 
 def crossing_cars(index: int):

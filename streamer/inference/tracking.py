@@ -74,8 +74,9 @@ class SourceTracker:
     def update(self, panoptic: np.ndarray, segments: tuple[Segment, ...], pts_s: float) -> tuple[np.ndarray, tuple[Segment, ...]]:
         """(panoptic map, segments) with each thing's `track_id` set (None while its track is too new,
         `min_hits`) and its instance id replaced by its track's slot. `panoptic`: H x W int32, see
-        frames.LABEL_DIVISOR (not modified; a new array when ids change); `pts_s`: the frame's
-        stream time in seconds, increasing."""
+        frames.LABEL_DIVISOR, relabelled in place (only inside the boxes of things whose id changes;
+        copying a 1080p map would cost more than the rest of tracking) and returned; `pts_s`: the
+        frame's stream time in seconds, increasing."""
         import supervision as sv
 
         things = [s for s in segments if s.isthing]
@@ -135,15 +136,12 @@ class SourceTracker:
             new_ids[segment.id] = value
             if track is not None:
                 self._slots[track] = value
-        out = panoptic
         changed = [(s, new_ids[s.id]) for s in segments if s.isthing and new_ids[s.id] != s.id]
-        if changed:
-            out = panoptic.copy()
-            masks = [(s, value, _box(s), panoptic[_box(s)] == s.id) for s, value in changed]  # all read before any write
-            for _, value, box, mask in masks:
-                out[box][mask] = value
+        masks = [(value, _box(s), panoptic[_box(s)] == s.id) for s, value in changed]  # all read before any write
+        for value, box, mask in masks:
+            panoptic[box][mask] = value
         relabelled = tuple(replace(s, id=new_ids[s.id], track_id=tracks.get(s.id)) if s.isthing else s for s in segments)
-        return out, relabelled
+        return panoptic, relabelled
 
     def _lingering(self) -> set[int]:
         """Tracks the trackers still remember (lost, but within max_lost_s, or not yet named): their slots stay reserved."""

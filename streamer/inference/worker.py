@@ -159,9 +159,12 @@ def infer(models: PanopticModels, params: FusionParams, frames: list[Frame], tak
         panoptic, segments = fuse(
             prediction.semantic, prediction.masks, prediction.scores, prediction.categories, models.is_thing, params
         )
+        host = panoptic.cpu().numpy()
+        if on_device and panoptic.device.type == "cpu":
+            host = host.copy()  # the tracker relabels the host map in place; the device overlay renumbers its own
         result = Panoptic(
             frame=frame,
-            panoptic_map=panoptic.cpu().numpy(),
+            panoptic_map=host,
             segments=tuple(segments),
             timings={"queue_wait": taken_mono - frame.captured_mono, "inference": inference,
                      "fusion": time.perf_counter() - fusing},

@@ -126,7 +126,8 @@ def score(
                 break
             scene, outputs = in_flight.popleft()
             per_frame, per_frame_segments, naive, semantic = outputs.result()
-            fused, segments = tracker.update(per_frame, per_frame_segments, index / fps) if tracker else (per_frame, per_frame_segments)
+            fused, segments = (per_frame, per_frame_segments) if tracker is None else \
+                tracker.update(per_frame.copy(), per_frame_segments, index / fps)  # it relabels in place; per_frame is scored too
             truth = relabel(scene.panoptic, lut, divisor)
             for method, prediction in zip(METHODS, (fused, naive, semantic, per_frame)):
                 scores[method].add(prediction, truth)

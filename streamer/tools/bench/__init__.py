@@ -7,7 +7,8 @@ In one process, on the same frames of the synthetic street:
       H.264 encode, one frame after the other in one thread, at torch's default thread count;
   (c) the threaded pipeline (`streamer run`) from the same source to the same kind of MP4;
 plus micro-benchmarks (fusion against a plain per-instance numpy loop of the same rule and the
-naive loop; overlay at one thread; H.264 decode and encode alone) and, with --memory-frames,
+naive loop; overlay at one thread; tracking + counting per frame at one thread; H.264 decode and
+encode alone) and, with --memory-frames,
 RSS over a long pipeline run. Modes (a)-(c) take turns within every repeat, so a change in the
 machine's load hits all three alike.
 
@@ -16,7 +17,7 @@ packaged default configuration (the bundled demo models) is used, not ./config.y
 from different machines compare.
 
 This package: the command line and the whole run here; options.py (what to measure, the
-configuration), end_to_end.py (a)-(c), codecs and memory; micro.py (fusion, overlay); measure.py
+configuration), end_to_end.py (a)-(c), codecs and memory; micro.py (fusion, overlay, tracking + counting); measure.py
 (timing, RSS, CPU per thread); report.py (settings, targets, text). Importing it for the CLI loads
 neither torch nor the models.
 """
@@ -43,13 +44,14 @@ DEFAULT_SEED = 1000
 MICRO_SIZES = ((1280, 720), (1920, 1080))
 MICRO_INSTANCES = (10, 50, 100)
 MICRO_REPEATS = 5
+TRACKING_FRAMES = 60
 
 
 def add_parser(commands: Any) -> None:
     """The `bench` subcommand; torch and the models are only imported when it runs."""
 
     parser = commands.add_parser(
-        "bench", help="measure the models alone, a sequential loop and the threaded pipeline; fusion, overlay and codec micro-benchmarks"
+        "bench", help="measure the models alone, a sequential loop and the threaded pipeline; fusion, overlay, tracking and codec micro-benchmarks"
     )
     add_config_arguments(parser)
     for action in parser._actions:  # the bench has its own default configuration
@@ -62,9 +64,11 @@ def add_parser(commands: Any) -> None:
     parser.add_argument("--seed", type=int, default=DEFAULT_SEED, help=f"synthetic scene seed (default {DEFAULT_SEED})")
     parser.add_argument("--json", metavar="PATH", help="also write every number to this JSON file")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing --json file")
-    parser.add_argument("--micro-sizes", type=size_list, default=MICRO_SIZES, metavar="WxH,...", help="fusion/overlay frame sizes (default 1280x720,1920x1080)")
-    parser.add_argument("--instances", type=count_list, default=MICRO_INSTANCES, metavar="N,...", help="fusion/overlay instance counts (default 10,50,100)")
+    parser.add_argument("--micro-sizes", type=size_list, default=MICRO_SIZES, metavar="WxH,...", help="fusion/overlay/tracking frame sizes (default 1280x720,1920x1080)")
+    parser.add_argument("--instances", type=count_list, default=MICRO_INSTANCES, metavar="N,...", help="fusion/overlay instance counts, tracked objects (default 10,50,100)")
     parser.add_argument("--micro-repeats", type=positive_int, default=MICRO_REPEATS, metavar="R", help=f"repeats of each micro-benchmark (default {MICRO_REPEATS})")
+    parser.add_argument("--tracking-frames", type=positive_int, default=TRACKING_FRAMES, metavar="N",
+                        help=f"frames of moving objects per tracking + counting run, the first few for warm-up (default {TRACKING_FRAMES})")
     parser.add_argument("--memory-frames", type=memory_frames, default=0, metavar="N",
                         help="also run the pipeline over N frames and compare RSS at frame N/10 and N (default 0: off; 5000 takes ~25 min on 2 CPU cores)")
     parser.add_argument("--torch-threads", type=positive_int, metavar="N", help="torch threads per frame in the models (runtime.torch_threads) and for the sequential loop (default: the cores shared out; torch's choice for the loop)")
@@ -95,8 +99,8 @@ def command(args: argparse.Namespace) -> int:
     options = BenchOptions(
         config=args.config, overrides=tuple(config_overrides(args)), device=args.device, size=args.size, frames=args.frames,
         repeats=args.repeats, seed=args.seed, micro_sizes=args.micro_sizes, instances=args.instances,
-        micro_repeats=args.micro_repeats, memory_frames=args.memory_frames, torch_threads=args.torch_threads,
-        cv2_threads=args.cv2_threads,
+        micro_repeats=args.micro_repeats, tracking_frames=args.tracking_frames, memory_frames=args.memory_frames,
+        torch_threads=args.torch_threads, cv2_threads=args.cv2_threads,
     )
     config = load_bench_config(options)  # a bad configuration fails here, before anything slow
     configure_logging(args.log_level or config.runtime.log_level, args.log_format or config.runtime.log_format)

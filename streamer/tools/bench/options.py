@@ -20,9 +20,10 @@ class BenchOptions:
     frames: int  # per run
     repeats: int  # runs of each mode
     seed: int  # synthetic scene
-    micro_sizes: tuple[tuple[int, int], ...]  # fusion/overlay frame sizes
-    instances: tuple[int, ...]  # fusion/overlay instance counts
+    micro_sizes: tuple[tuple[int, int], ...]  # fusion/overlay/tracking frame sizes
+    instances: tuple[int, ...]  # fusion/overlay instance counts, tracking object counts
     micro_repeats: int
+    tracking_frames: int  # frames of each tracking + counting run
     memory_frames: int  # 0: no long run
     torch_threads: int | None  # None: torch's choice
     cv2_threads: int | None  # None: OpenCV's choice

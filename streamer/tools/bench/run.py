@@ -16,7 +16,7 @@ from streamer.inference.models import resolve_device
 from streamer.inputs.sources import open_source
 from streamer.tools.bench.end_to_end import codecs, end_to_end, memory_run
 from streamer.tools.bench.measure import peak_rss_mb, rss_mb
-from streamer.tools.bench.micro import fusion_and_overlay
+from streamer.tools.bench.micro import fusion_and_overlay, tracking_and_counting
 from streamer.tools.bench.options import BenchOptions
 from streamer.tools.bench.report import environment, settings, targets
 
@@ -48,6 +48,7 @@ def run_bench(options: BenchOptions, config: Config) -> dict[str, Any]:
     del images
     torch.set_num_threads(torch_threads)
     report["fusion"], report["overlay"] = fusion_and_overlay(options, config, device)
+    report["tracking"] = tracking_and_counting(options, config)
     report["environment"]["load_average_end"] = [round(v, 2) for v in os.getloadavg()]
     report["environment"]["rss_mb_end"] = rss_mb()
     report["environment"]["rss_mb_peak"] = peak_rss_mb()
