@@ -196,7 +196,7 @@ class Follow:
         source = frame.source_id
         tracker, counter = self._tracker(source), self.counters.get(source)
         last = self._last.get(source)
-        if last is not None and (frame.connection != last[0] or frame.pts_ms <= last[1]):
+        if last is not None and (frame.connection != last[0] or frame.pts_ms < last[1]):
             for state in (tracker, counter):
                 if state:
                     state.reset()
