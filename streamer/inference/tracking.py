@@ -97,7 +97,8 @@ class SourceTracker:
                     tracks[int(segment_id)] = self._track_id(category, int(library_id), tracker.tracks)
                 elif self.params.min_hits <= 1 and (tracklet := _spawned_for(box, born)) is not None:
                     born.remove(tracklet)
-                    tracks[int(segment_id)] = self._early.setdefault(id(tracklet), (tracklet, self._new_id()))[1]
+                    tracks[int(segment_id)] = track = self._new_id()
+                    self._early[id(tracklet)] = (tracklet, track)  # replaces a dead tracklet's entry whose id() was reused
         for category in set(self._trackers) - {s.category_id for s in things}:  # unseen this frame: time passes for them too
             self._trackers[category].update(sv.Detections.empty(), timestamp=pts_s)
         alive = {id(t) for tracker in self._trackers.values() for t in tracker.tracks if t.tracker_id == -1}
