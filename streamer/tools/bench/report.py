@@ -158,19 +158,7 @@ def format_report(report: dict[str, Any]) -> str:
         label = f"  {row['size'][0]}x{row['size'][1]} x {row['instances']}"
         ms = row["ms"]
         lines.append(f"{label:<28}{ms['median']:>9.2f}{_spread(ms):>17}")
-    tracking = report["tracking"]
-    if tracking:
-        first = tracking[0]
-        zones = f"{first['zones']} zone{'s' if first['zones'] != 1 else ''}"
-        lines += ["", f"tracking + counting (ms per frame, median, one thread; {first['tracker']}, {first['lines']} lines, {zones}, "
-                      f"{first['timed_frames']} of {first['frames']} frames timed)",
-                  f"{'  size x objects':<28}{'total':>9}{'tracking':>10}{'counting':>10}{'[min - max]':>17}{'tracks kept':>13}"]
-    for row in tracking:
-        label = f"  {row['size'][0]}x{row['size'][1]} x {row['instances']}"
-        ms = row["ms"]
-        kept = f"{row['kept_tracks']}/{row['instances']}"
-        lines.append(f"{label:<28}{ms['median']:>9.2f}{row['tracking_ms']['median']:>10.2f}{row['counting_ms']['median']:>10.2f}"
-                     f"{_spread(ms):>17}{kept:>13}")
+    lines += _tracking_lines(report["tracking"])
     codec = report["codec"]
     lines += ["", f"codecs at {codec['size'][0]}x{codec['size'][1]}: H.264 decode {codec['decode_fps']['median']:.0f} fps, "
                   f"encode {codec['encode_fps']['median']:.0f} fps (medians)"]
@@ -189,6 +177,24 @@ def format_report(report: dict[str, Any]) -> str:
         lines.append(f"  {verdict:<13}{target['name']}{shown}")
     lines.append(f"\n{report['seconds']:.0f} s in all")
     return "\n".join(lines)
+
+
+def _tracking_lines(rows: list[dict[str, Any]]) -> list[str]:
+    """The tracking + counting table of the text report (nothing when it was not measured)."""
+    if not rows:
+        return []
+    first = rows[0]
+    zones = f"{first['zones']} zone{'s' if first['zones'] != 1 else ''}"
+    lines = ["", f"tracking + counting (ms per frame, median, one thread; {first['tracker']}, {first['lines']} lines, {zones}, "
+                 f"{first['timed_frames']} of {first['frames']} frames timed)",
+             f"{'  size x objects':<28}{'total':>9}{'tracking':>10}{'counting':>10}{'[min - max]':>17}{'tracks kept':>13}"]
+    for row in rows:
+        label = f"  {row['size'][0]}x{row['size'][1]} x {row['instances']}"
+        ms = row["ms"]
+        kept = f"{row['kept_tracks']}/{row['instances']}"
+        lines.append(f"{label:<28}{ms['median']:>9.2f}{row['tracking_ms']['median']:>10.2f}{row['counting_ms']['median']:>10.2f}"
+                     f"{_spread(ms):>17}{kept:>13}")
+    return lines
 
 
 def _spread(stats: dict[str, float]) -> str:
