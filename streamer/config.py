@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import copy
 import enum
+import ipaddress
+import logging
 import math
 import os
 import re
@@ -22,6 +24,7 @@ from pydantic import (
     ConfigDict,
     Field,
     PrivateAttr,
+    SecretStr,
     ValidationError,
     field_validator,
     model_validator,
@@ -31,6 +34,8 @@ from streamer import presets
 from streamer.errors import ConfigError, InputNotFound
 from streamer.frames import LABEL_DIVISOR, Category
 from streamer.uris import redact_uri
+
+log = logging.getLogger(__name__)
 
 
 def _unit_interval(value: float) -> float:
@@ -58,6 +63,7 @@ DAY_S = 86400.0
 MIN_SEGMENT_S = 0.1
 FIRST_CONNECT_S = 30.0  # how long a never-connected source keeps trying, by default, outside systemd
 MIN_BUDGET = 1_000_000  # bytes: output.max_bytes below this cannot hold one segment of a real camera
+TOKEN_VARIABLE = "STREAMER_TOKEN"  # the server's token, when server.token is not set
 LIVE_SEGMENT_SECONDS = 60.0  # a live source records in segments this long unless output.segment_seconds says otherwise
 
 Coordinate = Annotated[float, Field(ge=-MAX_INPUT_SIDE, le=2 * MAX_INPUT_SIDE)]
@@ -360,10 +366,48 @@ class Tracking(Strict):
     min_hits: int = Field(default=1, ge=1, le=100, description="frames in a row a new object needs before its track id is given")
 
 
-class Metrics(Strict):
-    enabled: bool = Field(default=False, description="Prometheus /metrics and /healthz over HTTP")
-    host: str = Field(default="127.0.0.1", description="address to listen on")
+class Server(Strict):
+    """The daemon's HTTP server: /metrics, /healthz, the live view (README, Watching it live)."""
+
+    enabled: bool = Field(default=False, description="serve /metrics, /healthz and the live view over HTTP")
+    host: str = Field(default="127.0.0.1", min_length=1, description="address to listen on; anything but loopback needs a token")
     port: int = Field(default=9108, ge=0, le=65535, description="0: any free port (logged at start)")
+    token: SecretStr | None = Field(default=None, description="what clients must present, 16 to 256 characters "
+                                    "(Bearer header or ?token=); default: the environment variable STREAMER_TOKEN")
+    allow_unauthenticated: bool = Field(default=False, description="serve other machines without a token, on purpose")
+    max_viewers: int = Field(default=8, ge=1, le=64, description="live viewers per source at once; more get 503")
+    live_width: int = Field(default=960, ge=64, le=MAX_INPUT_SIDE, description="the live view's largest width, pixels")
+    live_fps: float = Field(default=10.0, gt=0, le=60, description="the live view's highest frame rate")
+
+    _token: str | None = PrivateAttr(default=None)
+
+    @model_validator(mode="after")
+    def _token_off_loopback(self) -> Server:
+        if not self.enabled:
+            return self
+        token = self.token.get_secret_value() if self.token else os.environ.get(TOKEN_VARIABLE) or None
+        if token is not None and not 16 <= len(token) <= 256:
+            raise ValueError(f"the token ({'server.token' if self.token else TOKEN_VARIABLE}) must be 16 to 256 characters long")
+        self._token = token
+        if not loopback(self.host) and token is None and not self.allow_unauthenticated:
+            raise ValueError(f"host {self.host} is reachable from other machines: set server.token (or {TOKEN_VARIABLE}), "
+                             "or server.allow_unauthenticated: true to serve without one on purpose")
+        return self
+
+    @property
+    def bearer(self) -> str | None:
+        """The token clients must present (server.token, else STREAMER_TOKEN); None: none needed."""
+        return self._token
+
+
+def loopback(host: str) -> bool:
+    """Whether `host` (a name or an address) only listens on this machine."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 class Runtime(Strict):
@@ -397,8 +441,19 @@ class Config(Strict):
     render: Render = Render()
     tracking: Tracking = Tracking()
     output: Output = Output()
-    metrics: Metrics = Metrics()
+    server: Server = Field(default_factory=lambda: Server.model_validate({}))  # reads STREAMER_TOKEN: not at import
     runtime: Runtime = Runtime()
+
+    @model_validator(mode="before")
+    @classmethod
+    def _metrics_is_now_server(cls, raw: Any) -> Any:
+        """`metrics:` (before the live view) is read as `server:`, with a warning, so older files keep working."""
+        if not isinstance(raw, dict) or "metrics" not in raw:
+            return raw
+        if "server" in raw:
+            raise ValueError("metrics: is now server: (the same keys and more); give only server:")
+        log.warning("config: metrics: is now server: (the same keys and more); rename it")
+        return {("server" if key == "metrics" else key): value for key, value in raw.items()}
 
     @model_validator(mode="before")
     @classmethod
@@ -526,7 +581,7 @@ def _first_error(exc: ValidationError, origin: str, overridden: list[str] | tupl
         message = "unknown key (check the spelling; see the configuration reference in README.md)"
     elif first["type"] == "missing":
         message = "required key is missing"
-    elif "input" in first and not isinstance(first["input"], (dict, list)):
+    elif "input" in first and not isinstance(first["input"], (dict, list)) and not where.endswith("token"):
         message += f", got {first['input']!r}"
     more = f" (and {len(errors) - 1} more problem{'s' if len(errors) > 2 else ''})" if len(errors) > 1 else ""
     return redact_uri(f"{origin}: {where + ': ' if where else ''}{message}{more}")  # the value may be a camera URL

@@ -158,7 +158,7 @@ def test_check_config_prints_the_resolved_config(fast_config):
     assert printed["runtime"]["device"] == "cpu"  # from the file
     assert printed["models"]["instance"]["min_size"] == 96
     assert printed["models"]["semantic"]["input_size"] == [128, 96]
-    assert set(printed) == {"source", "sources", "models", "fusion", "render", "tracking", "output", "metrics", "runtime"}
+    assert set(printed) == {"source", "sources", "models", "fusion", "render", "tracking", "output", "server", "runtime"}
     # What it prints is itself a valid configuration that resolves to the same thing.
     again = write_yaml(fast_config.parent / "again.yaml", printed)
     assert check_config("-c", str(again)).stdout == result.stdout
@@ -175,7 +175,8 @@ def test_check_config_fills_in_defaults(tmp_path):
     assert printed["output"] == {"video": None, "segment_seconds": None, "keep_hours": None, "max_bytes": None,
                                  "display": False, "export_dir": None, "export_images": False, "min_free_mb": 100.0,
                                  "overwrite": False}
-    assert printed["metrics"] == {"enabled": False, "host": "127.0.0.1", "port": 9108}
+    assert printed["server"] == {"enabled": False, "host": "127.0.0.1", "port": 9108, "token": None, "allow_unauthenticated": False,
+                                 "max_viewers": 8, "live_width": 960, "live_fps": 10.0}
 
 
 # ---------------------------------------------------------------------------------------------

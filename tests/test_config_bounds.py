@@ -63,7 +63,7 @@ KEYS = numeric_keys()
 
 def test_the_schema_walk_finds_the_numbers():
     keys = dict(KEYS)
-    assert {"source.fps", "output.max_bytes", "runtime.max_frames", "models.semantic.input_size", "metrics.port"} <= set(keys)
+    assert {"source.fps", "output.max_bytes", "runtime.max_frames", "models.semantic.input_size", "server.port"} <= set(keys)
     assert len(keys) > 30
 
 

@@ -35,7 +35,7 @@ def test_scraped_counters_rise_drops_are_counted_by_cause_and_stages_are_timed(t
     source = RECORDER[1].replace("fps=8", "fps=40")
     daemon = Daemon(*RECORDER[2:], "--source", source, "--output", str(tmp_path / "out.mp4"),
                     "--set", "source.buffer=drop_oldest", "--set", "source.queue_size=1",
-                    "--set", "metrics.enabled=true", "--set", f"metrics.port={port}")
+                    "--set", "server.enabled=true", "--set", f"server.port={port}")
     try:
         daemon.wait_processed(1, timeout=120)
         status, first = http_get(port, "/metrics")
@@ -66,7 +66,7 @@ def test_healthz_turns_503_while_the_camera_stalls_and_200_when_it_is_back(tmp_p
     video = make_video(tmp_path / "in.mp4", frames=50, size=(160, 120), fps=25, gop=10)
     port = free_port()
     with RtspServer(video) as server:
-        daemon = Daemon(*RECORDER[2:], "--source", server.url, "--set", "metrics.enabled=true", "--set", f"metrics.port={port}",
+        daemon = Daemon(*RECORDER[2:], "--source", server.url, "--set", "server.enabled=true", "--set", f"server.port={port}",
                         "--set", "source.stall_timeout_s=2", "--set", "source.read_timeout_s=30",
                         "--set", "source.reconnect.initial_delay_s=0.3", "--set", "source.reconnect.max_delay_s=1")
         try:
@@ -83,11 +83,11 @@ def test_healthz_turns_503_while_the_camera_stalls_and_200_when_it_is_back(tmp_p
             assert daemon.terminate() == 0, daemon.text()
 
 
-def test_a_busy_metrics_port_is_one_clear_error(tmp_path):
+def test_a_busy_server_port_is_one_clear_error(tmp_path):
     with busy_port() as port:
-        result = run_cli("run", *RECORDER, "--max-frames", "2", "--set", "metrics.enabled=true", "--set", f"metrics.port={port}")
+        result = run_cli("run", *RECORDER, "--max-frames", "2", "--set", "server.enabled=true", "--set", f"server.port={port}")
     message = the_error(result, 1)
-    assert f"metrics: cannot listen on 127.0.0.1:{port}" in message
+    assert f"server: cannot listen on 127.0.0.1:{port}" in message
 
 
 def test_health_needs_a_recent_frame_from_every_source_and_no_stuck_stage():

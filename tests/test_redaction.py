@@ -90,7 +90,7 @@ def test_no_output_carries_the_cameras_secret(tmp_path):
         daemon = Daemon("--source", url, *DEMO_MODELS, "--set", "models.semantic.input_size=[160,96]",
                         "--set", "models.instance.min_size=96", "--set", "models.instance.max_size=160", "--set", "runtime.device=cpu",
                         "--set", "output.segment_seconds=0", "--output", str(video), "--export-dir", str(export),
-                        "--set", "metrics.enabled=true", "--set", f"metrics.port={port}", "--set", "runtime.status_interval_s=0.5")
+                        "--set", "server.enabled=true", "--set", f"server.port={port}", "--set", "runtime.status_interval_s=0.5")
         try:
             daemon.wait_processed(2, timeout=120)
             served = http_get(port, "/metrics")[1] + http_get(port, "/healthz")[1]

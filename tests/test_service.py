@@ -85,7 +85,7 @@ def test_a_hung_worker_stops_the_watchdog_pings(tmp_path, fast_config, systemd):
     # The models answer 20 calls, then hang in the next one (tests/hanging_worker.py).
     process = subprocess.Popen(
         [sys.executable, str(HANGING_WORKER), "20", "run", "-c", str(fast_config), "--source", str(video), *DEMO_MODELS,
-         "--set", "runtime.stage_timeout_s=1.5", "--set", "metrics.enabled=true", "--set", f"metrics.port={port}"],
+         "--set", "runtime.stage_timeout_s=1.5", "--set", "server.enabled=true", "--set", f"server.port={port}"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
     )
     try:

@@ -131,7 +131,7 @@ def test_a_url_that_never_answers_gives_up_naming_the_failure_and_showing_its_st
     port = free_port()
     url = f"rtsp://127.0.0.1:{port}/x"
     daemon = Daemon("--source", url, *LIVE, "--set", "source.reconnect.first_connect_s=4",
-                    "--set", "metrics.enabled=true", "--set", f"metrics.port={free_port()}")
+                    "--set", "server.enabled=true", "--set", f"server.port={free_port()}")
     health = None
     try:
         daemon.wait_for(r"status: .*cam0 connecting \(attempt \d+\)", timeout=120)

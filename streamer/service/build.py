@@ -32,10 +32,16 @@ from streamer.outputs.recording import open_video
 from streamer.outputs.retention import Retention
 
 if TYPE_CHECKING:  # torch-heavy: imported when the pipeline builds them, after the cheap checks
+    import torch
+
+    from streamer import control as ctl
     from streamer.inference.counting import Counter
     from streamer.inference.fusion import FusionParams
     from streamer.inference.tracking import TrackingParams
+    from streamer.outputs.live import LiveFeed
     from streamer.outputs.render import Renderer
+    from streamer.service.metrics import WatchedSource
+    from streamer.service.server import Server
 
 log = logging.getLogger(__name__)
 
@@ -72,6 +78,27 @@ def counter(config: Config, source: Source) -> Counter | None:
     lines = [Line(name, a, b) for name, (a, b) in source.lines.items()]
     zones = [Zone(name, points) for name, points in source.zones.items()]
     return Counter(lines, zones, {c.id: c.name for c in config.categories()})
+
+
+def live_feed(config: Config, source_id: str) -> LiveFeed:
+    """The source's live view for the server (the `server:` section's size, rate and viewer cap)."""
+    from streamer.outputs.live import LiveFeed
+
+    settings = config.server
+    return LiveFeed(source_id, settings.live_width, settings.live_fps, settings.max_viewers)
+
+
+def server(config: Config, watched: list[WatchedSource], feeds: dict[str, LiveFeed], control: ctl.Control,
+           device: torch.device) -> Server:
+    """The HTTP server: metrics and health of `watched`, the live views of `feeds`; listening when returned."""
+
+    from streamer.service.http import MAX_CONNECTIONS
+    from streamer.service.metrics import Metrics
+    from streamer.service.server import Server
+
+    settings = config.server
+    metrics = Metrics(watched, control, config.runtime.stage_timeout_s, device)
+    return Server(settings.host, settings.port, settings.bearer, metrics, feeds, MAX_CONNECTIONS + len(feeds) * settings.max_viewers)
 
 
 def announce_models(config: Config) -> None:

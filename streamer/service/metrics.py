@@ -1,4 +1,4 @@
-"""Prometheus metrics and a health check over HTTP: `/metrics` and `/healthz`.
+"""Prometheus metrics and the health check behind `/metrics` and `/healthz` (served by streamer.service.server).
 
 Counters are read from each source's Stats when scraped, so the frame path pays nothing for them;
 only the latency histograms are observed per frame, by the sink thread. Source labels are the
@@ -6,25 +6,20 @@ configured ids, never URLs.
 """
 from __future__ import annotations
 
-import json
 import logging
 import platform
 import queue
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler
 
 import torch
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 from streamer import control as ctl
-from streamer.errors import StreamerError
 from streamer.frames import Panoptic
 from streamer.inputs.capture import Connection
-from streamer.service.http import BoundedHTTPServer
 
 log = logging.getLogger(__name__)
 
@@ -145,11 +140,11 @@ def build_labels(device: torch.device) -> dict[str, str]:
     }
 
 
-class MetricsServer:
-    """Serves /metrics and /healthz from a daemon thread until closed."""
+class Metrics:
+    """The registry behind /metrics (the counters read at scrape time, the latency histograms
+    observed per frame) and the /healthz verdict; streamer.service.server serves both."""
 
-    def __init__(self, host: str, port: int, sources: list[WatchedSource], control: ctl.Control,
-                 stage_timeout_s: float, device: torch.device):
+    def __init__(self, sources: list[WatchedSource], control: ctl.Control, stage_timeout_s: float, device: torch.device):
         self.sources = sources
         self.control = control
         self.stage_timeout_s = stage_timeout_s
@@ -162,13 +157,6 @@ class MetricsServer:
             "streamer_latency_seconds", "End-to-end latency, frame read to outputs written", ["source"],
             registry=self.registry, buckets=LATENCY_BUCKETS,
         )
-        try:
-            self._server = BoundedHTTPServer((host, port), self._handler())
-        except OSError as exc:
-            raise StreamerError(f"metrics: cannot listen on {host}:{port}: {exc.strerror}; change metrics.port or stop what uses it") from None
-        self.port = self._server.server_address[1]
-        threading.Thread(target=self._server.serve_forever, name="metrics", daemon=True).start()
-        log.info("metrics on http://%s:%d/metrics, health on /healthz", host, self.port)
 
     def observe(self, result: Panoptic, timings: dict[str, float]) -> None:
         """Called by the sink thread once a result is written, with every stage's seconds."""
@@ -179,32 +167,6 @@ class MetricsServer:
     def health(self) -> tuple[bool, dict]:
         return health(self.sources, self.control.stalled_stages(self.stage_timeout_s), time.monotonic())
 
-    def close(self) -> None:
-        self._server.shutdown()
-        self._server.server_close()
-
-    def _handler(self):
-        server = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_GET(self):  # noqa: N802 - http.server's naming
-                path = self.path.split("?", 1)[0]
-                if path == "/metrics":
-                    self._send(200, CONTENT_TYPE_LATEST, generate_latest(server.registry))
-                elif path == "/healthz":
-                    ok, body = server.health()
-                    self._send(200 if ok else 503, "application/json", json.dumps(body).encode() + b"\n")
-                else:
-                    self._send(404, "text/plain; charset=utf-8", b"not found: try /metrics or /healthz\n")
-
-            def _send(self, status: int, content_type: str, body: bytes) -> None:
-                self.send_response(status)
-                self.send_header("Content-Type", content_type)
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-            def log_message(self, *args) -> None:  # scrapes are not events worth a log line
-                pass
-
-        return Handler
+    def exposition(self) -> tuple[str, bytes]:
+        """(content type, body) of /metrics: the Prometheus text format 0.0.4."""
+        return CONTENT_TYPE_LATEST, generate_latest(self.registry)

@@ -100,7 +100,7 @@ class Pipeline:
         if config.output.display:
             require_display()  # before anything slow, and before OpenCV could abort the process
         runs: list[SourceRun] = []
-        metrics = pool = None
+        server = pool = None
         try:
             several = len(config.all_sources()) > 1
             runs.extend(self._prepare(source, several) for source in config.all_sources())
@@ -109,19 +109,20 @@ class Pipeline:
             # Only now the heavy part: torch, the models (every check above answers without them).
             from streamer.inference.models import resolve_device
             from streamer.inference.worker import Follow, load_models, worker_loop
-            from streamer.service.metrics import MetricsServer
 
             renderer = build.renderer(config)
             device = resolve_device(config.runtime.device)
-            if config.metrics.enabled:  # up before the models load: /healthz says 503 until frames flow
-                metrics = MetricsServer(config.metrics.host, config.metrics.port, [run.watched() for run in runs],
-                                        self.control, config.runtime.stage_timeout_s, device)
+            if config.server.enabled:  # up before the models load: /healthz says 503 until frames flow
+                feeds = {run.settings.id: build.live_feed(config, run.settings.id) for run in runs}
+                for run in runs:
+                    run.outputs.append(feeds[run.settings.id])  # the sink closes it: its viewers' streams end
+                server = build.server(config, [run.watched() for run in runs], feeds, self.control, device)
             pool, models = load_models(config, device)
             follow = Follow(build.tracking_params(config), config.fusion.label_divisor,
                             {source.id: build.counter(config, source) for source in config.all_sources()},
                             self._device_overlay(renderer, device))
         except BaseException:
-            for closable in [run.reader for run in runs] + [metrics, pool]:
+            for closable in [run.reader for run in runs] + [server, pool]:
                 if closable:
                     closable.close()
             raise
@@ -129,7 +130,7 @@ class Pipeline:
         threads.append(threading.Thread(target=worker_loop, name="worker", daemon=True, args=(
             pool, models, build.fusion_params(config), [(run.frames, run.results) for run in runs], self.control,
             config.runtime.max_batch, follow)))
-        observe = metrics.observe if metrics else None
+        observe = server.metrics.observe if server else None
         sinks = [threading.Thread(target=sink_loop, name=f"sink-{run.settings.id}", daemon=True,
                                   args=(run.results, run.outputs, renderer.render, self.control, run.stats, observe))
                  for run in runs]
@@ -143,7 +144,7 @@ class Pipeline:
                 thread.join(JOIN_TIMEOUT_S)
                 if thread.is_alive():
                     log.error("%s thread did not stop within %.0f s", thread.name, JOIN_TIMEOUT_S)
-            for closable in (pool, metrics):
+            for closable in (pool, server):
                 if closable:
                     closable.close()
         return self._summary()

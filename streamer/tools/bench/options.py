@@ -45,7 +45,7 @@ def config_overrides(options: BenchOptions, uri: str, video: Path | None) -> lis
     fixed = [
         "sources=[]", f"source.uri={quote(uri)}", "output.display=false", "output.export_dir=null",
         f"output.video={quote(str(video)) if video else 'null'}", "output.segment_seconds=0",
-        "runtime.max_frames=null", "metrics.enabled=false",
+        "runtime.max_frames=null", "server.enabled=false",
     ]
     if options.device:
         fixed.append(f"runtime.device={quote(options.device)}")

@@ -1,0 +1,13 @@
+"use strict";
+// Shared by the pages: a source's counts as the status line writes them.
+
+function countsText(counts) {
+  if (!counts) return "not counting";
+  const objects = Object.entries(counts.objects_total).map(([name, n]) => `${name} ${n} (${counts.visible[name] || 0} now)`);
+  const lines = Object.entries(counts.lines).map(([name, per]) => {
+    const sum = way => Object.values(per).reduce((total, c) => total + c[way], 0);
+    return `${name} in ${sum("in")} out ${sum("out")}`;
+  });
+  const zones = Object.entries(counts.zones).map(([name, per]) => `${name} ${Object.values(per).reduce((a, b) => a + b, 0)}`);
+  return [objects.join(", ") || "no objects yet", ...lines, ...zones].join("; ");
+}
