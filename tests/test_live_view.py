@@ -125,11 +125,13 @@ def test_every_endpoint_but_healthz_needs_the_token(daemon):
     assert get(daemon.port, "/metrics", AUTH)[0] == 200
     # A page opened with ?token= puts it in a cookie and reloads without it.
     status, headers, _ = get(daemon.port, f"/live/cam0?token={TOKEN}")
-    assert status == 303 and headers["Location"] == "/live/cam0"
+    assert status == 303 and headers["Location"] == "cam0", "relative: right behind a proxy's path prefix too"
     cookie = headers["Set-Cookie"].split(";")[0]
     assert "HttpOnly" in headers["Set-Cookie"] and "SameSite=Strict" in headers["Set-Cookie"]
     assert get(daemon.port, "/live/cam0", {"Cookie": cookie})[0] == 200
     assert get(daemon.port, f"/live/cam0.jpg?token={TOKEN}")[0] == 200, "a stream URL may carry it, e.g. for a player"
+    status, headers, _ = get(daemon.port, f"/?token={TOKEN}")
+    assert status == 303 and headers["Location"] == "./"
 
 
 @pytest.mark.parametrize("path", ["/live/cam1.jpg", "/live/..%2F..%2Fetc%2Fpasswd", "/live/cam0/../../x.jpg", "/live/cam0.png",

@@ -141,9 +141,10 @@ class Handler(BaseHTTPRequestHandler):
         return None
 
     def _enter(self, path: str) -> None:
-        """A page opened with ?token=: the token goes into a cookie, the browser reloads without it."""
+        """A page opened with ?token=: the token goes into a cookie, the browser reloads without it
+        (a relative Location, right behind a proxy's path prefix too)."""
         cookie = f"{COOKIE}={self.app.token}; Path=/; HttpOnly; SameSite=Strict"
-        self._send(303, "text/plain; charset=utf-8", b"", {"Location": path, "Set-Cookie": cookie})
+        self._send(303, "text/plain; charset=utf-8", b"", {"Location": path.rsplit("/", 1)[1] or "./", "Set-Cookie": cookie})
 
     def _snapshot(self, feed: LiveFeed) -> None:
         frame = feed.frames.latest()[1]
