@@ -1,7 +1,8 @@
 """The daemon's one HTTP server (`server:`): metrics, health, and the live view of every source.
 
 Endpoints: `/healthz` (always open), `/metrics`, `/api/status`, `/` (every source), `/live/{source}`
-(one source, large), `/live/{source}.jpg` (the newest frame), `/live/{source}.mjpg` (MJPEG).
+(one source, large), `/live/{source}.jpg` (the newest frame), `/live/{source}.mjpg` (MJPEG),
+`/live/{source}.mp4` (H.264 in fragmented MP4, for the page's Media Source Extensions player).
 With a token (server.token or STREAMER_TOKEN) every endpoint but /healthz needs it: an
 `Authorization: Bearer` header, a `streamer_token` cookie, or `?token=` (a page opened that way sets
 the cookie and reloads without it, so the token leaves the address bar). Tokens are compared in
@@ -17,6 +18,7 @@ import hmac
 import json
 import logging
 import re
+import socket
 import threading
 import time
 import urllib.parse
@@ -34,9 +36,10 @@ log = logging.getLogger(__name__)
 
 COOKIE = "streamer_token"
 BOUNDARY = "streamer-frame"
-LIVE_PATH = re.compile(r"^/live/([^/]+?)(\.jpg|\.mjpg)?$")
+LIVE_PATH = re.compile(r"^/live/([^/]+?)(\.jpg|\.mjpg|\.mp4)?$")
 PAGES = {name: resources.files("streamer.service").joinpath("web", name).read_bytes() for name in ("index.html", "live.html", "common.js")}
 FPS_WINDOW_S = 5.0
+JOIN_TIMEOUT_S = 10.0  # a video viewer waits this long for its first keyframe
 
 
 class Server:
@@ -103,6 +106,10 @@ class Handler(BaseHTTPRequestHandler):
     server_version = "streamer"
     app: Server
 
+    def setup(self) -> None:
+        super().setup()
+        self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # a fragment or JPEG goes out at once
+
     def do_GET(self) -> None:  # noqa: N802 - http.server's naming
         url = urllib.parse.urlsplit(self.path)
         path, query = url.path, urllib.parse.parse_qs(url.query)
@@ -131,7 +138,7 @@ class Handler(BaseHTTPRequestHandler):
             return self._send(200, "text/html; charset=utf-8", PAGES["live.html"])
         if live.group(2) == ".jpg":
             return self._snapshot(feed)
-        return self._mjpeg(feed)
+        return self._mjpeg(feed) if live.group(2) == ".mjpg" else self._mp4(feed)
 
     def _cookie(self) -> str | None:
         for part in (self.headers.get("Cookie") or "").split(";"):
@@ -165,10 +172,35 @@ class Handler(BaseHTTPRequestHandler):
                         seen, frame = item
                         self.wfile.write(_part(frame))
         except ViewersFull:
-            self._send(503, "text/plain; charset=utf-8", b"too many viewers of this source (server.max_viewers)\n",
-                       {"Retry-After": "5"})
+            self._full()
         except OSError:  # the viewer went away, or stalled past IO_TIMEOUT_S: its place is free again
             pass
+
+    def _mp4(self, feed: LiveFeed) -> None:
+        """Init segment, then fragments from the newest keyframe on, as they come (streamer.outputs.fmp4)."""
+        try:
+            with feed.viewer(), feed.watching_video():
+                joined = feed.video.join(JOIN_TIMEOUT_S)  # the encoder starts with the next frame
+                if joined is None:
+                    return self._send(503, "text/plain; charset=utf-8", b"no video yet\n", {"Retry-After": "1"})
+                epoch, init, codec, origin, seq = joined
+                self.send_response(200)
+                self.send_header("Content-Type", "video/mp4")
+                self.send_header("X-Codec", codec)
+                self.send_header("X-Time-Origin", f"{origin:.3f}")  # media time 0 = this capture time (Unix seconds)
+                self.send_header("Cache-Control", "no-store")
+                self.end_headers()
+                self.wfile.write(init)
+                while (read := feed.video.read(epoch, seq, IO_TIMEOUT_S)) is not None:
+                    fragments, seq = read
+                    self.wfile.write(b"".join(fragments))
+        except ViewersFull:
+            self._full()
+        except OSError:  # the viewer went away, or stalled past IO_TIMEOUT_S: its place is free again
+            pass
+
+    def _full(self) -> None:
+        self._send(503, "text/plain; charset=utf-8", b"too many viewers of this source (server.max_viewers)\n", {"Retry-After": "5"})
 
     def _send(self, status: int, content_type: str, body: bytes, headers: dict[str, str] | None = None) -> None:
         self.send_response(status)
