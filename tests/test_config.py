@@ -394,3 +394,13 @@ def test_source_uri_takes_credentials_from_the_environment_and_never_prints_them
     assert "hunter2" not in result.stdout + result.stderr and "admin" not in result.stdout
     missing = run_cli("check-config", "-c", str(fast_config), "--set", "source.uri=${NOT_SET_ANYWHERE}")
     assert "environment variable NOT_SET_ANYWHERE is not set" in the_error(missing, EXIT_CONFIG)
+
+
+def test_an_older_files_metrics_section_is_read_as_server_with_a_warning(tmp_path):
+    """`metrics:` became `server:` with the live view: a systemd unit's old file keeps working."""
+    old = write_yaml(tmp_path / "old.yaml", {**MINIMAL, "metrics": {"enabled": True, "port": 9999}})
+    result = check_config("-c", str(old))
+    assert resolved(result)["server"] | {"enabled": True, "port": 9999, "host": "127.0.0.1"} == resolved(result)["server"]
+    assert "metrics: is now server: (the same keys and more); rename it" in result.stderr
+    both = write_yaml(tmp_path / "both.yaml", {**MINIMAL, "metrics": {"enabled": True}, "server": {"port": 1}})
+    assert "metrics: is now server: (the same keys and more); give only server:" in the_error(check_config("-c", str(both)), 78)
