@@ -346,3 +346,18 @@ def random_rectangles(rng: np.random.Generator, base: np.ndarray, values: list[i
         y, x = rng.integers(0, h), rng.integers(0, w)
         out[y:y + rng.integers(1, h // 2 + 1), x:x + rng.integers(1, w // 2 + 1)] = rng.choice(values)
     return out
+
+
+@contextlib.contextmanager
+def serving(*args: str, token: str) -> Iterator[Daemon]:
+    """A recorder daemon (RECORDER, then `args`) with its HTTP server on a free port (`.port`) and
+    `token`, once it has processed 3 frames; it must end cleanly."""
+    port = free_port()
+    daemon = Daemon(*RECORDER, *args, "--set", "server.enabled=true", "--set", f"server.port={port}", "--set", f"server.token={token}",
+                    "--set", "runtime.status_interval_s=0.5")
+    daemon.port = port
+    try:
+        daemon.wait_processed(3, timeout=120)
+        yield daemon
+    finally:
+        assert daemon.terminate() == 0, daemon.text()

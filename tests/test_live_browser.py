@@ -13,7 +13,7 @@ import av
 import cv2
 import numpy as np
 import pytest
-from helpers import RECORDER, Daemon, free_port, wait_until
+from helpers import RECORDER, serving, wait_until
 
 from streamer.outputs.fmp4 import top_level_boxes
 
@@ -25,17 +25,10 @@ needs_browser = pytest.mark.skipif(not (CHROMIUM and CHROMEDRIVER), reason="need
 
 @pytest.fixture(scope="module")
 def daemon():
-    port = free_port()
     uri = RECORDER[1]
-    process = Daemon(*RECORDER, "--set", f"sources=[{{uri: '{uri}', id: cam0}}, {{uri: '{uri.replace('seed=7', 'seed=8')}', id: cam1}}]",
-                     "--set", "server.enabled=true", "--set", f"server.port={port}", "--set", f"server.token={TOKEN}",
-                     "--set", "runtime.status_interval_s=0.5")
-    process.port = port
-    try:
-        process.wait_processed(3, timeout=120)
+    sources = f"sources=[{{uri: '{uri}', id: cam0}}, {{uri: '{uri.replace('seed=7', 'seed=8')}', id: cam1}}]"
+    with serving("--set", sources, token=TOKEN) as process:
         yield process
-    finally:
-        assert process.terminate() == 0, process.text()
 
 
 @pytest.fixture(scope="module")

@@ -12,7 +12,7 @@ import time
 import cv2
 import numpy as np
 import pytest
-from helpers import RECORDER, RECORDER_FPS, Daemon, free_port, run_in_process, the_error, wait_until
+from helpers import RECORDER_FPS, run_in_process, serving, the_error, wait_until
 
 TOKEN = "live-view-test-token-0123"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -22,15 +22,8 @@ EXIT_CONFIG = 78
 
 @pytest.fixture(scope="module")
 def daemon():
-    port = free_port()
-    process = Daemon(*RECORDER, "--set", "server.enabled=true", "--set", f"server.port={port}", "--set", f"server.token={TOKEN}",
-                     "--set", f"server.max_viewers={VIEWERS}", "--set", "server.live_fps=8", "--set", "runtime.status_interval_s=0.5")
-    process.port = port
-    try:
-        process.wait_processed(3, timeout=120)
+    with serving("--set", f"server.max_viewers={VIEWERS}", "--set", "server.live_fps=8", token=TOKEN) as process:
         yield process
-    finally:
-        assert process.terminate() == 0, process.text()
 
 
 def get(port: int, path: str, headers: dict | None = None) -> tuple[int, dict, bytes]:

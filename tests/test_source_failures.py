@@ -135,7 +135,7 @@ def test_a_url_that_never_answers_gives_up_naming_the_failure_and_showing_its_st
     health = None
     try:
         daemon.wait_for(r"status: .*cam0 connecting \(attempt \d+\)", timeout=120)
-        metrics_port = int(re.search(r"metrics on http://127.0.0.1:(\d+)", daemon.text()).group(1))
+        metrics_port = int(re.search(r"server on http://127.0.0.1:(\d+)/", daemon.text()).group(1))
         status, body = http_get(metrics_port, "/healthz")
         health = (status, json.loads(body))
         code = daemon.finish(timeout=60)

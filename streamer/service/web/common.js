@@ -1,5 +1,18 @@
 "use strict";
-// Shared by the pages: a source's counts as the status line writes them.
+// Shared by the pages: the status poll, and a source's counts as the status line writes them.
+
+// Calls show(status) with /api/status (at `url`) now and every second after, whatever fails in between.
+function pollStatus(url, show) {
+  const refresh = async () => {
+    try {
+      show(await (await fetch(url, {cache: "no-store"})).json());
+    } catch (error) {
+      console.warn("status:", error);
+    }
+    setTimeout(refresh, 1000);
+  };
+  refresh();
+}
 
 function countsText(counts) {
   if (!counts) return "not counting";
