@@ -65,8 +65,9 @@ def build_parser() -> argparse.ArgumentParser:
     rebuild.add_argument("folder", metavar="DIR")
     rebuild.set_defaults(handler=cmd_export_json)
 
-    from streamer.tools import bench, models  # define their own flags; torch is imported only when they run
+    from streamer.tools import annotate, bench, models  # define their own flags; torch is imported only when they run
 
+    annotate.add_parser(commands)
     bench.add_parser(commands)
     models.add_parser(commands)
 

@@ -31,6 +31,8 @@ from streamer.service.status import Health, Progress, counts_text, timing_text
 if TYPE_CHECKING:  # torch and the models are imported once the inputs and outputs are checked
     import torch
 
+    from streamer.inference.models import PanopticModels
+    from streamer.inference.worker import InferencePool
     from streamer.outputs.render import DeviceOverlay, Renderer
 
 log = logging.getLogger(__name__)
@@ -75,8 +77,11 @@ class Pipeline:
     """One run of `streamer run`. `stats` (source id -> counters) is public: the status line, the
     metrics and `streamer bench` read it while the run goes on."""
 
-    def __init__(self, config: Config):
+    def __init__(self, config: Config, loaded: tuple[InferencePool, PanopticModels] | None = None):
+        """`loaded`: models already loaded (`worker.load_models`) for several runs in a row, as
+        `streamer annotate` does; the caller closes them. None: this run loads and closes its own."""
         self.config = config
+        self.loaded = loaded
         self.control = ctl.Control()
         self.notifier = Notifier()
         self.stats = {source.id: ctl.Stats() for source in config.all_sources()}
@@ -117,12 +122,12 @@ class Pipeline:
                 for run in runs:
                     run.outputs.append(feeds[run.settings.id])  # the sink closes it: its viewers' streams end
                 server = build.server(config, [run.watched() for run in runs], feeds, self.control, device)
-            pool, models = load_models(config, device)
+            pool, models = self.loaded or load_models(config, device)
             follow = Follow(build.tracking_params(config), config.fusion.label_divisor,
                             {source.id: build.counter(config, source) for source in config.all_sources()},
                             self._device_overlay(renderer, device))
         except BaseException:
-            for closable in [run.reader for run in runs] + [server, pool]:
+            for closable in [run.reader for run in runs] + [server, None if self.loaded else pool]:
                 if closable:
                     closable.close()
             raise
@@ -144,7 +149,7 @@ class Pipeline:
                 thread.join(JOIN_TIMEOUT_S)
                 if thread.is_alive():
                     log.error("%s thread did not stop within %.0f s", thread.name, JOIN_TIMEOUT_S)
-            for closable in (pool, server):
+            for closable in (None if self.loaded else pool, server):
                 if closable:
                     closable.close()
         return self._summary()
