@@ -1,0 +1,102 @@
+"""`streamer annotate INPUT... --out DIR`: every video of a folder tree, a list or a glob through
+the pipeline of `run` (models, fusion, tracking, COCO panoptic export, optionally the annotated
+MP4), each into its own folder under DIR, resumable from DIR/manifest.jsonl.
+
+This package: jobs.py (which videos, which folders), manifest.py (what is done), work.py (one
+video: the unit both engines run), local.py (worker processes on this machine).
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+from streamer.arguments import add_config_arguments, config_overrides, positive_int
+from streamer.config import load_config
+from streamer.errors import EXIT_FAILURE, EXIT_OK, UsageError
+from streamer.logs import configure_logging
+from streamer.tools.annotate.jobs import Job, find_videos
+from streamer.tools.annotate.manifest import DONE, FAILED, Manifest, entry
+
+log = logging.getLogger(__name__)
+
+
+def add_parser(commands: Any) -> None:
+    parser = commands.add_parser("annotate", help="annotate every video of folders, files or globs, resumably, in parallel")
+    add_config_arguments(parser)
+    parser.add_argument("inputs", nargs="+", metavar="INPUT", help="video files, folders (searched recursively) or globs")
+    parser.add_argument("--out", required=True, metavar="DIR", help="gets DIR/<input's relative path>/ per video and DIR/manifest.jsonl")
+    parser.add_argument("--video", action="store_true", help="also write each annotated video (annotated.mp4 beside its export)")
+    parser.add_argument("--retries", type=int, default=1, metavar="N", help="tries again N times before a video is failed (default 1)")
+    parser.add_argument("--workers", type=positive_int, metavar="N", help="worker processes (default: one per GPU, else one per core, at most 4)")
+    parser.add_argument("--device", metavar="DEV", help="auto, cpu, cuda or cuda:N")
+    parser.set_defaults(handler=command)
+
+
+def command(args: argparse.Namespace) -> int:
+    overrides = config_overrides(args) + ([f"runtime.device='{args.device}'"] if args.device else [])
+    config = load_config(args.config, overrides)
+    configure_logging(args.log_level or config.runtime.log_level, args.log_format or config.runtime.log_format)
+    if args.retries < 0:
+        raise UsageError(f"--retries must be 0 or more, got {args.retries}")
+    out = Path(args.out)
+    jobs = find_videos(args.inputs)
+    out.mkdir(parents=True, exist_ok=True)
+    manifest = Manifest(out)
+    todo = [job for job in jobs if not manifest.finished(job)]
+    log.info("annotate: %d video%s, %d done before, %d to do", len(jobs), "" if len(jobs) == 1 else "s", len(jobs) - len(todo), len(todo))
+    if not todo:
+        return EXIT_OK
+    from streamer.tools.annotate.local import LocalEngine, layout
+
+    configs = layout(config, args.workers)
+    run = Run(manifest, len(todo), args.retries + 1)
+    engine = LocalEngine(configs[:len(todo)], out, args.video, args.log_level or config.runtime.log_level)
+    try:
+        engine.run(todo, run.done)
+    except BaseException:
+        engine.close(now=True)
+        raise
+    engine.close()
+    return run.summary(len(jobs) - len(todo), min(len(configs), len(todo)))
+
+
+class Run:
+    """The coordinator's record of a run: the manifest, tries, counts, a line per video."""
+
+    def __init__(self, manifest: Manifest, todo: int, tries: int):
+        self.manifest = manifest
+        self.todo = todo
+        self.tries = tries
+        self.attempts: dict[Path, int] = {}
+        self.done_count = self.failed = self.frames = 0
+        self.started = time.monotonic()
+
+    def done(self, job: Job, outcome) -> bool:
+        """Record one attempt; True: try it again."""
+        attempts = self.attempts[job.path] = self.attempts.get(job.path, 0) + 1
+        if outcome.status == FAILED and attempts < self.tries:
+            log.warning("annotate: %s failed (%s), trying again", job.path, outcome.error)
+            return True
+        self.manifest.record(entry(job, outcome.status, outcome.frames, outcome.seconds, attempts, outcome.error))
+        self.frames += outcome.frames
+        if outcome.status == DONE:
+            self.done_count += 1
+        else:
+            self.failed += 1
+            log.error("annotate: %s failed: %s", job.path, outcome.error)
+        elapsed = time.monotonic() - self.started
+        ended = self.done_count + self.failed
+        eta = elapsed / ended * (self.todo - ended)
+        log.info("annotate: %d/%d (%d failed), %d frames, %.1f fps, ETA %.0f s; %s: %s, %d frames in %.1f s", ended, self.todo,
+                 self.failed, self.frames, self.frames / max(elapsed, 1e-9), eta, job.name, outcome.status, outcome.frames, outcome.seconds)
+        return False
+
+    def summary(self, skipped: int, workers: int) -> int:
+        elapsed = time.monotonic() - self.started
+        log.info("annotate done: %d annotated, %d skipped (done before), %d failed; %d frames in %.1f s, %.2f fps (%.2f per worker, %d workers)",
+                 self.done_count, skipped, self.failed, self.frames, elapsed, self.frames / max(elapsed, 1e-9),
+                 self.frames / max(elapsed, 1e-9) / workers, workers)
+        return EXIT_FAILURE if self.failed else EXIT_OK

@@ -1,0 +1,121 @@
+"""The local engine: worker processes on this machine, one per GPU or the CPU cores shared out,
+each with its own models, each taking the next video when it finishes one.
+
+Workers run in their own session, so a Ctrl-C on the terminal reaches only the coordinating
+process, which stops them; a worker whose coordinator is gone (killed) exits at once, so a rerun
+never meets a leftover writing into a folder. Each worker's log goes to OUT/logs/worker-N.log.
+"""
+from __future__ import annotations
+
+import logging
+import multiprocessing
+import os
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterable
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from concurrent.futures.process import BrokenProcessPool
+from pathlib import Path
+
+from streamer.config import Config
+from streamer.logs import configure_logging
+from streamer.tools.annotate.jobs import Job
+from streamer.tools.annotate.manifest import FAILED
+from streamer.tools.annotate.work import Annotator, Outcome
+
+log = logging.getLogger(__name__)
+
+_annotator: Annotator | None = None  # in a worker process: its models
+
+
+def layout(config: Config, workers: int | None) -> list[Config]:
+    """One configuration per worker: a GPU each (runtime.device cuda:N) where the device is CUDA,
+    else `workers` (default: one per core, at most 4) sharing the cores out as torch threads."""
+    import torch
+
+    from streamer.inference.worker import available_cores
+
+    runtime = config.runtime
+    cuda = runtime.device.startswith("cuda") or (runtime.device == "auto" and torch.cuda.is_available())
+    if cuda and runtime.device in ("auto", "cuda"):
+        count = workers or torch.cuda.device_count()
+        return [config.model_copy(update={"runtime": runtime.model_copy(update={"device": f"cuda:{i % torch.cuda.device_count()}"})})
+                for i in range(count)]
+    cores = available_cores()
+    count = workers or min(cores, 4)
+    threads = max(1, cores // count)
+    each = runtime.model_copy(update={"torch_threads": threads, "parallel_frames": 1})
+    return [config.model_copy(update={"runtime": each})] * count
+
+
+class LocalEngine:
+    """`run(jobs, done)`: every job through a worker; `done(job, outcome)` in the coordinating process as each ends."""
+
+    def __init__(self, configs: list[Config], out: Path, video: bool, log_level: str):
+        self.out = out
+        self.logs = out / "logs"
+        self.logs.mkdir(parents=True, exist_ok=True)
+        context = multiprocessing.get_context("spawn")  # no fork of a process that holds threads
+        self.workers = [ProcessPoolExecutor(1, context, _start_worker, (config, video, str(self.logs / f"worker-{n}.log"), log_level))
+                        for n, config in enumerate(configs)]
+        self.configs = configs
+        self.video = video
+        self.log_level = log_level
+
+    def run(self, jobs: Iterable[Job], done: Callable[[Job, Outcome], bool]) -> None:
+        """`done` returns whether to give the job another try (then it goes to the end of the queue)."""
+        waiting = list(jobs)
+        busy: dict[Future, tuple[int, Job, float]] = {}
+        idle = list(range(len(self.workers)))
+        while waiting or busy:
+            while waiting and idle:
+                n, job = idle.pop(0), waiting.pop(0)
+                busy[self.workers[n].submit(_annotate, job, str(self.out))] = (n, job, time.monotonic())
+            finished, _ = wait(busy, return_when=FIRST_COMPLETED)
+            for future in finished:
+                n, job, started = busy.pop(future)
+                try:
+                    outcome = future.result()
+                except BrokenProcessPool:  # the worker died (out of memory, a crash in native code): a new one
+                    outcome = Outcome(FAILED, 0, time.monotonic() - started, f"{job.path}: the worker process died")
+                    self.workers[n].shutdown(wait=False)
+                    self.workers[n] = ProcessPoolExecutor(1, multiprocessing.get_context("spawn"), _start_worker,
+                                                          (self.configs[n], self.video, str(self.logs / f"worker-{n}.log"), self.log_level))
+                idle.append(n)
+                if done(job, outcome):
+                    waiting.append(job)
+
+    def close(self, now: bool = False) -> None:
+        """Stop the workers: after their current video, or `now` (killed: their videos are redone next time)."""
+        for worker in self.workers:
+            if now:
+                for process in list(getattr(worker, "_processes", {}).values()):  # the executor keeps them here
+                    process.kill()
+            worker.shutdown(wait=not now, cancel_futures=True)
+
+
+def _start_worker(config: Config, video: bool, log_path: str, log_level: str) -> None:
+    """A worker process: its own session (no terminal signals), its log in its file, a watch on its
+    coordinator, its models."""
+    global _annotator
+    os.setsid()
+    descriptor = os.open(log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    os.dup2(descriptor, 2)
+    os.close(descriptor)
+    sys.stderr = os.fdopen(2, "w", buffering=1, closefd=False)
+    configure_logging(log_level, config.runtime.log_format)
+    coordinator = os.getppid()
+    threading.Thread(target=_exit_with, args=(coordinator,), name="coordinator-watch", daemon=True).start()
+    _annotator = Annotator(config, video)
+
+
+def _exit_with(coordinator: int) -> None:
+    while os.getppid() == coordinator:
+        time.sleep(0.5)
+    os._exit(1)  # the coordinator is gone: what this worker writes now nobody records
+
+
+def _annotate(job: Job, out: str) -> Outcome:
+    assert _annotator is not None
+    return _annotator.annotate(job, Path(out))
