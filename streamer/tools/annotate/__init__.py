@@ -32,6 +32,11 @@ def add_parser(commands: Any) -> None:
     parser.add_argument("--retries", type=int, default=1, metavar="N", help="tries again N times before a video is failed (default 1)")
     parser.add_argument("--workers", type=positive_int, metavar="N", help="worker processes (default: one per GPU, else one per core, at most 4)")
     parser.add_argument("--device", metavar="DEV", help="auto, cpu, cuda or cuda:N")
+    parser.add_argument("--engine", choices=("local", "ray"), default="local",
+                        help="local: worker processes on this machine (default); ray: Ray actors (pip install 'streamer[ray]')")
+    parser.add_argument("--address", metavar="ADDR", help="--engine ray: an existing cluster's address (default: a Ray instance started here)")
+    parser.add_argument("--gpus-per-worker", type=float, default=None, metavar="G",
+                        help="--engine ray: GPUs each worker asks for (default: 1 when the device is CUDA, else 0)")
     parser.set_defaults(handler=command)
 
 
@@ -49,18 +54,31 @@ def command(args: argparse.Namespace) -> int:
     log.info("annotate: %d video%s, %d done before, %d to do", len(jobs), "" if len(jobs) == 1 else "s", len(jobs) - len(todo), len(todo))
     if not todo:
         return EXIT_OK
-    from streamer.tools.annotate.local import LocalEngine, layout
-
-    configs = layout(config, args.workers)
+    engine, workers = start_engine(args, config, out, len(todo))
     run = Run(manifest, len(todo), args.retries + 1)
-    engine = LocalEngine(configs[:len(todo)], out, args.video, args.log_level or config.runtime.log_level)
     try:
         engine.run(todo, run.done)
     except BaseException:
         engine.close(now=True)
         raise
     engine.close()
-    return run.summary(len(jobs) - len(todo), min(len(configs), len(todo)))
+    return run.summary(len(jobs) - len(todo), workers)
+
+
+def start_engine(args: argparse.Namespace, config, out: Path, todo: int):
+    """(the engine, its worker count): at most one worker per video to do."""
+    from streamer.tools.annotate.local import LocalEngine, layout
+
+    configs = layout(config, args.workers)[:todo]
+    if args.engine == "local":
+        return LocalEngine(configs, out, args.video, args.log_level or config.runtime.log_level), len(configs)
+    from streamer.tools.annotate.cluster import RayEngine
+
+    cuda = configs[0].runtime.device.startswith("cuda")
+    gpus = args.gpus_per_worker if args.gpus_per_worker is not None else (1.0 if cuda else 0.0)
+    if cuda:  # Ray gives each actor its GPU (CUDA_VISIBLE_DEVICES): the device is the first it sees
+        configs = [c.model_copy(update={"runtime": c.runtime.model_copy(update={"device": "cuda"})}) for c in configs]
+    return RayEngine(configs, out.resolve(), args.video, args.address, gpus), len(configs)
 
 
 class Run:

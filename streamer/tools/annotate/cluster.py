@@ -1,0 +1,79 @@
+"""The Ray engine: the same work (work.Annotator) as Ray actors, one per worker, each loading its
+models once, on a local Ray instance or an existing cluster (`--address`). Every node must see the
+inputs and OUT at the same paths (shared storage); the coordinator writes the manifest.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Callable, Iterable
+from pathlib import Path
+
+from streamer.config import Config
+from streamer.errors import UsageError
+from streamer.tools.annotate.jobs import Job
+from streamer.tools.annotate.manifest import FAILED
+from streamer.tools.annotate.work import Annotator, Outcome
+
+log = logging.getLogger(__name__)
+
+WAIT_S = 0.5  # how often the coordinator looks at its workers
+
+
+def connect(address: str | None, cpus: int | None):
+    """Ray, started here (a local instance, `cpus` CPUs, no dashboard) or joined at `address`."""
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")  # no reports home
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # Ray 2.5x: no token file in ~/.ray
+    try:
+        import ray
+    except ImportError:
+        raise UsageError("--engine ray needs Ray: pip install 'streamer[ray]'") from None
+    if address:
+        ray.init(address=address, log_to_driver=False, logging_level="WARNING")
+    else:
+        ray.init(num_cpus=cpus, include_dashboard=False, log_to_driver=False, logging_level="WARNING")
+    return ray
+
+
+class RayEngine:
+    """`run(jobs, done)` as LocalEngine's, on Ray actors: one per configuration in `configs`, each
+    asking for `cpus` CPUs (its torch threads) and `gpus` GPUs."""
+
+    def __init__(self, configs: list[Config], out: Path, video: bool, address: str | None, gpus: float):
+        threads = configs[0].runtime.torch_threads or 1
+        self.ray = connect(address, None if address else len(configs) * threads + 1)  # one CPU more: Ray's own work
+        self.out = out
+        self.remote = self.ray.remote(Annotator).options(num_cpus=threads, num_gpus=gpus, max_restarts=0, max_task_retries=0)
+        self.configs, self.video = configs, video
+        self.actors = [self.remote.remote(config, video) for config in configs]
+
+    def run(self, jobs: Iterable[Job], done: Callable[[Job, Outcome], bool]) -> None:
+        from ray.exceptions import RayActorError, RayTaskError
+
+        waiting = list(jobs)
+        busy: dict = {}  # object ref -> (actor index, job, started)
+        idle = list(range(len(self.actors)))
+        while waiting or busy:
+            while waiting and idle:
+                n, job = idle.pop(0), waiting.pop(0)
+                absolute = Job(job.path.resolve(), job.name)  # an actor's working folder is not ours
+                busy[self.actors[n].annotate.remote(absolute, self.out)] = (n, job, time.monotonic())
+            ready, _ = self.ray.wait(list(busy), num_returns=1, timeout=WAIT_S)
+            for ref in ready:
+                n, job, started = busy.pop(ref)
+                try:
+                    outcome = self.ray.get(ref)
+                except RayTaskError as exc:  # a bug in the work: its own message, one line
+                    outcome = Outcome(FAILED, 0, time.monotonic() - started, f"{type(exc.cause).__name__}: {exc.cause}")
+                except RayActorError:  # the worker process died: a new one
+                    outcome = Outcome(FAILED, 0, time.monotonic() - started, f"{job.path}: the worker process died")
+                    self.actors[n] = self.remote.remote(self.configs[n], self.video)
+                idle.append(n)
+                if done(job, outcome):
+                    waiting.append(job)
+
+    def close(self, now: bool = False) -> None:
+        for actor in self.actors:
+            self.ray.kill(actor)
+        self.ray.shutdown()
