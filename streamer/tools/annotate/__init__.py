@@ -3,7 +3,8 @@ the pipeline of `run` (models, fusion, tracking, COCO panoptic export, optionall
 MP4), each into its own folder under DIR, resumable from DIR/manifest.jsonl.
 
 This package: jobs.py (which videos, which folders), manifest.py (what is done), work.py (one
-video: the unit both engines run), local.py (worker processes on this machine).
+video, and the loop both engines run), local.py (worker processes on this machine), cluster.py
+(Ray actors).
 """
 from __future__ import annotations
 

@@ -4,7 +4,6 @@ inputs and OUT at the same paths (shared storage); the coordinator writes the ma
 """
 from __future__ import annotations
 
-import logging
 import os
 import time
 from collections.abc import Callable, Iterable
@@ -14,9 +13,7 @@ from streamer.config import Config
 from streamer.errors import UsageError
 from streamer.tools.annotate.jobs import Job
 from streamer.tools.annotate.manifest import FAILED
-from streamer.tools.annotate.work import Annotator, Outcome
-
-log = logging.getLogger(__name__)
+from streamer.tools.annotate.work import Annotator, Outcome, dispatch
 
 WAIT_S = 0.5  # how often the coordinator looks at its workers
 
@@ -49,29 +46,23 @@ class RayEngine:
         self.actors = [self.remote.remote(config, video) for config in configs]
 
     def run(self, jobs: Iterable[Job], done: Callable[[Job, Outcome], bool]) -> None:
+        dispatch(jobs, len(self.actors), self._submit, lambda refs: self.ray.wait(refs, num_returns=1, timeout=WAIT_S)[0],
+                 self._outcome, done)
+
+    def _submit(self, n: int, job: Job):
+        absolute = Job(job.path.resolve(), job.name)  # an actor's working folder is not ours
+        return self.actors[n].annotate.remote(absolute, self.out)
+
+    def _outcome(self, ref, n: int, job: Job, started: float) -> Outcome:
         from ray.exceptions import RayActorError, RayTaskError
 
-        waiting = list(jobs)
-        busy: dict = {}  # object ref -> (actor index, job, started)
-        idle = list(range(len(self.actors)))
-        while waiting or busy:
-            while waiting and idle:
-                n, job = idle.pop(0), waiting.pop(0)
-                absolute = Job(job.path.resolve(), job.name)  # an actor's working folder is not ours
-                busy[self.actors[n].annotate.remote(absolute, self.out)] = (n, job, time.monotonic())
-            ready, _ = self.ray.wait(list(busy), num_returns=1, timeout=WAIT_S)
-            for ref in ready:
-                n, job, started = busy.pop(ref)
-                try:
-                    outcome = self.ray.get(ref)
-                except RayTaskError as exc:  # a bug in the work: its own message, one line
-                    outcome = Outcome(FAILED, 0, time.monotonic() - started, f"{type(exc.cause).__name__}: {exc.cause}")
-                except RayActorError:  # the worker process died: a new one
-                    outcome = Outcome(FAILED, 0, time.monotonic() - started, f"{job.path}: the worker process died")
-                    self.actors[n] = self.remote.remote(self.configs[n], self.video)
-                idle.append(n)
-                if done(job, outcome):
-                    waiting.append(job)
+        try:
+            return self.ray.get(ref)
+        except RayTaskError as exc:  # a bug in the work: its own message, one line
+            return Outcome(FAILED, 0, time.monotonic() - started, f"{type(exc.cause).__name__}: {exc.cause}")
+        except RayActorError:  # the worker process died: a new one
+            self.actors[n] = self.remote.remote(self.configs[n], self.video)
+            return Outcome(FAILED, 0, time.monotonic() - started, f"{job.path}: the worker process died")
 
     def close(self, now: bool = False) -> None:
         for actor in self.actors:

@@ -7,7 +7,6 @@ never meets a leftover writing into a folder. Each worker's log goes to OUT/logs
 """
 from __future__ import annotations
 
-import logging
 import multiprocessing
 import os
 import sys
@@ -22,9 +21,7 @@ from streamer.config import Config
 from streamer.logs import configure_logging
 from streamer.tools.annotate.jobs import Job
 from streamer.tools.annotate.manifest import FAILED
-from streamer.tools.annotate.work import Annotator, Outcome
-
-log = logging.getLogger(__name__)
+from streamer.tools.annotate.work import Annotator, Outcome, dispatch
 
 _annotator: Annotator | None = None  # in a worker process: its models
 
@@ -56,35 +53,28 @@ class LocalEngine:
         self.out = out
         self.logs = out / "logs"
         self.logs.mkdir(parents=True, exist_ok=True)
-        context = multiprocessing.get_context("spawn")  # no fork of a process that holds threads
-        self.workers = [ProcessPoolExecutor(1, context, _start_worker, (config, video, str(self.logs / f"worker-{n}.log"), log_level))
-                        for n, config in enumerate(configs)]
         self.configs = configs
         self.video = video
         self.log_level = log_level
+        self.workers = [self._start(n) for n in range(len(configs))]
 
     def run(self, jobs: Iterable[Job], done: Callable[[Job, Outcome], bool]) -> None:
         """`done` returns whether to give the job another try (then it goes to the end of the queue)."""
-        waiting = list(jobs)
-        busy: dict[Future, tuple[int, Job, float]] = {}
-        idle = list(range(len(self.workers)))
-        while waiting or busy:
-            while waiting and idle:
-                n, job = idle.pop(0), waiting.pop(0)
-                busy[self.workers[n].submit(_annotate, job, str(self.out))] = (n, job, time.monotonic())
-            finished, _ = wait(busy, return_when=FIRST_COMPLETED)
-            for future in finished:
-                n, job, started = busy.pop(future)
-                try:
-                    outcome = future.result()
-                except BrokenProcessPool:  # the worker died (out of memory, a crash in native code): a new one
-                    outcome = Outcome(FAILED, 0, time.monotonic() - started, f"{job.path}: the worker process died")
-                    self.workers[n].shutdown(wait=False)
-                    self.workers[n] = ProcessPoolExecutor(1, multiprocessing.get_context("spawn"), _start_worker,
-                                                          (self.configs[n], self.video, str(self.logs / f"worker-{n}.log"), self.log_level))
-                idle.append(n)
-                if done(job, outcome):
-                    waiting.append(job)
+        dispatch(jobs, len(self.workers), lambda n, job: self.workers[n].submit(_annotate, job, str(self.out)),
+                 lambda futures: wait(futures, return_when=FIRST_COMPLETED)[0], self._outcome, done)
+
+    def _start(self, n: int) -> ProcessPoolExecutor:
+        """Worker n: a process of its own (spawned: no fork of a process that holds threads)."""
+        arguments = (self.configs[n], self.video, str(self.logs / f"worker-{n}.log"), self.log_level)
+        return ProcessPoolExecutor(1, multiprocessing.get_context("spawn"), _start_worker, arguments)
+
+    def _outcome(self, future: Future, n: int, job: Job, started: float) -> Outcome:
+        try:
+            return future.result()
+        except BrokenProcessPool:  # the worker died (out of memory, a crash in native code): a new one
+            self.workers[n].shutdown(wait=False)
+            self.workers[n] = self._start(n)
+            return Outcome(FAILED, 0, time.monotonic() - started, f"{job.path}: the worker process died")
 
     def close(self, now: bool = False) -> None:
         """Stop the workers: after their current video, or `now` (killed: their videos are redone next time)."""

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import shutil
 import time
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from streamer.config import Config
 from streamer.errors import StreamerError
@@ -71,5 +73,24 @@ class Annotator:
             return Outcome(FAILED, 0, seconds, f"{job.path}: no frame could be read")
         return Outcome(DONE, summary.processed, seconds, None)
 
-    def close(self) -> None:
-        self.loaded[0].close()
+
+
+def dispatch(jobs: Iterable[Job], workers: int, submit: Callable[[int, Job], Any], finished: Callable[[list], Iterable],
+             outcome: Callable[[Any, int, Job, float], Outcome], done: Callable[[Job, Outcome], bool]) -> None:
+    """The engines' loop: one video in flight per worker (0 .. workers-1), the next one to whichever
+    is free. `submit(n, job)` starts a job on worker n and returns its handle; `finished(handles)`
+    waits for some to end and returns those; `outcome(handle, n, job, started)` reads one (replacing
+    a worker that died); `done(job, outcome)` records it, True: queue the job again, at the end."""
+    waiting = list(jobs)
+    busy: dict[Any, tuple[int, Job, float]] = {}
+    idle = list(range(workers))
+    while waiting or busy:
+        while waiting and idle:
+            n, job = idle.pop(0), waiting.pop(0)
+            busy[submit(n, job)] = (n, job, time.monotonic())
+        for handle in finished(list(busy)):
+            n, job, started = busy.pop(handle)
+            result = outcome(handle, n, job, started)
+            idle.append(n)
+            if done(job, result):
+                waiting.append(job)
