@@ -85,6 +85,7 @@ def test_an_archive_is_annotated_once_and_a_rerun_redoes_only_what_is_missing(tm
         "archive/a.mp4": ("done", 6), "archive/day2/b.mp4": ("done", 8), "archive/day2/c.mp4": ("done", 5)}
     assert [annotations(out, name) for name in sorted(done)] == [6, 8, 5]
     assert "3 videos, 0 done before, 3 to do" in first.stderr
+    assert "the demo models know only synthetic streets" in first.stderr, "on the terminal, not only in the workers' logs"
 
     again = run_cli(*args)
     assert again.returncode == 0 and "3 videos, 3 done before, 0 to do" in again.stderr
@@ -134,3 +135,9 @@ def test_a_kill_in_the_middle_loses_only_the_videos_in_flight(tmp_path):
 def test_nothing_to_annotate_is_one_clear_line(tmp_path):
     result = run_cli("annotate", str(tmp_path / "missing"), "--out", str(tmp_path / "out"))
     assert the_error(result, EXIT_NOINPUT).endswith("missing: no such file or folder")
+
+
+def test_missing_weights_are_one_line_before_any_worker_starts(tmp_path, archive):
+    result = run_cli("annotate", str(archive), "--out", str(tmp_path / "out"), "--set", "models.semantic.weights=/nowhere/w.safetensors")
+    assert the_error(result, EXIT_NOINPUT) == "/nowhere/w.safetensors: weights file not found"
+    assert not (tmp_path / "out" / "logs").exists() and not (tmp_path / "out" / "manifest.jsonl").exists()

@@ -55,6 +55,12 @@ def command(args: argparse.Namespace) -> int:
     log.info("annotate: %d video%s, %d done before, %d to do", len(jobs), "" if len(jobs) == 1 else "s", len(jobs) - len(todo), len(todo))
     if not todo:
         return EXIT_OK
+    from streamer.inference import checkpoints
+    from streamer.service import build
+    from streamer.tools.annotate.work import video_config
+
+    build.announce_models(video_config(config, todo[0], out / todo[0].name, args.video))  # here, not only in the workers' logs
+    checkpoints.require(config.models)  # missing weights: one line now, not a failure per video
     engine, workers = start_engine(args, config, out, len(todo))
     run = Run(manifest, len(todo), args.retries + 1)
     try:
