@@ -5,14 +5,18 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import fcntl
 import io
 import logging
 import os
 import re
+import select
 import signal
 import socket
+import struct
 import subprocess
 import sys
+import termios
 import threading
 import time
 import urllib.error
@@ -361,3 +365,42 @@ def serving(*args: str, token: str) -> Iterator[Daemon]:
         yield daemon
     finally:
         assert daemon.terminate() == 0, daemon.text()
+
+
+def cli_in_pty(tmp_path, size: tuple[int, int], *args: str, timeout: float = 120) -> str:
+    """`streamer ARGS...` with stdin, stdout and stderr a pty of `size` (rows, columns); what it wrote there."""
+    master, slave = os.openpty()
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", *size, 0, 0))
+    env = {k: v for k, v in cli_env().items() if k not in ("COLUMNS", "LINES")}  # the pty's size only
+    command = [sys.executable, "-m", "streamer", *args]
+    process = subprocess.Popen(command, stdin=slave, stdout=slave, stderr=slave, env=env, cwd=tmp_path)
+    os.close(slave)
+    output, deadline = b"", time.monotonic() + timeout
+    try:
+        while time.monotonic() < deadline:
+            if not select.select([master], [], [], 1)[0]:
+                continue
+            try:
+                chunk = os.read(master, 65536)
+            except OSError:  # EIO: the process closed its end
+                break
+            if not chunk:
+                break
+            output += chunk
+        assert process.wait(10) == 0, output.decode(errors="replace")
+    finally:
+        process.kill()
+        os.close(master)
+    return output.decode()
+
+
+def screen_lines(output: str) -> list[str]:
+    """The terminal's lines as they end up on screen: a carriage return goes back to the line's
+    start, and what follows overwrites what was there."""
+    lines = []
+    for raw in output.replace("\r\n", "\n").split("\n"):
+        shown = ""
+        for part in raw.split("\r"):
+            shown = part + shown[len(part):]
+        lines.append(shown.rstrip())
+    return lines

@@ -5,18 +5,21 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
+import sys
 import time
 from pathlib import Path, PurePosixPath
 
 import pytest
-from helpers import RECORDER, make_video, popen_cli, run_cli, the_error, wait_until
+from helpers import RECORDER, cli_in_pty, make_video, popen_cli, run_cli, run_in_process, screen_lines, the_error, wait_until
 
 from streamer.errors import InputNotFound, UsageError
 from streamer.tools.annotate.jobs import find_videos
 
-EXIT_FAILURE, EXIT_NOINPUT = 1, 66
+EXIT_FAILURE, EXIT_USAGE, EXIT_NOINPUT = 1, 2, 66
 MODELS = RECORDER[2:]  # the demo models at a small input size: quick on the CPU
+ARCHIVE_BAR = re.compile(r"\d+/\d+ videos.*: +\d+%\|.*\| *\d+/\S+ frames \[")
 
 
 def touch(path: Path, data: bytes = b"x") -> Path:
@@ -86,6 +89,7 @@ def test_an_archive_is_annotated_once_and_a_rerun_redoes_only_what_is_missing(tm
     assert [annotations(out, name) for name in sorted(done)] == [6, 8, 5]
     assert "3 videos, 0 done before, 3 to do" in first.stderr
     assert "the demo models know only synthetic streets" in first.stderr, "on the terminal, not only in the workers' logs"
+    assert re.search(r"; 3/3 videos \(0 failed\), 19 frames, [\d.]+ fps", first.stderr), "the status after the last video"
 
     again = run_cli(*args)
     assert again.returncode == 0 and "3 videos, 3 done before, 0 to do" in again.stderr
@@ -104,6 +108,20 @@ def test_an_archive_is_annotated_once_and_a_rerun_redoes_only_what_is_missing(tm
     assert done["archive/day2/b.mp4"]["status"] == "done" and annotations(out, "archive/day2/b.mp4") == 8
     assert done["archive/day2/broken.mp4"]["status"] == "failed" and "broken.mp4" in done["archive/day2/broken.mp4"]["error"]
     assert (out / "archive/a.mp4/panoptic.json").stat().st_mtime_ns == kept, "a finished export is never touched"
+
+
+def test_a_terminal_gets_one_bar_over_all_videos_counting_frames_as_workers_go(tmp_path):
+    (tmp_path / "in").mkdir()
+    for name in ("a", "b"):
+        make_video(tmp_path / "in" / f"{name}.mp4", frames=30)
+    output = cli_in_pty(tmp_path, (24, 120), "annotate", "in", "--out", "out", *MODELS, "--workers", "2", timeout=240)
+    bars = [line for line in screen_lines(output) if ARCHIVE_BAR.search(line)]
+    assert bars and re.match(r"2/2 videos: 100%\|.*\| 60/60 frames \[.*frame/s\]$", bars[-1]), output
+    drawn = [part.strip() for part in re.split(r"[\r\n]+", output) if ARCHIVE_BAR.search(part)]  # each redraw
+    midway = [line for line in drawn if line.startswith("0/2 videos") and not re.search(r"\| 0/", line)]
+    assert any("/60 frames" in line for line in midway), f"frames counted before any video ended, of 2 x 30 expected:\n{drawn}"
+    logs = [line for line in screen_lines(output) if " INFO streamer." in line]
+    assert all(not ARCHIVE_BAR.search(line) for line in logs) and sum(": 30 frames in " in line for line in logs) == 2, output
 
 
 def test_a_kill_in_the_middle_loses_only_the_videos_in_flight(tmp_path):
@@ -132,9 +150,54 @@ def test_a_kill_in_the_middle_loses_only_the_videos_in_flight(tmp_path):
     assert all((out / name / "panoptic.json").stat().st_mtime_ns == mtime for name, mtime in finished.items())
 
 
+def processes(match: bytes) -> list[int]:
+    """The pids of the processes whose command line contains `match`."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        try:
+            if entry.name.isdigit() and match in (entry / "cmdline").read_bytes():
+                pids.append(int(entry.name))
+        except OSError:  # gone meanwhile
+            pass
+    return pids
+
+
+def test_a_worker_that_dies_is_replaced_and_its_video_tried_again(tmp_path):
+    root = tmp_path / "in"
+    root.mkdir()
+    for name in ("a", "b"):
+        make_video(root / f"{name}.mp4", frames=30)
+    out = tmp_path / "out"
+    process = popen_cli("annotate", str(root), "--out", str(out), *MODELS, "--workers", "1")
+    try:
+        log = out / "logs" / "worker-0.log"
+        wait_until(lambda: log.exists() and "first frame read" in log.read_text(), timeout=120, what="a video in flight")
+        children = Path(f"/proc/{process.pid}/task/{process.pid}/children").read_text().split()
+        workers = [int(pid) for pid in children if int(pid) in processes(b"spawn_main")]
+        assert len(workers) == 1, children
+        os.kill(workers[0], signal.SIGKILL)  # as the kernel's out-of-memory killer would
+        _, stderr = process.communicate(timeout=300)
+    finally:
+        process.kill()
+    assert process.returncode == 0, stderr
+    assert re.search(r"in/a.mp4 failed \(.*the worker process died\), trying again", stderr), stderr
+    done = manifest(out)
+    assert {name: (line["status"], line["frames"]) for name, line in done.items()} == {"in/a.mp4": ("done", 30), "in/b.mp4": ("done", 30)}
+    assert sorted(line["attempts"] for line in done.values()) == [1, 2], "the video in flight, once more, on a new worker"
+
+
 def test_nothing_to_annotate_is_one_clear_line(tmp_path):
     result = run_cli("annotate", str(tmp_path / "missing"), "--out", str(tmp_path / "out"))
     assert the_error(result, EXIT_NOINPUT).endswith("missing: no such file or folder")
+
+
+def test_the_ray_engine_where_ray_is_not_installed_is_one_clear_line(tmp_path, archive, monkeypatch):
+    monkeypatch.setitem(sys.modules, "ray", None)  # `import ray` fails, as without the extra
+    for name in ("RAY_USAGE_STATS_ENABLED", "RAY_AUTH_MODE"):  # the engine sets them for Ray
+        monkeypatch.setenv(name, "0")
+    result = run_in_process("annotate", str(archive), "--out", str(tmp_path / "out"), *MODELS, "--engine", "ray")
+    assert the_error(result, EXIT_USAGE) == "--engine ray needs Ray: pip install 'streamer[ray]'"
+    assert "3 videos" not in result.stderr and not (tmp_path / "out").exists(), "said first, before anything else"
 
 
 def test_missing_weights_are_one_line_before_any_worker_starts(tmp_path, archive):

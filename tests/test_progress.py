@@ -3,17 +3,9 @@ count), the log lines above it; on a terminal without a size, periodic status li
 measured from the first frame done. The CLI runs in a real pseudo-terminal."""
 from __future__ import annotations
 
-import fcntl
-import os
 import re
-import select
-import struct
-import subprocess
-import sys
-import termios
-import time
 
-from helpers import RECORDER, cli_env
+from helpers import RECORDER, cli_in_pty, screen_lines
 
 from streamer.frames import Counts, Line, Zone
 from streamer.service.status import RecentRate, counts_text
@@ -24,43 +16,9 @@ LOG_LINE = re.compile(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} (DEBUG|INFO|WARNING
 
 
 def run_in_pty(tmp_path, size: tuple[int, int], *args: str, timeout: float = 120) -> str:
-    """`streamer run` (the demo models, small frames) with stdin, stdout and stderr a pty of `size`
-    (rows, columns); what it wrote there."""
-    master, slave = os.openpty()
-    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", *size, 0, 0))
-    env = {k: v for k, v in cli_env().items() if k not in ("COLUMNS", "LINES")}  # the pty's size only
-    command = [sys.executable, "-m", "streamer", "run", "--source", SOURCE, *RECORDER[2:], "--output", str(tmp_path / "o.mp4"), *args]
-    process = subprocess.Popen(command, stdin=slave, stdout=slave, stderr=slave, env=env, cwd=tmp_path)
-    os.close(slave)
-    output, deadline = b"", time.monotonic() + timeout
-    try:
-        while time.monotonic() < deadline:
-            if not select.select([master], [], [], 1)[0]:
-                continue
-            try:
-                chunk = os.read(master, 65536)
-            except OSError:  # EIO: the process closed its end
-                break
-            if not chunk:
-                break
-            output += chunk
-        assert process.wait(10) == 0, output.decode(errors="replace")
-    finally:
-        process.kill()
-        os.close(master)
-    return output.decode()
-
-
-def screen_lines(output: str) -> list[str]:
-    """The terminal's lines as they end up on screen: a carriage return goes back to the line's
-    start, and what follows overwrites what was there."""
-    lines = []
-    for raw in output.replace("\r\n", "\n").split("\n"):
-        shown = ""
-        for part in raw.split("\r"):
-            shown = part + shown[len(part):]
-        lines.append(shown.rstrip())
-    return lines
+    """`streamer run` (the demo models, small frames) in a pty of `size` (rows, columns); what it wrote there."""
+    return cli_in_pty(tmp_path, size, "run", "--source", SOURCE, *RECORDER[2:], "--output", str(tmp_path / "o.mp4"), *args,
+                      timeout=timeout)
 
 
 def test_bar_counts_to_max_frames_with_the_log_lines_above_it(tmp_path):

@@ -64,7 +64,6 @@ class SourceRun:
     display: DisplayOutput | None
     stats: ctl.Stats
     reader: Reader | None  # a file opened up front; live sources connect in their capture thread
-    total: int | None  # frames this run will take from it, for the progress bar; None: no end known
 
     def watched(self):
         from streamer.service.metrics import WatchedSource
@@ -202,15 +201,15 @@ class Pipeline:
         capture = Capture(opener, source.id, description, frames, policy, build.liveness(source, live),
                           self.control, stats, config.runtime.max_frames)
         count, limit = getattr(reader, "frame_count", None), config.runtime.max_frames  # count None: live, or not said
-        total = min(count, limit) if count and limit else count or limit
-        return SourceRun(source, capture, frames, queue.Queue(maxsize=RESULT_QUEUE_SIZE), outputs, display, stats, reader, total)
+        stats.expected = min(count, limit) if count and limit else count or limit
+        return SourceRun(source, capture, frames, queue.Queue(maxsize=RESULT_QUEUE_SIZE), outputs, display, stats, reader)
 
     # -- main thread -----------------------------------------------------------------------
 
     def _supervise(self, sinks: list[threading.Thread], runs: list[SourceRun]) -> None:
         """Wait for every sink to finish, showing the windows, progress and talking to systemd meanwhile."""
         windows = {run.settings.id: Window(f"streamer - {run.settings.id}") for run in runs if run.display}
-        totals = [run.total for run in runs]
+        totals = [run.stats.expected for run in runs]
         progress = Progress(
             [run.stats for run in runs], [q for run in runs for q in (run.frames, run.results)],
             sum(totals) if all(totals) else None, self.config.runtime.status_interval_s,

@@ -108,7 +108,7 @@ class RecentRate:
         return (last_count - first_count) / max(now - first_time, 1e-9)  # to now: a stall shows as a falling rate
 
 
-class _Bar(tqdm):
+class Bar(tqdm):
     """tqdm with the rate (and so the ETA) of a RecentRate instead of tqdm's own estimate."""
 
     def __init__(self, *args, rate: RecentRate, **kwargs):
@@ -137,10 +137,10 @@ class Progress:
         self._last_time = time.monotonic()
         self._bar = None
         if total and usable_terminal(sys.stderr):
-            self._bar = _Bar(total=total, unit="frame", dynamic_ncols=True, file=sys.stderr, rate=RecentRate(RATE_WINDOW_S))
+            self._bar = Bar(total=total, unit="frame", dynamic_ncols=True, file=sys.stderr, rate=RecentRate(RATE_WINDOW_S))
             self._drawn_at = time.monotonic()
             # Log lines go through tqdm.write while the bar is up (same formatter, so still redacted).
-            self._redirect = logging_redirect_tqdm(tqdm_class=_Bar)
+            self._redirect = logging_redirect_tqdm(tqdm_class=Bar)
             self._redirect.__enter__()
 
     def update(self, force: bool = False) -> None:

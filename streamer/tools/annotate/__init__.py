@@ -20,6 +20,8 @@ from streamer.errors import EXIT_FAILURE, EXIT_OK, UsageError
 from streamer.logs import configure_logging
 from streamer.tools.annotate.jobs import Job, find_videos
 from streamer.tools.annotate.manifest import DONE, FAILED, Manifest, entry
+from streamer.tools.annotate.progress import ArchiveProgress
+from streamer.tools.annotate.work import Outcome, video_config
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +49,10 @@ def command(args: argparse.Namespace) -> int:
     configure_logging(args.log_level or config.runtime.log_level, args.log_format or config.runtime.log_format)
     if args.retries < 0:
         raise UsageError(f"--retries must be 0 or more, got {args.retries}")
+    if args.engine == "ray":
+        from streamer.tools.annotate import cluster
+
+        cluster.require()  # before anything is looked at or loaded
     out = Path(args.out)
     jobs = find_videos(args.inputs)
     out.mkdir(parents=True, exist_ok=True)
@@ -57,15 +63,15 @@ def command(args: argparse.Namespace) -> int:
         return EXIT_OK
     from streamer.inference import checkpoints
     from streamer.service import build
-    from streamer.tools.annotate.work import video_config
 
     build.announce_models(video_config(config, todo[0], out / todo[0].name, args.video))  # here, not only in the workers' logs
     checkpoints.require(config.models)  # missing weights: one line now, not a failure per video
     engine, workers = start_engine(args, config, out, len(todo))
-    run = Run(manifest, len(todo), args.retries + 1)
+    run = Run(manifest, args.retries + 1, ArchiveProgress(len(todo), config.runtime.status_interval_s))
     try:
-        engine.run(todo, run.done)
+        engine.run(todo, run)
     except BaseException:
+        run.progress.close()
         engine.close(now=True)
         raise
     engine.close()
@@ -89,39 +95,41 @@ def start_engine(args: argparse.Namespace, config, out: Path, todo: int):
 
 
 class Run:
-    """The coordinator's record of a run: the manifest, tries, counts, a line per video."""
+    """The coordinator's record of a run (work.Run): the manifest, tries, counts, progress."""
 
-    def __init__(self, manifest: Manifest, todo: int, tries: int):
+    def __init__(self, manifest: Manifest, tries: int, progress: ArchiveProgress):
         self.manifest = manifest
-        self.todo = todo
         self.tries = tries
+        self.progress = progress
         self.attempts: dict[Path, int] = {}
-        self.done_count = self.failed = self.frames = 0
+        self.annotated = 0
         self.started = time.monotonic()
 
-    def done(self, job: Job, outcome) -> bool:
-        """Record one attempt; True: try it again."""
+    def done(self, job: Job, outcome: Outcome) -> bool:
         attempts = self.attempts[job.path] = self.attempts.get(job.path, 0) + 1
         if outcome.status == FAILED and attempts < self.tries:
             log.warning("annotate: %s failed (%s), trying again", job.path, outcome.error)
+            self.progress.forget(job.path)
             return True
         self.manifest.record(entry(job, outcome.status, outcome.frames, outcome.seconds, attempts, outcome.error))
-        self.frames += outcome.frames
+        self.progress.ended(job.path, outcome.frames, outcome.status == FAILED)
         if outcome.status == DONE:
-            self.done_count += 1
+            self.annotated += 1
+            log.info("annotate: %s: %d frames in %.1f s; %s", job.name, outcome.frames, outcome.seconds, self.progress.text(time.monotonic()))
         else:
-            self.failed += 1
             log.error("annotate: %s failed: %s", job.path, outcome.error)
-        elapsed = time.monotonic() - self.started
-        ended = self.done_count + self.failed
-        eta = elapsed / ended * (self.todo - ended)
-        log.info("annotate: %d/%d (%d failed), %d frames, %.1f fps, ETA %.0f s; %s: %s, %d frames in %.1f s", ended, self.todo,
-                 self.failed, self.frames, self.frames / max(elapsed, 1e-9), eta, job.name, outcome.status, outcome.frames, outcome.seconds)
         return False
 
+    def report(self, path: Path, done: int, expected: int | None) -> None:
+        self.progress.update(path, done, expected)
+
+    def show(self) -> None:
+        self.progress.show()
+
     def summary(self, skipped: int, workers: int) -> int:
+        self.progress.close()
         elapsed = time.monotonic() - self.started
+        frames, failed = self.progress.frames, self.progress.failed
         log.info("annotate done: %d annotated, %d skipped (done before), %d failed; %d frames in %.1f s, %.2f fps (%.2f per worker, %d workers)",
-                 self.done_count, skipped, self.failed, self.frames, elapsed, self.frames / max(elapsed, 1e-9),
-                 self.frames / max(elapsed, 1e-9) / workers, workers)
-        return EXIT_FAILURE if self.failed else EXIT_OK
+                 self.annotated, skipped, failed, frames, elapsed, frames / max(elapsed, 1e-9), frames / max(elapsed, 1e-9) / workers, workers)
+        return EXIT_FAILURE if failed else EXIT_OK

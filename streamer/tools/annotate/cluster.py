@@ -6,26 +6,31 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from pathlib import Path
 
 from streamer.config import Config
 from streamer.errors import UsageError
 from streamer.tools.annotate.jobs import Job
 from streamer.tools.annotate.manifest import FAILED
-from streamer.tools.annotate.work import Annotator, Outcome, dispatch
+from streamer.tools.annotate.progress import REPORT_S
+from streamer.tools.annotate.work import Annotator, Outcome, Report, Run, dispatch
 
-WAIT_S = 0.5  # how often the coordinator looks at its workers
 
-
-def connect(address: str | None, cpus: int | None):
-    """Ray, started here (a local instance, `cpus` CPUs, no dashboard) or joined at `address`."""
+def require():
+    """The `ray` module; UsageError (one line) where Ray is not installed."""
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")  # no reports home
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # Ray 2.5x: no token file in ~/.ray
     try:
         import ray
     except ImportError:
         raise UsageError("--engine ray needs Ray: pip install 'streamer[ray]'") from None
+    return ray
+
+
+def connect(address: str | None, cpus: int | None):
+    """Ray, started here (a local instance, `cpus` CPUs, no dashboard) or joined at `address`."""
+    ray = require()
     if address:
         ray.init(address=address, log_to_driver=False, logging_level="WARNING")
     else:
@@ -34,7 +39,7 @@ def connect(address: str | None, cpus: int | None):
 
 
 class RayEngine:
-    """`run(jobs, done)` as LocalEngine's, on Ray actors: one per configuration in `configs`, each
+    """`run(jobs, run)` as LocalEngine's, on Ray actors: one per configuration in `configs`, each
     asking for `cpus` CPUs (its torch threads) and `gpus` GPUs."""
 
     def __init__(self, configs: list[Config], out: Path, video: bool, address: str | None, gpus: float):
@@ -44,14 +49,21 @@ class RayEngine:
         self.remote = self.ray.remote(Annotator).options(num_cpus=threads, num_gpus=gpus, max_restarts=0, max_task_retries=0)
         self.configs, self.video = configs, video
         self.actors = [self.remote.remote(config, video) for config in configs]
+        from ray.util.queue import Queue
 
-    def run(self, jobs: Iterable[Job], done: Callable[[Job, Outcome], bool]) -> None:
-        dispatch(jobs, len(self.actors), self._submit, lambda refs: self.ray.wait(refs, num_returns=1, timeout=WAIT_S)[0],
-                 self._outcome, done)
+        self.reports = Queue(actor_options={"num_cpus": 0})
+
+    def run(self, jobs: Iterable[Job], run: Run) -> None:
+        dispatch(jobs, len(self.actors), self._submit, lambda refs: self.ray.wait(refs, num_returns=1, timeout=REPORT_S)[0],
+                 self._outcome, self._reports, run)
 
     def _submit(self, n: int, job: Job):
         absolute = Job(job.path.resolve(), job.name)  # an actor's working folder is not ours
-        return self.actors[n].annotate.remote(absolute, self.out)
+        return self.actors[n].annotate.remote(absolute, self.out, Report(self.reports, job.path))
+
+    def _reports(self) -> list[tuple]:
+        count = self.reports.qsize()
+        return self.reports.get_nowait_batch(count) if count else []
 
     def _outcome(self, ref, n: int, job: Job, started: float) -> Outcome:
         from ray.exceptions import RayActorError, RayTaskError

@@ -7,12 +7,14 @@ never meets a leftover writing into a folder. Each worker's log goes to OUT/logs
 """
 from __future__ import annotations
 
+import contextlib
 import multiprocessing
 import os
+import queue
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
@@ -21,9 +23,11 @@ from streamer.config import Config
 from streamer.logs import configure_logging
 from streamer.tools.annotate.jobs import Job
 from streamer.tools.annotate.manifest import FAILED
-from streamer.tools.annotate.work import Annotator, Outcome, dispatch
+from streamer.tools.annotate.progress import REPORT_S
+from streamer.tools.annotate.work import Annotator, Outcome, Report, Run, dispatch
 
 _annotator: Annotator | None = None  # in a worker process: its models
+_reports: multiprocessing.Queue | None = None  # in a worker process: where its reports go
 
 
 def layout(config: Config, workers: int | None) -> list[Config]:
@@ -47,7 +51,7 @@ def layout(config: Config, workers: int | None) -> list[Config]:
 
 
 class LocalEngine:
-    """`run(jobs, done)`: every job through a worker; `done(job, outcome)` in the coordinating process as each ends."""
+    """`run(jobs, run)`: every job through a worker, told to `run` in the coordinating process (work.dispatch)."""
 
     def __init__(self, configs: list[Config], out: Path, video: bool, log_level: str):
         self.out = out
@@ -56,17 +60,25 @@ class LocalEngine:
         self.configs = configs
         self.video = video
         self.log_level = log_level
+        self.context = multiprocessing.get_context("spawn")  # no fork of a process that holds threads
+        self.reports = self.context.Queue()
         self.workers = [self._start(n) for n in range(len(configs))]
 
-    def run(self, jobs: Iterable[Job], done: Callable[[Job, Outcome], bool]) -> None:
-        """`done` returns whether to give the job another try (then it goes to the end of the queue)."""
+    def run(self, jobs: Iterable[Job], run: Run) -> None:
         dispatch(jobs, len(self.workers), lambda n, job: self.workers[n].submit(_annotate, job, str(self.out)),
-                 lambda futures: wait(futures, return_when=FIRST_COMPLETED)[0], self._outcome, done)
+                 lambda futures: wait(futures, REPORT_S, FIRST_COMPLETED)[0], self._outcome, self._reports, run)
+
+    def _reports(self) -> list[tuple]:
+        items = []
+        with contextlib.suppress(queue.Empty):
+            while True:
+                items.append(self.reports.get_nowait())
+        return items
 
     def _start(self, n: int) -> ProcessPoolExecutor:
-        """Worker n: a process of its own (spawned: no fork of a process that holds threads)."""
-        arguments = (self.configs[n], self.video, str(self.logs / f"worker-{n}.log"), self.log_level)
-        return ProcessPoolExecutor(1, multiprocessing.get_context("spawn"), _start_worker, arguments)
+        """Worker n: a process of its own."""
+        arguments = (self.configs[n], self.video, str(self.logs / f"worker-{n}.log"), self.log_level, self.reports)
+        return ProcessPoolExecutor(1, self.context, _start_worker, arguments)
 
     def _outcome(self, future: Future, n: int, job: Job, started: float) -> Outcome:
         try:
@@ -85,10 +97,10 @@ class LocalEngine:
             worker.shutdown(wait=not now, cancel_futures=True)
 
 
-def _start_worker(config: Config, video: bool, log_path: str, log_level: str) -> None:
+def _start_worker(config: Config, video: bool, log_path: str, log_level: str, reports: multiprocessing.Queue) -> None:
     """A worker process: its own session (no terminal signals), its log in its file, a watch on its
     coordinator, its models."""
-    global _annotator
+    global _annotator, _reports
     os.setsid()
     descriptor = os.open(log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
     os.dup2(descriptor, 2)
@@ -97,7 +109,7 @@ def _start_worker(config: Config, video: bool, log_path: str, log_level: str) ->
     configure_logging(log_level, config.runtime.log_format)
     coordinator = os.getppid()
     threading.Thread(target=_exit_with, args=(coordinator,), name="coordinator-watch", daemon=True).start()
-    _annotator = Annotator(config, video)
+    _annotator, _reports = Annotator(config, video), reports
 
 
 def _exit_with(coordinator: int) -> None:
@@ -108,4 +120,4 @@ def _exit_with(coordinator: int) -> None:
 
 def _annotate(job: Job, out: str) -> Outcome:
     assert _annotator is not None
-    return _annotator.annotate(job, Path(out))
+    return _annotator.annotate(job, Path(out), Report(_reports, job.path))

@@ -2,17 +2,21 @@
 worker process of this machine or a Ray actor, with the models loaded once per worker."""
 from __future__ import annotations
 
+import contextlib
 import shutil
+import threading
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from streamer.config import Config
+from streamer.control import Stats
 from streamer.errors import StreamerError
 from streamer.tools.annotate.jobs import Job
 from streamer.tools.annotate.manifest import DONE, FAILED
+from streamer.tools.annotate.progress import REPORT_S
 from streamer.uris import redact_uri
 
 VIDEO_NAME = "annotated.mp4"  # with --video, beside the export
@@ -42,6 +46,39 @@ def video_config(config: Config, job: Job, folder: Path, video: bool) -> Config:
     })
 
 
+@dataclass(frozen=True)
+class Report:
+    """`report(done, expected)`: puts (path, done, expected) on `queue`, a multiprocessing or a Ray
+    queue the coordinator reads."""
+
+    queue: Any
+    path: Path
+
+    def __call__(self, done: int, expected: int | None) -> None:
+        self.queue.put_nowait((self.path, done, expected))
+
+
+@contextlib.contextmanager
+def reporting(stats: Stats, report: Report | None):
+    """While inside: `report(frames done with, frames expected)` every REPORT_S, from a thread."""
+    if report is None:
+        yield
+        return
+    stop = threading.Event()
+
+    def loop() -> None:
+        while not stop.wait(REPORT_S):
+            report(stats.processed + sum(stats.dropped.values()), stats.expected)
+
+    thread = threading.Thread(target=loop, name="report", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()
+
+
 class Annotator:
     """The models (loaded once, on the configured device) and the settings every video shares."""
 
@@ -53,8 +90,9 @@ class Annotator:
         self.video = video
         self.loaded = load_models(config, resolve_device(config.runtime.device))
 
-    def annotate(self, job: Job, out: Path) -> Outcome:
-        """`job`'s video into OUT/name/; a folder left there by an attempt that was cut off is replaced."""
+    def annotate(self, job: Job, out: Path, report: Report | None = None) -> Outcome:
+        """`job`'s video into OUT/name/; a folder left there by an attempt that was cut off is
+        replaced. `report(done, expected)` gets its frames about every REPORT_S meanwhile."""
         from streamer.service.pipeline import Pipeline
 
         folder = out / job.name
@@ -63,7 +101,8 @@ class Annotator:
             if folder.exists():
                 shutil.rmtree(folder)  # never a finished export: annotate only hands over unfinished videos
             pipeline = Pipeline(video_config(self.config, job, folder, self.video), self.loaded)
-            summary = pipeline.run()
+            with reporting(pipeline.stats["video"], report):
+                summary = pipeline.run()
         except StreamerError as exc:
             return Outcome(FAILED, 0, time.monotonic() - started, redact_uri(str(exc)))
         seconds = time.monotonic() - started
@@ -75,12 +114,21 @@ class Annotator:
 
 
 
+class Run(Protocol):
+    """What the engines' loop tells the coordinator."""
+
+    def done(self, job: Job, outcome: Outcome) -> bool: ...  # record an attempt; True: try it again
+    def report(self, path: Path, done: int, expected: int | None) -> None: ...  # a worker's frames
+    def show(self) -> None: ...  # called at least every REPORT_S
+
+
 def dispatch(jobs: Iterable[Job], workers: int, submit: Callable[[int, Job], Any], finished: Callable[[list], Iterable],
-             outcome: Callable[[Any, int, Job, float], Outcome], done: Callable[[Job, Outcome], bool]) -> None:
+             outcome: Callable[[Any, int, Job, float], Outcome], reports: Callable[[], Iterable[tuple]], run: Run) -> None:
     """The engines' loop: one video in flight per worker (0 .. workers-1), the next one to whichever
     is free. `submit(n, job)` starts a job on worker n and returns its handle; `finished(handles)`
-    waits for some to end and returns those; `outcome(handle, n, job, started)` reads one (replacing
-    a worker that died); `done(job, outcome)` records it, True: queue the job again, at the end."""
+    waits at most REPORT_S for some to end and returns those; `outcome(handle, n, job, started)`
+    reads one (replacing a worker that died); `reports()` the workers' reports since last asked.
+    A job `run.done` wants again goes to the end of the queue."""
     waiting = list(jobs)
     busy: dict[Any, tuple[int, Job, float]] = {}
     idle = list(range(workers))
@@ -88,9 +136,14 @@ def dispatch(jobs: Iterable[Job], workers: int, submit: Callable[[int, Job], Any
         while waiting and idle:
             n, job = idle.pop(0), waiting.pop(0)
             busy[submit(n, job)] = (n, job, time.monotonic())
-        for handle in finished(list(busy)):
+        ended = finished(list(busy))
+        for path, done, expected in reports():
+            if any(job.path == path for _, job, _ in busy.values()):  # not one that has just ended
+                run.report(path, done, expected)
+        for handle in ended:
             n, job, started = busy.pop(handle)
             result = outcome(handle, n, job, started)
             idle.append(n)
-            if done(job, result):
+            if run.done(job, result):
                 waiting.append(job)
+        run.show()
