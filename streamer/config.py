@@ -120,7 +120,12 @@ class InstanceModel(Strict):
     min_size: int = Field(default=800, ge=32, le=MAX_INPUT_SIDE, description="Mask R-CNN's internal resize of the shorter side")
     max_size: int = Field(default=1333, ge=32, le=MAX_INPUT_SIDE, description="Mask R-CNN's internal resize: longest side at most")
     score_threshold: Unit = Field(default=0.5, description="detections below are dropped inside the model and by fusion")
-    detections_per_image: int = Field(default=100, ge=1, le=999, description="most detections the model keeps per frame")
+    detections_per_image: int = Field(default=100, ge=1, le=999, description="most detections the model keeps per frame; a frame "
+                                      "that reaches it is counted (streamer_detections_capped_frames_total)")
+    proposals_pre_nms: int | None = Field(default=None, ge=1, le=100_000, description="region proposals per feature level before "
+                                          "non-maximum suppression; none: the model's own (torchvision 1000, demo 600)")
+    proposals: int | None = Field(default=None, ge=1, le=100_000, description="region proposals the box head scores per frame; "
+                                  "none: the model's own (torchvision 1000, demo 300)")
     class_map: dict[str, str | tuple[str, ...]] = Field(
         default_factory=dict,
         description="instance class name (COCO or demo) -> panoptic category, or a list of them: the semantic "

@@ -115,6 +115,7 @@ class Stats:
     latencies: collections.deque = field(default_factory=lambda: collections.deque(maxlen=1000))  # capture -> sink, s
     model_times: collections.deque = field(default_factory=lambda: collections.deque(maxlen=1000))  # inference + fusion, s
     counts: Counts | None = None  # the newest counts of the source (zones, lines, objects), when it counts
+    capped: int = 0  # frames whose detections reached the instance model's detections_per_image
     expected: int | None = None  # frames this run will take from it (a file's count, capped); None: no end known
 
 

@@ -69,6 +69,7 @@ class Panoptic:
     drawn: np.ndarray | None = field(default=None, repr=False)  # the overlay less labels, when drawn on the models' device
     counts: Counts | None = None  # the source's counts after this frame (None: not counting)
     events: tuple[Event, ...] = ()  # the line crossings and zone entries of this frame
+    capped: bool = False  # the instance model returned its detections_per_image: there may have been more
 
 
 @dataclass(frozen=True)

@@ -14,6 +14,7 @@ from helpers import run_cli, the_error
 
 from streamer.frames import Category
 from streamer.inference.fusion import FusionParams, fuse
+from streamer.inference.masks import BoxMasks
 from streamer.tools.baselines import reference_fusion
 from streamer.tools.bench import micro
 from streamer.tools.bench.micro import random_scene, tracking_and_counting
@@ -139,7 +140,8 @@ def test_reference_loop_gives_what_fuse_gives(count):
     semantic, masks, scores, labels = random_scene(240, 135, count, categories, seed=count)
     assert masks.shape == (count, 135, 240) and semantic.max() <= 4
     expected_map, expected_segments = reference_fusion(semantic, masks, scores, labels, is_thing, params)
-    panoptic, segments = fuse(*(torch.from_numpy(a) for a in (semantic, masks, scores, labels, is_thing)), params)
+    semantic_t, masks_t, scores_t, labels_t, is_thing_t = (torch.from_numpy(a) for a in (semantic, masks, scores, labels, is_thing))
+    panoptic, segments = fuse(semantic_t, BoxMasks.from_dense(masks_t), scores_t, labels_t, is_thing_t, params)
     assert np.array_equal(panoptic.numpy(), expected_map)
     assert segments == expected_segments
 

@@ -14,6 +14,7 @@ from helpers import random_rectangles
 
 from streamer.frames import Category
 from streamer.inference.fusion import FusionParams, fuse
+from streamer.inference.masks import BoxMasks
 from streamer.inputs.synthetic import CATEGORIES, StreetScene
 from streamer.tools.baselines import naive_fusion, semantic_only
 from streamer.tools.pq import PQAccumulator, format_pq_table, match_frame
@@ -295,7 +296,7 @@ def test_perfect_outputs_score_one_on_a_synthetic_frame():
     gt = StreetScene(seed=3, size=(192, 108)).render(40).panoptic
     semantic, masks, scores, categories = perfect_outputs(gt)
     assert len(masks) > 0
-    fused, _ = fuse(torch.from_numpy(semantic), torch.from_numpy(masks), torch.from_numpy(scores),
+    fused, _ = fuse(torch.from_numpy(semantic), BoxMasks.from_dense(torch.from_numpy(masks)), torch.from_numpy(scores),
                     torch.from_numpy(categories), torch.from_numpy(IS_THING), FusionParams(0.5, 0.5, 0.5, stuff_area_min=0, label_divisor=1000))
     for pred in (fused.numpy(), naive_fusion(semantic, masks, scores, categories, IS_THING), gt):
         r = pq_of((pred, gt), table=CATEGORIES)

@@ -8,6 +8,7 @@ import torch
 from helpers import mask_bbox
 
 from streamer.inference.fusion import FusionParams, fuse
+from streamer.inference.masks import BoxMasks
 from streamer.tools.baselines import reference_fusion
 
 DIV = 1000
@@ -26,7 +27,7 @@ def segment_table(panoptic):
 
 def check_against_reference(semantic, masks, scores, categories, is_thing, params):
     panoptic, segments = fuse(
-        torch.from_numpy(semantic), torch.from_numpy(masks), torch.from_numpy(scores),
+        torch.from_numpy(semantic), BoxMasks.from_dense(torch.from_numpy(masks)), torch.from_numpy(scores),
         torch.from_numpy(categories), torch.from_numpy(is_thing), params,
     )
     expected, expected_segments = reference_fusion(semantic, masks, scores, categories, is_thing, params)

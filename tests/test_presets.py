@@ -11,6 +11,7 @@ from helpers import ROOT
 from streamer import presets
 from streamer.config import Models, load_config
 from streamer.inference.fusion import vote_categories
+from streamer.inference.masks import BoxMasks
 
 # Cityscapes' 19 train ids in order (cityscapesScripts labels.py); things: person ... bicycle.
 CITYSCAPES = ["road", "sidewalk", "building", "wall", "fence", "pole", "traffic light", "traffic sign", "vegetation",
@@ -97,7 +98,7 @@ def test_the_rider_rule_on_hand_made_predictions():
     masks[2, 0:2, 4:8] = 0.9  # over road only: no candidate seen, the default stays
     masks[3, 0:4, 0:3] = 0.4  # under the mask threshold: no votes
     candidates = torch.tensor([[person, rider]] * 4)
-    assert vote_categories(semantic, masks, candidates, 0.5).tolist() == [rider, person, person, person]
+    assert vote_categories(semantic, BoxMasks.from_dense(masks), candidates, 0.5).tolist() == [rider, person, person, person]
 
 
 def test_vote_matches_a_plain_loop_on_random_predictions():
@@ -107,7 +108,7 @@ def test_vote_matches_a_plain_loop_on_random_predictions():
     candidates = torch.randint(0, 6, (12, 3), generator=generator)
     candidates[:, 0] = torch.randint(1, 6, (12,), generator=generator)  # a default always
     candidates[:4, 1:] = 0  # some instances have no alternatives
-    assert torch.equal(vote_categories(semantic, masks, candidates, 0.5), vote_reference(semantic, masks, candidates, 0.5))
+    assert torch.equal(vote_categories(semantic, BoxMasks.from_dense(masks), candidates, 0.5), vote_reference(semantic, masks, candidates, 0.5))
 
 
 def test_candidates_table_from_a_class_map():

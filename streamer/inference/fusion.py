@@ -10,11 +10,9 @@ The rule is Panoptic FPN's (Kirillov et al. 2019, as in panopticapi / detectron2
 Panoptic values are `category_id * label_divisor + instance_id` (instance ids count from 1 per
 category in score order; stuff has instance id 0; void is 0). Everything runs on the inputs' device.
 
-Cost: the N x H x W masks are read once whole (to find each mask's rows); every other step touches
-a mask only inside its box, and the frame-sized work is a handful of passes over one int32 label
-map, whatever N is. On the CPU each mask's columns are searched only in its rows, one small step per
-mask; on a GPU the boxes come to the host in one transfer before the loop (after one for the
-semantic map's range), and the areas and boxes of all segments in one after it.
+Cost: the masks come inside their boxes (streamer.inference.masks.BoxMasks), and every step
+touches a mask only there; the frame-sized work is a handful of passes over one int32 label map,
+whatever N is. On a GPU the areas and boxes of all segments come to the host in one transfer.
 """
 from __future__ import annotations
 
@@ -23,6 +21,7 @@ from dataclasses import dataclass
 import torch
 
 from streamer.frames import Segment
+from streamer.inference.masks import BoxMasks
 
 
 @dataclass(frozen=True)
@@ -36,11 +35,11 @@ class FusionParams:
     label_divisor: int  # panoptic value = category_id * label_divisor + instance_id
 
 
-def vote_categories(semantic: torch.Tensor, masks: torch.Tensor, candidates: torch.Tensor, mask_threshold: float) -> torch.Tensor:
+def vote_categories(semantic: torch.Tensor, masks: BoxMasks, candidates: torch.Tensor, mask_threshold: float) -> torch.Tensor:
     """Each instance's category among its candidates, as the semantic model votes under its mask.
 
     semantic:   H x W integer category ids.
-    masks:      N x H x W mask probabilities, at the same resolution.
+    masks:      N instance masks (probabilities) inside their boxes, on the same frame.
     candidates: N x K category ids, the default first, 0 for none (K >= 1).
     Returns the N chosen category ids (long): the candidate that the most pixels with mask
     probability >= `mask_threshold` carry in the semantic map; ties, and masks where no candidate
@@ -53,11 +52,16 @@ def vote_categories(semantic: torch.Tensor, masks: torch.Tensor, candidates: tor
     if not bool(several.any()):
         return chosen
     rows = several.nonzero()[:, 0]
-    inside = masks[rows] >= mask_threshold
     options = candidates[rows]
-    votes = torch.stack([(inside & (semantic == options[:, k, None, None])).sum(dim=(1, 2)) for k in range(options.shape[1])], dim=1)
-    votes[options == 0] = -1  # padding never wins
-    chosen[rows] = options.gather(1, votes.argmax(dim=1, keepdim=True))[:, 0]  # argmax: the first of equal counts
+    votes = []
+    for row in rows.tolist():
+        y0, y1, x0, x1 = masks.boxes[row]
+        inside = _binary(masks.masks[row], mask_threshold)
+        window = semantic[y0:y1, x0:x1]
+        votes.append(torch.stack([(inside & (window == option)).sum() for option in candidates[row]]))
+    counts = torch.stack(votes)
+    counts[options == 0] = -1  # padding never wins
+    chosen[rows] = options.gather(1, counts.argmax(dim=1, keepdim=True))[:, 0]  # argmax: the first of equal counts
     return chosen
 
 
@@ -72,7 +76,7 @@ def fuse(
     """Fuse one frame.
 
     semantic:   H x W integer category ids from the semantic model (0 = no class).
-    masks:      N x H x W instance mask probabilities (or booleans), at the same resolution.
+    masks:      N instance masks (probabilities or booleans) inside their boxes, on the same frame.
     scores:     N detection scores.
     categories: N panoptic category ids of the instances (all thing categories).
     is_thing:   bool lookup indexed by category id (length = number of categories + 1).
@@ -124,7 +128,7 @@ def fuse(
 
 def place_instances(
     compact: torch.Tensor,
-    masks: torch.Tensor,
+    masks: BoxMasks,
     order: torch.Tensor,
     first_label: int,
     mask_threshold: float,
@@ -133,16 +137,15 @@ def place_instances(
     """Greedy placement in score order: the k-th instance writes `first_label + k` into the free
     pixels of `compact` it covers, unless more than `overlap_threshold` of its mask is taken already.
 
-    Each mask is binarised and compared only inside its bounding box; the accept/reject decision
-    stays a device tensor.
+    Each mask is binarised and compared only inside its box; the accept/reject decision stays a
+    device tensor (an empty mask's overlap is NaN, which accepts nothing).
     """
-    for k, (index, box) in enumerate(_boxes(masks, order, mask_threshold)):
-        if box is None:  # empty mask
+    for k, index in enumerate(order.tolist()):
+        y0, y1, x0, x1 = masks.boxes[index]
+        if y0 == y1 or x0 == x1:
             continue
-        y0, y1, x0, x1 = box
-        window = (slice(y0, y1 + 1), slice(x0, x1 + 1))
-        mask = _binary(masks[index][window], mask_threshold)
-        labels = compact[window]  # a view: filled in place
+        mask = _binary(masks.masks[index], mask_threshold)
+        labels = compact[y0:y1, x0:x1]  # a view: filled in place
         taken = labels >= first_label
         overlap = (mask & taken).sum(dtype=torch.float64) / mask.sum()
         labels.masked_fill_(mask & ~taken & (overlap <= overlap_threshold), first_label + k)
@@ -150,37 +153,6 @@ def place_instances(
 
 def _binary(mask: torch.Tensor, threshold: float) -> torch.Tensor:
     return mask if mask.dtype == torch.bool else mask >= threshold
-
-
-def _any(masks: torch.Tensor, dim: int, threshold: float) -> torch.Tensor:
-    """Along `dim`: is any value at or above the threshold (a max, so no boolean copy of the masks)."""
-    if masks.dtype == torch.bool:
-        return masks.any(dim=dim)
-    return masks.amax(dim=dim) >= threshold
-
-
-Box = tuple[int, int, int, int]  # y0, y1, x0, x1, inclusive
-
-
-def _boxes(masks: torch.Tensor, order: torch.Tensor, threshold: float) -> list[tuple[int, Box | None]]:
-    """(mask index, box) for every index in `order`, on the host; None for an empty mask."""
-    if order.numel() == 0:
-        return []
-    rows = _any(masks, 2, threshold)[order]  # N x H: the one full read of the masks
-    if masks.device.type != "cpu":  # a few big kernels and one transfer
-        cols = _any(masks, 1, threshold)[order]
-        found = torch.stack([order, rows.any(dim=1).long(), _first(rows), _last(rows), _first(cols), _last(cols)], dim=1)
-        return [(index, tuple(box) if nonempty else None) for index, nonempty, *box in found.tolist()]
-    boxes: list[tuple[int, Box | None]] = []
-    spans = torch.stack([order, rows.any(dim=1).long(), _first(rows), _last(rows)], dim=1).tolist()
-    for index, nonempty, y0, y1 in spans:
-        if not nonempty:
-            boxes.append((index, None))
-            continue
-        cols = _any(masks[index, y0 : y1 + 1], 0, threshold)[None]  # on the CPU: only the mask's rows
-        x0, x1 = torch.cat([_first(cols), _last(cols)]).tolist()
-        boxes.append((index, (y0, y1, x0, x1)))
-    return boxes
 
 
 def _label_counts(compact: torch.Tensor, size: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -30,6 +30,7 @@ from streamer.frames import Category
 from streamer.inference import checkpoints, demo_models
 from streamer.inference.checkpoints import Kind
 from streamer.inference.fusion import vote_categories
+from streamer.inference.masks import BoxMasks, paste_in_boxes
 
 log = logging.getLogger(__name__)
 
@@ -177,7 +178,15 @@ def build_pretrained(folder: Path, settings: cfg.SemanticModel, origin: str) -> 
 
 
 def build_instance(settings: cfg.InstanceModel) -> tuple[torch.nn.Module, list[str]]:
-    """The Mask R-CNN and the class names its labels index."""
+    """The Mask R-CNN and the class names its labels index, with the proposal counts the settings give."""
+    model, names = _build_instance(settings)
+    for count, field in ((settings.proposals_pre_nms, "_pre_nms_top_n"), (settings.proposals, "_post_nms_top_n")):
+        if count is not None:  # torchvision's RegionProposalNetwork keeps its counts per mode in these dicts
+            getattr(model.rpn, field)["testing"] = count
+    return model, names
+
+
+def _build_instance(settings: cfg.InstanceModel) -> tuple[torch.nn.Module, list[str]]:
     if settings.weights == "demo":
         model, names = demo_models.build_demo_instance(
             settings.min_size, settings.max_size, settings.score_threshold, settings.detections_per_image
@@ -238,9 +247,10 @@ class Prediction:
 
     image: torch.Tensor  # H x W x 3 uint8 BGR, the frame as uploaded
     semantic: torch.Tensor  # H x W category ids
-    masks: torch.Tensor  # N x H x W mask probabilities
+    masks: BoxMasks  # N mask probabilities, each inside its box
     scores: torch.Tensor  # N
     categories: torch.Tensor  # N category ids
+    capped: bool  # the model returned detections_per_image detections: there may have been more
 
 
 def uses_autocast(device: torch.device, half: str) -> bool:
@@ -268,6 +278,7 @@ class PanopticModels:
         self.mean = torch.tensor(settings.semantic.mean, device=device).view(1, 3, 1, 1) / 255.0
         self.std = torch.tensor(settings.semantic.std, device=device).view(1, 3, 1, 1) / 255.0
         self.is_thing = torch.tensor([False] + [c.isthing for c in categories], device=device)
+        self.detections_cap = instance.roi_heads.detections_per_img
 
     def _precision(self):
         if self.autocast:
@@ -281,12 +292,12 @@ class PanopticModels:
         tensors = [to_rgb_float(image) for image in uploaded]
         with self._precision():
             semantic = self._semantic(tensors)
-            detections = self.instance(tensors)
+            detections = detect(self.instance, tensors)
         predictions = []
         for image, sem, det in zip(uploaded, semantic, detections):
             candidates = self.candidates[det["labels"]]
-            keep = candidates[:, 0] > 0
-            masks = det["masks"][keep, 0].float()
+            keep = (candidates[:, 0] > 0).nonzero()[:, 0]  # classes the class map ignores go before any pasting
+            masks = paste_in_boxes(det["masks"][keep].float(), det["boxes"][keep], tuple(sem.shape))
             predictions.append(
                 Prediction(
                     image=image,
@@ -294,6 +305,7 @@ class PanopticModels:
                     masks=masks,
                     scores=det["scores"][keep].float(),
                     categories=vote_categories(sem, masks, candidates[keep], VOTE_MASK_THRESHOLD),
+                    capped=len(det["scores"]) >= self.detections_cap,
                 )
             )
         return predictions
@@ -307,6 +319,23 @@ class PanopticModels:
             F.interpolate(one[None].float(), size=rgb.shape[-2:], mode="bilinear", align_corners=False)[0].argmax(0) + 1
             for one, rgb in zip(logits, images)
         ]
+
+
+def detect(model: MaskRCNN, images: list[torch.Tensor]) -> list[dict[str, torch.Tensor]]:
+    """torchvision's Mask R-CNN in eval mode, but its masks left box-relative: per image "boxes"
+    (N x 4, x0 y0 x1 y1 in the image's pixels), "labels", "scores" and "masks" (N x 1 x 28 x 28
+    probabilities). GeneralizedRCNN.forward's steps, less the paste into frame-sized maps that its
+    transform's postprocess does (see streamer.inference.masks)."""
+    from torchvision.models.detection.transform import resize_boxes
+
+    sizes = [tuple(image.shape[-2:]) for image in images]
+    batch, _ = model.transform(images)
+    features = model.backbone(batch.tensors)
+    proposals, _ = model.rpn(batch, features)
+    detections, _ = model.roi_heads(features, proposals, batch.image_sizes)
+    for found, resized, original in zip(detections, batch.image_sizes, sizes):
+        found["boxes"] = resize_boxes(found["boxes"], resized, original)
+    return detections
 
 
 def build_models(settings: cfg.Models, categories: tuple[Category, ...], device: torch.device, half: str) -> PanopticModels:

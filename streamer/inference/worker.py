@@ -168,6 +168,7 @@ def infer(models: PanopticModels, params: FusionParams, frames: list[Frame], tak
             segments=tuple(segments),
             timings={"queue_wait": taken_mono - frame.captured_mono, "inference": inference,
                      "fusion": time.perf_counter() - fusing},
+            capped=prediction.capped,
         )
         results.append(Fused(result, prediction.image, panoptic) if on_device else Fused(result, None, None))
     return results

@@ -5,6 +5,7 @@ export of export.py, the window of display.py.
 """
 from __future__ import annotations
 
+import logging
 import queue
 import time
 from collections.abc import Callable
@@ -14,6 +15,8 @@ import numpy as np
 
 from streamer import control as ctl
 from streamer.frames import Panoptic
+
+log = logging.getLogger(__name__)
 
 
 class Output(Protocol):
@@ -50,6 +53,12 @@ def sink_loop(
                 timings[output.stage] = time.perf_counter() - started
             stats.processed += 1
             stats.counts = result.counts or stats.counts
+            if result.capped:
+                stats.capped += 1
+                if stats.capped == 1:
+                    log.warning("%s: frame %d has as many detections as models.instance.detections_per_image allows; there may "
+                                "have been more (streamer_detections_capped_frames_total counts such frames)",
+                                result.frame.source_id, result.frame.index)
             if observe:
                 observe(result, timings)
             stats.latencies.append(time.monotonic() - result.frame.captured_mono)

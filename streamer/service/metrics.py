@@ -69,6 +69,7 @@ class StatsCollector:
             "frames_processed": ("Frames through the models and written to the outputs", lambda s: s.processed),
             "decode_errors": ("Reads from the source that failed", lambda s: s.decode_errors),
             "reconnects": ("Times a live source was reconnected", lambda s: s.reconnects),
+            "detections_capped_frames": ("Frames whose detections reached models.instance.detections_per_image", lambda s: s.capped),
         }
         for name, (text, value) in counters.items():
             family = CounterMetricFamily(f"streamer_{name}", text, labels=["source"])

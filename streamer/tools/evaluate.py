@@ -185,7 +185,7 @@ def _outputs(models: PanopticModels, params: FusionParams, image: np.ndarray) ->
     divisor = params.label_divisor
     return (
         fused.cpu().numpy(), segments,
-        naive_fusion(p.semantic, p.masks, p.scores, p.categories, models.is_thing, label_divisor=divisor),
+        naive_fusion(p.semantic, p.masks.dense(), p.scores, p.categories, models.is_thing, label_divisor=divisor),
         semantic_only(p.semantic, models.is_thing, label_divisor=divisor),
     )
 

@@ -68,7 +68,7 @@ def sequential_loop(
             (prediction,) = models.predict([image])
             t2 = time.perf_counter()
             panoptic = naive_fusion(
-                prediction.semantic, prediction.masks, prediction.scores, prediction.categories, models.is_thing,
+                prediction.semantic, prediction.masks.dense(), prediction.scores, prediction.categories, models.is_thing,
                 params.mask_threshold, label_divisor=params.label_divisor,
             )
             t3 = time.perf_counter()

@@ -16,6 +16,7 @@ from streamer.config import Config
 from streamer.frames import Category, Line, Segment, Zone
 from streamer.inference.counting import Counter
 from streamer.inference.fusion import FusionParams, fuse
+from streamer.inference.masks import BoxMasks
 from streamer.inference.tracking import SourceTracker, TrackingParams
 from streamer.outputs.render import Renderer
 from streamer.service import build
@@ -86,6 +87,7 @@ def fusion_case(
     is_thing = np.array([False] + [c.isthing for c in categories])
     semantic, masks, scores, labels = random_scene(width, height, count, categories, options.seed + count)
     inputs = [torch.from_numpy(a).to(device) for a in (semantic, masks, scores, labels, is_thing)]
+    inputs[1] = BoxMasks.from_dense(inputs[1])  # each mask inside its box, as the model adapter gives them
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
 
     def fast() -> tuple[np.ndarray, list[Segment]]:

@@ -1,0 +1,84 @@
+"""Instance masks held only inside their boxes (pure tensor code).
+
+Mask R-CNN (He et al. 2017) predicts each instance's mask as M x M probabilities (M = 28) inside its
+box; torchvision pastes every one into a frame-sized map (N x H x W floats: 8 GB for 100
+detections on a 4K frame). Here each is resized into its own box and kept there: the same
+interpolation and the same pixels as torchvision's `paste_masks_in_image`, without the zeros around.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torchvision.models.detection.roi_heads import expand_boxes, expand_masks
+
+Box = tuple[int, int, int, int]  # y0, y1, x0, x1: rows y0..y1-1 and columns x0..x1-1 of the frame
+
+
+@dataclass(frozen=True)
+class BoxMasks:
+    """N instance masks on an H x W frame, each only inside its box.
+
+    boxes: N boxes (Box), clipped to the frame; an empty one (y0 == y1 or x0 == x1) holds nothing.
+    masks: N tensors, mask n of shape (y1 - y0) x (x1 - x0): probabilities (float) or booleans,
+           all on one device.
+    size:  (H, W) of the frame.
+    """
+
+    boxes: tuple[Box, ...]
+    masks: tuple[torch.Tensor, ...]
+    size: tuple[int, int]
+
+    def __len__(self) -> int:
+        return len(self.boxes)
+
+    def select(self, indices: list[int]) -> BoxMasks:
+        """The masks at `indices`, in that order."""
+        return BoxMasks(tuple(self.boxes[i] for i in indices), tuple(self.masks[i] for i in indices), self.size)
+
+    def dense(self, device: torch.device | str = "cpu") -> torch.Tensor:
+        """N x H x W, zeros outside the boxes: for reference code and tests only, never on the hot path."""
+        dtype = self.masks[0].dtype if self.masks else torch.float32
+        full = torch.zeros((len(self), *self.size), dtype=dtype, device=device)
+        for plane, (y0, y1, x0, x1), mask in zip(full, self.boxes, self.masks):
+            plane[y0:y1, x0:x1] = mask.to(device)
+        return full
+
+    @classmethod
+    def from_dense(cls, masks: torch.Tensor) -> BoxMasks:
+        """N x H x W masks -> each inside the box of its non-zero pixels (an empty box for a mask of
+        zeros). For reference inputs and tests."""
+        boxes, local = [], []
+        for mask in masks:
+            rows, cols = mask.bool().any(dim=1).nonzero()[:, 0], mask.bool().any(dim=0).nonzero()[:, 0]
+            box = (int(rows[0]), int(rows[-1]) + 1, int(cols[0]), int(cols[-1]) + 1) if rows.numel() else (0, 0, 0, 0)
+            boxes.append(box)
+            local.append(mask[box[0] : box[1], box[2] : box[3]])
+        return cls(tuple(boxes), tuple(local), (int(masks.shape[1]), int(masks.shape[2])))
+
+
+def paste_in_boxes(masks: torch.Tensor, boxes: torch.Tensor, size: tuple[int, int], padding: int = 1) -> BoxMasks:
+    """Mask R-CNN's box-relative masks at frame resolution, each only inside its box.
+
+    masks: N x 1 x M x M probabilities (float), boxes: N x 4 (x0, y0, x1, y1) in frame pixels, on
+    the same device; size: (H, W). The rule is torchvision's `paste_masks_in_image` (padding by
+    one pixel, the box grown to match, bilinear resize with align_corners=False, the box's last
+    row and column included, clipped to the frame), so each mask holds exactly the pixels that
+    function writes into its frame-sized map. The boxes come to the host in one transfer.
+    """
+    height, width = size
+    if masks.shape[0] == 0:
+        return BoxMasks((), (), size)
+    padded, scale = expand_masks(masks, padding=padding)
+    grown = expand_boxes(boxes, scale).to(dtype=torch.int64).tolist()
+    out_boxes, out_masks = [], []
+    for mask, (bx0, by0, bx1, by1) in zip(padded, grown):
+        h, w = max(by1 - by0 + 1, 1), max(bx1 - bx0 + 1, 1)
+        resized = F.interpolate(mask[None], size=(h, w), mode="bilinear", align_corners=False)[0, 0]
+        y0, y1 = min(max(by0, 0), height), max(min(by1 + 1, height), 0)
+        x0, x1 = min(max(bx0, 0), width), max(min(bx1 + 1, width), 0)
+        y1, x1 = max(y1, y0), max(x1, x0)  # a box wholly outside the frame: empty
+        out_boxes.append((y0, y1, x0, x1))
+        out_masks.append(resized[y0 - by0 : y1 - by0, x0 - bx0 : x1 - bx0])
+    return BoxMasks(tuple(out_boxes), tuple(out_masks), size)
