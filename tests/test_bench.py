@@ -24,6 +24,7 @@ from streamer.tools.bench.report import targets
 TINY = [
     "--size", "160x96", "--frames", "6", "--repeats", "1", "--memory-frames", "12",
     "--micro-sizes", "160x96,200x120", "--instances", "3,12", "--micro-repeats", "2", "--tracking-frames", "8",
+    "--detections", "200x120:20",
     # the demo models, run small: Mask R-CNN and the Unet see 160x96
     "--set", "models.semantic.input_size=[160,96]", "--set", "models.instance.min_size=96",
     "--set", "models.instance.max_size=160",
@@ -78,6 +79,10 @@ def test_micro_benchmarks_and_identical_fusion(report):
         for key in ("ms", "tracking_ms", "counting_ms"):
             assert positive(row[key]) and row[key]["n"] == 4, (key, row)
         assert row["tracks"] == row["kept_tracks"] == row["objects_counted"] == row["instances"], row
+    (detections,) = data["detections"]
+    assert detections["size"] == [200, 120] and detections["detections_per_image"] == 20 and detections["in_flight"] >= 1
+    assert detections["kept"] == 20 and detections["capped"] is True, "score threshold 0: as many as allowed, all kept"
+    assert positive(detections["ms_per_frame"]) and detections["peak_rss_mb"] > 0 and detections["cuda_peak_mb"] is None
     codec = data["codec"]
     assert codec["size"] == [160, 96] and codec["frames"] == 6
     assert positive(codec["encode_fps"]) and positive(codec["decode_fps"])
@@ -99,14 +104,14 @@ def test_memory_environment_and_targets(report):
     assert settings["device"] == "cpu" and settings["dtype"] == "float32"
     assert settings["size"] == [160, 96] and settings["source"].startswith("synthetic:street?seed=1000&frames=6")
     names = [t["name"] for t in data["targets"]]
-    assert len(names) == 7
+    assert len(names) == 9
     assert settings["tracking_frames"] == 8
     assert all(t["met"] in (True, False, None) for t in data["targets"])
     identical = [t for t in data["targets"] if t["name"].startswith("every fusion output")][0]
     assert identical["met"] is True
     tracking = "tracking + counting (ms per frame, median, one thread; ocsort, 2 lines, 1 zone, 4 of 8 frames timed)"
     for heading in ("end to end", "fusion (ms, median; fuse on", "overlay (ms, one thread)", tracking, "codecs at 160x96", "memory: RSS",
-                    "targets:"):
+                    "many detections (models + fusion", "targets:"):
         assert heading in stdout, heading
 
 
@@ -115,6 +120,7 @@ def test_memory_environment_and_targets(report):
     (["--frames", "0"], 2),
     (["--instances", "3,x"], 2),
     (["--memory-frames", "5"], 2),
+    (["--detections", "200x120"], 2),
 ])
 def test_bad_arguments_are_usage_errors(args, code):
     result = run_cli("bench", *args, timeout=60)
@@ -151,7 +157,7 @@ def tracking_setup():
     options = BenchOptions(
         config=None, overrides=(), device="cpu", size=(160, 96), frames=2, repeats=1, seed=7,
         micro_sizes=((192, 108), (320, 180)), instances=(3, 12), micro_repeats=1, tracking_frames=12, memory_frames=0,
-        torch_threads=None, cv2_threads=None,
+        detection_cases=(), torch_threads=None, cv2_threads=None,
     )
     return options, load_bench_config(options)
 

@@ -8,6 +8,7 @@ import torch
 from torchvision.models.detection.roi_heads import paste_masks_in_image
 
 from streamer.config import load_config
+from streamer.inference import models as models_module
 from streamer.inference.masks import BoxMasks, paste_in_boxes
 from streamer.inference.models import build_models, to_rgb_float, upload
 
@@ -31,11 +32,11 @@ def test_pasting_into_boxes_gives_torchvision_pixels_for_any_box():
     local = paste_in_boxes(masks, boxes, (HEIGHT, WIDTH))
     expected = paste_masks_in_image(masks, boxes, (HEIGHT, WIDTH))[:, 0]
     assert torch.equal(local.dense(), expected)
-    for (y0, y1, x0, x1), mask in zip(local.boxes, local.masks):
-        assert 0 <= y0 <= y1 <= HEIGHT and 0 <= x0 <= x1 <= WIDTH and mask.shape == (y1 - y0, x1 - x0)
+    for n, (y0, y1, x0, x1) in enumerate(local.boxes):
+        assert 0 <= y0 <= y1 <= HEIGHT and 0 <= x0 <= x1 <= WIDTH and local.mask(n).shape == (y1 - y0, x1 - x0)
     assert paste_in_boxes(masks[:0], boxes[:0], (HEIGHT, WIDTH)).dense().shape == (0, HEIGHT, WIDTH)
     outside = paste_in_boxes(masks[:2], torch.tensor([[170.0, 10.0, 190.0, 30.0], [10.0, -40.0, 30.0, -20.0]]), (HEIGHT, WIDTH))
-    assert [mask.numel() for mask in outside.masks] == [0, 0], "a box wholly outside the frame holds nothing"
+    assert [outside.mask(n).numel() for n in range(2)] == [0, 0], "a box wholly outside the frame holds nothing"
 
 
 def test_dense_masks_go_into_the_boxes_of_their_pixels_and_back():
@@ -45,35 +46,37 @@ def test_dense_masks_go_into_the_boxes_of_their_pixels_and_back():
     boxed = BoxMasks.from_dense(masks)
     assert boxed.boxes == ((1, 3, 2, 5), (5, 6, 7, 8), (0, 0, 0, 0))
     assert torch.equal(boxed.dense(), masks)
-    assert boxed.select([2, 0]).boxes == ((0, 0, 0, 0), (1, 3, 2, 5))
+    assert boxed.select([2, 0]).boxes == ((0, 0, 0, 0), (1, 3, 2, 5)) and torch.equal(boxed.select([2, 0]).mask(1), masks[0, 1:3, 2:5])
 
 
 @pytest.fixture(scope="module")
 def many_detections():
     """A Mask R-CNN of random weights that keeps every detection (score threshold 0), capped at 40, of
-    two classes the class map keeps."""
-    config = load_config(None, ["models.preset=demo", "models.instance.weights=none", "models.instance.classes=[car,person]",
+    three classes, two of which the class map keeps (a kite is no street category)."""
+    config = load_config(None, ["models.preset=demo", "models.instance.weights=none", "models.instance.classes=[car,kite,person]",
                                 "models.instance.score_threshold=0.0",
                                 "models.instance.detections_per_image=40", "models.instance.min_size=96",
                                 "models.instance.max_size=160", "models.semantic.input_size=[160,96]", "runtime.device=cpu"])
     return build_models(config.models, config.categories(), torch.device("cpu"), "off")
 
 
-def test_the_model_adapter_hands_over_masks_inside_their_boxes_with_torchvisions_pixels(many_detections):
+@pytest.mark.parametrize("chunk", [64, 7], ids=["one-chunk", "in-chunks"])
+def test_the_model_adapter_hands_over_masks_inside_their_boxes_with_torchvisions_pixels(many_detections, monkeypatch, chunk):
+    monkeypatch.setattr(models_module, "MASK_CHUNK", chunk)  # the mask head sees `chunk` detections at a time
     models = many_detections
     image = np.random.default_rng(1).integers(0, 256, (HEIGHT, WIDTH, 3), dtype=np.uint8)
     (prediction,) = models.predict([image])
     masks = prediction.masks
     assert isinstance(masks, BoxMasks) and len(masks) >= 5, "random weights and no threshold: detections of mapped classes"
-    for (y0, y1, x0, x1), mask in zip(masks.boxes, masks.masks):
-        assert mask.shape == (y1 - y0, x1 - x0), "each mask holds its box and nothing more"
-    assert sum(mask.numel() for mask in masks.masks) < len(masks) * HEIGHT * WIDTH, "not frame-sized maps"
+    assert all(source.shape == (30, 30) for source in masks.sources), "Mask R-CNN's 28 x 28, padded: nothing frame-sized"
+    for n, (y0, y1, x0, x1) in enumerate(masks.boxes):
+        assert masks.mask(n).shape == (y1 - y0, x1 - x0), "each mask at frame resolution only inside its box"
     assert prediction.capped, "40 detections of 40 allowed"
     # The same pixels as torchvision's own forward, which pastes every detection into a full frame.
     with torch.inference_mode():
         (reference,) = models.instance([to_rgb_float(upload(image, models.device))])
     keep = models.candidates[reference["labels"]][:, 0] > 0
-    assert len(reference["scores"]) == 40 and int(keep.sum()) == len(masks)
+    assert len(reference["scores"]) == 40 and int(keep.sum()) == len(masks) < 40, "kites dropped before the mask head"
     assert torch.equal(masks.dense(), reference["masks"][keep, 0])
     assert torch.equal(prediction.scores, reference["scores"][keep])
 

@@ -56,7 +56,7 @@ def vote_categories(semantic: torch.Tensor, masks: BoxMasks, candidates: torch.T
     votes = []
     for row in rows.tolist():
         y0, y1, x0, x1 = masks.boxes[row]
-        inside = _binary(masks.masks[row], mask_threshold)
+        inside = _binary(masks.mask(row), mask_threshold)
         window = semantic[y0:y1, x0:x1]
         votes.append(torch.stack([(inside & (window == option)).sum() for option in candidates[row]]))
     counts = torch.stack(votes)
@@ -144,7 +144,7 @@ def place_instances(
         y0, y1, x0, x1 = masks.boxes[index]
         if y0 == y1 or x0 == x1:
             continue
-        mask = _binary(masks.masks[index], mask_threshold)
+        mask = _binary(masks.mask(index), mask_threshold)
         labels = compact[y0:y1, x0:x1]  # a view: filled in place
         taken = labels >= first_label
         overlap = (mask & taken).sum(dtype=torch.float64) / mask.sum()

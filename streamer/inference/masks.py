@@ -20,29 +20,46 @@ Box = tuple[int, int, int, int]  # y0, y1, x0, x1: rows y0..y1-1 and columns x0.
 class BoxMasks:
     """N instance masks on an H x W frame, each only inside its box.
 
-    boxes: N boxes (Box), clipped to the frame; an empty one (y0 == y1 or x0 == x1) holds nothing.
-    masks: N tensors, mask n of shape (y1 - y0) x (x1 - x0): probabilities (float) or booleans,
-           all on one device.
-    size:  (H, W) of the frame.
+    boxes:   N boxes (Box), clipped to the frame; an empty one (y0 == y1 or x0 == x1) holds nothing.
+    size:    (H, W) of the frame.
+    sources: per mask, its pixels inside its box ((y1 - y0) x (x1 - x0) probabilities or booleans),
+             or, with `grown`, Mask R-CNN's padded M x M probabilities, resized into the box only
+             when `mask(n)` asks: then at most one mask is ever at frame resolution.
+    grown:   per mask, the box (x0, y0, x1, y1, inclusive, may reach outside the frame) its source
+             is resized to; None when the sources are the pixels already.
     """
 
     boxes: tuple[Box, ...]
-    masks: tuple[torch.Tensor, ...]
     size: tuple[int, int]
+    sources: tuple[torch.Tensor, ...]
+    grown: tuple[tuple[int, int, int, int], ...] | None = None
 
     def __len__(self) -> int:
         return len(self.boxes)
 
+    def mask(self, n: int) -> torch.Tensor:
+        """Mask n inside its box: (y1 - y0) x (x1 - x0), on the sources' device."""
+        if self.grown is None:
+            return self.sources[n]
+        bx0, by0, bx1, by1 = self.grown[n]
+        y0, y1, x0, x1 = self.boxes[n]
+        h, w = max(by1 - by0 + 1, 1), max(bx1 - bx0 + 1, 1)
+        if y0 == y1 or x0 == x1:
+            return self.sources[n].new_zeros((y1 - y0, x1 - x0))
+        resized = F.interpolate(self.sources[n][None, None], size=(h, w), mode="bilinear", align_corners=False)[0, 0]
+        return resized[y0 - by0 : y1 - by0, x0 - bx0 : x1 - bx0]
+
     def select(self, indices: list[int]) -> BoxMasks:
         """The masks at `indices`, in that order."""
-        return BoxMasks(tuple(self.boxes[i] for i in indices), tuple(self.masks[i] for i in indices), self.size)
+        pick = lambda items: tuple(items[i] for i in indices)  # noqa: E731
+        return BoxMasks(pick(self.boxes), self.size, pick(self.sources), None if self.grown is None else pick(self.grown))
 
     def dense(self, device: torch.device | str = "cpu") -> torch.Tensor:
         """N x H x W, zeros outside the boxes: for reference code and tests only, never on the hot path."""
-        dtype = self.masks[0].dtype if self.masks else torch.float32
+        dtype = self.sources[0].dtype if self.sources else torch.float32
         full = torch.zeros((len(self), *self.size), dtype=dtype, device=device)
-        for plane, (y0, y1, x0, x1), mask in zip(full, self.boxes, self.masks):
-            plane[y0:y1, x0:x1] = mask.to(device)
+        for n, (plane, (y0, y1, x0, x1)) in enumerate(zip(full, self.boxes)):
+            plane[y0:y1, x0:x1] = self.mask(n).to(device)
         return full
 
     @classmethod
@@ -55,7 +72,7 @@ class BoxMasks:
             box = (int(rows[0]), int(rows[-1]) + 1, int(cols[0]), int(cols[-1]) + 1) if rows.numel() else (0, 0, 0, 0)
             boxes.append(box)
             local.append(mask[box[0] : box[1], box[2] : box[3]])
-        return cls(tuple(boxes), tuple(local), (int(masks.shape[1]), int(masks.shape[2])))
+        return cls(tuple(boxes), (int(masks.shape[1]), int(masks.shape[2])), tuple(local))
 
 
 def paste_in_boxes(masks: torch.Tensor, boxes: torch.Tensor, size: tuple[int, int], padding: int = 1) -> BoxMasks:
@@ -65,20 +82,17 @@ def paste_in_boxes(masks: torch.Tensor, boxes: torch.Tensor, size: tuple[int, in
     the same device; size: (H, W). The rule is torchvision's `paste_masks_in_image` (padding by
     one pixel, the box grown to match, bilinear resize with align_corners=False, the box's last
     row and column included, clipped to the frame), so each mask holds exactly the pixels that
-    function writes into its frame-sized map. The boxes come to the host in one transfer.
+    function writes into its frame-sized map. The boxes come to the host in one transfer; the
+    resizing waits for BoxMasks.mask.
     """
     height, width = size
     if masks.shape[0] == 0:
-        return BoxMasks((), (), size)
+        return BoxMasks((), size, ())
     padded, scale = expand_masks(masks, padding=padding)
-    grown = expand_boxes(boxes, scale).to(dtype=torch.int64).tolist()
-    out_boxes, out_masks = [], []
-    for mask, (bx0, by0, bx1, by1) in zip(padded, grown):
-        h, w = max(by1 - by0 + 1, 1), max(bx1 - bx0 + 1, 1)
-        resized = F.interpolate(mask[None], size=(h, w), mode="bilinear", align_corners=False)[0, 0]
+    grown = [tuple(box) for box in expand_boxes(boxes, scale).to(dtype=torch.int64).tolist()]
+    clipped = []
+    for bx0, by0, bx1, by1 in grown:
         y0, y1 = min(max(by0, 0), height), max(min(by1 + 1, height), 0)
         x0, x1 = min(max(bx0, 0), width), max(min(bx1 + 1, width), 0)
-        y1, x1 = max(y1, y0), max(x1, x0)  # a box wholly outside the frame: empty
-        out_boxes.append((y0, y1, x0, x1))
-        out_masks.append(resized[y0 - by0 : y1 - by0, x0 - bx0 : x1 - bx0])
-    return BoxMasks(tuple(out_boxes), tuple(out_masks), size)
+        clipped.append((y0, max(y1, y0), x0, max(x1, x0)))  # a box wholly outside the frame: empty
+    return BoxMasks(tuple(clipped), size, tuple(padded[:, 0]), tuple(grown))

@@ -292,20 +292,19 @@ class PanopticModels:
         tensors = [to_rgb_float(image) for image in uploaded]
         with self._precision():
             semantic = self._semantic(tensors)
-            detections = detect(self.instance, tensors)
+            detections = detect(self.instance, tensors, self.candidates[:, 0] > 0)  # classes the class map ignores: no mask
         predictions = []
         for image, sem, det in zip(uploaded, semantic, detections):
             candidates = self.candidates[det["labels"]]
-            keep = (candidates[:, 0] > 0).nonzero()[:, 0]  # classes the class map ignores go before any pasting
-            masks = paste_in_boxes(det["masks"][keep].float(), det["boxes"][keep], tuple(sem.shape))
+            masks = paste_in_boxes(det["masks"].float(), det["boxes"], tuple(sem.shape))
             predictions.append(
                 Prediction(
                     image=image,
                     semantic=sem,
                     masks=masks,
-                    scores=det["scores"][keep].float(),
-                    categories=vote_categories(sem, masks, candidates[keep], VOTE_MASK_THRESHOLD),
-                    capped=len(det["scores"]) >= self.detections_cap,
+                    scores=det["scores"].float(),
+                    categories=vote_categories(sem, masks, candidates, VOTE_MASK_THRESHOLD),
+                    capped=det["found"] >= self.detections_cap,
                 )
             )
         return predictions
@@ -321,21 +320,37 @@ class PanopticModels:
         ]
 
 
-def detect(model: MaskRCNN, images: list[torch.Tensor]) -> list[dict[str, torch.Tensor]]:
-    """torchvision's Mask R-CNN in eval mode, but its masks left box-relative: per image "boxes"
-    (N x 4, x0 y0 x1 y1 in the image's pixels), "labels", "scores" and "masks" (N x 1 x 28 x 28
-    probabilities). GeneralizedRCNN.forward's steps, less the paste into frame-sized maps that its
-    transform's postprocess does (see streamer.inference.masks)."""
+MASK_CHUNK = 64  # detections through the mask head at once: its activations stay bounded whatever their number
+
+
+def detect(model: MaskRCNN, images: list[torch.Tensor], kept: torch.Tensor) -> list[dict[str, torch.Tensor]]:
+    """torchvision's Mask R-CNN in eval mode, with its masks computed only for the detections whose
+    label `kept` (a bool per label) marks, MASK_CHUNK at a time, and left box-relative. Per image:
+    "boxes" (N x 4, x0 y0 x1 y1 in the image's pixels), "labels", "scores", "masks" (N x 1 x 28 x
+    28 probabilities) of the kept detections, and "found" (all detections, kept or not). The steps
+    of GeneralizedRCNN.forward and RoIHeads.forward; each detection's mask is the same as theirs,
+    without the paste into a frame-sized map (see streamer.inference.masks)."""
+    from torchvision.models.detection.roi_heads import maskrcnn_inference
     from torchvision.models.detection.transform import resize_boxes
 
     sizes = [tuple(image.shape[-2:]) for image in images]
     batch, _ = model.transform(images)
     features = model.backbone(batch.tensors)
     proposals, _ = model.rpn(batch, features)
-    detections, _ = model.roi_heads(features, proposals, batch.image_sizes)
-    for found, resized, original in zip(detections, batch.image_sizes, sizes):
-        found["boxes"] = resize_boxes(found["boxes"], resized, original)
-    return detections
+    heads = model.roi_heads
+    box_features = heads.box_head(heads.box_roi_pool(features, proposals, batch.image_sizes))
+    class_logits, box_regression = heads.box_predictor(box_features)
+    boxes, scores, labels = heads.postprocess_detections(class_logits, box_regression, proposals, batch.image_sizes)
+    results = []
+    for index, (found, resized, original) in enumerate(zip(labels, batch.image_sizes, sizes)):
+        keep = kept[found]
+        box, score, label = boxes[index][keep], scores[index][keep], found[keep]
+        own = {level: feature[index : index + 1] for level, feature in features.items()}
+        masks = [maskrcnn_inference(heads.mask_predictor(heads.mask_head(heads.mask_roi_pool(own, [box[i : i + MASK_CHUNK]], [resized]))),
+                                    [label[i : i + MASK_CHUNK]])[0] for i in range(0, len(box), MASK_CHUNK)]
+        results.append({"boxes": resize_boxes(box, resized, original), "labels": label, "scores": score, "found": len(found),
+                        "masks": torch.cat(masks) if masks else box.new_zeros((0, 1, 28, 28))})
+    return results
 
 
 def build_models(settings: cfg.Models, categories: tuple[Category, ...], device: torch.device, half: str) -> PanopticModels:

@@ -11,10 +11,12 @@ tracks.
 from __future__ import annotations
 
 import collections
+import ctypes
 import logging
 import math
 import os
 import queue
+import sys
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -120,8 +122,28 @@ class InferencePool:
                     future.set_exception(exc)
 
 
+MALLOC_ARENAS = 2  # glibc heaps the process's threads share
+M_ARENA_MAX = -8  # glibc's mallopt parameter number (malloc.h)
+
+
+def limit_malloc_arenas() -> None:
+    """glibc gives a thread that allocates while another does its own heap (arena), up to 8 per
+    core, and keeps what is freed there for that heap's next use. With two frames in the models at
+    once, each frame's activations settle in a heap of their own: at 1080p with 300 detections
+    that held 700 MB more at the peak than MALLOC_ARENA_MAX=2 did, at the same speed. So the
+    threads share MALLOC_ARENAS heaps, unless MALLOC_ARENA_MAX says otherwise. Linux with glibc
+    only; elsewhere nothing happens."""
+    if not sys.platform.startswith("linux") or "MALLOC_ARENA_MAX" in os.environ:
+        return
+    try:
+        ctypes.CDLL(None).mallopt(M_ARENA_MAX, MALLOC_ARENAS)
+    except (OSError, AttributeError):  # no C library to ask, or one without mallopt
+        pass
+
+
 def load_models(config: Config, device: torch.device) -> tuple[InferencePool, PanopticModels]:
     """An inference pool laid out by `thread_layout`, with the models loaded on one of its threads."""
+    limit_malloc_arenas()  # before the pool's threads allocate
     runtime = config.runtime
     parallel, threads = thread_layout(device.type, available_cores(), runtime.parallel_frames, runtime.torch_threads)
     started = time.monotonic()

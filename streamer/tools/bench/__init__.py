@@ -8,7 +8,8 @@ In one process, on the same frames of the synthetic street:
   (c) the threaded pipeline (`streamer run`) from the same source to the same kind of MP4;
 plus micro-benchmarks (fusion against a plain per-instance numpy loop of the same rule and the
 naive loop; overlay at one thread; tracking + counting per frame at one thread; H.264 decode and
-encode alone) and, with --memory-frames,
+encode alone), big frames with many detections through the models and the fusion with their peak
+memory (--detections) and, with --memory-frames,
 RSS over a long pipeline run. Modes (a)-(c) take turns within every repeat, so a change in the
 machine's load hits all three alike.
 
@@ -17,7 +18,8 @@ packaged default configuration (the bundled demo models) is used, not ./config.y
 from different machines compare.
 
 This package: the command line and the whole run here; options.py (what to measure, the
-configuration), end_to_end.py (a)-(c), codecs and memory; micro.py (fusion, overlay, tracking + counting); measure.py
+configuration), end_to_end.py (a)-(c), codecs and memory; micro.py (fusion, overlay, tracking + counting);
+detections.py (many detections, peak memory); measure.py
 (timing, RSS, CPU per thread); report.py (settings, targets, text). Importing it for the CLI loads
 neither torch nor the models.
 """
@@ -45,6 +47,7 @@ MICRO_SIZES = ((1280, 720), (1920, 1080))
 MICRO_INSTANCES = (10, 50, 100)
 MICRO_REPEATS = 5
 TRACKING_FRAMES = 60
+DETECTION_CASES = (((3840, 2160), 100), ((1920, 1080), 300))
 
 
 def add_parser(commands: Any) -> None:
@@ -71,6 +74,8 @@ def add_parser(commands: Any) -> None:
                         help=f"frames of moving objects per tracking + counting run, the first few for warm-up (default {TRACKING_FRAMES})")
     parser.add_argument("--memory-frames", type=memory_frames, default=0, metavar="N",
                         help="also run the pipeline over N frames and compare RSS at frame N/10 and N (default 0: off; 5000 takes ~25 min on 2 CPU cores)")
+    parser.add_argument("--detections", type=detection_list, default=DETECTION_CASES, metavar="WxH:N,...",
+                        help="many-detections cases: frame size and detections forced (default 3840x2160:100,1920x1080:300; none: off)")
     parser.add_argument("--torch-threads", type=positive_int, metavar="N", help="torch threads per frame in the models (runtime.torch_threads) and for the sequential loop (default: the cores shared out; torch's choice for the loop)")
     parser.add_argument("--cv2-threads", type=positive_int, metavar="N", help="cv2.setNumThreads for the whole bench (default: OpenCV's choice)")
     parser.set_defaults(handler=command)
@@ -87,6 +92,16 @@ def count_list(text: str) -> tuple[int, ...]:
     return tuple(int(item) for item in items)
 
 
+def detection_list(text: str) -> tuple[tuple[tuple[int, int], int], ...]:
+    if text == "none":
+        return ()
+    cases = []
+    for item in text.split(","):
+        size, _, count = item.partition(":")
+        cases.append((frame_size(size), count_list(count)[0]))
+    return tuple(cases)
+
+
 def memory_frames(text: str) -> int:
     if not text.isdigit() or 0 < int(text) < 10:
         raise argparse.ArgumentTypeError(f"expected 0 (off) or at least 10 frames, got {text!r}")
@@ -100,6 +115,7 @@ def command(args: argparse.Namespace) -> int:
         config=args.config, overrides=tuple(config_overrides(args)), device=args.device, size=args.size, frames=args.frames,
         repeats=args.repeats, seed=args.seed, micro_sizes=args.micro_sizes, instances=args.instances,
         micro_repeats=args.micro_repeats, tracking_frames=args.tracking_frames, memory_frames=args.memory_frames,
+        detection_cases=args.detections,
         torch_threads=args.torch_threads, cv2_threads=args.cv2_threads,
     )
     config = load_bench_config(options)  # a bad configuration fails here, before anything slow

@@ -51,6 +51,14 @@ def peak_rss_mb() -> float | None:
     return _status_mib("VmHWM")
 
 
+def reset_peak_rss() -> None:
+    """From now on peak_rss_mb() is the peak since now (Linux: clear_refs 5 resets VmHWM; elsewhere nothing)."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+    except OSError:
+        pass
+
+
 def _status_mib(field: str) -> float | None:
     """A kB field of /proc/self/status, in MiB (None where there is no such file)."""
     try:

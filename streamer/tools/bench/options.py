@@ -25,6 +25,7 @@ class BenchOptions:
     micro_repeats: int
     tracking_frames: int  # frames of each tracking + counting run
     memory_frames: int  # 0: no long run
+    detection_cases: tuple[tuple[tuple[int, int], int], ...]  # ((width, height), detections) per many-detections case
     torch_threads: int | None  # None: torch's choice
     cv2_threads: int | None  # None: OpenCV's choice
 

@@ -14,6 +14,7 @@ import torch
 from streamer.config import Config
 from streamer.inference.models import resolve_device
 from streamer.inputs.sources import open_source
+from streamer.tools.bench.detections import detection_cases
 from streamer.tools.bench.end_to_end import codecs, end_to_end, memory_run
 from streamer.tools.bench.measure import peak_rss_mb, rss_mb
 from streamer.tools.bench.micro import fusion_and_overlay, tracking_and_counting
@@ -49,6 +50,7 @@ def run_bench(options: BenchOptions, config: Config) -> dict[str, Any]:
     torch.set_num_threads(torch_threads)
     report["fusion"], report["overlay"] = fusion_and_overlay(options, config, device)
     report["tracking"] = tracking_and_counting(options, config)
+    report["detections"] = detection_cases(options, config, device)  # last: it holds the most memory
     report["environment"]["load_average_end"] = [round(v, 2) for v in os.getloadavg()]
     report["environment"]["rss_mb_end"] = rss_mb()
     report["environment"]["rss_mb_peak"] = peak_rss_mb()
