@@ -7,8 +7,10 @@ import json
 import os
 import re
 import signal
+import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path, PurePosixPath
 
 import pytest
@@ -162,20 +164,18 @@ def processes(match: bytes) -> list[int]:
     return pids
 
 
-def test_a_worker_that_dies_is_replaced_and_its_video_tried_again(tmp_path):
+def survives_a_dead_worker(tmp_path, kill: Callable[[subprocess.Popen, Path], None], *args: str) -> None:
+    """Two 30-frame videos through one worker (`args`: the engine's flags); `kill(process, out)`
+    kills the worker in the middle of the first. The run must end well, that video done on its
+    second attempt by a new worker."""
     root = tmp_path / "in"
     root.mkdir()
     for name in ("a", "b"):
         make_video(root / f"{name}.mp4", frames=30)
     out = tmp_path / "out"
-    process = popen_cli("annotate", str(root), "--out", str(out), *MODELS, "--workers", "1")
+    process = popen_cli("annotate", str(root), "--out", str(out), *MODELS, "--workers", "1", *args)
     try:
-        log = out / "logs" / "worker-0.log"
-        wait_until(lambda: log.exists() and "first frame read" in log.read_text(), timeout=120, what="a video in flight")
-        children = Path(f"/proc/{process.pid}/task/{process.pid}/children").read_text().split()
-        workers = [int(pid) for pid in children if int(pid) in processes(b"spawn_main")]
-        assert len(workers) == 1, children
-        os.kill(workers[0], signal.SIGKILL)  # as the kernel's out-of-memory killer would
+        kill(process, out)
         _, stderr = process.communicate(timeout=300)
     finally:
         process.kill()
@@ -184,6 +184,18 @@ def test_a_worker_that_dies_is_replaced_and_its_video_tried_again(tmp_path):
     done = manifest(out)
     assert {name: (line["status"], line["frames"]) for name, line in done.items()} == {"in/a.mp4": ("done", 30), "in/b.mp4": ("done", 30)}
     assert sorted(line["attempts"] for line in done.values()) == [1, 2], "the video in flight, once more, on a new worker"
+
+
+def test_a_worker_that_dies_is_replaced_and_its_video_tried_again(tmp_path):
+    def kill(process: subprocess.Popen, out: Path) -> None:
+        log = out / "logs" / "worker-0.log"
+        wait_until(lambda: log.exists() and "first frame read" in log.read_text(), timeout=120, what="a video in flight")
+        children = Path(f"/proc/{process.pid}/task/{process.pid}/children").read_text().split()
+        workers = [int(pid) for pid in children if int(pid) in processes(b"spawn_main")]
+        assert len(workers) == 1, children
+        os.kill(workers[0], signal.SIGKILL)  # as the kernel's out-of-memory killer would
+
+    survives_a_dead_worker(tmp_path, kill)
 
 
 def test_nothing_to_annotate_is_one_clear_line(tmp_path):

@@ -5,12 +5,11 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import signal
 
 import pytest
-from helpers import make_video, popen_cli, run_cli, wait_until
-from test_annotate import MODELS, manifest, processes
+from helpers import make_video, run_cli, wait_until
+from test_annotate import MODELS, manifest, processes, survives_a_dead_worker
 
 pytest.importorskip("ray", reason="needs Ray: pip install 'streamer[ray]' (the test extra installs it)")
 
@@ -37,22 +36,10 @@ def test_ray_gives_the_local_engines_annotations(tmp_path):
 
 
 def test_an_actor_that_dies_is_replaced_and_its_video_tried_again(tmp_path):
-    root = tmp_path / "in"
-    root.mkdir()
-    for name in ("a", "b"):
-        make_video(root / f"{name}.mp4", frames=30)
-    out = tmp_path / "out"
-    process = popen_cli("annotate", str(root), "--out", str(out), *MODELS, "--workers", "1", "--engine", "ray")
-    try:
+    def kill(_process, out) -> None:
         wait_until(lambda: any((out / "in").glob("*.mp4/panoptic/*.png")), timeout=180, what="a video in flight")
         actors = processes(b"ray::Annotator.annotate")  # Ray names a worker process after the task it runs
         assert len(actors) == 1, actors
         os.kill(actors[0], signal.SIGKILL)
-        _, stderr = process.communicate(timeout=300)
-    finally:
-        process.kill()
-    assert process.returncode == 0, stderr
-    assert re.search(r"in/a.mp4 failed \(.*the worker process died\), trying again", stderr), stderr
-    done = manifest(out)
-    assert {name: (line["status"], line["frames"]) for name, line in done.items()} == {"in/a.mp4": ("done", 30), "in/b.mp4": ("done", 30)}
-    assert sorted(line["attempts"] for line in done.values()) == [1, 2]
+
+    survives_a_dead_worker(tmp_path, kill, "--engine", "ray")
