@@ -72,13 +72,15 @@ def test_the_model_adapter_hands_over_masks_inside_their_boxes_with_torchvisions
     for n, (y0, y1, x0, x1) in enumerate(masks.boxes):
         assert masks.mask(n).shape == (y1 - y0, x1 - x0), "each mask at frame resolution only inside its box"
     assert prediction.capped, "40 detections of 40 allowed"
-    # The same pixels as torchvision's own forward, which pastes every detection into a full frame.
+    # The same masks as torchvision's own forward, which pastes every detection into a full frame.
     with torch.inference_mode():
         (reference,) = models.instance([to_rgb_float(upload(image, models.device))])
     keep = models.candidates[reference["labels"]][:, 0] > 0
     assert len(reference["scores"]) == 40 and int(keep.sum()) == len(masks) < 40, "kites dropped before the mask head"
-    assert torch.equal(masks.dense(), reference["masks"][keep, 0])
     assert torch.equal(prediction.scores, reference["scores"][keep])
+    # The mask head sees fewer detections at once than in torchvision's forward, and the CPU's
+    # convolution kernels are chosen by batch size: the same values, up to the last bits.
+    torch.testing.assert_close(masks.dense(), reference["masks"][keep, 0], rtol=1e-5, atol=1e-6)
 
 
 def test_the_proposal_counts_are_settings():
