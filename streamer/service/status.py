@@ -182,7 +182,10 @@ class Progress:
         self._bar.refresh()
 
     def close(self) -> None:
-        if self._bar is not None:
-            self._advance(final=True)
-            self._bar.close()
-            self._redirect.__exit__(None, None, None)
+        """The bar's last state, or a last status line: the counts at the end, whenever the last periodic one came."""
+        if self._bar is None:
+            self.update(force=True)
+            return
+        self._advance(final=True)
+        self._bar.close()
+        self._redirect.__exit__(None, None, None)
