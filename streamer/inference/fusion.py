@@ -54,11 +54,11 @@ def vote_categories(semantic: torch.Tensor, masks: BoxMasks, candidates: torch.T
     rows = several.nonzero()[:, 0]
     options = candidates[rows]
     votes = []
-    for row in rows.tolist():
+    for row, row_options in zip(rows.tolist(), options):
         y0, y1, x0, x1 = masks.boxes[row]
         inside = _binary(masks.mask(row), mask_threshold)
         window = semantic[y0:y1, x0:x1]
-        votes.append(torch.stack([(inside & (window == option)).sum() for option in candidates[row]]))
+        votes.append(torch.stack([(inside & (window == option)).sum() for option in row_options]))
     counts = torch.stack(votes)
     counts[options == 0] = -1  # padding never wins
     chosen[rows] = options.gather(1, counts.argmax(dim=1, keepdim=True))[:, 0]  # argmax: the first of equal counts

@@ -41,18 +41,13 @@ class BoxMasks:
         """Mask n inside its box: (y1 - y0) x (x1 - x0), on the sources' device."""
         if self.grown is None:
             return self.sources[n]
-        bx0, by0, bx1, by1 = self.grown[n]
         y0, y1, x0, x1 = self.boxes[n]
-        h, w = max(by1 - by0 + 1, 1), max(bx1 - bx0 + 1, 1)
         if y0 == y1 or x0 == x1:
             return self.sources[n].new_zeros((y1 - y0, x1 - x0))
+        bx0, by0, bx1, by1 = self.grown[n]
+        h, w = max(by1 - by0 + 1, 1), max(bx1 - bx0 + 1, 1)
         resized = F.interpolate(self.sources[n][None, None], size=(h, w), mode="bilinear", align_corners=False)[0, 0]
         return resized[y0 - by0 : y1 - by0, x0 - bx0 : x1 - bx0]
-
-    def select(self, indices: list[int]) -> BoxMasks:
-        """The masks at `indices`, in that order."""
-        pick = lambda items: tuple(items[i] for i in indices)  # noqa: E731
-        return BoxMasks(pick(self.boxes), self.size, pick(self.sources), None if self.grown is None else pick(self.grown))
 
     def dense(self, device: torch.device | str = "cpu") -> torch.Tensor:
         """N x H x W, zeros outside the boxes: for reference code and tests only, never on the hot path."""

@@ -33,8 +33,7 @@ class ArchiveProgress:
         self.ended_count = self.failed = self.frames = 0  # frames: of the videos ended
         self.in_flight: dict[Path, tuple[int, int | None]] = {}  # path -> (done, expected)
         self.rate = RecentRate(RATE_WINDOW_S)
-        self.started = time.monotonic()
-        self._next_line = self.started + interval_s
+        self._next_line = time.monotonic() + interval_s
         self._bar = None
         if usable_terminal(sys.stderr):
             self._bar = Bar(desc=f"0/{todo} videos", total=None, unit="frame", dynamic_ncols=True, file=sys.stderr, rate=self.rate,
