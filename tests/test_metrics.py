@@ -2,9 +2,12 @@
 from __future__ import annotations
 
 import json
+import logging
+import queue
 import re
 import time
 
+import numpy as np
 import torch
 from helpers import RECORDER, Daemon, busy_port, free_port, http_get, make_video, run_cli, the_error, wait_until
 from prometheus_client import CollectorRegistry, generate_latest
@@ -12,8 +15,9 @@ from prometheus_client.parser import text_string_to_metric_families
 from rtsp import RtspServer, needs_rtsp
 
 from streamer import control as ctl
-from streamer.frames import Counts
+from streamer.frames import Counts, Frame, Panoptic
 from streamer.inputs.capture import Connection
+from streamer.outputs.sink import sink_loop
 from streamer.service.metrics import StatsCollector, WatchedSource, health
 
 
@@ -47,6 +51,7 @@ def test_scraped_counters_rise_drops_are_counted_by_cause_and_stages_are_timed(t
         assert sample(second, "streamer_frames_dropped_total", source="cam0", cause="queue_full") > 0
         assert sample(second, "streamer_source_up", source="cam0") == 1
         assert sample(second, "streamer_decode_errors_total", source="cam0") == 0
+        assert sample(second, "streamer_detections_capped_frames_total", source="cam0") == 0, "a few cars, far below the cap"
         assert abs(sample(second, "streamer_last_frame_timestamp_seconds", source="cam0") - time.time()) < 5
         assert sample(second, "streamer_queue_depth", source="cam0", queue="frames") is not None
         for stage in ("queue_wait", "inference", "fusion", "render", "encode"):
@@ -129,3 +134,25 @@ def test_counts_are_scraped_per_source_category_line_and_zone():
     assert 'source="cam1"' not in "".join(line for line in text.splitlines() if "objects" in line or "line_" in line or "zone_" in line)
     families = {(f.name, f.type) for f in text_string_to_metric_families(text)}
     assert {("streamer_objects", "counter"), ("streamer_objects", "gauge")} <= families
+
+
+def test_frames_that_reach_the_detection_cap_are_counted_scraped_and_logged_once(caplog):
+    """The sink counts the results the worker marked as capped (the instance model returned
+    detections_per_image detections), warns at the first, and the counter is scraped per source."""
+    results: queue.Queue = queue.Queue()
+    image = np.zeros((4, 6, 3), np.uint8)
+    for index, capped in enumerate((False, True, True)):
+        frame = Frame("cam0", index, image, index * 100.0, time.time(), time.monotonic())
+        results.put(Panoptic(frame, np.zeros((4, 6), np.int32), (), capped=capped))
+    results.put(ctl.END)
+    stats = ctl.Stats()
+    with caplog.at_level(logging.WARNING, logger="streamer.outputs.sink"):
+        sink_loop(results, [], lambda result: result.frame.image, ctl.Control(), stats)
+    assert stats.processed == 3 and stats.capped == 2
+    warnings = [r.getMessage() for r in caplog.records if "detections_per_image" in r.getMessage()]
+    assert warnings == ["cam0: frame 1 has as many detections as models.instance.detections_per_image allows; there may have been "
+                        "more (streamer_detections_capped_frames_total counts such frames)"]
+    registry = CollectorRegistry()
+    registry.register(StatsCollector([WatchedSource("cam0", stats, lambda: Connection("streaming", 0, None), {}, 5.0)],
+                                     torch.device("cpu"), {"version": "test"}))
+    assert sample(generate_latest(registry).decode(), "streamer_detections_capped_frames_total", source="cam0") == 2
