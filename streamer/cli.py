@@ -43,8 +43,8 @@ def build_parser() -> argparse.ArgumentParser:
     synth = commands.add_parser("synth", help="render a synthetic street video with panoptic ground truth")
     synth.add_argument("--seed", type=int, default=0)
     synth.add_argument("--frames", type=positive_int, default=150)
-    synth.add_argument("--size", type=frame_size, default=(640, 360), metavar="WxH")
-    synth.add_argument("--fps", type=float, default=15.0)
+    synth.add_argument("--size", type=frame_size, metavar="WxH", help="frame size (default: the synthetic street's own)")
+    synth.add_argument("--fps", type=float, help="frame rate (default: the synthetic street's own)")
     synth.add_argument("--out", required=True, metavar="DIR", help="gets video.mp4, panoptic/*.png and panoptic.json")
     synth.add_argument("--overwrite", action="store_true", help="replace a scene already in --out")
     synth.set_defaults(handler=cmd_synth)
@@ -113,20 +113,21 @@ def cmd_run(args: argparse.Namespace) -> int:
 def cmd_synth(args: argparse.Namespace) -> int:
     """Frames and ground truth of one synthetic scene: video.mp4 + COCO panoptic export."""
     from streamer.frames import Frame, Panoptic
-    from streamer.inputs.synthetic import CATEGORIES, StreetScene
+    from streamer.inputs.synthetic import CATEGORIES, SCENE_FPS, SCENE_SIZE, StreetScene
     from streamer.outputs.export import PanopticExport
     from streamer.outputs.recording import VideoOutput
 
     out = Path(args.out)
     if (out / "video.mp4").exists() and not args.overwrite:
         raise CannotCreate(f"{out}: already holds a synthetic scene; --overwrite replaces it, or choose another --out")
-    scene = StreetScene(args.seed, args.size, args.fps)
+    fps = args.fps if args.fps is not None else SCENE_FPS
+    scene = StreetScene(args.seed, args.size or SCENE_SIZE, fps)
     export = PanopticExport(out, CATEGORIES, overwrite=args.overwrite)
-    video = VideoOutput(out / "video.mp4", args.fps)
+    video = VideoOutput(out / "video.mp4", fps)
     try:
         for index in range(args.frames):
             rendered = scene.render(index)
-            frame = Frame("synthetic", index, rendered.image, index * 1000.0 / args.fps, time.time(), time.monotonic())
+            frame = Frame("synthetic", index, rendered.image, index * 1000.0 / fps, time.time(), time.monotonic())
             truth = Panoptic(frame, rendered.panoptic, rendered.segments)
             video.write(truth, rendered.image)
             export.write(truth, rendered.image)

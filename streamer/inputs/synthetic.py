@@ -36,6 +36,8 @@ CATEGORIES: tuple[Category, ...] = (
 )
 _STUFF = (ROAD, SIDEWALK, BUILDING, SKY)
 
+SCENE_SIZE = (640, 360)  # width, height of a synthetic street unless its URI or caller says otherwise
+SCENE_FPS = 15.0  # its frame rate, likewise
 MIN_VISIBLE_PIXELS = 20
 """Things with fewer visible pixels are left out of the frame altogether (image and ground truth)."""
 
@@ -70,7 +72,7 @@ class SceneFrame:
 def parse_synthetic_uri(uri: str) -> dict:
     """'synthetic:street?seed=S&frames=N&size=WxH&fps=F&realtime=0|1' -> {'seed', 'frames', 'size', 'fps', 'realtime'}.
 
-    Every key is optional: seed 0, frames None (endless), size (640, 360), fps 15.0, realtime 0
+    Every key is optional: seed 0, frames None (endless), size SCENE_SIZE, fps SCENE_FPS, realtime 0
     (1: frames come no faster than fps, like a camera's).
     """
     def fail(why: str) -> ValueError:
@@ -82,7 +84,7 @@ def parse_synthetic_uri(uri: str) -> dict:
     name, _, query = rest.partition("?")
     if name != "street":
         raise fail(f"unknown scene {name!r} (known: 'street')")
-    out: dict = {"seed": 0, "frames": None, "size": (640, 360), "fps": 15.0, "realtime": False}
+    out: dict = {"seed": 0, "frames": None, "size": SCENE_SIZE, "fps": SCENE_FPS, "realtime": False}
     seen: set[str] = set()
     for item in query.split("&") if query else []:
         key, eq, value = item.partition("=")
@@ -823,7 +825,7 @@ def _darken(img: np.ndarray, pts: np.ndarray, factor: float) -> None:
 class StreetScene:
     """An endless, deterministic street video with exact panoptic ground truth."""
 
-    def __init__(self, seed: int, size: tuple[int, int] = (640, 360), fps: float = 15.0) -> None:
+    def __init__(self, seed: int, size: tuple[int, int] = SCENE_SIZE, fps: float = SCENE_FPS) -> None:
         if seed < 0:
             raise ValueError(f"seed must be >= 0, got {seed}")
         if len(size) != 2 or min(size) < 1:

@@ -45,7 +45,7 @@ from streamer.inference.demo_models import (
 )
 from streamer.inference.models import PanopticModels, imagenet_normalize, load_weights, read_state_dict, to_rgb_float
 from streamer.inference.worker import InferencePool
-from streamer.inputs.synthetic import CAR, CATEGORIES, PERSON, SceneFrame, StreetScene
+from streamer.inputs.synthetic import CAR, CATEGORIES, PERSON, SCENE_SIZE, SceneFrame, StreetScene
 from streamer.service.build import fusion_params
 from streamer.tools.evaluate import score
 from streamer.tools.pq import PQResult, format_pq_table
@@ -54,7 +54,7 @@ log = logging.getLogger("streamer.tools.train_demo")
 
 TRAIN_SEEDS = 900  # scene seeds 0 .. 899 (evaluation uses >= 1000)
 EVAL_SEED0 = 1000
-NATIVE_SIZE = (640, 360)  # the camera resolution the demo is evaluated at
+NATIVE_SIZE = SCENE_SIZE  # the camera resolution the demo is evaluated at: the synthetic street's
 FRAMES_PER_SCENE = 3000  # frame indices drawn from 0 .. 2999 (200 s at 15 fps)
 GROUP = 8  # consecutive samples share one scene (and its render size): setting one up costs ~20 renders
 IGNORE = 255

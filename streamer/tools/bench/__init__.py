@@ -39,7 +39,6 @@ from streamer.tools.bench.options import BenchOptions, load_bench_config
 
 log = logging.getLogger(__name__)
 
-DEFAULT_SIZE = (640, 360)
 DEFAULT_FRAMES = 60
 DEFAULT_REPEATS = 3
 DEFAULT_SEED = 1000
@@ -61,7 +60,7 @@ def add_parser(commands: Any) -> None:
         if action.dest == "config":
             action.help = "configuration file (default: the packaged default with the demo models, not ./config.yaml)"
     parser.add_argument("--device", metavar="DEV", help="auto, cpu, cuda or cuda:N")
-    parser.add_argument("--size", type=frame_size, default=DEFAULT_SIZE, metavar="WxH", help="synthetic street frame size (default 640x360)")
+    parser.add_argument("--size", type=frame_size, metavar="WxH", help="synthetic street frame size (default: the synthetic street's own)")
     parser.add_argument("--frames", type=positive_int, default=DEFAULT_FRAMES, metavar="N", help=f"frames per run (default {DEFAULT_FRAMES})")
     parser.add_argument("--repeats", type=positive_int, default=DEFAULT_REPEATS, metavar="R", help=f"runs of each mode (default {DEFAULT_REPEATS})")
     parser.add_argument("--seed", type=int, default=DEFAULT_SEED, help=f"synthetic scene seed (default {DEFAULT_SEED})")
@@ -109,10 +108,11 @@ def memory_frames(text: str) -> int:
 
 
 def command(args: argparse.Namespace) -> int:
+    from streamer.inputs.synthetic import SCENE_SIZE  # here, not at the top: it imports OpenCV
     from streamer.logs import configure_logging
 
     options = BenchOptions(
-        config=args.config, overrides=tuple(config_overrides(args)), device=args.device, size=args.size, frames=args.frames,
+        config=args.config, overrides=tuple(config_overrides(args)), device=args.device, size=args.size or SCENE_SIZE, frames=args.frames,
         repeats=args.repeats, seed=args.seed, micro_sizes=args.micro_sizes, instances=args.instances,
         micro_repeats=args.micro_repeats, tracking_frames=args.tracking_frames, memory_frames=args.memory_frames,
         detection_cases=args.detections,
