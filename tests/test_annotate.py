@@ -80,6 +80,7 @@ def archive(tmp_path) -> Path:
     return root
 
 
+@pytest.mark.system
 def test_an_archive_is_annotated_once_and_a_rerun_redoes_only_what_is_missing(tmp_path, archive):
     out = tmp_path / "out"
     args = ("annotate", str(archive), "--out", str(out), *MODELS, "--workers", "2")
@@ -112,6 +113,7 @@ def test_an_archive_is_annotated_once_and_a_rerun_redoes_only_what_is_missing(tm
     assert (out / "archive/a.mp4/panoptic.json").stat().st_mtime_ns == kept, "a finished export is never touched"
 
 
+@pytest.mark.system
 def test_a_terminal_gets_one_bar_over_all_videos_counting_frames_as_workers_go(tmp_path):
     (tmp_path / "in").mkdir()
     for name in ("a", "b"):
@@ -126,6 +128,7 @@ def test_a_terminal_gets_one_bar_over_all_videos_counting_frames_as_workers_go(t
     assert all(not ARCHIVE_BAR.search(line) for line in logs) and sum(": 30 frames in " in line for line in logs) == 2, output
 
 
+@pytest.mark.system
 def test_a_kill_in_the_middle_loses_only_the_videos_in_flight(tmp_path):
     root = tmp_path / "long"
     root.mkdir()
@@ -186,6 +189,7 @@ def survives_a_dead_worker(tmp_path, kill: Callable[[subprocess.Popen, Path], No
     assert sorted(line["attempts"] for line in done.values()) == [1, 2], "the video in flight, once more, on a new worker"
 
 
+@pytest.mark.system
 def test_a_worker_that_dies_is_replaced_and_its_video_tried_again(tmp_path):
     def kill(process: subprocess.Popen, out: Path) -> None:
         log = out / "logs" / "worker-0.log"
@@ -198,6 +202,7 @@ def test_a_worker_that_dies_is_replaced_and_its_video_tried_again(tmp_path):
     survives_a_dead_worker(tmp_path, kill)
 
 
+@pytest.mark.system
 def test_nothing_to_annotate_is_one_clear_line(tmp_path):
     result = run_cli("annotate", str(tmp_path / "missing"), "--out", str(tmp_path / "out"))
     assert the_error(result, EXIT_NOINPUT).endswith("missing: no such file or folder")
@@ -212,6 +217,7 @@ def test_the_ray_engine_where_ray_is_not_installed_is_one_clear_line(tmp_path, a
     assert "3 videos" not in result.stderr and not (tmp_path / "out").exists(), "said first, before anything else"
 
 
+@pytest.mark.system
 def test_missing_weights_are_one_line_before_any_worker_starts(tmp_path, archive):
     result = run_cli("annotate", str(archive), "--out", str(tmp_path / "out"), "--set", "models.semantic.weights=/nowhere/w.safetensors")
     assert the_error(result, EXIT_NOINPUT) == "/nowhere/w.safetensors: weights file not found"

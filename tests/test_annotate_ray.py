@@ -12,6 +12,7 @@ from helpers import make_video, run_cli, wait_until
 from test_annotate import MODELS, manifest, processes, survives_a_dead_worker
 
 pytest.importorskip("ray", reason="needs Ray: pip install 'streamer[ray]' (the test extra installs it)")
+pytestmark = pytest.mark.system  # every test here starts a Ray instance through the CLI
 
 
 def annotations(out, name: str) -> tuple[list, dict[str, bytes]]:

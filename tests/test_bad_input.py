@@ -38,6 +38,7 @@ def weights_error(config: Path, source: Path, key: str, path: Path, code: int) -
 # Sources (each exit code once from a fresh process; the other cases in this one, which is quicker)
 
 
+@pytest.mark.system
 def test_missing_source_file(fast_config, tmp_path):
     missing = tmp_path / "nowhere" / "clip.mp4"
     message = the_error(run_cli("run", "-c", str(fast_config), "--source", str(missing)), EXIT_NOINPUT)
@@ -61,6 +62,7 @@ def test_file_that_is_not_a_video(fast_config, tmp_path, content):
     assert "not a readable video" in message
 
 
+@pytest.mark.system
 def test_unknown_uri_scheme(fast_config):
     message = the_error(run_cli("run", "-c", str(fast_config), "--source", "foo://x"), EXIT_USAGE)
     assert "foo://x" in message
@@ -99,6 +101,7 @@ def test_one_missing_source_among_several_fails_before_anything_runs(fast_config
 # Display
 
 
+@pytest.mark.system
 @pytest.mark.parametrize(
     "env",
     [
@@ -144,6 +147,7 @@ def weights(tmp_path_factory) -> dict[str, Path]:
     return files
 
 
+@pytest.mark.system
 def test_semantic_weights_that_fit_load_and_run(fast_config, small_video, weights):
     """Positive control: a genuine state dict of the configured model loads with weights_only."""
     result = run_cli(
@@ -309,6 +313,7 @@ def test_malicious_pth_is_refused_without_running_code(fast_config, small_video,
                         r"torch\.save\(model\.state_dict\(\), path\), or use \.safetensors", message), message
 
 
+@pytest.mark.system
 def test_coco_weights_not_in_an_empty_torch_home(fast_config, small_video, tmp_path):
     """The message names the file and where torch looks for it; putting a file there is what it reads."""
     from torchvision.models.detection import MaskRCNN_ResNet50_FPN_Weights
@@ -336,6 +341,7 @@ def test_coco_weights_not_in_an_empty_torch_home(fast_config, small_video, tmp_p
 # Sanity: the same fixtures do work when nothing is wrong
 
 
+@pytest.mark.system
 def test_valid_small_run_still_works(fast_config, small_video):
     result = run_cli("run", "-c", str(fast_config), "--source", str(small_video), "--max-frames", "2")
     assert result.returncode == 0, result.stderr

@@ -45,6 +45,7 @@ def report(tmp_path_factory) -> tuple[dict, str]:
     return json.loads(path.read_text()), result.stdout
 
 
+@pytest.mark.system
 def test_end_to_end_sections(report):
     data, _ = report
     e2e = data["end_to_end"]
@@ -59,6 +60,7 @@ def test_end_to_end_sections(report):
     assert e2e["rss_mb"]["after_repeat"][0] > 0
 
 
+@pytest.mark.system
 def test_micro_benchmarks_and_identical_fusion(report):
     data, _ = report
     assert [(tuple(r["size"]), r["instances"]) for r in data["fusion"]] == [
@@ -88,6 +90,7 @@ def test_micro_benchmarks_and_identical_fusion(report):
     assert positive(codec["encode_fps"]) and positive(codec["decode_fps"])
 
 
+@pytest.mark.system
 def test_memory_environment_and_targets(report):
     data, stdout = report
     memory = data["memory"]
@@ -115,6 +118,7 @@ def test_memory_environment_and_targets(report):
         assert heading in stdout, heading
 
 
+@pytest.mark.system
 @pytest.mark.parametrize("args,code", [
     (["--size", "12x12"], 2),
     (["--frames", "0"], 2),
@@ -129,6 +133,7 @@ def test_bad_arguments_are_usage_errors(args, code):
     assert result.stderr.strip().splitlines()[-1].startswith("streamer bench: error: argument")
 
 
+@pytest.mark.system
 def test_bad_configuration_exits_78(tmp_path):
     message = the_error(run_cli("bench", "--set", "fusion.nope=1", timeout=60), 78)
     assert "fusion.nope" in message
@@ -193,6 +198,7 @@ def test_the_kept_tracks_check_notices_objects_that_swap_places(tracking_setup, 
     assert rows[0]["kept_tracks"] == 0 and rows[0]["tracks"] == rows[0]["instances"]  # the tracks stay with the places
 
 
+@pytest.mark.system
 def test_the_tracking_target_reads_the_1080p_row_at_50_objects():
     def report(ms: float, kept: int) -> dict:
         row = {"size": [1920, 1080], "instances": 50, "ms": {"median": ms}, "kept_tracks": kept}

@@ -45,6 +45,7 @@ def test_config_yaml_and_packaged_default_are_identical():
     assert (ROOT / "config.yaml").read_bytes() == PACKAGED.read_bytes()
 
 
+@pytest.mark.system
 @pytest.mark.parametrize("path", [ROOT / "config.yaml", PACKAGED], ids=["config.yaml", "default_config.yaml"])
 def test_shipped_config_validates(path):
     from streamer.config import load_config
@@ -128,11 +129,13 @@ def test_config_yaml_writes_the_schema_defaults_except_the_demo_models():
         assert value == field.get_default(call_default_factory=True), key
 
 
+@pytest.mark.system
 def test_without_c_the_packaged_default_is_used_where_there_is_no_config_yaml(tmp_path):
     here = resolved(check_config(cwd=tmp_path))
     assert here == resolved(check_config("-c", str(PACKAGED)))
 
 
+@pytest.mark.system
 def test_without_c_the_local_config_yaml_is_used(tmp_path):
     data = copy.deepcopy(MINIMAL)
     data["source"]["id"] = "from_cwd"
@@ -140,6 +143,7 @@ def test_without_c_the_local_config_yaml_is_used(tmp_path):
     assert resolved(check_config(cwd=tmp_path))["source"]["id"] == "from_cwd"
 
 
+@pytest.mark.system
 def test_without_c_a_bad_local_config_yaml_names_itself(tmp_path):
     data = copy.deepcopy(MINIMAL)
     data["models"]["instance"] = {"score_threshold": 1.5}
@@ -152,6 +156,7 @@ def test_without_c_a_bad_local_config_yaml_names_itself(tmp_path):
 # check-config on good files
 
 
+@pytest.mark.system
 def test_check_config_prints_the_resolved_config(fast_config):
     result = check_config("-c", str(fast_config))
     printed = resolved(result)
@@ -164,6 +169,7 @@ def test_check_config_prints_the_resolved_config(fast_config):
     assert check_config("-c", str(again)).stdout == result.stdout
 
 
+@pytest.mark.system
 def test_check_config_fills_in_defaults(tmp_path):
     printed = resolved(check_config("-c", str(write_yaml(tmp_path / "min.yaml", MINIMAL))))
     assert printed["source"] | {"uri": "clip.mp4", "id": "cam0", "buffer": "auto", "queue_size": 2, "fps": None} == printed["source"]
@@ -183,6 +189,7 @@ def test_check_config_fills_in_defaults(tmp_path):
 # --set values are read as YAML
 
 
+@pytest.mark.system
 def test_set_values_are_typed_from_yaml(tmp_path):
     config = write_yaml(tmp_path / "min.yaml", MINIMAL)
     printed = resolved(
@@ -209,12 +216,14 @@ def test_set_values_are_typed_from_yaml(tmp_path):
     assert printed["models"]["instance"]["class_map"] == {}
 
 
+@pytest.mark.system
 def test_set_quoted_string_stays_a_string(tmp_path):
     config = write_yaml(tmp_path / "min.yaml", MINIMAL)
     printed = resolved(check_config("-c", str(config), "--set", "source.uri='0'"))
     assert printed["source"]["uri"] == "0"
 
 
+@pytest.mark.system
 def test_a_bad_value_is_blamed_on_the_command_line_or_the_file_whichever_set_it(tmp_path):
     config = write_yaml(tmp_path / "min.yaml", MINIMAL)
     result = check_config("-c", str(config), "--set", "models.semantic.classes=[{name: a}]")  # no colour
@@ -314,6 +323,7 @@ def write_bad(fast_config: Path, change) -> Path:
     return path
 
 
+@pytest.mark.system
 @pytest.mark.parametrize("command, case", commands(BAD_FILES, RUN_TOO))
 def test_invalid_config_file(fast_config, command, case):
     change, expected = BAD_FILES[case]
@@ -325,6 +335,7 @@ def test_invalid_config_file(fast_config, command, case):
     assert result.stdout == ""
 
 
+@pytest.mark.system
 def test_the_first_problem_is_named_and_the_others_counted(fast_config):
     def two_problems(data):
         data["models"]["instance"]["bogus"] = 1
@@ -334,6 +345,7 @@ def test_the_first_problem_is_named_and_the_others_counted(fast_config):
     assert "(and 1 more problem)" in message
 
 
+@pytest.mark.system
 @pytest.mark.parametrize("command", ["check-config", "run"])
 def test_missing_config_file(tmp_path, command):
     missing = tmp_path / "nope" / "config.yaml"
@@ -368,6 +380,7 @@ BAD_SET_SYNTAX = {
 SET_RUN_TOO = {"unknown-nested-key", "out-of-range", "no-equals"}
 
 
+@pytest.mark.system
 @pytest.mark.parametrize("command, case", commands(BAD_SETS, SET_RUN_TOO))
 def test_invalid_set(fast_config, command, case):
     item, expected = BAD_SETS[case]
@@ -378,6 +391,7 @@ def test_invalid_set(fast_config, command, case):
     assert result.stdout == ""
 
 
+@pytest.mark.system
 @pytest.mark.parametrize("command, case", commands(BAD_SET_SYNTAX, SET_RUN_TOO))
 def test_malformed_set(fast_config, command, case):
     item, expected = BAD_SET_SYNTAX[case]
@@ -386,6 +400,7 @@ def test_malformed_set(fast_config, command, case):
     assert message == expected
 
 
+@pytest.mark.system
 def test_source_uri_takes_credentials_from_the_environment_and_never_prints_them(fast_config):
     env = cli_env(CAM_URL="rtsp://admin:hunter2@10.0.0.7:554/stream1")
     result = run_cli("check-config", "-c", str(fast_config), "--set", "source.uri=${CAM_URL}", env=env)
@@ -396,6 +411,7 @@ def test_source_uri_takes_credentials_from_the_environment_and_never_prints_them
     assert "environment variable NOT_SET_ANYWHERE is not set" in the_error(missing, EXIT_CONFIG)
 
 
+@pytest.mark.system
 def test_an_older_files_metrics_section_is_read_as_server_with_a_warning(tmp_path):
     """`metrics:` became `server:` with the live view: a systemd unit's old file keeps working."""
     old = write_yaml(tmp_path / "old.yaml", {**MINIMAL, "metrics": {"enabled": True, "port": 9999}})

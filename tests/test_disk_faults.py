@@ -30,6 +30,7 @@ def remount(folder: Path, options: str) -> None:
     subprocess.run(["mount", "-o", f"remount,{options}", str(folder)], check=True)
 
 
+@pytest.mark.system
 def test_a_disk_that_fills_keeps_every_frame_until_there_is_room_to_recover(tmp_path):
     with tmpfs(tmp_path / "disk", "size=48k") as disk:
         video = disk / "out.mp4"
@@ -62,6 +63,7 @@ def test_a_disk_that_fills_keeps_every_frame_until_there_is_room_to_recover(tmp_
         assert probe(video)["frames"] == 3
 
 
+@pytest.mark.system
 def test_a_leftover_on_a_read_only_disk_stays_untouched(tmp_path):
     with tmpfs(tmp_path / "disk", "size=1m") as disk:
         # a recording cut off mid-run, as a kill leaves it
@@ -81,6 +83,7 @@ def test_a_leftover_on_a_read_only_disk_stays_untouched(tmp_path):
         assert probe(disk / "cam.mp4")["frames"] == 12 and not leftover.exists()
 
 
+@pytest.mark.system
 def test_a_full_export_keeps_the_frames_written_and_says_how_to_finish(tmp_path):
     with tmpfs(tmp_path / "disk", "size=96k") as disk:
         export = disk / "export"
@@ -99,6 +102,7 @@ def test_a_full_export_keeps_the_frames_written_and_says_how_to_finish(tmp_path)
         assert (export / "panoptic.json").is_file()
 
 
+@pytest.mark.system
 @pytest.mark.parametrize("retention", ["output.keep_hours=1000", None])
 def test_retention_makes_room_for_new_segments_where_configured(tmp_path, retention):
     with tmpfs(tmp_path / "disk", "size=160k") as disk:

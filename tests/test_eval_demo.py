@@ -11,6 +11,8 @@ from streamer.inference.counting import Counter
 from streamer.inputs.synthetic import CATEGORIES as SYNTHETIC_CATEGORIES
 from streamer.inputs.synthetic import StreetScene
 
+pytestmark = pytest.mark.system  # every test here starts a process or a server
+
 # Measured on this short scene: fused PQ 0.874 (things 0.693), naive 0.818, semantic-only 0.643
 # (seed 1003, 24 frames, 640x360). 300-frame numbers are in streamer/inference/weights/MODEL_CARD.md.
 PQ_FLOOR = 0.80

@@ -171,6 +171,7 @@ def run_export(tmp_path_factory, module_config, detector_weights) -> Path:
 # streamer synth
 
 
+@pytest.mark.system
 def test_synth_writes_video_pngs_and_consistent_json(synth_export):
     info = probe(synth_export / "video.mp4")
     assert info["codec"] == "h264"
@@ -189,6 +190,7 @@ def test_synth_writes_video_pngs_and_consistent_json(synth_export):
         assert len(tracks) == len(set(tracks)), f"frame {annotation['image_id']}: a track id used twice"
 
 
+@pytest.mark.system
 def test_synth_ground_truth_is_aligned_with_the_video_frames(synth_export):
     from streamer.inputs.synthetic import StreetScene
 
@@ -225,6 +227,7 @@ def test_synth_ground_truth_is_aligned_with_the_video_frames(synth_export):
             assert to_own < 0.5 * to_neighbour, f"video frame {k} looks like scene frame {j} ({to_own:.1f} vs {to_neighbour:.1f})"
 
 
+@pytest.mark.system
 def test_synth_is_deterministic_per_seed(synth_export, tmp_path):
     again = synth(tmp_path / "again")
     other = synth(tmp_path / "other", seed=SYNTH_SEED + 1)
@@ -239,6 +242,7 @@ def test_synth_is_deterministic_per_seed(synth_export, tmp_path):
     assert json.loads((other / "panoptic.json").read_text())["annotations"] != json.loads((synth_export / "panoptic.json").read_text())["annotations"]
 
 
+@pytest.mark.system
 def test_synth_refuses_to_overwrite_a_scene(synth_export):
     before = snapshot(synth_export)
     result = run_cli("synth", "--seed", "9", "--frames", "2", "--size", "160x96", "--out", str(synth_export), timeout=60)
@@ -280,6 +284,7 @@ def test_frames_are_not_exported_unless_asked(run_export):
     assert not (run_export / "images").exists()
 
 
+@pytest.mark.system
 def test_second_run_into_an_export_folder_fails_and_keeps_it(run_export, module_config):
     before = snapshot(run_export)
     source = f"synthetic:street?seed=7&frames=2&size={SIZE[0]}x{SIZE[1]}"
@@ -288,6 +293,7 @@ def test_second_run_into_an_export_folder_fails_and_keeps_it(run_export, module_
     assert snapshot(run_export) == before, "the existing export was changed"
 
 
+@pytest.mark.system
 @pytest.mark.parametrize("kind", ["empty", "missing"])
 def test_export_json_without_an_export_is_noinput(tmp_path, kind):
     folder = tmp_path / "nothing"
@@ -298,6 +304,7 @@ def test_export_json_without_an_export_is_noinput(tmp_path, kind):
     assert not (folder / "panoptic.json").exists()
 
 
+@pytest.mark.system
 def test_killed_run_keeps_finished_frames_and_export_json_rebuilds(tmp_path, fast_config):
     out = tmp_path / "export"
     source = f"synthetic:street?seed=1001&frames=400&size={SIZE[0]}x{SIZE[1]}"
@@ -338,6 +345,7 @@ def test_killed_run_keeps_finished_frames_and_export_json_rebuilds(tmp_path, fas
     assert sorted(a["file_name"] for a in coco["annotations"]) == [line["file_name"] for line in lines]
 
 
+@pytest.mark.system
 def test_export_json_skips_a_truncated_last_line_with_a_warning(tmp_path):
     out = synth(tmp_path / "scene", frames=5)
     lines_file = out / "segments.jsonl"
@@ -355,6 +363,7 @@ def test_export_json_skips_a_truncated_last_line_with_a_warning(tmp_path):
     assert sorted(image["id"] for image in coco["images"]) == list(range(5))
 
 
+@pytest.mark.system
 def test_a_run_that_failed_at_start_up_does_not_block_the_retry(tmp_path, fast_config):
     out = tmp_path / "export"
     source = f"synthetic:street?seed=1001&frames=1&size={SIZE[0]}x{SIZE[1]}"

@@ -10,6 +10,8 @@ import sys
 import pytest
 from helpers import cli_env
 
+pytestmark = pytest.mark.system  # every test here starts a process or a server
+
 PROBE = """
 import sys
 from streamer.cli import main

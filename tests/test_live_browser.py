@@ -17,6 +17,8 @@ from helpers import RECORDER, serving, wait_until
 
 from streamer.outputs.fmp4 import top_level_boxes
 
+pytestmark = pytest.mark.system  # every test here starts a process or a server
+
 TOKEN = "browser-test-token-012345"
 CHROMIUM, CHROMEDRIVER = shutil.which("chromium"), shutil.which("chromedriver")
 needs_browser = pytest.mark.skipif(not (CHROMIUM and CHROMEDRIVER), reason="needs Debian's chromium and chromium-driver "

@@ -72,6 +72,7 @@ def test_timestamps_that_keep_drifting_are_dropped_for_arrival():
     assert all(b > a for a, b in zip(out, out[1:]))
 
 
+@pytest.mark.system
 def test_an_mjpeg_camera_without_timestamps_records_at_its_real_pace(tmp_path):
     video, export = tmp_path / "cam.mp4", tmp_path / "export"
     with MjpegCamera(fps=4) as camera:

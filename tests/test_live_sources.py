@@ -10,7 +10,7 @@ import pytest
 from helpers import LIVE, Daemon, free_port, make_video, probe, run_summary
 from rtsp import RtspServer, needs_rtsp
 
-pytestmark = needs_rtsp
+pytestmark = [needs_rtsp, pytest.mark.system]
 
 
 def test_server_killed_and_restarted_the_daemon_resumes_with_one_reconnect(tmp_path, fast_config):

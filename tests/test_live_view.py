@@ -91,6 +91,7 @@ def rate(port: int, seconds: float = 5.0) -> tuple[float, float]:
     return fps, (total_after - total) / max(count_after - count, 1)
 
 
+@pytest.mark.system
 def test_the_snapshot_decodes_at_the_sources_size(daemon):
     status, headers, body = get(daemon.port, "/live/cam0.jpg", AUTH)
     assert status == 200 and headers["Content-Type"] == "image/jpeg"
@@ -98,6 +99,7 @@ def test_the_snapshot_decodes_at_the_sources_size(daemon):
     assert image.shape == (96, 160, 3) and image.std() > 10, "a picture, not a blank"
 
 
+@pytest.mark.system
 def test_the_mjpeg_stream_yields_whole_frames_that_change(daemon):
     viewer = Viewer(daemon.port)
     try:
@@ -110,6 +112,7 @@ def test_the_mjpeg_stream_yields_whole_frames_that_change(daemon):
         viewer.close()
 
 
+@pytest.mark.system
 def test_the_status_reports_each_source_without_its_url(daemon):
     status, headers, body = get(daemon.port, "/api/status", AUTH)
     source = json.loads(body)["sources"]["cam0"]
@@ -119,6 +122,7 @@ def test_the_status_reports_each_source_without_its_url(daemon):
         assert b"synthetic" not in get(daemon.port, path, AUTH)[2], path
 
 
+@pytest.mark.system
 def test_every_endpoint_but_healthz_needs_the_token(daemon):
     for path in ("/", "/live/cam0", "/live/cam0.jpg", "/live/cam0.mjpg", "/api/status", "/metrics", "/common.js"):
         status, headers, _ = get(daemon.port, path)
@@ -138,12 +142,14 @@ def test_every_endpoint_but_healthz_needs_the_token(daemon):
     assert status == 303 and headers["Location"] == "./"
 
 
+@pytest.mark.system
 @pytest.mark.parametrize("path", ["/live/cam1.jpg", "/live/..%2F..%2Fetc%2Fpasswd", "/live/cam0/../../x.jpg", "/live/cam0.png",
                                   "/live/%00.jpg", "/nothing"])
 def test_unknown_sources_and_paths_are_not_found(daemon, path):
     assert get(daemon.port, path, AUTH)[0] == 404
 
 
+@pytest.mark.system
 def test_stalled_and_many_viewers_leave_the_pipeline_alone_and_leavers_are_released(daemon):
     alone = rate(daemon.port)
     stalled = Viewer(daemon.port, reading=False)  # connected, never reads

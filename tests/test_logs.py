@@ -6,7 +6,10 @@ import os
 import subprocess
 import sys
 
+import pytest
 from helpers import RECORDER, cli_env, run_cli
+
+pytestmark = pytest.mark.system  # every test here starts a process or a server
 
 
 def test_json_logs_are_one_object_per_line_errors_included(tmp_path):

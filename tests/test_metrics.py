@@ -8,6 +8,7 @@ import re
 import time
 
 import numpy as np
+import pytest
 import torch
 from helpers import RECORDER, Daemon, busy_port, free_port, http_get, make_video, run_cli, the_error, wait_until
 from prometheus_client import CollectorRegistry, generate_latest
@@ -33,6 +34,7 @@ def sample(text: str, name: str, **labels: str) -> float | None:
     return None
 
 
+@pytest.mark.system
 def test_scraped_counters_rise_drops_are_counted_by_cause_and_stages_are_timed(tmp_path):
     port = free_port()
     # A 40 fps camera-paced source into a 1-frame queue: the model cannot keep up, frames drop.
@@ -66,6 +68,7 @@ def test_scraped_counters_rise_drops_are_counted_by_cause_and_stages_are_timed(t
         assert daemon.terminate() == 0, daemon.text()
 
 
+@pytest.mark.system
 @needs_rtsp
 def test_healthz_turns_503_while_the_camera_stalls_and_200_when_it_is_back(tmp_path):
     video = make_video(tmp_path / "in.mp4", frames=50, size=(160, 120), fps=25, gop=10)
@@ -88,6 +91,7 @@ def test_healthz_turns_503_while_the_camera_stalls_and_200_when_it_is_back(tmp_p
             assert daemon.terminate() == 0, daemon.text()
 
 
+@pytest.mark.system
 def test_a_busy_server_port_is_one_clear_error(tmp_path):
     with busy_port() as port:
         result = run_cli("run", *RECORDER, "--max-frames", "2", "--set", "server.enabled=true", "--set", f"server.port={port}")

@@ -17,6 +17,8 @@ from published import SEGFORMER_B2, UPERNET, V2_CHECKPOINT, mirror_files
 from streamer import presets
 from streamer.errors import EXIT_DATAERR, EXIT_NOINPUT, EXIT_UNAVAILABLE
 
+pytestmark = pytest.mark.system  # every test here starts a process or a server
+
 # Small network inputs: the files and layouts are the published ones, the frames need not be.
 SMALL = ["--set", "models.semantic.input_size=[256, 128]", "--set", "models.instance.min_size=128",
          "--set", "models.instance.max_size=256", "--set", "runtime.device=cpu"]

@@ -16,6 +16,7 @@ def refused(fast_config, small_video, *args: str) -> str:
     return message
 
 
+@pytest.mark.system
 def test_a_read_only_mount_is_refused_for_the_video_and_the_export(fast_config, small_video, tmp_path):
     with tmpfs(tmp_path / "ro", "ro,size=64k") as ro:
         message = refused(fast_config, small_video, "--output", str(ro / "out.mp4"))
@@ -25,6 +26,7 @@ def test_a_read_only_mount_is_refused_for_the_video_and_the_export(fast_config, 
         assert message.startswith(f"{ro / 'export'}: cannot write the export there (Read-only file system)")
 
 
+@pytest.mark.system
 def test_a_full_disk_is_refused_before_anything_runs(fast_config, small_video, tmp_path):
     with tmpfs(tmp_path / "full", "size=48k") as full:
         message = refused(fast_config, small_video, "--output", str(full / "out.mp4"))

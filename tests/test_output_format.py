@@ -9,6 +9,7 @@ import subprocess
 
 import av
 import cv2
+import pytest
 from helpers import decode_video, moving_pattern, run_in_process
 
 
@@ -26,6 +27,7 @@ def run(fast_config, source, tmp_path, *args):
     return output, result
 
 
+@pytest.mark.system
 def test_an_odd_sized_source_is_recorded_in_4_2_0_with_an_even_size(fast_config, tmp_path):
     webm = tmp_path / "odd.webm"  # VP9 at 383x215, as a browser or a screen recorder writes it
     subprocess.run(["ffmpeg", "-v", "error", "-f", "lavfi", "-i", "testsrc=size=383x215:rate=10", "-frames:v", "3",

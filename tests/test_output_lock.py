@@ -5,7 +5,10 @@ from __future__ import annotations
 
 import time
 
+import pytest
 from helpers import RECORDER, Daemon, run_cli, run_in_process, the_error
+
+pytestmark = pytest.mark.system  # every test here starts a process or a server
 
 EXIT_CANTCREAT = 73
 

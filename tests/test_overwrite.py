@@ -7,6 +7,7 @@ import hashlib
 import json
 from pathlib import Path
 
+import pytest
 from helpers import readable_frames, run_cli, run_in_process, the_error
 
 EXIT_CANTCREAT = 73
@@ -80,6 +81,7 @@ def test_segments_never_replace_an_existing_file(fast_config, small_video, tmp_p
     assert len(segments) == 2 and all(readable_frames(p) == 4 for p in segments)
 
 
+@pytest.mark.system
 def test_synth_and_eval_and_bench_refuse_what_exists(fast_config, tmp_path):
     scene = tmp_path / "scene"  # synth's refusal itself: tests/test_export.py
     assert run_in_process("synth", "--seed", "3", "--frames", "2", "--size", "64x48", "--out", str(scene)).returncode == 0

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import re
 
+import pytest
 from helpers import RECORDER, cli_in_pty, screen_lines
 
 from streamer.frames import Counts, Line, Zone
@@ -21,6 +22,7 @@ def run_in_pty(tmp_path, size: tuple[int, int], *args: str, timeout: float = 120
                       timeout=timeout)
 
 
+@pytest.mark.system
 def test_bar_counts_to_max_frames_with_the_log_lines_above_it(tmp_path):
     output = run_in_pty(tmp_path, (24, 100), "--max-frames", "12")
     lines = screen_lines(output)
@@ -40,6 +42,7 @@ def test_bar_counts_to_max_frames_with_the_log_lines_above_it(tmp_path):
             assert not LOG_LINE.search(part), repr(part)
 
 
+@pytest.mark.system
 def test_a_terminal_without_a_size_gets_status_lines(tmp_path):
     output = run_in_pty(tmp_path, (0, 0), "--max-frames", "12", "--set", "runtime.status_interval_s=0.1")
     lines = screen_lines(output)

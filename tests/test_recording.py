@@ -9,6 +9,7 @@ import signal
 import time
 from pathlib import Path
 
+import pytest
 from helpers import RECORDER, RECORDER_FPS, Daemon, make_video, probe, readable_frames, run_in_process, run_summary
 from rtsp import RtspServer, needs_rtsp
 
@@ -23,6 +24,7 @@ def files(folder: Path, pattern: str) -> set[Path]:
     return set(folder.glob(pattern))
 
 
+@pytest.mark.system
 def test_sigkill_at_random_moments_loses_at_most_two_seconds_and_the_next_start_recovers(tmp_path):
     out = tmp_path / "rec"
     rng = random.Random(5)
@@ -72,6 +74,7 @@ def test_sigkill_at_random_moments_loses_at_most_two_seconds_and_the_next_start_
             recovered_expected[partials[0].with_name(partials[0].name.removesuffix(".partial"))] = in_partial
 
 
+@pytest.mark.system
 def test_an_unreadable_leftover_is_moved_aside_and_a_single_file_leftover_is_kept_beside(tmp_path):
     out = tmp_path / "rec"
     out.mkdir()
@@ -132,6 +135,7 @@ def test_retention_applies_while_recording(tmp_path):
     assert 1 <= len(list(out.glob("*.mp4"))) < 10  # 40 frames at 8 fps in 0.5 s segments made 10
 
 
+@pytest.mark.system
 @needs_rtsp
 def test_a_live_source_records_in_one_minute_segments_by_default(tmp_path):
     video = make_video(tmp_path / "in.mp4", frames=25, size=(160, 120), fps=25)
@@ -148,7 +152,7 @@ def test_a_live_source_records_in_one_minute_segments_by_default(tmp_path):
 def test_a_realtime_synthetic_source_is_paced_like_a_camera():
     from streamer.inputs.synthetic import SyntheticReader
 
-    reader = SyntheticReader("synthetic:street?size=64x48&fps=20&frames=5&realtime=1")
+    reader = SyntheticReader.from_uri("synthetic:street?size=64x48&fps=20&frames=5&realtime=1")
     started = time.monotonic()
     while reader.read() is not None:
         pass

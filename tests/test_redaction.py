@@ -45,6 +45,7 @@ SECRET_URLS = [
 ]
 
 
+@pytest.mark.system
 @pytest.mark.parametrize("log_format", ["text", "json"])
 def test_a_camera_that_is_away_never_shows_its_password(fast_config, tmp_path, log_format):
     """Start, every retry and the final error, for cameras that carry a password three ways, from a
@@ -63,6 +64,7 @@ def test_a_camera_that_is_away_never_shows_its_password(fast_config, tmp_path, l
         assert all(json.loads(line) for line in result.stderr.splitlines() if line.startswith("{"))
 
 
+@pytest.mark.system
 def test_check_config_shows_no_secret_even_from_the_environment(fast_config):
     env = cli_env(CAM_PASSWORD="hunter2")
     for url in [*SECRET_URLS, "rtsp://10.0.0.9/user=admin&password=${CAM_PASSWORD}&channel=1"]:
@@ -81,6 +83,7 @@ def test_check_config_shows_no_secret_even_from_the_environment(fast_config):
     assert result.returncode == 78 and "hunter2" not in result.stderr
 
 
+@pytest.mark.system
 def test_no_output_carries_the_cameras_secret(tmp_path):
     """The video's metadata, the export, /metrics and /healthz of a run on a camera whose URL holds a
     token: the source is named by its id everywhere."""

@@ -44,6 +44,7 @@ def test_rtsp_available_answers_with_a_reason():
     assert rtsp_available() is rtsp_available()  # cached
 
 
+@pytest.mark.system
 @needs_rtsp
 @pytest.mark.parametrize("transport", ["tcp", "udp"])
 def test_frames_arrive_with_the_right_size(video, transport):
@@ -56,6 +57,7 @@ def test_frames_arrive_with_the_right_size(video, transport):
         assert result["shape"] == (HEIGHT, WIDTH, 3)
 
 
+@pytest.mark.system
 @needs_rtsp
 def test_the_stream_loops_past_the_end_of_the_file(video):
     with RtspServer(video) as server:
@@ -71,6 +73,7 @@ def test_the_stream_loops_past_the_end_of_the_file(video):
             assert all(later >= earlier for earlier, later in zip(times, times[1:])), times
 
 
+@pytest.mark.system
 @needs_rtsp
 def test_basic_auth_lets_in_only_the_right_credentials(video):
     with RtspServer(video, user="alice", password="s3cr:t@/x") as server:
@@ -83,6 +86,7 @@ def test_basic_auth_lets_in_only_the_right_credentials(video):
             assert bad["open_s"] < 3, bad  # refused (401), not timed out
 
 
+@pytest.mark.system
 @needs_rtsp
 def test_kill_fails_the_read_and_restart_serves_again_on_the_same_port(video):
     with RtspServer(video) as server:
@@ -105,6 +109,7 @@ def test_kill_fails_the_read_and_restart_serves_again_on_the_same_port(video):
         assert again["opened"] and again["frames"] == 10, again
 
 
+@pytest.mark.system
 @needs_rtsp
 def test_a_frozen_server_blocks_a_read_for_about_three_read_timeouts(video, record_property):
     timeout_ms = 2000
@@ -133,6 +138,7 @@ def test_a_frozen_server_blocks_a_read_for_about_three_read_timeouts(video, reco
         assert again["opened"] and again["frames"] == 10, again
 
 
+@pytest.mark.system
 @needs_rtsp
 def test_stop_ends_the_server_cleanly_on_sigterm(video):
     with RtspServer(video) as server:
@@ -145,6 +151,7 @@ def test_stop_ends_the_server_cleanly_on_sigterm(video):
         assert not read_frames(server.url, 1, open_timeout_ms=2000)["opened"]
 
 
+@pytest.mark.system
 @needs_rtsp
 def test_a_given_port_is_used_and_a_busy_one_is_an_error(video):
     port = free_port()
@@ -162,6 +169,7 @@ def test_a_given_port_is_used_and_a_busy_one_is_an_error(video):
             busy.close()
 
 
+@pytest.mark.system
 @needs_rtsp
 def test_a_file_without_h264_is_an_error_with_the_server_log(tmp_path):
     bad = tmp_path / "bad.mp4"
@@ -172,6 +180,7 @@ def test_a_file_without_h264_is_an_error_with_the_server_log(tmp_path):
     assert "rtsp_server" in str(caught.value)  # the server's own stderr is in the message
 
 
+@pytest.mark.system
 @needs_rtsp
 def test_the_server_goes_when_the_test_process_dies(video):
     script = textwrap.dedent(f"""

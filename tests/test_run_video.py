@@ -76,6 +76,7 @@ def test_image_folder_source(tmp_path, fast_config):
     assert (info["frames"], info["width"], info["height"], info["rate"]) == (4, 96, 64, 5)
 
 
+@pytest.mark.system
 def test_a_failing_stage_stops_the_run_with_one_error_and_keeps_the_video(tmp_path, fast_config):
     folder = image_folder(tmp_path / "images", 3)
     (folder / "003.png").write_bytes(b"not a png")
@@ -86,6 +87,7 @@ def test_a_failing_stage_stops_the_run_with_one_error_and_keeps_the_video(tmp_pa
     assert probe(output)["frames"] == 3
 
 
+@pytest.mark.system
 def test_sigterm_mid_run_finishes_a_playable_video(tmp_path, fast_config):
     source = make_video(tmp_path / "in.mp4", frames=200)
     output = tmp_path / "out.mp4"

@@ -7,9 +7,12 @@ import os
 import socket
 import time
 
+import pytest
 from helpers import RECORDER, Daemon, free_port, http_get, processed_in, wait_until
 
 from streamer.service.http import MAX_CONNECTIONS
+
+pytestmark = pytest.mark.system  # every test here starts a process or a server
 
 FLOOD = 300  # idle connections, far beyond the server's cap
 CAP = MAX_CONNECTIONS + 8  # one source: the connections for anything, plus its server.max_viewers (8)

@@ -57,6 +57,7 @@ def systemd(tmp_path):
     fake.close()
 
 
+@pytest.mark.system
 def test_ready_watchdog_and_stopping_reach_the_notify_socket(tmp_path, fast_config, systemd):
     video = make_video(tmp_path / "in.mp4", frames=400, size=(96, 64))
     env = cli_env(NOTIFY_SOCKET=str(systemd.path), WATCHDOG_USEC="1000000")  # WatchdogSec=1: ping every 0.5 s
@@ -78,6 +79,7 @@ def test_ready_watchdog_and_stopping_reach_the_notify_socket(tmp_path, fast_conf
     assert any(text.startswith("EXTEND_TIMEOUT_USEC=") for _, text in systemd.messages)
 
 
+@pytest.mark.system
 def test_a_hung_worker_stops_the_watchdog_pings(tmp_path, fast_config, systemd):
     video = make_video(tmp_path / "in.mp4", frames=400, size=(96, 64))
     env = cli_env(NOTIFY_SOCKET=str(systemd.path), WATCHDOG_USEC="1000000")
@@ -129,6 +131,7 @@ def test_abstract_notify_socket(tmp_path):
     receiver.close()
 
 
+@pytest.mark.system
 @pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="systemd-analyze is not available here")
 @pytest.mark.parametrize("unit", ["streamer.service", "streamer@.service"])
 def test_units_pass_systemd_analyze_verify(tmp_path, unit):
@@ -143,6 +146,7 @@ def test_units_pass_systemd_analyze_verify(tmp_path, unit):
     assert result.returncode == 0, result.stdout + result.stderr
 
 
+@pytest.mark.system
 def test_sigterm_during_start_up_exits_cleanly(tmp_path, fast_config):
     video = make_video(tmp_path / "in.mp4", frames=20, size=(96, 64))
     output = tmp_path / "out.mp4"

@@ -27,6 +27,7 @@ def test_each_source_gets_its_own_outputs(tmp_path, fast_config, max_batch):
         assert ids == sorted(ids)  # each source's frames in order, batched or not
 
 
+@pytest.mark.system
 def test_sources_list_in_config_shares_the_source_options(tmp_path, fast_config):
     video = make_video(tmp_path / "a.mp4", frames=3)
     result = run_cli("check-config", "-c", str(fast_config), "--set", "source.queue_size=2",
@@ -38,6 +39,7 @@ def test_sources_list_in_config_shares_the_source_options(tmp_path, fast_config)
     assert "sources: every source needs its own id, repeated: x" in the_error(duplicate, 78)
 
 
+@pytest.mark.system
 @needs_rtsp
 def test_a_killed_source_does_not_slow_the_other(tmp_path, fast_config):
     video = make_video(tmp_path / "in.mp4", frames=50, size=(96, 64), fps=10)

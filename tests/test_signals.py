@@ -11,6 +11,8 @@ import time
 import pytest
 from helpers import RECORDER, Daemon, probe, wait_until
 
+pytestmark = pytest.mark.system  # every test here starts a process or a server
+
 
 @pytest.mark.parametrize("stop", [signal.SIGHUP, signal.SIGQUIT])
 def test_signals_never_lose_the_open_files(tmp_path, stop):

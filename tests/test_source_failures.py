@@ -76,6 +76,7 @@ def failure(uri: str) -> Exception:
     return caught.value
 
 
+@pytest.mark.system  # HTTP servers on loopback and a DNS look-up
 def test_each_failure_kind_of_an_http_source_is_named():
     error = failure(f"http://127.0.0.1:{free_port()}/video.mjpg")
     assert isinstance(error, Unavailable) and "connection refused: nothing listens at 127.0.0.1:" in str(error)
@@ -103,6 +104,7 @@ def test_each_failure_kind_of_an_http_source_is_named():
     assert time.monotonic() - started < 4 * OPTIONS.open_timeout_s + 2, "bounded by the open timeout"
 
 
+@pytest.mark.system
 @needs_rtsp
 def test_each_failure_kind_of_an_rtsp_source_is_named(tmp_path):
     video = make_video(tmp_path / "in.mp4", frames=10)
@@ -119,6 +121,7 @@ def test_each_failure_kind_of_an_rtsp_source_is_named(tmp_path):
     assert isinstance(error, Unavailable) and "timed out" in str(error)
 
 
+@pytest.mark.system
 def test_an_absent_camera_device_exits_66_at_once(tmp_path):
     started = time.monotonic()
     result = run_cli("run", "--source", "/dev/video9", *DEMO_MODELS, cwd=tmp_path)
@@ -127,6 +130,7 @@ def test_an_absent_camera_device_exits_66_at_once(tmp_path):
     only_our_lines(result.stderr)
 
 
+@pytest.mark.system
 def test_a_url_that_never_answers_gives_up_naming_the_failure_and_showing_its_state(tmp_path):
     port = free_port()
     url = f"rtsp://127.0.0.1:{port}/x"
@@ -191,6 +195,7 @@ def test_first_connect_auto_is_bounded_at_a_terminal_and_forever_under_systemd(m
     assert Reconnect(first_connect_s=setting).first_connect_window() == window
 
 
+@pytest.mark.system
 @needs_rtsp
 def test_a_source_that_has_streamed_is_retried_past_the_first_connect_window(tmp_path):
     video = make_video(tmp_path / "in.mp4", frames=50, size=(160, 120), fps=25)

@@ -63,6 +63,7 @@ def test_an_undecodable_image_is_skipped_and_counted_or_stops_the_run(tmp_path):
         frames_of(open_source(str(tmp_path), fps=10, skip_bad=False))
 
 
+@pytest.mark.system
 def test_an_mp4_on_a_web_server_is_read_as_a_file_to_its_end(fast_config, tmp_path):
     clip = make_video(tmp_path / "clip.mp4", frames=9, fps=10)
     output = tmp_path / "out.mp4"
@@ -90,6 +91,7 @@ def test_source_fps_overrides_a_wrong_header_in_the_video_and_the_export(fast_co
     assert stamps == pytest.approx([index * 40.0 for index in range(19)])
 
 
+@pytest.mark.system
 def test_a_truncated_file_says_how_many_frames_it_held_of_those_announced(fast_config, tmp_path, caplog):
     """An MP4 with its index up front (faststart), cut off while being copied: the index announces 30 frames."""
     whole = tmp_path / "whole.mp4"

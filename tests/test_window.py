@@ -11,10 +11,10 @@ import pytest
 from helpers import cli_env, decode_video, make_video, moving_pattern, popen_cli, wait_until
 
 TOOLS = ("Xvfb", "xdotool", "import")
-pytestmark = pytest.mark.skipif(
+pytestmark = [pytest.mark.system, pytest.mark.skipif(
     any(shutil.which(tool) is None for tool in TOOLS),
     reason=f"needs {', '.join(TOOLS)} (Debian packages xvfb, xdotool, imagemagick; .ci/run installs them)",
-)
+)]
 
 
 @pytest.fixture
