@@ -20,10 +20,11 @@ from streamer.tools.baselines import naive_fusion, semantic_only
 from streamer.tools.pq import PQAccumulator, format_pq_table, match_frame
 
 TABLE = {1: False, 2: True}
+DIVISOR = 1000  # the label divisor the maps below are written with
 
 
 def pq_of(*frames, table=TABLE):
-    acc = PQAccumulator(table)
+    acc = PQAccumulator(table, DIVISOR)
     for pred, gt in frames:
         acc.add(np.array(pred), np.array(gt))
     return acc.result()
@@ -88,7 +89,7 @@ def test_false_positive_mostly_on_void_is_ignored():
     # stuff: pred 3 px, gt 4 px, inter 3, none of the stuff prediction on void -> IoU 3/4
     assert cls(r, 1).iou_sum == pytest.approx(3 / 4)
     assert r.all.n == 1 and r.all.pq == pytest.approx(3 / 4)
-    match = match_frame(np.array(pred), np.array(gt))
+    match = match_frame(np.array(pred), np.array(gt), DIVISOR)
     assert match.ignored.tolist() == [2001] and match.false_positives.tolist() == []
 
 
@@ -117,7 +118,7 @@ def test_void_pixels_are_left_out_of_the_union():
     # Over void *and* over stuff: union 5 + 2 - 2 - 2 = 3.
     gt = [[2001, 2001, 0, 0, 1000, 1000]]
     pred = [[2001, 2001, 2001, 2001, 2001, 1000]]
-    assert match_frame(np.array(pred), np.array(gt)).matched_iou.tolist() == pytest.approx([2 / 3])
+    assert match_frame(np.array(pred), np.array(gt), DIVISOR).matched_iou.tolist() == pytest.approx([2 / 3])
 
 
 def test_same_pixels_different_category_do_not_match():
@@ -152,7 +153,7 @@ def test_mean_only_over_classes_that_occur_and_things_stuff_split():
 
 
 def test_category_missing_from_the_table_is_an_error():
-    acc = PQAccumulator(TABLE)
+    acc = PQAccumulator(TABLE, DIVISOR)
     with pytest.raises(ValueError, match="category id 7"):
         acc.add(np.array([[7001, 1000]]), np.array([[1000, 1000]]))
     assert acc.frames == 0
@@ -161,7 +162,7 @@ def test_category_missing_from_the_table_is_an_error():
 def test_result_is_plain_json_and_formats_as_a_table():
     cats = [Category(1, "road", False, (0, 0, 0)), Category(2, "car", True, (0, 0, 0)),
             Category(3, "person", True, (0, 0, 0))]
-    acc = PQAccumulator(cats)
+    acc = PQAccumulator(cats, DIVISOR)
     acc.add(np.array([[1000, 2001, 0]]), np.array([[1000, 2001, 2002]]))
     result = acc.result()
     data = json.loads(json.dumps(result.to_dict(), allow_nan=False))
@@ -211,7 +212,7 @@ def test_matches_a_brute_force_on_random_maps(seed):
     rng = np.random.default_rng(seed)
     table = {1: False, 2: False, 3: True, 4: True}
     values = [0, 1000, 2000, 3001, 3002, 3003, 4001, 4002]
-    acc = PQAccumulator(table)
+    acc = PQAccumulator(table, DIVISOR)
     expected = {c: [0, 0, 0, 0.0] for c in table}
     for _ in range(4):
         gt = random_rectangles(rng, np.full((12, 16), 1000, np.int32), values, 8)
@@ -242,7 +243,7 @@ def test_naive_fusion_pastes_in_output_order_with_running_ids():
     masks[2, :, :] = 0.49      # below 0.5 everywhere: pastes nothing, still uses up id 5
     scores = np.array([0.3, 0.9, 0.8])  # ignored: no sorting, no threshold
     categories = np.array([5, 6, 5])
-    out = naive_fusion(semantic, masks, scores, categories, IS_THING)
+    out = naive_fusion(semantic, masks, scores, categories, IS_THING, 0.5, label_divisor=DIVISOR)
     assert out.dtype == np.int32
     assert out.tolist() == [[1000, 5003, 5003, 5000],
                             [1000, 5003, 6004, 6004],
@@ -253,10 +254,10 @@ def test_naive_fusion_takes_tensors_and_rejects_id_overflow():
     semantic = torch.ones((2, 2), dtype=torch.long)
     masks = torch.zeros((1, 2, 2), dtype=torch.bool)
     masks[0, 0, 0] = True
-    out = naive_fusion(semantic, masks, torch.ones(1), torch.tensor([5]), torch.tensor(IS_THING))
+    out = naive_fusion(semantic, masks, torch.ones(1), torch.tensor([5]), torch.tensor(IS_THING), 0.5, label_divisor=DIVISOR)
     assert out.tolist() == [[5003, 1000], [1000, 1000]]
     with pytest.raises(ValueError, match="label_divisor"):
-        naive_fusion(np.ones((2, 2)), np.zeros((998, 2, 2)), np.ones(998), np.full(998, 5), IS_THING)
+        naive_fusion(np.ones((2, 2)), np.zeros((998, 2, 2)), np.ones(998), np.full(998, 5), IS_THING, 0.5, label_divisor=DIVISOR)
 
 
 def test_semantic_only_splits_thing_classes_into_connected_regions():
@@ -264,12 +265,12 @@ def test_semantic_only_splits_thing_classes_into_connected_regions():
                          [1, 5, 1, 1, 1],
                          [1, 1, 1, 5, 5],
                          [6, 1, 1, 1, 0]])
-    out8 = semantic_only(semantic, IS_THING)  # the two diagonal car pixels touch by a corner
+    out8 = semantic_only(semantic, IS_THING, label_divisor=DIVISOR)  # the two diagonal car pixels touch by a corner
     assert out8.tolist() == [[5001, 1000, 1000, 6001, 6001],
                              [1000, 5001, 1000, 1000, 1000],
                              [1000, 1000, 1000, 5002, 5002],
                              [6002, 1000, 1000, 1000, 0]]
-    out4 = semantic_only(semantic, IS_THING, connectivity=4)
+    out4 = semantic_only(semantic, IS_THING, connectivity=4, label_divisor=DIVISOR)
     assert out4[0, 0] == 5001 and out4[1, 1] == 5002 and out4[2, 3] == 5003
 
 
@@ -298,9 +299,9 @@ def test_perfect_outputs_score_one_on_a_synthetic_frame():
     assert len(masks) > 0
     fused, _ = fuse(torch.from_numpy(semantic), BoxMasks.from_dense(torch.from_numpy(masks)), torch.from_numpy(scores),
                     torch.from_numpy(categories), torch.from_numpy(IS_THING), FusionParams(0.5, 0.5, 0.5, stuff_area_min=0, label_divisor=1000))
-    for pred in (fused.numpy(), naive_fusion(semantic, masks, scores, categories, IS_THING), gt):
+    for pred in (fused.numpy(), naive_fusion(semantic, masks, scores, categories, IS_THING, 0.5, label_divisor=DIVISOR), gt):
         r = pq_of((pred, gt), table=CATEGORIES)
         assert (r.all.pq, r.all.sq, r.all.rq) == (1.0, 1.0, 1.0)
     # Semantic-only gets all stuff right; things only where no two instances of a class touch.
-    r = pq_of((semantic_only(semantic, IS_THING), gt), table=CATEGORIES)
+    r = pq_of((semantic_only(semantic, IS_THING, label_divisor=DIVISOR), gt), table=CATEGORIES)
     assert r.stuff.pq == 1.0

@@ -17,10 +17,11 @@ from streamer.tools.pq import PQAccumulator, match_frame
 from streamer.tools.vps import VideoPanopticAccumulator, combine_sequences, oracle_relabel
 
 TABLE = {1: False, 2: True}
+DIVISOR = 1000  # the label divisor the maps below are written with
 
 
 def accumulate(frames, table=TABLE, windows=(0, 1), crowd=None):
-    acc = VideoPanopticAccumulator(table, windows=windows)
+    acc = VideoPanopticAccumulator(table, DIVISOR, windows=windows)
     for pred, gt in frames:
         acc.add(np.array(pred), np.array(gt), crowd=crowd)
     return acc
@@ -160,7 +161,7 @@ def test_flickering_ids_lower_vpq_over_windows_not_per_frame():
     assert r.vpq[5] == pytest.approx(1 / 2)  # 3 frames of 6 each: IoU 1/2, no match
     assert (r.id_switches, r.matched_track_frames) == (5, 6)
     assert r.aq == pytest.approx(1 / 2)  # (6 * 6/12 + 6 * 6/12) / 12
-    pq = PQAccumulator(TABLE)
+    pq = PQAccumulator(TABLE, DIVISOR)
     for pred, gt in frames:
         pq.add(np.array(pred), np.array(gt))
     assert pq.result().all.pq == r.vpq[0]
@@ -175,14 +176,14 @@ def test_short_sequence_has_no_long_windows_and_plain_json():
 
 
 def test_nothing_to_measure_gives_none():
-    r = VideoPanopticAccumulator(TABLE).result()
+    r = VideoPanopticAccumulator(TABLE, DIVISOR).result()
     assert (r.stq, r.aq, r.sq, r.vpq[0]) == (None, None, None, None)
     only_stuff = evaluate([([[1000, 1000]], [[1000, 1000]])])
     assert only_stuff.aq is None and only_stuff.sq == 1.0 and only_stuff.stq is None
 
 
 def test_category_missing_from_the_table_is_an_error():
-    acc = VideoPanopticAccumulator(TABLE)
+    acc = VideoPanopticAccumulator(TABLE, DIVISOR)
     with pytest.raises(ValueError, match="category id 7"):
         acc.add(np.array([[7001]]), np.array([[2001]]))
     with pytest.raises(ValueError, match="one shape"):
@@ -198,7 +199,7 @@ def test_sequences_pool_aq_numerators_over_all_gt_tracks():
     # VPQ_1 pools windows: car TP 3 + 4, FP 2, FN 2 (IoU 1 each) -> 7 / 9; road 1.
     assert r.vpq[1] == pytest.approx((1 + 7 / 9) / 2)
     with pytest.raises(ValueError):
-        combine_sequences([perfect, VideoPanopticAccumulator({1: False, 2: True, 3: True})])
+        combine_sequences([perfect, VideoPanopticAccumulator({1: False, 2: True, 3: True}, DIVISOR)])
 
 
 # --------------------------------------------------------------------------------------------
@@ -217,13 +218,13 @@ def test_oracle_relabelling_reaches_the_aq_ceiling_of_flickering_ids():
                         [a, 1000, 1000, 2099]], gt))
     flicker = evaluate(frames)
     tracks: dict[int, int] = {}
-    oracle = evaluate([(oracle_relabel(np.array(p), np.array(g), TABLE, tracks), g) for p, g in frames])
+    oracle = evaluate([(oracle_relabel(np.array(p), np.array(g), TABLE, tracks, DIVISOR), g) for p, g in frames])
     # Ceiling: A's predicted masks pooled: |g| 16, |p| 16, TPA 12 -> IoU 12/20 -> 12 * 3/5 / 16 = 9/20;
     # B: TPA 4, |p| 4, |g| 4 -> 1. AQ = (9/20 + 1) / 2 = 29/40. 2099 overlaps no GT thing: it changes nothing.
     assert oracle.aq == pytest.approx(29 / 40)
     assert flicker.aq < oracle.aq
     assert tracks == {2001: 1, 2002: 2}
-    relabelled = oracle_relabel(np.array(frames[0][0]), np.array(gt), TABLE, tracks)
+    relabelled = oracle_relabel(np.array(frames[0][0]), np.array(gt), TABLE, tracks, DIVISOR)
     assert relabelled.dtype == np.int32
     assert relabelled.tolist() == [[2001, 2001, 2001, 2002],
                                    [2001, 1000, 1000, 2999]]  # the unmatched car takes an id no track has
@@ -234,7 +235,7 @@ def test_oracle_keeps_the_predicted_category_and_ignores_crowd_and_stuff():
     gt = np.array([[2005, 2005, 2009, 2009, 1000]])
     pred = np.array([[3004, 3004, 2001, 2001, 2002]])  # a truck on car 2005, a car on the crowd, a car on road
     tracks: dict[int, int] = {}
-    out = oracle_relabel(pred, gt, table, tracks, crowd={2009})
+    out = oracle_relabel(pred, gt, table, tracks, DIVISOR, crowd={2009})
     assert out.tolist() == [[3001, 3001, 2999, 2999, 2998]]
     assert tracks == {2005: 1}
 
@@ -242,7 +243,7 @@ def test_oracle_keeps_the_predicted_category_and_ignores_crowd_and_stuff():
 def test_oracle_of_a_perfect_flicker_is_one():
     frames = car_row(6, [2001, 2002] * 3, [2003, 2001] * 3)
     tracks: dict[int, int] = {}
-    r = evaluate([(oracle_relabel(np.array(p), np.array(g), TABLE, tracks), g) for p, g in frames])
+    r = evaluate([(oracle_relabel(np.array(p), np.array(g), TABLE, tracks, DIVISOR), g) for p, g in frames])
     assert evaluate(frames).aq < 0.6
     assert (r.aq, r.id_switches) == (1.0, 0)
 
@@ -273,7 +274,7 @@ def test_vpq_0_is_per_frame_pq_and_vpq_k_is_pq_of_stacked_windows(seed):
     r = evaluate(frames, table=RANDOM_TABLE, windows=(0, 1, 3))
     for k in (0, 1, 3):
         # The reference's way: concatenate the k+1 maps of each window, PQ on the stacked map.
-        pq = PQAccumulator(RANDOM_TABLE)
+        pq = PQAccumulator(RANDOM_TABLE, DIVISOR)
         for start in range(len(frames) - k):
             window = frames[start:start + k + 1]
             pq.add(np.concatenate([p for p, _ in window]), np.concatenate([g for _, g in window]))
@@ -330,7 +331,7 @@ def test_id_switches_follow_per_frame_matches():
     r = evaluate(frames, table=RANDOM_TABLE)
     last, switches, matched = {}, 0, 0
     for pred, gt in frames:
-        m = match_frame(pred, gt)
+        m = match_frame(pred, gt, DIVISOR)
         for g, p in zip(m.matched_gt.tolist(), m.matched_pred.tolist()):
             if RANDOM_TABLE[g // 1000]:
                 switches += g in last and last[g] != p
@@ -342,7 +343,7 @@ def test_id_switches_follow_per_frame_matches():
 def test_a_200_frame_640x360_sequence_takes_seconds():
     rng = np.random.default_rng(0)
     gt = random_rectangles(rng, np.full((360, 640), 1000, np.int32), RANDOM_VALUES, 40)
-    acc = VideoPanopticAccumulator(RANDOM_TABLE)
+    acc = VideoPanopticAccumulator(RANDOM_TABLE, DIVISOR)
     start = time.perf_counter()
     for t in range(200):
         pred = np.roll(gt, t % 7, axis=1)  # a moving prediction: matches and misses both occur

@@ -14,7 +14,7 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-from streamer.frames import LABEL_DIVISOR, Segment
+from streamer.frames import Segment
 from streamer.inference.fusion import FusionParams
 from streamer.tools.pq import to_numpy
 
@@ -76,9 +76,10 @@ def naive_fusion(
     scores: np.ndarray,
     categories: np.ndarray,
     is_thing: np.ndarray,
-    mask_threshold: float = 0.5,
+    mask_threshold: float,
     first_instance_id: int = 3,
-    label_divisor: int = LABEL_DIVISOR,
+    *,
+    label_divisor: int,
 ) -> np.ndarray:
     """The tutorial recipe: the argmax map, then every instance mask pasted over it in output order.
 
@@ -107,7 +108,8 @@ def semantic_only(
     semantic: np.ndarray,
     is_thing: np.ndarray,
     connectivity: int = 8,
-    label_divisor: int = LABEL_DIVISOR,
+    *,
+    label_divisor: int,
 ) -> np.ndarray:
     """Panoptic map from the semantic map alone: stuff as is, each connected thing region one instance.
 

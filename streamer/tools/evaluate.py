@@ -20,7 +20,7 @@ import numpy as np
 
 from streamer.config import Config
 from streamer.errors import UsageError
-from streamer.frames import LABEL_DIVISOR, Category, Frame, Panoptic, Segment
+from streamer.frames import Category, Frame, Panoptic, Segment
 from streamer.inference.fusion import FusionParams, fuse
 from streamer.inference.models import PanopticModels, resolve_device
 from streamer.inference.tracking import SourceTracker, TrackingParams
@@ -87,7 +87,7 @@ def evaluate_synthetic(config: Config, uri: str, export_dir: str | None = None) 
         raise UsageError(f"eval: {uri}: give a frame count, e.g. &frames=300")
     ground_truth_lut(config.categories())  # a class missing: fail before the models load
     device = resolve_device(config.runtime.device)
-    export = PanopticExport(export_dir, config.categories(), overwrite=config.output.overwrite) if export_dir else None
+    export = PanopticExport(export_dir, config.categories(), images=False, overwrite=config.output.overwrite) if export_dir else None
     pool, models = load_models(config, device)
     started = time.monotonic()
     try:
@@ -185,7 +185,7 @@ def _outputs(models: PanopticModels, params: FusionParams, image: np.ndarray) ->
     divisor = params.label_divisor
     return (
         fused.cpu().numpy(), segments,
-        naive_fusion(p.semantic, p.masks.dense(), p.scores, p.categories, models.is_thing, label_divisor=divisor),
+        naive_fusion(p.semantic, p.masks.dense(), p.scores, p.categories, models.is_thing, params.mask_threshold, label_divisor=divisor),
         semantic_only(p.semantic, models.is_thing, label_divisor=divisor),
     )
 
@@ -211,5 +211,5 @@ def gt_remap(gt_categories: Iterable[Category], categories: Iterable[Category]) 
     return lut
 
 
-def relabel(panoptic: np.ndarray, lut: np.ndarray, label_divisor: int = LABEL_DIVISOR) -> np.ndarray:
+def relabel(panoptic: np.ndarray, lut: np.ndarray, label_divisor: int) -> np.ndarray:
     return lut[panoptic // label_divisor] * label_divisor + panoptic % label_divisor

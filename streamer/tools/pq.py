@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from streamer.frames import LABEL_DIVISOR, Category
+from streamer.frames import Category
 
 MATCH_IOU = 0.5  # a match needs IoU strictly above this
 VOID_FRACTION = 0.5  # an unmatched prediction with more than this fraction on GT void is ignored
@@ -48,7 +48,7 @@ class FrameMatch:
     ignored: np.ndarray  # ids of unmatched predictions lying more than half on GT void
 
 
-def match_frame(pred_map: np.ndarray, gt_map: np.ndarray, label_divisor: int = LABEL_DIVISOR) -> FrameMatch:
+def match_frame(pred_map: np.ndarray, gt_map: np.ndarray, label_divisor: int) -> FrameMatch:
     """Match the segments of one predicted panoptic map against the ground truth, as panopticapi does.
 
     Both maps are H x W non-negative integers below 2**31. The pred/GT intersection table comes
@@ -145,7 +145,7 @@ CategoryTable = Mapping[int, bool] | Iterable[Category]
 class PQAccumulator:
     """Sums TP, FP, FN and IoU per category over frames: `add(pred_map, gt_map)` per frame, then `result()`."""
 
-    def __init__(self, categories: CategoryTable, label_divisor: int = LABEL_DIVISOR) -> None:
+    def __init__(self, categories: CategoryTable, label_divisor: int) -> None:
         if isinstance(categories, Mapping):
             rows = [(int(cid), str(cid), bool(isthing)) for cid, isthing in categories.items()]
         else:

@@ -45,7 +45,6 @@ from typing import Any
 
 import numpy as np
 
-from streamer.frames import LABEL_DIVISOR
 from streamer.tools.pq import MATCH_IOU, VOID_FRACTION, CategoryTable, check_maps, to_numpy
 
 VPQ_WINDOWS = (0, 5, 10, 15)
@@ -66,7 +65,7 @@ Table = tuple[np.ndarray, np.ndarray, np.ndarray]
 # per-frame tables and panopticapi matching on them
 
 
-def pair_table(pred_map: np.ndarray, gt_map: np.ndarray, label_divisor: int = LABEL_DIVISOR,
+def pair_table(pred_map: np.ndarray, gt_map: np.ndarray, label_divisor: int,
                crowd: Crowd = None) -> Table:
     """Count the pixels of every (GT value, predicted value) pair of one frame.
 
@@ -107,7 +106,7 @@ class TableMatch:
     false_negatives: np.ndarray  # GT ids (crowd never)
 
 
-def match_table(table: Table, label_divisor: int = LABEL_DIVISOR) -> TableMatch:
+def match_table(table: Table, label_divisor: int) -> TableMatch:
     """Match GT and predicted segments (or tubes) of one table as panopticapi's pq_compute does."""
     g, p, inter = table
     pred_ids, p_row = np.unique(p, return_inverse=True)
@@ -164,7 +163,7 @@ class VideoPanopticAccumulator:
     tables; no map is kept.
     """
 
-    def __init__(self, categories: CategoryTable, label_divisor: int = LABEL_DIVISOR,
+    def __init__(self, categories: CategoryTable, label_divisor: int,
                  windows: tuple[int, ...] = VPQ_WINDOWS) -> None:
         self.label_divisor = label_divisor
         self.windows = tuple(windows)
@@ -297,7 +296,7 @@ def category_arrays(categories: CategoryTable) -> tuple[np.ndarray, np.ndarray]:
 
 
 def oracle_relabel(pred_map: np.ndarray, gt_map: np.ndarray, categories: CategoryTable, tracks: dict[int, int],
-                   label_divisor: int = LABEL_DIVISOR, crowd: Crowd = None) -> np.ndarray:
+                   label_divisor: int, crowd: Crowd = None) -> np.ndarray:
     """The predicted map with each thing segment given the track of the GT thing it overlaps most.
 
     pred_map, gt_map: H x W integer panoptic maps of one frame; returns an H x W int32 map. A thing
