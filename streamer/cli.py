@@ -16,7 +16,7 @@ from typing import NoReturn
 
 from streamer import __version__, presets
 from streamer.arguments import add_config_arguments, config_overrides, frame_size, positive_int, quote
-from streamer.config import Config, load_config, to_yaml
+from streamer.config import Config, Runtime, load_config, to_yaml
 from streamer.errors import EXIT_FAILURE, EXIT_OK, CannotCreate, StreamerError
 from streamer.logs import configure_logging
 from streamer.uris import redact_uri
@@ -122,7 +122,7 @@ def cmd_synth(args: argparse.Namespace) -> int:
         raise CannotCreate(f"{out}: already holds a synthetic scene; --overwrite replaces it, or choose another --out")
     fps = args.fps if args.fps is not None else SCENE_FPS
     scene = StreetScene(args.seed, args.size or SCENE_SIZE, fps)
-    export = PanopticExport(out, CATEGORIES, overwrite=args.overwrite)
+    export = PanopticExport(out, CATEGORIES, images=False, overwrite=args.overwrite)
     video = VideoOutput(out / "video.mp4", fps)
     try:
         for index in range(args.frames):
@@ -178,11 +178,12 @@ def main(argv: list[str] | None = None) -> int:
     if argv[:1] == ["train-demo"]:
         from streamer.tools.train_demo import main as train_demo
 
-        configure_logging("info")
+        configure_logging(Runtime().log_level, Runtime().log_format)
         return train_demo(argv[1:])
     parser = build_parser()
     args = parser.parse_args(argv)
-    configure_logging(getattr(args, "log_level", None) or "info", getattr(args, "log_format", None) or "text")
+    defaults = Runtime()  # until a command reads its configuration: the schema's runtime.log_level and log_format
+    configure_logging(getattr(args, "log_level", None) or defaults.log_level, getattr(args, "log_format", None) or defaults.log_format)
     try:
         return args.handler(args)
     except StreamerError as exc:

@@ -54,7 +54,8 @@ def stderr_is_journal() -> bool:
     return f"{stat.st_dev}:{stat.st_ino}" == f"{device}:{inode}"
 
 
-def configure_logging(level: str = "info", style: str = "text") -> None:
+def configure_logging(level: str, style: str) -> None:
+    """Logging at `level` in `style` (runtime.log_level, runtime.log_format)."""
     handler = logging.StreamHandler(sys.stderr)
     if style == "json":
         handler.setFormatter(JsonFormatter())

@@ -293,7 +293,7 @@ def worker_loop(
     params: FusionParams,
     routes: list[Route],
     control: ctl.Control,
-    max_batch: int = 1,
+    max_batch: int,
     follow: Follow | None = None,
 ) -> None:
     """Serve every source's queue pair: batches of up to `max_batch` frames, `pool.size` batches at

@@ -149,7 +149,7 @@ class PanopticExport:
 
     stage = "export"
 
-    def __init__(self, folder: str | Path, categories: tuple[Category, ...], images: bool = False, overwrite: bool = False):
+    def __init__(self, folder: str | Path, categories: tuple[Category, ...], images: bool, overwrite: bool):
         """`overwrite`: a folder that holds an export already has that export's files removed when
         the first frame is written (so a run that fails at start-up leaves it whole); without it
         such a folder is refused (CannotCreate)."""

@@ -20,7 +20,7 @@ from streamer.errors import CannotCreate
 VIDEO_SUFFIXES = {".mp4", ".m4v"}  # the recorder writes H.264 in fragmented MP4
 
 
-def video_target(path: Path, segmented: bool, source: Path | None = None, overwrite: bool = False) -> None:
+def video_target(path: Path, segmented: bool, source: Path | None, overwrite: bool) -> None:
     """The recording's target: one MP4 file, or (segments) a name template `cam.mp4` or a folder;
     never `source`, the file being read (by any name: a link, a relative path); an existing file
     only with `overwrite` (segments never replace one: each gets a new name)."""

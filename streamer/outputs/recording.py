@@ -166,7 +166,7 @@ class SegmentedRecording:
 
     stage = "encode"
 
-    def __init__(self, template: str | Path, fps: float, segment_s: float, retention: Retention, min_free_mb: float = 0.0):
+    def __init__(self, template: str | Path, fps: float, segment_s: float, retention: Retention, min_free_mb: float):
         self.naming = SegmentNaming(Path(template))
         self.fps = fps
         self.segment_s = segment_s
@@ -246,7 +246,7 @@ class SegmentNaming:
         )
 
 
-def open_video(path: str | Path, fps: float, segment_s: float, retention: Retention, min_free_mb: float = 0.0):
+def open_video(path: str | Path, fps: float, segment_s: float, retention: Retention, min_free_mb: float):
     """The video output for a run: segments when segment_s > 0, else one file. Either way a
     `.partial` left by an earlier run that did not finish is recovered first, then the free space
     is checked (CannotCreate)."""
