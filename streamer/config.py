@@ -14,7 +14,7 @@ import os
 import re
 from importlib import resources
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_args
 
 import yaml
 from pydantic import (
@@ -74,6 +74,8 @@ Channel = Annotated[float, Field(ge=0, le=255)]
 Spread = Annotated[float, Field(gt=0, le=255)]
 IMAGENET_MEAN = (123.675, 116.28, 103.53)  # ImageNet's RGB mean and std on the 0-255 scale, as smp's and timm's encoders expect
 IMAGENET_STD = (58.395, 57.12, 57.375)
+TrackerName = Literal["ocsort", "bytetrack", "sort"]  # the trackers library's associations (inference/tracking.py builds each)
+TRACKERS: tuple[str, ...] = get_args(TrackerName)
 
 
 class Strict(BaseModel):
@@ -366,7 +368,7 @@ class Output(Strict):
 
 class Tracking(Strict):
     enabled: bool = Field(default=True, description="give every thing a track id that stays while it is visible and across short occlusions")
-    tracker: Literal["ocsort", "bytetrack", "sort"] = Field(default="ocsort", description="the association (the trackers library): ocsort | bytetrack | sort")
+    tracker: TrackerName = Field(default="ocsort", description="the association, from the `trackers` library: OC-SORT, ByteTrack or SORT")
     max_lost_s: float = Field(default=2.0, gt=0, le=3600, description="a track unseen this long (stream time) ends; a reconnect ends every track")
     min_hits: int = Field(default=1, ge=1, le=100, description="frames in a row a new object needs before its track id is given")
 

@@ -17,9 +17,9 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
+from streamer.config import TRACKERS  # the names tracking.tracker may take, defined once there
 from streamer.frames import Segment
 
-TRACKERS = ("ocsort", "bytetrack", "sort")
 NOMINAL_FPS = 30.0  # `trackers` counts its lost-track buffer in frames at 30 fps; with timestamps, seconds = frames / 30
 
 
@@ -28,7 +28,7 @@ class TrackingParams:
     """The `tracking:` section (defaults and meanings: streamer.config)."""
 
     enabled: bool
-    tracker: str  # one of TRACKERS
+    tracker: str  # one of TRACKERS (an other name: ValueError)
     max_lost_s: float  # a track not seen for this long (stream time) ends
     min_hits: int  # frames a new track needs before it gets an id
 
@@ -44,7 +44,9 @@ def _make_tracker(params: TrackingParams):
     if params.tracker == "ocsort":
         return trackers.OCSORTTracker(lost_track_buffer=lost, frame_rate=NOMINAL_FPS, minimum_consecutive_frames=confirm,
                                       high_conf_det_threshold=0.0)
-    return trackers.SORTTracker(lost_track_buffer=lost, frame_rate=NOMINAL_FPS, minimum_consecutive_frames=confirm)
+    if params.tracker == "sort":
+        return trackers.SORTTracker(lost_track_buffer=lost, frame_rate=NOMINAL_FPS, minimum_consecutive_frames=confirm)
+    raise ValueError(f"unknown tracker {params.tracker!r} (known: {', '.join(TRACKERS)})")  # the config refuses it first
 
 
 class SourceTracker:
@@ -123,7 +125,7 @@ class SourceTracker:
         kept = set(tracks.values()) | self._lingering()
         self._slots = {track: slot for track, slot in self._slots.items() if track in kept}
         taken: dict[int, set[int]] = {}
-        for track, slot in self._slots.items():
+        for slot in self._slots.values():
             taken.setdefault(slot // self.divisor, set()).add(slot)
         new_ids: dict[int, int] = {}
         for segment in sorted((s for s in segments if s.isthing), key=lambda s: s.id):
