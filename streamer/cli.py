@@ -1,4 +1,4 @@
-"""Command line: `streamer run`, `streamer check-config`.
+"""Command line: `streamer run`, `streamer check-config`, `streamer config-docs` and the tools' commands.
 
 Every expected failure ends as one log line and a documented exit code (see errors.py).
 """
@@ -65,7 +65,7 @@ def build_parser() -> argparse.ArgumentParser:
     rebuild.add_argument("folder", metavar="DIR")
     rebuild.set_defaults(handler=cmd_export_json)
 
-    from streamer.tools import annotate, bench, models  # define their own flags; torch is imported only when they run
+    from streamer.tools import annotate, bench, config_docs, models  # define their own flags; torch is imported only when they run
 
     annotate.add_parser(commands)
     bench.add_parser(commands)
@@ -74,6 +74,7 @@ def build_parser() -> argparse.ArgumentParser:
     check = commands.add_parser("check-config", help="validate a configuration and print it resolved")
     add_config_arguments(check)
     check.set_defaults(handler=cmd_check_config)
+    config_docs.add_parser(commands)
     return parser
 
 

@@ -89,17 +89,21 @@ class ClassSpec(Strict):
 
 
 class SemanticModel(Strict):
-    arch: str = Field(default="Unet", description="any segmentation_models_pytorch architecture name")
+    arch: str = Field(default="Unet", description="any segmentation_models_pytorch architecture name (with a save_pretrained folder or hub id: "
+                      "must match its config.json)")
     encoder: str = Field(default="resnet18", description="encoder name (smp)")
     weights: UserPath = Field(
         default="none",
-        description="demo (bundled; ignores arch/encoder) | none (random init) | .safetensors/.pth state dict "
-        "| smp save_pretrained folder | hub id already in the Hugging Face cache",
+        description="`demo` (bundled, see `streamer/inference/weights/MODEL_CARD.md`; ignores arch and encoder), `none` (random init), "
+        "a `.safetensors`/`.pth` state dict, an smp `save_pretrained` folder, or a hub id in the Hugging Face cache (`streamer models fetch`)",
     )
-    input_size: tuple[Mult32, Mult32] = Field(default=(512, 288), description="width, height fed to the network (multiples of 32)")
-    mean: tuple[Channel, Channel, Channel] = Field(default=IMAGENET_MEAN, description="RGB mean (0-255 scale) subtracted before the network")
-    std: tuple[Spread, Spread, Spread] = Field(default=IMAGENET_STD, description="RGB standard deviation (0-255 scale) divided by after the mean")
-    classes: tuple[ClassSpec, ...] = Field(min_length=1, description="the panoptic category table in the model's output order (ids 1, 2, ...)")
+    input_size: tuple[Mult32, Mult32] = Field(default=(512, 288), description="`[width, height]` fed to the network (multiples "
+                                                 "of 32); frames are stretched to it, logits resized back to the frame")
+    mean: tuple[Channel, Channel, Channel] = Field(default=IMAGENET_MEAN, description="RGB mean subtracted before the network, "
+                                                             "on the 0-255 scale (ImageNet's, as smp's encoders and the presets' checkpoints expect)")
+    std: tuple[Spread, Spread, Spread] = Field(default=IMAGENET_STD, description="RGB standard deviation divided by after the mean, 0-255 scale")
+    classes: tuple[ClassSpec, ...] = Field(min_length=1, description="the panoptic category table in the model's "
+                                            "output order (ids 1, 2, ...): `name`, `isthing`, `color` (RGB)")
 
     @field_validator("classes")
     @classmethod
@@ -112,26 +116,31 @@ class SemanticModel(Strict):
 
 
 class InstanceModel(Strict):
-    arch: Literal["maskrcnn_resnet50_fpn", "maskrcnn_resnet50_fpn_v2"] = Field(default="maskrcnn_resnet50_fpn", description="torchvision Mask R-CNN builder")
-    weights: UserPath = Field(default="none", description="demo (bundled; ignores arch) | none | coco (from torch's cache) | .safetensors/.pth state dict")
+    arch: Literal["maskrcnn_resnet50_fpn", "maskrcnn_resnet50_fpn_v2"] = Field(default="maskrcnn_resnet50_fpn", description="the torchvision Mask R-CNN builder")
+    weights: UserPath = Field(default="none", description="`demo` (bundled; ignores arch), `none` (random init), `coco` (torchvision's "
+                              "COCO weights from torch's cache), or a `.safetensors`/`.pth` state dict")
     classes: tuple[str, ...] | None = Field(
         default=None, min_length=1,
-        description="the instance model's class names in label order, from label 1 (label 0 is the background); "
-        "null: COCO's (torchvision weights) or the demo's",
+        description="the instance model's class names in label order from label 1 (label 0 is the background), for a Mask R-CNN "
+        "fine-tuned on your own classes; checked against the weights' box classifier; `class_map` then maps these names; "
+        "`null`: COCO's 90 (torchvision weights), or the demo's 2",
     )
-    min_size: int = Field(default=800, ge=32, le=MAX_INPUT_SIDE, description="Mask R-CNN's internal resize of the shorter side")
-    max_size: int = Field(default=1333, ge=32, le=MAX_INPUT_SIDE, description="Mask R-CNN's internal resize: longest side at most")
+    min_size: int = Field(default=800, ge=32, le=MAX_INPUT_SIDE, description="Mask R-CNN resizes the shorter side to this "
+                          "(torchvision's default 800 upsamples small streams)")
+    max_size: int = Field(default=1333, ge=32, le=MAX_INPUT_SIDE, description="... and the longer side to at most this "
+                          "(torchvision's default 1333)")
     score_threshold: Unit = Field(default=0.5, description="detections below are dropped inside the model and by fusion")
-    detections_per_image: int = Field(default=100, ge=1, le=999, description="most detections the model keeps per frame; a frame "
-                                      "that reaches it is counted (streamer_detections_capped_frames_total)")
+    detections_per_image: int = Field(default=100, ge=1, le=999, description="the most detections the model keeps per frame; a "
+                                      "frame that reaches it is counted in `streamer_detections_capped_frames_total`")
     proposals_pre_nms: int | None = Field(default=None, ge=1, le=100_000, description="region proposals per feature level before "
-                                          "non-maximum suppression; none: the model's own (torchvision 1000, demo 600)")
-    proposals: int | None = Field(default=None, ge=1, le=100_000, description="region proposals the box head scores per frame; "
-                                  "none: the model's own (torchvision 1000, demo 300)")
+                                          "non-maximum suppression; `null`: the model's own (torchvision 1000, demo 600)")
+    proposals: int | None = Field(default=None, ge=1, le=100_000, description="region proposals the box head scores per frame "
+                                  "(fewer: faster, may miss objects in crowded frames); `null`: the model's own (torchvision 1000, demo 300)")
     class_map: dict[str, str | tuple[str, ...]] = Field(
         default_factory=dict,
-        description="instance class name (COCO or demo) -> panoptic category, or a list of them: the semantic "
-        "model's vote under the mask picks one, the first when it sees none; unmapped classes are ignored",
+        description="instance class (COCO or demo name) -> panoptic category, or a list of categories: the one the semantic model shows "
+        "most under the instance's mask wins (the first on a tie or when it shows none; `cityscapes` maps `person: [person, rider]`, "
+        "as COCO has no rider); unmapped classes are ignored",
     )
 
     @field_validator("classes")
@@ -157,9 +166,12 @@ class InstanceModel(Strict):
 
 
 class Models(Strict):
-    preset: str = Field(default=presets.DEFAULT, description="a model pairing (streamer models list); none: every key below from this file")
-    semantic: SemanticModel
-    instance: InstanceModel = InstanceModel()
+    preset: str = Field(default=presets.DEFAULT, description=(
+        f"a model pairing (see [Real footage](#real-footage), `streamer models list`): {', '.join(f'`{n}`' for n in presets.names())}, "
+        f"or `{presets.NONE}` (every key below from the file). The `models.*` defaults below are the `{presets.DEFAULT}` preset's; keys set "
+        "in the file or with `--set` override the preset's (a list or map replaces the preset's whole)"))
+    semantic: SemanticModel = Field(description="the semantic model (segmentation_models_pytorch): a class for every pixel")
+    instance: InstanceModel = Field(default=InstanceModel(), description="the instance model (torchvision Mask R-CNN): a mask per object")
 
     @model_validator(mode="before")
     @classmethod
@@ -191,19 +203,23 @@ class Models(Strict):
 
 class Fusion(Strict):
     mask_threshold: Unit = Field(default=0.5, description="mask probability that counts as inside")
-    overlap_threshold: Unit = Field(default=0.5, description="an instance more than this fraction covered by better ones is rejected")
-    stuff_area_min: int = Field(default=1024, ge=0, le=MAX_INPUT_SIDE**2, description="stuff regions smaller than this (pixels at frame resolution) become void")
-    label_divisor: int = Field(default=LABEL_DIVISOR, ge=2, le=65536, description="panoptic value = category_id * label_divisor + instance_id")
+    overlap_threshold: Unit = Field(default=0.5, description="an instance more than this fraction covered by better ones is dropped")
+    stuff_area_min: int = Field(default=1024, ge=0, le=MAX_INPUT_SIDE**2, description="stuff regions smaller than this (pixels, "
+                                "frame resolution) become void")
+    label_divisor: int = Field(default=LABEL_DIVISOR, ge=2, le=65536, description="panoptic value = "
+                               "`category_id * label_divisor + instance_id`")
 
 
 class Reconnect(Strict):
-    max_attempts: int | None = Field(default=None, ge=1, le=10**9, description="reconnect attempts in a row before giving up; null: forever")
-    initial_delay_s: float = Field(default=1.0, ge=0.01, le=3600, description="first backoff delay (doubles, with jitter)")
-    max_delay_s: float = Field(default=30.0, ge=0.01, le=3600, description="backoff delay at most")
+    max_attempts: int | None = Field(default=None, ge=1, le=10**9, description="reconnect attempts in a row before the run "
+                                         "fails; `null`: forever")
+    initial_delay_s: float = Field(default=1.0, ge=0.01, le=3600, description="first backoff delay; it doubles (with jitter) up to `max_delay_s`")
+    max_delay_s: float = Field(default=30.0, ge=0.01, le=3600, description="the longest backoff delay")
     healthy_after_s: float = Field(default=30.0, gt=0, le=DAY_S, description="streaming this long resets the backoff")
     first_connect_s: float | Literal["auto"] | None = Field(
-        default="auto", description="a live source that has never delivered a frame gives up after this long (its failure's "
-        f"exit code); null: retries forever; auto: {FIRST_CONNECT_S:g} s, or forever under systemd ($INVOCATION_ID set)")
+        default="auto", description="a live source that has not delivered a frame since the start gives up after this long, with its "
+        f"failure's exit code; `null`: retries forever; `auto`: {FIRST_CONNECT_S:g} s, or forever under systemd (`$INVOCATION_ID` set). "
+        "A source that has streamed once retries forever (`max_attempts` aside)")
 
     @field_validator("first_connect_s", mode="before")
     @classmethod
@@ -247,26 +263,38 @@ class BufferPolicy(str, enum.Enum):
 
 
 class Source(Strict):
-    uri: str = Field(min_length=1, description="camera index, /dev/videoN, file, image folder or glob, rtsp(s)://, http(s)://, synthetic:street?...")
-    id: str = Field(default="cam0", description="name in logs, metrics and outputs: a name, never a path")
-    buffer: BufferPolicy = Field(default=BufferPolicy.AUTO, description="auto | block | drop_oldest | latest (auto: block for files, drop_oldest for live)")
-    queue_size: int = Field(default=2, ge=1, le=1024, description="frames waiting for the model; small keeps live latency low")
-    fps: float | None = Field(default=None, ge=0.01, le=1000, description="frame rate for image folders (null: 25), or to override a wrong header")
+    uri: str = Field(
+        min_length=1, examples=["synthetic:street?seed=1000&frames=150", "rtsp://${CAM_USER}:${CAM_PASSWORD}@192.168.1.20/stream"],
+        description="what to read: a camera index (`0`) or `/dev/videoN`, a video file, a folder or glob of images, an `rtsp(s)://` "
+        "or `http(s)://` URL, or `synthetic:street?seed=S&frames=N&size=WxH&fps=F`; `${NAME}` is replaced by the environment variable "
+        "NAME (this key only; never shown expanded)")
+    id: str = Field(default="cam0", description="name in logs, metrics and outputs: letters, digits, `_`, `.`, `-`, starting with a letter "
+                    "or digit (never a path)")
+    buffer: BufferPolicy = Field(default=BufferPolicy.AUTO, description="what capture does when the model falls behind: "
+                                 "`block` (never drop), `drop_oldest`, `latest` (keep only the newest); `auto` = block for files, drop_oldest for live")
+    queue_size: int = Field(default=2, ge=1, le=1024, description="frames waiting for the model (small keeps live latency low)")
+    fps: float | None = Field(default=None, ge=0.01, le=1000, description="set: frame N is at N/fps, for files and "
+                                     "folders alike, in the video and the export (overrides a wrong header and the container's timestamps); "
+                                     "`null`: from the stream (25 for images)")
     open_timeout_s: float = Field(default=10.0, ge=0.1, le=3600, description="live sources: FFmpeg open timeout")
     read_timeout_s: float = Field(default=5.0, ge=0.1, le=3600, description="live sources: FFmpeg read timeout")
     stall_timeout_s: float = Field(default=15.0, ge=0.1, le=DAY_S, description="live sources: no frame this long means abandon and reopen")
-    rtsp_transport: Literal["tcp", "udp"] = Field(default="tcp", description="RTSP over tcp or udp")
-    live: bool | None = Field(default=None, description="null: guess (cameras, rtsp and http streams are live; files, folders "
-                              "and http(s) URLs of finite files are not); true/false: override the guess")
-    on_bad_frame: Literal["skip", "stop"] = Field(default="skip", description="an undecodable image in a folder: skip it "
-                                                  "with a warning, or stop the run")
-    reconnect: Reconnect = Reconnect()
+    rtsp_transport: Literal["tcp", "udp"] = Field(default="tcp", description="RTSP over `tcp` or `udp`")
+    live: bool | None = Field(default=None, description="`true`/`false` overrides the guess (`null`): cameras, `rtsp://` and `http(s)://` "
+                              "streams are live; files, folders and `http(s)://` URLs that serve a finite file (FFmpeg knows its length) are "
+                              "read as files, every frame, to the end")
+    on_bad_frame: Literal["skip", "stop"] = Field(default="skip", description="an image in a folder that does not decode: `skip` it "
+                                                  "(a warning each, its time slot left empty) or `stop` the run")
+    reconnect: Reconnect = Field(default=Reconnect(), description="live sources: how they reconnect, backing off")
     lines: dict[CountName, tuple[Point, Point]] = Field(
-        default_factory=dict, description="counting lines, name -> [[x, y], [x, y]] in pixels of the frame: every track "
-        "crossing one is counted once, \"in\" when it crosses to the right-hand side looking from the first point to the second")
+        default_factory=dict, examples=[{"north": [[0, 270], [640, 270]]}],
+        description="counting lines of this source, `name: [[x, y], [x, y]]` in pixels of its frames: every track whose ground point (the "
+        "bottom centre of its box) crosses one is counted once, `in` when it crosses to the right-hand side looking from the first point "
+        "to the second (a line drawn left to right: moving down the frame is `in`), else `out`. Needs `tracking.enabled`")
     zones: dict[CountName, tuple[Point, ...]] = Field(
-        default_factory=dict, description="counting zones, name -> [[x, y], ...] (3 points or more) in pixels of the frame: "
-        "every track whose ground point (the bottom centre of its box) enters one is counted once")
+        default_factory=dict, examples=[{"crosswalk": [[100, 200], [300, 200], [300, 260], [100, 260]]}],
+        description="counting zones, `name: [[x, y], ...]` (3 points or more): every track whose ground point is inside one is counted "
+        "once (objects already inside when first seen too). Needs `tracking.enabled`")
 
     _template: str | None = PrivateAttr(default=None)  # the uri as written, when it names environment variables
 
@@ -329,28 +357,41 @@ class Source(Strict):
 
 class Render(Strict):
     alpha: Unit = Field(default=0.6, description="opacity of things (each car, each person)")
-    stuff_alpha: Unit = Field(default=0.5, description="opacity of stuff (road, building, sky, ...); keep it below alpha so that things stand out")
-    contours: bool = Field(default=True, description="outline every segment: things in white, stuff in its colour lightened halfway to white")
-    labels: bool = Field(default=True, description="class name and score over each thing, sized to the frame; none for tiny things or where it would cover another label")
+    stuff_alpha: Unit = Field(default=0.5, description="opacity of stuff (road, building, sky, ...); below `alpha`, "
+                              "so that things stand out")
+    contours: bool = Field(default=True, description="outline every segment: things in white, stuff regions in their colour lightened "
+                           "halfway to white (a grey building or a blue sky barely shows its tint; the outline still marks it)")
+    labels: bool = Field(default=True, description="class name and track id of each thing (`car 12`; its score, `car 0.87`, while it has "
+                         "no track), sized to the frame: the text line is 1/24 of the frame's shorter side (15 px at 640x360, 45 px at "
+                         "1920x1080, never under 12 px); placed most confident first above the box, else inside its top, else below it, "
+                         "never over another label and always inside the frame (a label that fits nowhere is left out); things smaller "
+                         "than a square of 1/36 of the shorter side (10x10 px at 640x360) get none")
     on_model_device: bool | None = Field(
-        default=None, description="colours, blend and contours drawn where the models run (null: on CUDA only)"
+        default=None, description="draw colours, blend and contours on the models' device, so a GPU sends back only the finished frame "
+        "(labels are then drawn on the host); `null`: on with CUDA, off otherwise"
     )
 
 
 class Output(Strict):
-    video: UserPath | None = Field(default=None, description="H.264 MP4 to write (with segments: their name template or folder; {source}: the source id)")
+    video: UserPath | None = Field(default=None, description="H.264 MP4 to write (with segments: their name "
+                                                       "template, `cam.mp4` -> `cam-<UTC start>.mp4`, or a folder); `{source}` is replaced by the source id")
     segment_seconds: float | None = Field(
-        default=None, ge=0, le=DAY_S, description=f"record in segments this long (0.1 s at least); null: {LIVE_SEGMENT_SECONDS:g} for live "
-        "sources, one file otherwise; 0: one file"
+        default=None, ge=0, le=DAY_S, description=f"record in segments this long (stream time, {MIN_SEGMENT_S:g} s at least); `0`: one "
+        f"file; `null`: {LIVE_SEGMENT_SECONDS:g} for live sources, one file otherwise"
     )
     keep_hours: float | None = Field(default=None, gt=0, le=24 * 366 * 100, description="retention: remove finished segments older than this")
     max_bytes: ByteSize | None = Field(default=None, ge=MIN_BUDGET, description="retention: remove the oldest finished segments beyond "
-                                       "this total, e.g. 20GB (1MB at least: less holds no segment of a real camera)")
-    display: bool = Field(default=False, description="show a live window")
-    export_dir: UserPath | None = Field(default=None, description="COCO panoptic annotations folder ({source}: the source id)")
-    export_images: bool = Field(default=False, description="also the frames, as images/NNNNNN.jpg beside the annotations")
-    min_free_mb: float = Field(default=100.0, ge=0, le=10**9, description="an output folder with less free space than this is refused at start-up and before each new segment")
-    overwrite: bool = Field(default=False, description="replace an existing video file or export (--overwrite); false: refuse to start")
+                                       "this total (`20GB`, `500MiB`; 1MB at least: less holds no segment of a real camera)")
+    display: bool = Field(default=False, description="show a live window, one per source (q or Esc stops)")
+    export_dir: UserPath | None = Field(default=None, description="COCO panoptic annotations folder (`{source}` is "
+                                                     "replaced by the source id)")
+    export_images: bool = Field(default=False, description="also write each frame as `images/NNNNNN.jpg` in the "
+                                  "export folder, the file `images[].file_name` names")
+    min_free_mb: float = Field(default=100.0, ge=0, le=10**9, description="an output folder (video, segments, "
+                               "export) with less free space than this is refused at start-up and before each new segment (exit 73); "
+                               "retention, where set, removes the oldest segments first")
+    overwrite: bool = Field(default=False, description="replace an existing video file or export "
+                                "(`--overwrite`); `false`: such a run is refused (exit 73)")
 
     @field_validator("segment_seconds")
     @classmethod
@@ -367,23 +408,30 @@ class Output(Strict):
 
 
 class Tracking(Strict):
-    enabled: bool = Field(default=True, description="give every thing a track id that stays while it is visible and across short occlusions")
+    enabled: bool = Field(default=True, description="give every thing a track id that stays while it is "
+                                 "visible and across short occlusions (see [Tracking and counting](#tracking-and-counting))")
     tracker: TrackerName = Field(default="ocsort", description="the association, from the `trackers` library: OC-SORT, ByteTrack or SORT")
-    max_lost_s: float = Field(default=2.0, gt=0, le=3600, description="a track unseen this long (stream time) ends; a reconnect ends every track")
-    min_hits: int = Field(default=1, ge=1, le=100, description="frames in a row a new object needs before its track id is given")
+    max_lost_s: float = Field(default=2.0, gt=0, le=3600, description="a track unseen this long (stream time, so "
+                                    "whatever the frame rate) ends; an object seen again after that gets a new id. A reconnect ends every track")
+    min_hits: int = Field(default=1, ge=1, le=100, description="frames in a row a new object needs before its track "
+                                 "id is given (it is labelled with its score until then)")
 
 
 class Server(Strict):
     """The daemon's HTTP server: /metrics, /healthz, the live view (README, Watching it live)."""
 
-    enabled: bool = Field(default=False, description="serve /metrics, /healthz and the live view over HTTP")
-    host: str = Field(default="127.0.0.1", min_length=1, description="address to listen on; anything but loopback needs a token")
-    port: int = Field(default=9108, ge=0, le=65535, description="0: any free port (logged at start)")
-    token: SecretStr | None = Field(default=None, description="what clients must present, 16 to 256 characters "
-                                    "(Bearer header or ?token=); default: the environment variable STREAMER_TOKEN")
+    enabled: bool = Field(default=False, description="the HTTP server: the live view, Prometheus `/metrics` and `/healthz` (see [Watching "
+                          "it live](#watching-it-live)); `metrics:` of older files is read as `server:`, with a warning")
+    host: str = Field(default="127.0.0.1", min_length=1, description="address to listen on; anything but loopback "
+                      "(`127.0.0.1`, `::1`, `localhost`) needs a token")
+    port: int = Field(default=9108, ge=0, le=65535, description="port (`0`: any free port, logged)")
+    token: SecretStr | None = Field(default=None, description="what clients must present (16-256 characters): `Authorization: Bearer "
+                                    f"TOKEN`, or `?token=TOKEN` once; `null`: the environment variable `{TOKEN_VARIABLE}`. Never printed")
     allow_unauthenticated: bool = Field(default=False, description="serve other machines without a token, on purpose")
-    max_viewers: int = Field(default=8, ge=1, le=64, description="live viewers per source at once; more get 503")
-    live_width: int = Field(default=960, ge=64, le=MAX_INPUT_SIDE, description="the live view's largest width, pixels")
+    max_viewers: int = Field(default=8, ge=1, le=64, description="live viewers per source at once (MJPEG and video "
+                             "together); one more gets 503")
+    live_width: int = Field(default=960, ge=64, le=MAX_INPUT_SIDE, description="the live view's largest width in "
+                            "pixels (frames are scaled down to it, never up)")
     live_fps: float = Field(default=10.0, gt=0, le=60, description="the live view's highest frame rate")
 
     _token: str | None = PrivateAttr(default=None)
@@ -418,8 +466,8 @@ def loopback(host: str) -> bool:
 
 
 class Runtime(Strict):
-    device: str = Field(default="auto", pattern=r"^(auto|cpu|cuda|cuda:\d+)$", description="auto | cpu | cuda | cuda:N")
-    half: Literal["auto", "on", "off"] = Field(default="auto", description="fp16 autocast on CUDA: auto (= on for CUDA), on, off")
+    device: str = Field(default="auto", pattern=r"^(auto|cpu|cuda|cuda:\d+)$", description="`auto` (CUDA if present), `cpu`, `cuda`, `cuda:N`")
+    half: Literal["auto", "on", "off"] = Field(default="auto", description="fp16 autocast on CUDA (`auto` = on), `on`, `off`")
 
     @field_validator("half", mode="before")
     @classmethod
@@ -427,29 +475,38 @@ class Runtime(Strict):
         """YAML reads a bare on/off as a boolean."""
         return {True: "on", False: "off"}.get(value, value) if isinstance(value, bool) else value
 
-    max_frames: int | None = Field(default=None, ge=1, le=10**12, description="stop after this many frames")
+    max_frames: int | None = Field(default=None, ge=1, le=10**12, description="stop after this many frames; `null`: at the source's end")
     parallel_frames: int | None = Field(
-        default=None, ge=1, le=16, description="frames in the models at once; null: 1 on CUDA, 2 on a CPU of 2+ cores"
+        default=None, ge=1, le=16, description="frames in the models at the same time, each on its own thread; results keep each "
+        "source's order (see [Speed](#speed)); `null`: 1 on CUDA, 2 on a CPU with 2+ cores"
     )
-    torch_threads: int | None = Field(default=None, ge=1, le=1024, description="torch threads per frame in the models; null: the cores shared out")
-    max_batch: int = Field(default=1, ge=1, le=64, description="queued frames (any sources) run through the models together")
+    torch_threads: int | None = Field(default=None, ge=1, le=1024, description="torch CPU threads for each frame in "
+                                         "the models; `null`: the cores shared out between those frames")
+    max_batch: int = Field(default=1, ge=1, le=64, description="queued frames (from any sources, one per source in "
+                                 "turn) run through the models together; results keep each source's order")
     status_interval_s: float = Field(default=10.0, ge=0.1, le=DAY_S, description="status line period when not on a terminal")
-    drain_timeout_s: float = Field(default=30.0, gt=0, le=DAY_S, description="how long a graceful stop may finish queued frames")
-    stage_timeout_s: float = Field(default=60.0, ge=1, le=DAY_S, description="a stage whose loop stalls this long stops the systemd watchdog pings")
-    log_level: Literal["debug", "info", "warning", "error"] = Field(default="info", description="debug also prints tracebacks")
-    log_format: Literal["text", "json"] = Field(default="text", description="json: one JSON object per line")
+    drain_timeout_s: float = Field(default=30.0, gt=0, le=DAY_S, description="how long a graceful stop may keep processing queued frames")
+    stage_timeout_s: float = Field(default=60.0, ge=1, le=DAY_S, description="a stage stuck this long stops the systemd "
+                                   "watchdog pings and fails `/healthz`")
+    log_level: Literal["debug", "info", "warning", "error"] = Field(default="info", description="`debug` also prints tracebacks of failures")
+    log_format: Literal["text", "json"] = Field(default="text", description="`json`: one JSON object per line")
 
 
 class Config(Strict):
-    source: Source | None = Field(default=None, description="one source; with sources: the options all of them share")
-    sources: tuple[Source, ...] = Field(default=(), description="several sources in one process, each with its own id and outputs")
-    models: Models = Field(default_factory=lambda: Models.model_validate({}))
-    fusion: Fusion = Fusion()
-    render: Render = Render()
-    tracking: Tracking = Tracking()
-    output: Output = Output()
-    server: Server = Field(default_factory=lambda: Server.model_validate({}))  # reads STREAMER_TOKEN: not at import
-    runtime: Runtime = Runtime()
+    source: Source | None = Field(default=None, description="the source to read; beside `sources`, the options all of them share")
+    sources: tuple[Source, ...] = Field(default=(), examples=[[{"uri": "rtsp://cam1/stream", "id": "cam1"}, {"uri": "/dev/video0", "id": "cam2"}]],
+                                        description="a list of sources (each like `source`, with its own `id`) in one process; `source` "
+                                        "then holds their shared options")
+    models: Models = Field(default_factory=lambda: Models.model_validate({}), description="the two models and their category table")
+    fusion: Fusion = Field(default=Fusion(), description="how the two models' outputs become one panoptic map: the Panoptic FPN rule "
+                           "(see Panoptic fusion, streamer/inference/fusion.py)")
+    render: Render = Field(default=Render(), description="the overlay drawn on the video, the window and the live view")
+    tracking: Tracking = Field(default=Tracking(), description="ids that follow each object across frames (colours, labels `car 12`, "
+                               "counts, export)")
+    output: Output = Field(default=Output(), description="what a run writes: a video (in segments, with retention), annotations, a window")
+    server: Server = Field(default_factory=lambda: Server.model_validate({}),  # reads STREAMER_TOKEN: not at import
+                           description="the HTTP server")
+    runtime: Runtime = Field(default=Runtime(), description="device, threads, batching, stopping and logging")
 
     @model_validator(mode="before")
     @classmethod
