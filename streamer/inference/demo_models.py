@@ -56,7 +56,7 @@ class _MobileNetFPN(nn.Module):
         self.fpn = FeaturePyramidNetwork(in_channels, out_channels, extra_blocks=LastLevelMaxPool())
         self.out_channels = out_channels
 
-    def forward(self, x: torch.Tensor) -> "OrderedDict[str, torch.Tensor]":
+    def forward(self, x: torch.Tensor) -> OrderedDict[str, torch.Tensor]:
         feats: OrderedDict[str, torch.Tensor] = OrderedDict()
         for i, layer in enumerate(self.body):
             x = layer(x)

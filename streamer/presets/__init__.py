@@ -45,7 +45,7 @@ def names() -> list[str]:
     return [DEFAULT] + [n for n in found if n != DEFAULT]
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def get(name: str) -> Preset:
     """The preset called `name`. Raises KeyError naming the known presets."""
     if name not in names():

@@ -27,7 +27,8 @@ def timing_text(stats: list[ctl.Stats]) -> str:
     model = ctl.latency_summary([v for s in stats for v in s.model_times])
     if latency is None or model is None:
         return "latency -"
-    return "latency p50/p95/max %.3f/%.3f/%.3f s, model %.3f s/frame" % (*latency, model[0])
+    p50, p95, worst = latency
+    return f"latency p50/p95/max {p50:.3f}/{p95:.3f}/{worst:.3f} s, model {model[0]:.3f} s/frame"
 
 
 def counts_text(counts: Counts | None) -> str:

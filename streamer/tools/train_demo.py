@@ -240,7 +240,7 @@ def _schedule(step: int, total: int, warmup: int) -> float:
 
 def _optimizer(model: torch.nn.Module, lr: float, weight_decay: float = 1e-4) -> torch.optim.Optimizer:
     decay, no_decay = [], []
-    for name, param in model.named_parameters():
+    for param in model.parameters():
         if param.requires_grad:
             (no_decay if param.ndim <= 1 else decay).append(param)
     return torch.optim.AdamW([{"params": decay, "weight_decay": weight_decay},

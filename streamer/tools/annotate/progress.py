@@ -73,8 +73,8 @@ class ArchiveProgress:
     def text(self, now: float) -> str:
         """`3/6 videos (1 failed), 1234 frames, 2.7 fps, ETA 120 s`"""
         eta = self.eta(now)
-        return "%d/%d videos (%d failed), %d frames, %.1f fps, ETA %s" % (
-            self.ended_count, self.todo, self.failed, self.done_frames(), self.rate.rate(now), "?" if eta is None else f"{eta:.0f} s")
+        return (f"{self.ended_count}/{self.todo} videos ({self.failed} failed), {self.done_frames()} frames, "
+                f"{self.rate.rate(now):.1f} fps, ETA {'?' if eta is None else f'{eta:.0f} s'}")
 
     def show(self, force: bool = False) -> None:
         now = time.monotonic()

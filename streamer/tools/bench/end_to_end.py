@@ -148,8 +148,9 @@ def end_to_end(options: BenchOptions, device: torch.device, torch_threads: int, 
         runs["models_only"].append(len(images) / seconds)
         log.info("bench %d/%d: models only %.2f fps", repeat + 1, options.repeats, runs["models_only"][-1])
 
+        sequential_video = workdir / f"sequential-{repeat}.mp4"
         seconds, count, stage_seconds = on_own_thread(
-            lambda: sequential_run(options, device, torch_threads, workdir / f"sequential-{repeat}.mp4"), "bench-sequential")
+            lambda video=sequential_video: sequential_run(options, device, torch_threads, video), "bench-sequential")
         runs["sequential"].append(count / seconds)
         stages.append({stage: value / max(count, 1) for stage, value in stage_seconds.items()})
         log.info("bench %d/%d: sequential loop %.2f fps", repeat + 1, options.repeats, runs["sequential"][-1])
