@@ -106,9 +106,10 @@ def overwrite_override(args: argparse.Namespace) -> list[str]:
 def cmd_run(args: argparse.Namespace) -> int:
     config = load_config(args.config, run_overrides(args))  # before importing torch: bad config fails fast
     configure_logging(args.log_level or config.runtime.log_level, args.log_format or config.runtime.log_format)
+    from streamer.service import build
     from streamer.service.pipeline import Pipeline
 
-    return Pipeline(config).run().exit_code
+    return Pipeline(config, build.outputs).run().exit_code
 
 
 def cmd_synth(args: argparse.Namespace) -> int:

@@ -270,12 +270,12 @@ def test_uri_errors(uri):
 
 
 def test_reader_plays_the_uri():
-    reader = SyntheticReader("synthetic:street?seed=3&frames=3&size=160x96&fps=10")
+    reader = SyntheticReader.from_uri("synthetic:street?seed=3&frames=3&size=160x96&fps=10")
     assert (reader.live, reader.fps, reader.frame_count) == (False, 10.0, 3)
     frames = [reader.read() for _ in range(4)]
     assert frames[3] is None
     assert [pts for _, pts in frames[:3]] == [0.0, 100.0, 200.0]
     assert np.array_equal(frames[1][0], StreetScene(3, SMALL, 10.0).render(1).image)
-    assert SyntheticReader("synthetic:street", fps=30).fps == 30.0
+    assert SyntheticReader.from_uri("synthetic:street", fps=30).fps == 30.0
     with pytest.raises(ValueError, match="^bad synthetic URI: .*size must be WxH, got 'big'"):
-        SyntheticReader("synthetic:street?size=big")
+        SyntheticReader.from_uri("synthetic:street?size=big")

@@ -11,36 +11,36 @@ from __future__ import annotations
 
 import socket
 import time
-from urllib.parse import urlsplit
+from typing import TYPE_CHECKING
 
 import av
 
 from streamer.errors import DataError, InputNotFound, NotPermitted, StreamerError, Unavailable
+from streamer.inputs.spec import SourceSpec
 
-DEFAULT_PORTS = {"rtsp": 554, "rtsps": 322, "http": 80, "https": 443}
+if TYPE_CHECKING:
+    from streamer.inputs.sources import LiveOptions
+
 TIMED_OUT_FRACTION = 0.9  # a failure after this much of the open timeout is the timeout (RTSP reports it as bad data)
 
 
-def ffmpeg_options(uri: str, rtsp_transport: str) -> dict[str, str]:
-    return {"rtsp_transport": rtsp_transport} if urlsplit(uri).scheme.lower() in ("rtsp", "rtsps") else {}
-
-
-def open_failure(uri: str, description: str, open_timeout_s: float, read_timeout_s: float, rtsp_transport: str) -> StreamerError:
-    """The error for a stream that OpenCV could not open, by kind; `description` is the URI as it
-    may be shown (credentials hidden). Tries to open it through PyAV (at most `open_timeout_s`)."""
-    parts = urlsplit(uri)
-    host = parts.hostname or ""
-    address = f"{host}:{parts.port or DEFAULT_PORTS.get(parts.scheme.lower(), '?')}"
+def open_failure(spec: SourceSpec, live: LiveOptions) -> StreamerError:
+    """The error for a stream that OpenCV could not open, by kind, naming it as `spec.shown`
+    (credentials hidden). Tries to open it through PyAV (at most `live.open_timeout_s`)."""
+    description, open_timeout_s, read_timeout_s = spec.shown, live.open_timeout_s, live.read_timeout_s
+    host = spec.options["host"]
+    address = f"{host}:{spec.options['port']}"
+    ffmpeg_options = {"rtsp_transport": live.rtsp_transport} if spec.rtsp else {}
     try:
         socket.getaddrinfo(host, None)
     except (socket.gaierror, UnicodeError):
         return InputNotFound(f"{description}: host {host!r} not found (DNS); check the address")
     started = time.monotonic()
     try:
-        container = av.open(uri, options=ffmpeg_options(uri, rtsp_transport), timeout=(open_timeout_s, read_timeout_s))
+        container = av.open(str(spec.location), options=ffmpeg_options, timeout=(open_timeout_s, read_timeout_s))
     except av.error.HTTPUnauthorizedError:
         return NotPermitted(f"{description}: unauthorised (401): the user name or password is wrong or missing; "
-                            "give them in the URL (rtsp://${USER}:${PASSWORD}@host/path, from the environment)")
+                            f"give them in the URL ({spec.options['scheme']}://${{USER}}:${{PASSWORD}}@host/path, from the environment)")
     except av.error.HTTPForbiddenError:
         return NotPermitted(f"{description}: forbidden (403): these credentials may not read this stream")
     except av.error.HTTPNotFoundError:

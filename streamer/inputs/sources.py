@@ -1,4 +1,5 @@
-"""Source URIs -> frame readers: camera, video file, image folder or glob, RTSP/HTTP stream, synthetic.
+"""Parsed sources (inputs.spec) -> frame readers: camera, video file, image folder or glob,
+RTSP/HTTP stream, synthetic; one opener per kind (OPENERS).
 
 A reader yields (image, pts_ms) pairs and says whether it is live. Opening checks what can be
 checked up front so bad input fails with one line before any model is loaded.
@@ -9,25 +10,23 @@ import glob
 import logging
 import math
 import os
-import re
 import sys
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
-from urllib.parse import unquote, urlsplit
 
 import cv2
 import numpy as np
 
-from streamer.errors import InputNotFound, StreamerError, UsageError
+from streamer.errors import InputNotFound, StreamerError
 from streamer.inputs.images import IMAGE_SUFFIXES, ImageFilesReader, visible_images
-from streamer.uris import redact_uri
+from streamer.inputs.spec import Kind, SourceSpec, parse_source
 
 log = logging.getLogger(__name__)
 
 VIDEO_HINTS = {".mp4", ".m4v", ".mkv", ".mov", ".avi", ".webm", ".ts", ".mts"}  # for a hint only: FFmpeg reads more
-STREAM_SCHEMES = {"rtsp", "rtsps", "http", "https"}
 DEFAULT_FPS = 25.0
 
 
@@ -35,6 +34,7 @@ class Reader(Protocol):
     description: str  # safe to log (credentials removed)
     live: bool
     fps: float
+    frame_count: int | None  # frames the source will give, None when unknown (live, or not said)
 
     def read(self) -> tuple[np.ndarray, float] | None:
         """Next (BGR image, pts in ms), or None when the source has ended. A live source's pts is
@@ -108,7 +108,7 @@ _FFMPEG_OPTIONS = "OPENCV_FFMPEG_CAPTURE_OPTIONS"
 _ffmpeg_env_lock = threading.Lock()  # OpenCV reads that variable (process-wide) when a capture opens
 
 
-def open_stream(uri: str, options: LiveOptions) -> cv2.VideoCapture:
+def open_stream(spec: SourceSpec, options: LiveOptions) -> cv2.VideoCapture:
     """An FFmpeg-backend capture with explicit open/read timeouts and this stream's RTSP transport."""
     params = [
         cv2.CAP_PROP_OPEN_TIMEOUT_MSEC, int(options.open_timeout_s * 1000),
@@ -116,10 +116,10 @@ def open_stream(uri: str, options: LiveOptions) -> cv2.VideoCapture:
     ]
     with _ffmpeg_env_lock:
         previous = os.environ.get(_FFMPEG_OPTIONS)
-        if urlsplit(uri).scheme.lower() in ("rtsp", "rtsps"):
+        if spec.rtsp:
             os.environ[_FFMPEG_OPTIONS] = f"rtsp_transport;{options.rtsp_transport}"
         try:
-            return cv2.VideoCapture(uri, cv2.CAP_FFMPEG, params)
+            return cv2.VideoCapture(str(spec.location), cv2.CAP_FFMPEG, params)
         finally:
             if previous is None:
                 os.environ.pop(_FFMPEG_OPTIONS, None)
@@ -128,134 +128,97 @@ def open_stream(uri: str, options: LiveOptions) -> cv2.VideoCapture:
 
 
 @dataclass(frozen=True)
-class SourceKind:
-    kind: str  # camera | file | images | stream | synthetic
-    target: str | int
+class Opening:
+    """How to open a source: `fps` overrides the source's rate; `live` says how to open a network
+    stream (required for one); `force_live` overrides the guess that an http(s) URL of a finite file
+    is not live; `skip_bad`: an undecodable image of a folder is skipped (else it ends the run)."""
+
+    fps: float | None = None
+    live: LiveOptions | None = None
+    force_live: bool | None = None
+    skip_bad: bool = True
 
 
-def classify(uri: str) -> SourceKind:
-    """What kind of source a URI names. Raises UsageError for an unknown scheme."""
-    if uri.isdigit():
-        return SourceKind("camera", int(uri))
-    if re.fullmatch(r"/dev/video\d+", uri):
-        return SourceKind("camera", uri)
-    if uri.startswith("synthetic:"):
-        return SourceKind("synthetic", uri)
-    scheme = urlsplit(uri).scheme.lower()
-    if "://" in uri:
-        if scheme in STREAM_SCHEMES:
-            return SourceKind("stream", uri)
-        if scheme == "file":  # file:///home/me/clip%20%5B1080p%5D.mp4 (RFC 8089), as file managers copy it
-            parts = urlsplit(uri)
-            if parts.netloc not in ("", "localhost"):
-                raise UsageError(f"{uri}: a file:// URL of another host ({parts.netloc}); mount it and give the path")
-            return classify(unquote(parts.path))
-        raise UsageError(
-            f"{redact_uri(uri)}: unknown source scheme '{scheme}'; use a camera index, /dev/videoN, a file, "
-            "a folder or glob of images, rtsp(s)://, http(s):// or synthetic:street"
-        )
-    if Path(uri).is_dir():
-        return SourceKind("images", uri)
-    if Path(uri).exists():  # whatever characters the name holds: "clip [1080p].mp4" is a file
-        return SourceKind("file", uri)
-    if any(ch in uri for ch in "*?["):
-        return SourceKind("images", uri)
-    return SourceKind("file", uri)
-
-
-def open_source(uri: str, fps: float | None = None, live: LiveOptions | None = None, *, force_live: bool | None = None,
-                skip_bad: bool = True, shown: str | None = None) -> Reader:
-    """Open a source for reading; `live` says how to open a network stream (required for one).
-    An http(s) URL serving a finite file (FFmpeg knows its length) reads as a file, every frame, to
-    its end; other streams are live; `force_live` overrides that guess. `skip_bad`: an undecodable
-    image of a folder is skipped (else it ends the run).
+def open_source(source: SourceSpec | str, fps: float | None = None, live: LiveOptions | None = None, *,
+                force_live: bool | None = None, skip_bad: bool = True) -> Reader:
+    """Open a source (a parsed spec, or a URI parsed here) for reading through its kind's opener.
     Raises InputNotFound (66), UsageError (2) or StreamerError (1)."""
-    source = classify(uri)
-    description = shown or redact_uri(uri)  # `shown`: the uri as written (config.Source.shown)
-    if source.kind == "camera":
-        require_device(uri)
-        backend = cv2.CAP_V4L2 if isinstance(source.target, str) else cv2.CAP_ANY
-        capture = cv2.VideoCapture(source.target, backend)
-        if not capture.isOpened():
-            raise InputNotFound(f"camera {uri}: cannot be opened; check that it is connected and not in use")
-        return CaptureReader(capture, f"camera {uri}", live=True, fps_override=fps)
-    if source.kind == "stream":
-        if live is None:
-            raise ValueError(f"{description}: a network stream needs LiveOptions")
-        capture = open_stream(uri, live)
-        if not capture.isOpened():
-            from streamer.inputs.diagnosis import open_failure
-
-            raise open_failure(uri, description, live.open_timeout_s, live.read_timeout_s, live.rtsp_transport)
-        finite = may_be_finite(uri) and capture.get(cv2.CAP_PROP_FRAME_COUNT) > 0
-        return CaptureReader(capture, description, live=not finite if force_live is None else force_live, fps_override=fps)
-    if source.kind == "images":
-        return _open_images(str(source.target), fps, skip_bad)
-    if source.kind == "synthetic":
-        from streamer.inputs.synthetic import SyntheticReader
-
-        try:
-            return SyntheticReader(uri, fps)
-        except ValueError as exc:
-            raise UsageError(f"{uri}: {exc}") from None
-    return _open_file(Path(str(source.target)), fps)
+    spec = parse_source(source) if isinstance(source, str) else source
+    return OPENERS[spec.kind](spec, Opening(fps, live, force_live, skip_bad))
 
 
-def _open_file(path: Path, fps: float | None) -> Reader:
+def _open_camera(spec: SourceSpec, opening: Opening) -> Reader:
+    require_device(spec)
+    backend = cv2.CAP_V4L2 if isinstance(spec.location, str) else cv2.CAP_ANY
+    capture = cv2.VideoCapture(spec.location, backend)
+    if not capture.isOpened():
+        raise InputNotFound(f"camera {spec.location}: cannot be opened; check that it is connected and not in use")
+    return CaptureReader(capture, f"camera {spec.location}", live=True, fps_override=opening.fps)
+
+
+def _open_stream(spec: SourceSpec, opening: Opening) -> Reader:
+    """An http(s) URL serving a finite file (FFmpeg knows its length) reads as a file, every frame,
+    to its end; other streams are live."""
+    if opening.live is None:
+        raise ValueError(f"{spec.shown}: a network stream needs LiveOptions")
+    capture = open_stream(spec, opening.live)
+    if not capture.isOpened():
+        from streamer.inputs.diagnosis import open_failure
+
+        raise open_failure(spec, opening.live)
+    finite = spec.may_be_finite and capture.get(cv2.CAP_PROP_FRAME_COUNT) > 0
+    live = not finite if opening.force_live is None else opening.force_live
+    return CaptureReader(capture, spec.shown, live=live, fps_override=opening.fps)
+
+
+def _open_synthetic(spec: SourceSpec, opening: Opening) -> Reader:
+    from streamer.inputs.synthetic import SyntheticReader
+
+    return SyntheticReader(spec.options, spec.shown, opening.fps)
+
+
+def _open_file(spec: SourceSpec, opening: Opening) -> Reader:
+    path = Path(str(spec.location))
     if not path.exists():
         raise InputNotFound(f"{path}: no such file; check the path given as source")
     if not path.is_file():
         raise InputNotFound(f"{path}: not a regular file")
     if path.suffix.lower() in IMAGE_SUFFIXES:
-        return ImageFilesReader([path], str(path), fps or DEFAULT_FPS)
+        return ImageFilesReader([path], str(path), opening.fps or DEFAULT_FPS)
     capture = cv2.VideoCapture(str(path), cv2.CAP_FFMPEG)
     if not capture.isOpened():
         raise StreamerError(f"{path}: not a readable video (FFmpeg cannot open it)")
-    reader = CaptureReader(capture, str(path), live=False, fps_override=fps)
+    reader = CaptureReader(capture, str(path), live=False, fps_override=opening.fps)
     if not reader.peek():
         reader.close()
         raise StreamerError(f"{path}: not a readable video (no frame could be decoded)")
     return reader
 
 
-def _open_images(target: str, fps: float | None, skip_bad: bool) -> Reader:
+def _open_images(spec: SourceSpec, opening: Opening) -> Reader:
+    target = str(spec.location)
     candidates = Path(target).iterdir() if Path(target).is_dir() else (Path(p) for p in glob.glob(target))
     paths = visible_images(candidates)
     if not paths:
         videos = Path(target).is_dir() and any(p.suffix.lower() in VIDEO_HINTS for p in Path(target).iterdir())
         raise InputNotFound(f"{target}: no image files found ({', '.join(sorted(IMAGE_SUFFIXES))})"
                             + ("; it holds videos: give one of them as the source" if videos else ""))
-    return ImageFilesReader(paths, target, fps or DEFAULT_FPS, skip_bad)
+    return ImageFilesReader(paths, target, opening.fps or DEFAULT_FPS, opening.skip_bad)
 
 
-def require_device(uri: str) -> None:
-    """For a camera source: its device node exists (/dev/videoN as given, or for an index N on
-    Linux /dev/videoN, where OpenCV's V4L2 backend looks), else InputNotFound. Other kinds pass."""
-    source = classify(uri)
-    if source.kind != "camera":
-        return
-    if isinstance(source.target, str):
-        device = Path(source.target)
-    elif sys.platform.startswith("linux"):
-        device = Path(f"/dev/video{source.target}")
-    else:
+OPENERS: dict[Kind, Callable[[SourceSpec, Opening], Reader]] = {
+    "camera": _open_camera,
+    "stream": _open_stream,
+    "synthetic": _open_synthetic,
+    "file": _open_file,
+    "images": _open_images,
+}
+
+
+def require_device(spec: SourceSpec) -> None:
+    """For a camera source on Linux: its device node exists, else InputNotFound. Other kinds pass."""
+    device = spec.device
+    if device is None or (isinstance(spec.location, int) and not sys.platform.startswith("linux")):
         return
     if not device.exists():
-        raise InputNotFound(f"camera {uri}: no such device ({device})")
-
-
-def is_live(uri: str) -> bool:
-    """Cameras and network streams are live: they can stall, drop and come back. (An http(s) URL
-    may turn out to serve a finite file: open_source tells.)"""
-    return classify(uri).kind in ("camera", "stream")
-
-
-def local_file(uri: str) -> Path | None:
-    """The file a file source reads (a video or one image), None for other kinds."""
-    source = classify(uri)
-    return Path(str(source.target)) if source.kind == "file" else None
-
-
-def may_be_finite(uri: str) -> bool:
-    """An http(s) URL: a camera's stream or a file on a web server, known once opened."""
-    return classify(uri).kind == "stream" and urlsplit(uri).scheme.lower() in ("http", "https")
+        raise InputNotFound(f"camera {spec.location}: no such device ({device})")

@@ -17,8 +17,9 @@ from __future__ import annotations
 import functools
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import cv2
 import numpy as np
@@ -991,17 +992,22 @@ def _ground_truth(owner: np.ndarray, counts: np.ndarray, items: list[_Item]) -> 
 
 
 class SyntheticReader:
-    """A frame source over a 'synthetic:street?...' URI, shaped like the readers in streamer.inputs.sources.
+    """A frame source over a parsed 'synthetic:street?...' URI (`parse_synthetic_uri`'s options),
+    shaped like the readers in streamer.inputs.sources.
 
     Not live: every frame is produced on demand, so none is ever dropped. `fps` (when given)
-    overrides the URI's rate. Raises ValueError for a malformed URI.
+    overrides the URI's rate.
     """
 
     live = False
 
-    def __init__(self, uri: str, fps: float | None = None) -> None:
-        options = parse_synthetic_uri(uri)
-        self.description = uri
+    @classmethod
+    def from_uri(cls, uri: str, fps: float | None = None) -> SyntheticReader:
+        """Raises ValueError for a malformed URI."""
+        return cls(parse_synthetic_uri(uri), uri, fps)
+
+    def __init__(self, options: Mapping[str, Any], description: str, fps: float | None = None) -> None:
+        self.description = description
         self.fps = float(fps) if fps else options["fps"]
         self.frame_count: int | None = options["frames"]
         self.scene = StreetScene(options["seed"], options["size"], self.fps)

@@ -65,6 +65,7 @@ class DisplayOutput:
     """
 
     stage = "display"
+    needs_picture = True
 
     def __init__(self):
         self.frames: queue.Queue[np.ndarray] = queue.Queue(maxsize=1)

@@ -148,6 +148,7 @@ class PanopticExport:
     """
 
     stage = "export"
+    needs_picture = False  # the panoptic map and the frame itself, never the overlay
 
     def __init__(self, folder: str | Path, categories: tuple[Category, ...], images: bool, overwrite: bool):
         """`overwrite`: a folder that holds an export already has that export's files removed when
@@ -192,7 +193,7 @@ class PanopticExport:
         write_atomic(self.folder / CATEGORIES, json.dumps([category_info(c) for c in self.categories], indent=1).encode())
         self._lines = open_new(self.folder / LINES, "a", append=True)
 
-    def write(self, result: Panoptic, rendered: np.ndarray) -> None:
+    def write(self, result: Panoptic, rendered: np.ndarray | None) -> None:
         try:
             self._write(result)
         except OSError as exc:

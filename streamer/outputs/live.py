@@ -137,6 +137,7 @@ class LiveFeed:
     `video`: the H.264, encoded only while someone watches it (`watching_video`)."""
 
     stage = "live"
+    needs_picture = True
 
     def __init__(self, source_id: str, max_width: int, max_fps: float, max_viewers: int):
         self.source_id = source_id

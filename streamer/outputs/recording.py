@@ -42,6 +42,7 @@ class VideoOutput:
     """
 
     stage = "encode"
+    needs_picture = True
 
     def __init__(self, path: str | Path, fps: float, encoder_options: dict[str, str] | None = None,
                  metadata: dict[str, str] | None = None):
@@ -165,6 +166,7 @@ class SegmentedRecording:
     `template` (or `{UTC start}.mp4` inside it when it has no suffix)."""
 
     stage = "encode"
+    needs_picture = True
 
     def __init__(self, template: str | Path, fps: float, segment_s: float, retention: Retention, min_free_mb: float):
         self.naming = SegmentNaming(Path(template))

@@ -20,33 +20,37 @@ log = logging.getLogger(__name__)
 
 
 class Output(Protocol):
-    """What the sink thread feeds: `write` per result in frame order, `close` once at the end."""
+    """What the sink thread feeds: `write` per result in frame order; `close` once at the end, by
+    whoever made it (the pipeline), after the sink thread has stopped."""
 
     stage: str  # the name its time per frame is recorded under (the streamer_stage_seconds label)
+    needs_picture: bool  # whether `write` reads `rendered`: the overlay is drawn only when some output does
 
-    def write(self, result: Panoptic, rendered: np.ndarray) -> None:
-        """`rendered`: the overlay, H x W x 3 uint8 BGR; `result` the frame and its segmentation."""
+    def write(self, result: Panoptic, rendered: np.ndarray | None) -> None:
+        """`rendered`: the overlay, H x W x 3 uint8 BGR (None when no output of the source needs
+        a picture); `result` the frame and its segmentation."""
 
     def close(self) -> None:
         """Finish and release; called once, also after a failure."""
 
 
 def sink_loop(
-    results: queue.Queue, outputs: list[Output], render: Callable[[Panoptic], np.ndarray], control: ctl.Control, stats: ctl.Stats,
-    observe: Callable[[Panoptic, dict[str, float]], None] | None = None,
+    results: queue.Queue, outputs: list[Output], render: Callable[[Panoptic], np.ndarray] | None, control: ctl.Control,
+    stats: ctl.Stats, observe: Callable[[Panoptic, dict[str, float]], None] | None = None,
 ) -> None:
-    """Render each result once and hand it to every output, then to `observe` with the seconds of
-    every stage (the worker's, then render and each output's under its `stage` name); closes every
-    output at the end, always."""
+    """Render each result once (when `render` is given) and hand it to every output, then to `observe`
+    with the seconds of every stage (the worker's, then render and each output's under its `stage` name)."""
     try:
         while True:
             result = ctl.get(results, control)
             if result is None or result is ctl.END:
                 break
             timings = dict(result.timings)  # the worker's are read only; this thread's go in a copy
-            started = time.perf_counter()
-            rendered = render(result)
-            timings["render"] = time.perf_counter() - started
+            rendered = None
+            if render is not None:
+                started = time.perf_counter()
+                rendered = render(result)
+                timings["render"] = time.perf_counter() - started
             for output in outputs:
                 started = time.perf_counter()
                 output.write(result, rendered)
@@ -66,9 +70,13 @@ def sink_loop(
     except Exception as exc:  # noqa: BLE001
         control.fail("sink", exc)
     finally:
-        for output in outputs:
-            try:
-                output.close()
-            except Exception as exc:  # noqa: BLE001
-                control.fail("sink", exc)
         control.done()
+
+
+def close_outputs(outputs: list[Output], control: ctl.Control) -> None:
+    """Close every output in turn; a failure to close one fails the run and the others are still closed."""
+    for output in outputs:
+        try:
+            output.close()
+        except Exception as exc:  # noqa: BLE001
+            control.fail("sink", exc)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 from contextlib import ExitStack
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -15,21 +16,15 @@ from streamer.config import Config, Output, Source
 from streamer.errors import StreamerError
 from streamer.frames import Category
 from streamer.inputs.capture import Liveness
-from streamer.inputs.sources import (
-    DEFAULT_FPS,
-    LiveOptions,
-    Reader,
-    is_live,
-    local_file,
-    may_be_finite,
-    open_source,
-    require_device,
-)
+from streamer.inputs.sources import DEFAULT_FPS, LiveOptions, Reader, open_source, require_device
+from streamer.inputs.spec import SourceSpec, parse_source
 from streamer.outputs import preflight
+from streamer.outputs.display import DisplayOutput
 from streamer.outputs.export import PanopticExport
 from streamer.outputs.locks import holding
 from streamer.outputs.recording import open_video
 from streamer.outputs.retention import Retention
+from streamer.outputs.sink import Output
 
 if TYPE_CHECKING:  # torch-heavy: imported when the pipeline builds them, after the cheap checks
     import torch
@@ -88,28 +83,32 @@ def live_feed(config: Config, source_id: str) -> LiveFeed:
     return LiveFeed(source_id, settings.live_width, settings.live_fps, settings.max_viewers)
 
 
-def server(config: Config, watched: list[WatchedSource], feeds: dict[str, LiveFeed], control: ctl.Control,
+def server(config: Config, watched: list[WatchedSource], outputs: dict[str, list[Output]], control: ctl.Control,
            device: torch.device) -> Server:
-    """The HTTP server: metrics and health of `watched`, the live views of `feeds`; listening when returned."""
-
+    """The HTTP server: metrics and health of `watched`, the live views among `outputs` (source id ->
+    its outputs); listening when returned."""
+    from streamer.outputs.live import LiveFeed
     from streamer.service.http import MAX_CONNECTIONS
     from streamer.service.metrics import Metrics
     from streamer.service.server import Server
 
+    feeds = {source_id: o for source_id, listed in outputs.items() for o in listed if isinstance(o, LiveFeed)}
     settings = config.server
     metrics = Metrics(watched, control, config.runtime.stage_timeout_s, device)
     return Server(settings.host, settings.port, settings.bearer, metrics, feeds, MAX_CONNECTIONS + len(feeds) * settings.max_viewers)
 
 
-def announce_models(config: Config) -> None:
+def announce_models(config: Config, specs: list[SourceSpec] | None = None) -> None:
     """One log line for the preset and its licence; a warning when the demo models meet a source that
-    is not a synthetic street, the only world they know."""
+    is not a synthetic street, the only world they know (`specs`: every source's, parsed here when None)."""
     models = config.models
     if models.preset != presets.NONE:
         preset = presets.get(models.preset)
         (log.warning if preset.non_commercial else log.info)("models: preset %s (%s); licence: %s", preset.name, preset.title, preset.licence)
     demo = "demo" in (models.semantic.weights, models.instance.weights)
-    if demo and any(not s.uri.startswith("synthetic:") for s in config.all_sources()):
+    if specs is None:
+        specs = [parse_source(source.uri, source.shown) for source in config.all_sources()]
+    if demo and any(spec.kind != "synthetic" for spec in specs):
         log.warning("the demo models know only synthetic streets and will mislabel real footage: "
                     "`streamer models list` shows real ones, `streamer models fetch cityscapes` gets one, "
                     "then run with --preset cityscapes")
@@ -127,30 +126,43 @@ def live_options(source: Source) -> LiveOptions:
     return LiveOptions(source.open_timeout_s, source.read_timeout_s, source.rtsp_transport)
 
 
-def open_or_defer(source: Source, options: LiveOptions) -> tuple[bool, Reader | None]:
-    """(live, reader): a file source is opened now (a bad one fails before the models load); a
-    live one is left to its capture thread, which keeps retrying while the camera is away (a
-    camera device that does not exist fails now, unless its first-connect window is forever); an
-    http(s) URL is opened to learn which it is (source.live skips the guess)."""
-    live = is_live(source.uri) if source.live is None else source.live
-    if live and not (source.live is None and may_be_finite(source.uri)):
+@dataclass(frozen=True)
+class OpenedSource:
+    """A source as start-up leaves it: its settings, its parsed URI, whether it is live, and the
+    reader of a file source (None for a live one: its capture thread connects)."""
+
+    settings: Source
+    spec: SourceSpec
+    live: bool
+    reader: Reader | None
+
+
+def open_or_defer(source: Source) -> OpenedSource:
+    """The source's URI parsed (the one place it is read); a file source is opened now (a bad one
+    fails before the models load); a live one is left to its capture thread, which keeps retrying
+    while the camera is away (a camera device that does not exist fails now, unless its
+    first-connect window is forever); an http(s) URL is opened to learn which it is (source.live
+    skips the guess). Raises UsageError, InputNotFound or StreamerError."""
+    spec = parse_source(source.uri, source.shown)
+    live = spec.live if source.live is None else source.live
+    if live and not (source.live is None and spec.may_be_finite):
         if source.reconnect.first_connect_window() is not None:
-            require_device(source.uri)
-        return True, None
+            require_device(spec)
+        return OpenedSource(source, spec, True, None)
     try:
-        reader = open_source(source.uri, source.fps, options, force_live=source.live, skip_bad=source.on_bad_frame == "skip",
-                             shown=source.shown)
+        reader = open_source(spec, source.fps, live_options(source), force_live=source.live,
+                             skip_bad=source.on_bad_frame == "skip")
     except StreamerError as exc:
         if not live:
             raise
         # an http(s) URL that does not answer yet: a file server would, so take it for a camera that is away
         log.warning("%s: %s; taken for a live stream, retried until it answers (source.live: false says otherwise)",
                     source.id, exc)
-        return True, None
+        return OpenedSource(source, spec, True, None)
     if reader.live:
         reader.close()
-        return True, None
-    return False, reader
+        return OpenedSource(source, spec, True, None)
+    return OpenedSource(source, spec, False, reader)
 
 
 def liveness(source: Source, live: bool) -> Liveness:
@@ -174,17 +186,38 @@ def output_path(template: str, source_id: str, several: bool) -> str:
     return str(path.with_name(f"{path.stem}-{source_id}{path.suffix}"))
 
 
-def video_output(config: Config, source: Source, reader: Reader | None, live: bool, several: bool, locks: ExitStack):
-    """The source's video (one file, or segments for a live source), leftovers recovered first.
-    `reader` is the opened file source (its frame rate), None for a live one; the output's lock
-    joins `locks`, taken before any leftover is touched."""
+def outputs(config: Config, source: OpenedSource, locks: ExitStack) -> list[Output]:
+    """Every output of one source, in the order the sink hands them each frame: its video, its
+    export, the window, the live view. Each output's lock joins `locks`, taken before any leftover
+    is touched. The caller closes them; when one cannot be made, those made before are closed here.
+    A new kind of output is added here, and nowhere else."""
+    several = len(config.all_sources()) > 1
+    made: list[Output] = []
+    with ExitStack() as undo:
+        if config.output.video:
+            made.append(video_output(config, source, several, locks))
+            undo.callback(made[-1].close)
+        if config.output.export_dir:
+            made.append(export(config, source.settings, config.categories(), several, locks))
+            undo.callback(made[-1].close)
+        if config.output.display:
+            made.append(DisplayOutput())
+        if config.server.enabled:
+            made.append(live_feed(config, source.settings.id))  # its viewers' streams end when it closes
+        undo.pop_all()
+    return made
+
+
+def video_output(config: Config, source: OpenedSource, several: bool, locks: ExitStack):
+    """The source's video (one file, or segments for a live source), leftovers recovered first; its
+    frame rate is the opened file's, or the configured one for a live source."""
     settings = config.output
-    segment_s = settings.segment_length(live)
-    path = output_path(settings.video, source.id, several)
+    segment_s = settings.segment_length(source.live)
+    path = output_path(settings.video, source.settings.id, several)
     if segment_s:
-        log.info("%s: recording %g s segments named by their start time, from %s", source.id, segment_s, path)
-    fps = reader.fps if reader else (source.fps or DEFAULT_FPS)
-    preflight.video_target(Path(path), bool(segment_s), local_file(source.uri), settings.overwrite)
+        log.info("%s: recording %g s segments named by their start time, from %s", source.settings.id, segment_s, path)
+    fps = source.reader.fps if source.reader else (source.settings.fps or DEFAULT_FPS)
+    preflight.video_target(Path(path), bool(segment_s), source.spec.file, settings.overwrite)
     locks.enter_context(holding(Path(path), "video"))
     return open_video(path, fps, segment_s, retention(settings), settings.min_free_mb)
 

@@ -14,6 +14,7 @@ import queue
 import signal
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -21,9 +22,9 @@ from streamer import control as ctl
 from streamer.config import Config, Source
 from streamer.inference import checkpoints
 from streamer.inputs.capture import Capture
-from streamer.inputs.sources import Reader, open_source
+from streamer.inputs.sources import open_source
 from streamer.outputs.display import DisplayOutput, Window, require_display
-from streamer.outputs.sink import Output, sink_loop
+from streamer.outputs.sink import Output, close_outputs, sink_loop
 from streamer.service import build
 from streamer.service.notify import Notifier, watchdog_interval
 from streamer.service.status import Health, Progress, counts_text, timing_text
@@ -63,7 +64,6 @@ class SourceRun:
     outputs: list[Output]
     display: DisplayOutput | None
     stats: ctl.Stats
-    reader: Reader | None  # a file opened up front; live sources connect in their capture thread
 
     def watched(self):
         from streamer.service.metrics import WatchedSource
@@ -72,86 +72,89 @@ class SourceRun:
                              {"frames": self.frames, "results": self.results}, self.settings.stall_timeout_s)
 
 
+# Each source's outputs, made from the config and the opened source (build.outputs); locks join the stack.
+OutputsFor = Callable[[Config, build.OpenedSource, contextlib.ExitStack], list[Output]]
+
+
 class Pipeline:
     """One run of `streamer run`. `stats` (source id -> counters) is public: the status line, the
     metrics and `streamer bench` read it while the run goes on."""
 
-    def __init__(self, config: Config, loaded: tuple[InferencePool, PanopticModels] | None = None):
-        """`loaded`: models already loaded (`worker.load_models`) for several runs in a row, as
+    def __init__(self, config: Config, outputs: OutputsFor, loaded: tuple[InferencePool, PanopticModels] | None = None):
+        """`outputs`: makes each source's outputs (`build.outputs`, where a new kind of output is added).
+        `loaded`: models already loaded (`worker.load_models`) for several runs in a row, as
         `streamer annotate` does; the caller closes them. None: this run loads and closes its own."""
         self.config = config
+        self.make_outputs = outputs
         self.loaded = loaded
         self.control = ctl.Control()
         self.notifier = Notifier()
         self.stats = {source.id: ctl.Stats() for source in config.all_sources()}
         self._signals = 0
         self._status_now = False  # SIGUSR1
-        self._locks = contextlib.ExitStack()
 
     def run(self) -> RunSummary:
         """Signals are handled from the start: a SIGTERM while the models load ends the run cleanly.
-        The outputs' locks are held from before their leftovers are recovered to the end."""
+        Everything the run starts (readers, output locks, outputs, server, models, threads) joins one
+        ExitStack as it starts and is closed in reverse order, at the end or when a later step fails:
+        the outputs' locks are held from before their leftovers are recovered to the very end."""
         previous = self._install_signal_handlers()
         try:
-            with self._locks:
-                return self._run()
+            with contextlib.ExitStack() as stack:
+                self._run(stack)
+            return self._summary()
         finally:
             for sig, handler in (previous or {}).items():
                 signal.signal(sig, handler)
 
-    def _run(self) -> RunSummary:
+    def _run(self, stack: contextlib.ExitStack) -> None:
         config = self.config
         if config.output.display:
             require_display()  # before anything slow, and before OpenCV could abort the process
-        runs: list[SourceRun] = []
-        server = pool = None
-        try:
-            several = len(config.all_sources()) > 1
-            runs.extend(self._prepare(source, several) for source in config.all_sources())
-            build.announce_models(config)
-            checkpoints.require(config.models)  # missing weights: one line, before anything loads
-            # Only now the heavy part: torch, the models (every check above answers without them).
-            from streamer.inference.models import resolve_device
-            from streamer.inference.worker import Follow, load_models, worker_loop
+        opened = [self._open(source, stack) for source in config.all_sources()]
+        runs = [self._prepare(source, stack) for source in opened]
+        build.announce_models(config, [source.spec for source in opened])
+        checkpoints.require(config.models)  # missing weights: one line, before anything loads
+        # Only now the heavy part: torch, the models (every check above answers without them).
+        from streamer.inference.models import resolve_device
+        from streamer.inference.worker import Follow, load_models, worker_loop
 
-            renderer = build.renderer(config)
-            device = resolve_device(config.runtime.device)
-            if config.server.enabled:  # up before the models load: /healthz says 503 until frames flow
-                feeds = {run.settings.id: build.live_feed(config, run.settings.id) for run in runs}
-                for run in runs:
-                    run.outputs.append(feeds[run.settings.id])  # the sink closes it: its viewers' streams end
-                server = build.server(config, [run.watched() for run in runs], feeds, self.control, device)
-            pool, models = self.loaded or load_models(config, device)
-            follow = Follow(build.tracking_params(config), config.fusion.label_divisor,
-                            {source.id: build.counter(config, source) for source in config.all_sources()},
-                            self._device_overlay(renderer, device))
-        except BaseException:
-            for closable in [run.reader for run in runs] + [server, None if self.loaded else pool]:
-                if closable:
-                    closable.close()
-            raise
+        renderer = build.renderer(config)
+        device = resolve_device(config.runtime.device)
+        server = None
+        if config.server.enabled:  # up before the models load: /healthz says 503 until frames flow
+            server = build.server(config, [run.watched() for run in runs], {run.settings.id: run.outputs for run in runs},
+                                  self.control, device)
+            stack.callback(server.close)
+        pool, models = self.loaded or load_models(config, device)
+        if not self.loaded:
+            stack.callback(pool.close)
+        pictures = any(output.needs_picture for run in runs for output in run.outputs)
+        follow = Follow(build.tracking_params(config), config.fusion.label_divisor,
+                        {source.id: build.counter(config, source) for source in config.all_sources()},
+                        self._device_overlay(renderer, device) if pictures else None)
         threads = [threading.Thread(target=run.capture.run, name=f"capture-{run.settings.id}", daemon=True) for run in runs]
         threads.append(threading.Thread(target=worker_loop, name="worker", daemon=True, args=(
             pool, models, build.fusion_params(config), [(run.frames, run.results) for run in runs], self.control,
             config.runtime.max_batch, follow)))
         observe = server.metrics.observe if server else None
-        sinks = [threading.Thread(target=sink_loop, name=f"sink-{run.settings.id}", daemon=True,
-                                  args=(run.results, run.outputs, renderer.render, self.control, run.stats, observe))
-                 for run in runs]
-        try:
-            for thread in threads + sinks:
-                thread.start()
-            self._supervise(sinks, runs)
-        finally:
-            self.control.abort.set()
-            for thread in threads + sinks:
-                thread.join(JOIN_TIMEOUT_S)
-                if thread.is_alive():
-                    log.error("%s thread did not stop within %.0f s", thread.name, JOIN_TIMEOUT_S)
-            for closable in (None if self.loaded else pool, server):
-                if closable:
-                    closable.close()
-        return self._summary()
+        sinks = [threading.Thread(target=sink_loop, name=f"sink-{run.settings.id}", daemon=True, args=(
+            run.results, run.outputs, renderer.render if any(o.needs_picture for o in run.outputs) else None,
+            self.control, run.stats, observe)) for run in runs]
+        stack.callback(self._stop, threads + sinks)
+        for thread in threads + sinks:
+            thread.start()
+        self._supervise(sinks, runs)
+
+    def _stop(self, threads: list[threading.Thread]) -> None:
+        """Every started thread told to stop and waited for (bounded)."""
+        self.control.abort.set()
+        for thread in threads:
+            if thread.ident is None:
+                continue  # never started
+            thread.join(JOIN_TIMEOUT_S)
+            if thread.is_alive():
+                log.error("%s thread did not stop within %.0f s", thread.name, JOIN_TIMEOUT_S)
 
     def _summary(self) -> RunSummary:
         stats = list(self.stats.values())
@@ -174,35 +177,32 @@ class Pipeline:
             log.info("overlay drawn on %s, labels on the host", device)
         return overlay
 
-    def _prepare(self, source: Source, several: bool) -> SourceRun:
-        """The source's reader (build.open_or_defer), outputs, queues and capture thread."""
-        config = self.config
-        live_options = build.live_options(source)
-        live, reader = build.open_or_defer(source, live_options)
-        try:
-            outputs: list[Output] = []
-            if config.output.video:
-                outputs.append(build.video_output(config, source, reader, live, several, self._locks))
-            if config.output.export_dir:
-                outputs.append(build.export(config, source, config.categories(), several, self._locks))
-        except BaseException:
-            if reader:
-                reader.close()
-            raise
-        display = DisplayOutput() if config.output.display else None
-        if display:
-            outputs.append(display)
-        policy = source.buffer.resolve(live)
-        description = reader.description if reader else source.shown
-        log.info("%s: %s (%s, buffer %s)", source.id, description, "live" if live else "file", policy.value)
-        stats = self.stats[source.id]
-        frames: queue.Queue = queue.Queue(maxsize=source.queue_size)
-        opener = (lambda: open_source(source.uri, source.fps, live_options, force_live=True, shown=source.shown)) if live else (lambda: reader)
-        capture = Capture(opener, source.id, description, frames, policy, build.liveness(source, live),
+    def _open(self, source: Source, stack: contextlib.ExitStack) -> build.OpenedSource:
+        """The source parsed, and opened now when it is a file (build.open_or_defer); its reader
+        closed with the stack (the capture thread closes it too when it ends)."""
+        opened = build.open_or_defer(source)
+        if opened.reader:
+            stack.callback(opened.reader.close)
+        return opened
+
+    def _prepare(self, source: build.OpenedSource, stack: contextlib.ExitStack) -> SourceRun:
+        """The source's outputs (closed with the stack), queues and capture thread."""
+        config, settings = self.config, source.settings
+        outputs = self.make_outputs(config, source, stack)
+        stack.callback(close_outputs, outputs, self.control)
+        policy = settings.buffer.resolve(source.live)
+        description = source.reader.description if source.reader else source.spec.shown
+        log.info("%s: %s (%s, buffer %s)", settings.id, description, "live" if source.live else "file", policy.value)
+        stats = self.stats[settings.id]
+        frames: queue.Queue = queue.Queue(maxsize=settings.queue_size)
+        live_options, spec, reader = build.live_options(settings), source.spec, source.reader
+        opener = (lambda: open_source(spec, settings.fps, live_options, force_live=True)) if source.live else (lambda: reader)
+        capture = Capture(opener, settings.id, description, frames, policy, build.liveness(settings, source.live),
                           self.control, stats, config.runtime.max_frames)
-        count, limit = getattr(reader, "frame_count", None), config.runtime.max_frames  # count None: live, or not said
+        count, limit = reader.frame_count if reader else None, config.runtime.max_frames  # count None: live, or not said
         stats.expected = min(count, limit) if count and limit else count or limit
-        return SourceRun(source, capture, frames, queue.Queue(maxsize=RESULT_QUEUE_SIZE), outputs, display, stats, reader)
+        display = next((output for output in outputs if isinstance(output, DisplayOutput)), None)
+        return SourceRun(settings, capture, frames, queue.Queue(maxsize=RESULT_QUEUE_SIZE), outputs, display, stats)
 
     # -- main thread -----------------------------------------------------------------------
 

@@ -25,7 +25,8 @@ from streamer.inference.fusion import FusionParams, fuse
 from streamer.inference.models import PanopticModels, resolve_device
 from streamer.inference.tracking import SourceTracker, TrackingParams
 from streamer.inference.worker import InferencePool, load_models
-from streamer.inputs.sources import classify, open_source
+from streamer.inputs.sources import open_source
+from streamer.inputs.spec import parse_source
 from streamer.inputs.synthetic import CATEGORIES, SceneFrame
 from streamer.outputs.export import PanopticExport
 from streamer.service.build import fusion_params, tracking_params
@@ -74,15 +75,17 @@ class EvalReport:
             share = video.id_switches / video.matched_track_frames if video.matched_track_frames else 0.0
             parts.append(f"  {method:<14}" + "".join("     -" if v is None else f"{100 * v:6.1f}" for v in cells)
                          + f"  {video.id_switches} of {video.matched_track_frames} ({100 * share:.1f} %)")
-        parts.append(f"  oracle AQ {'-' if self.oracle_aq is None else f'{100 * self.oracle_aq:.1f}'} (a perfect tracker's association of these masks)")
+        oracle = "-" if self.oracle_aq is None else f"{100 * self.oracle_aq:.1f}"
+        parts.append(f"  oracle AQ {oracle} (a perfect tracker's association of these masks)")
         return "\n".join(parts)
 
 
 def evaluate_synthetic(config: Config, uri: str, export_dir: str | None = None) -> EvalReport:
     """Score the configured models on `uri`, a synthetic scene (it carries ground truth)."""
-    if classify(uri).kind != "synthetic":
-        raise UsageError(f"eval: {uri}: needs a synthetic:street?... source, which carries ground truth")
-    reader = open_source(uri)
+    spec = parse_source(uri)
+    if spec.kind != "synthetic":
+        raise UsageError(f"eval: {spec.shown}: needs a synthetic:street?... source, which carries ground truth")
+    reader = open_source(spec)
     if reader.frame_count is None:
         raise UsageError(f"eval: {uri}: give a frame count, e.g. &frames=300")
     ground_truth_lut(config.categories())  # a class missing: fail before the models load

@@ -93,6 +93,7 @@ class Annotator:
     def annotate(self, job: Job, out: Path, report: Report | None = None) -> Outcome:
         """`job`'s video into OUT/name/; a folder left there by an attempt that was cut off is
         replaced. `report(done, expected)` gets its frames about every REPORT_S meanwhile."""
+        from streamer.service import build
         from streamer.service.pipeline import Pipeline
 
         folder = out / job.name
@@ -100,7 +101,7 @@ class Annotator:
         try:
             if folder.exists():
                 shutil.rmtree(folder)  # never a finished export: annotate only hands over unfinished videos
-            pipeline = Pipeline(video_config(self.config, job, folder, self.video), self.loaded)
+            pipeline = Pipeline(video_config(self.config, job, folder, self.video), build.outputs, self.loaded)
             with reporting(pipeline.stats["video"], report):
                 summary = pipeline.run()
         except StreamerError as exc:

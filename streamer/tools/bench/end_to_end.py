@@ -102,7 +102,7 @@ def pipeline_run(config: Config) -> PipelineRun:
     frame's pass through fresh models is left out, as (a) and (b) run warm models) to the return
     of Pipeline.run, which includes closing the video and up to 0.1 s of the main thread's polling.
     Falls back to timing from the first frame read when only one frame was processed."""
-    pipeline = Pipeline(config)
+    pipeline = Pipeline(config, build.outputs)
     sampler = Sampler(lambda: sum(stats.processed for stats in pipeline.stats.values()), pipeline.control.first_frame)
     try:
         summary = pipeline.run()
@@ -167,8 +167,10 @@ def end_to_end(options: BenchOptions, device: torch.device, torch_threads: int, 
 
     result: dict[str, Any] = {}
     for mode, fps in runs.items():
-        result[mode] = {"fps": summarize(fps), "seconds_per_frame": summarize([1.0 / value for value in fps]), "runs_fps": [round(v, 4) for v in fps]}
-    result["sequential"]["stage_ms_per_frame"] = {stage: round(1000 * float(np.median([s[stage] for s in stages])), 2) for stage in stages[0]}
+        result[mode] = {"fps": summarize(fps), "seconds_per_frame": summarize([1.0 / value for value in fps]),
+                        "runs_fps": [round(v, 4) for v in fps]}
+    result["sequential"]["stage_ms_per_frame"] = {stage: round(1000 * float(np.median([s[stage] for s in stages])), 2)
+                                                  for stage in stages[0]}
     result["pipeline"]["fps_from_first_read"] = summarize(from_first_read)  # the first frame's warm-up included
     result["pipeline"]["thread_cpu_cores"] = threads[-1]  # CPU seconds per wall second, last repeat
     models_fps, sequential_fps, pipeline_fps = (result[m]["fps"]["median"] for m in ("models_only", "sequential", "pipeline"))
