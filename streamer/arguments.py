@@ -11,7 +11,8 @@ def add_config_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-c", "--config", metavar="FILE", help="configuration file (default ./config.yaml, else the packaged default)")
     parser.add_argument("--preset", choices=presets.names() + [presets.NONE], metavar="NAME",
                         help=f"model pairing: {', '.join(presets.names())} (streamer models list); keys in the file or --set override it")
-    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override one setting, e.g. --set fusion.stuff_area_min=2048")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="override one setting, e.g. --set fusion.stuff_area_min=2048")
     parser.add_argument("--log-level", choices=["debug", "info", "warning", "error"], help="default: runtime.log_level")
     parser.add_argument("--log-format", choices=["text", "json"], help="default: runtime.log_format (json: one object per line)")
 

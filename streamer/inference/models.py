@@ -218,7 +218,8 @@ def check_instance_classes(state: dict[str, torch.Tensor], names: list[str], set
     classifier = state.get("roi_heads.box_predictor.cls_score.weight")
     if classifier is None or classifier.shape[0] == len(names):
         return
-    listed = f"models.instance.classes lists {len(names) - 1}" if settings.classes else "without models.instance.classes, COCO's 90 are assumed"
+    listed = (f"models.instance.classes lists {len(names) - 1}" if settings.classes
+              else "without models.instance.classes, COCO's 90 are assumed")
     raise DataError(
         f"{origin}: this Mask R-CNN has {classifier.shape[0] - 1} classes (and the background) but {listed}; "
         "set models.instance.classes to its class names in label order, from label 1"

@@ -134,7 +134,8 @@ class SourceTracker:
                 new_ids[segment.id] = self._slots[track]
                 continue
             used = taken.setdefault(segment.category_id, set())
-            value = next(segment.category_id * self.divisor + i for i in range(1, self.divisor) if segment.category_id * self.divisor + i not in used)
+            base = segment.category_id * self.divisor
+            value = next(base + i for i in range(1, self.divisor) if base + i not in used)
             used.add(value)
             new_ids[segment.id] = value
             if track is not None:

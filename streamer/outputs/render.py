@@ -139,7 +139,8 @@ def draw_counting(image: np.ndarray, counts: Counts) -> np.ndarray:
         tip = middle + inward * 1.5 * line_height
         cv2.arrowedLine(image, tuple(np.round(middle).astype(int)), tuple(np.round(tip).astype(int)), COUNT_COLOR, thick,
                         cv2.LINE_AA, tipLength=0.4)
-        crossed = {d: sum(n for (name, _, way), n in counts.line_crossings.items() if name == line.name and way == d) for d in ("in", "out")}
+        crossed = {d: sum(n for (name, _, way), n in counts.line_crossings.items() if name == line.name and way == d)
+                   for d in ("in", "out")}
         corner = middle - inward * 1.5 * line_height
         _stamp(image, f"{line.name} in {crossed['in']} out {crossed['out']}", corner[0], corner[1] - line_height / 2, style)
     return image

@@ -57,7 +57,8 @@ class Server:
         try:
             self._server = BoundedHTTPServer((host, port), _handler(self), max_connections)
         except OSError as exc:
-            raise StreamerError(f"server: cannot listen on {host}:{port}: {exc.strerror}; change server.port or stop what uses it") from None
+            raise StreamerError(
+                f"server: cannot listen on {host}:{port}: {exc.strerror}; change server.port or stop what uses it") from None
         self.port = self._server.server_address[1]
         threading.Thread(target=self._server.serve_forever, name="server", daemon=True).start()
         shown = f"[{host}]" if ":" in host else host

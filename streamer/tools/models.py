@@ -40,12 +40,14 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     fetch = actions.add_parser("fetch", help="download a preset's weights into torch's and the Hugging Face caches")
     fetch.add_argument("preset", choices=presets.names(), metavar="PRESET")
     fetch.add_argument("--mirror", metavar="URL", default=os.environ.get(MIRROR_ENV),
-                       help=f"a copy of the publishers' sites (default ${MIRROR_ENV}): the hub's layout, torchvision's files under /models/")
+                       help=f"a copy of the publishers' sites (default ${MIRROR_ENV}): the hub's layout, "
+                            "torchvision's files under /models/")
     fetch.add_argument("--allow-unverified", action="store_true", help="keep a file whose sha256 differs from the published one (warns)")
     fetch.set_defaults(handler=cmd_fetch)
     bring = actions.add_parser("import", help="put a preset's weights, copied from another machine, into the caches")
     bring.add_argument("preset", choices=presets.names(), metavar="PRESET")
-    bring.add_argument("paths", nargs="+", metavar="PATH", help="checkpoint files, smp save_pretrained folders, or cache folders holding them")
+    bring.add_argument("paths", nargs="+", metavar="PATH",
+                       help="checkpoint files, smp save_pretrained folders, or cache folders holding them")
     bring.add_argument("--allow-unverified", action="store_true", help="accept a file whose sha256 differs from the published one (warns)")
     bring.set_defaults(handler=cmd_import)
 
@@ -73,7 +75,8 @@ def describe(name: str) -> list[str]:
     things = [c.name for c in classes if c.isthing]
     lines = [
         f"{name}: {preset.title}",
-        f"  classes   {len(classes)} ({len(things)} things): {', '.join(c.name for c in classes[:24])}{' ...' if len(classes) > 24 else ''}",
+        f"  classes   {len(classes)} ({len(things)} things): "
+        f"{', '.join(c.name for c in classes[:24])}{' ...' if len(classes) > 24 else ''}",
         f"  licence   {preset.licence}",
         f"  speed     {preset.speed}",
     ]
@@ -240,7 +243,8 @@ def cmd_import(args: argparse.Namespace) -> int:
             import_hub_model(source, weights, models, args.allow_unverified)
         used.add(source)
     if not used:
-        expected = ", ".join(f"{w.name} ({'a checkpoint file' if w.kind is Kind.TORCH else 'an smp save_pretrained folder'})" for w in needs)
+        expected = ", ".join(f"{w.name} ({'a checkpoint file' if w.kind is Kind.TORCH else 'an smp save_pretrained folder'})"
+                             for w in needs)
         raise InputNotFound(f"{' '.join(args.paths)}: none of the files preset {args.preset} needs is there: {expected}")
     still = [w.name for w in preset_weights(args.preset)[1] if not w.present]
     if still:

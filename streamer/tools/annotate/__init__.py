@@ -33,11 +33,13 @@ def add_parser(commands: Any) -> None:
     parser.add_argument("--out", required=True, metavar="DIR", help="gets DIR/<input's relative path>/ per video and DIR/manifest.jsonl")
     parser.add_argument("--video", action="store_true", help="also write each annotated video (annotated.mp4 beside its export)")
     parser.add_argument("--retries", type=int, default=1, metavar="N", help="tries again N times before a video is failed (default 1)")
-    parser.add_argument("--workers", type=positive_int, metavar="N", help="worker processes (default: one per GPU, else one per core, at most 4)")
+    parser.add_argument("--workers", type=positive_int, metavar="N",
+                        help="worker processes (default: one per GPU, else one per core, at most 4)")
     parser.add_argument("--device", metavar="DEV", help="auto, cpu, cuda or cuda:N")
     parser.add_argument("--engine", choices=("local", "ray"), default="local",
                         help="local: worker processes on this machine (default); ray: Ray actors (pip install 'streamer[ray]')")
-    parser.add_argument("--address", metavar="ADDR", help="--engine ray: an existing cluster's address (default: a Ray instance started here)")
+    parser.add_argument("--address", metavar="ADDR",
+                        help="--engine ray: an existing cluster's address (default: a Ray instance started here)")
     parser.add_argument("--gpus-per-worker", type=float, default=None, metavar="G",
                         help="--engine ray: GPUs each worker asks for (default: 1 when the device is CUDA, else 0)")
     parser.set_defaults(handler=command)
@@ -115,7 +117,8 @@ class Run:
         self.progress.ended(job.path, outcome.frames, outcome.status == FAILED)
         if outcome.status == DONE:
             self.annotated += 1
-            log.info("annotate: %s: %d frames in %.1f s; %s", job.name, outcome.frames, outcome.seconds, self.progress.text(time.monotonic()))
+            log.info("annotate: %s: %d frames in %.1f s; %s",
+                     job.name, outcome.frames, outcome.seconds, self.progress.text(time.monotonic()))
         else:
             log.error("annotate: %s failed: %s", job.path, outcome.error)
         return False
@@ -130,6 +133,8 @@ class Run:
         self.progress.close()
         elapsed = time.monotonic() - self.started
         frames, failed = self.progress.frames, self.progress.failed
-        log.info("annotate done: %d annotated, %d skipped (done before), %d failed; %d frames in %.1f s, %.2f fps (%.2f per worker, %d workers)",
-                 self.annotated, skipped, failed, frames, elapsed, frames / max(elapsed, 1e-9), frames / max(elapsed, 1e-9) / workers, workers)
+        fps = frames / max(elapsed, 1e-9)
+        log.info("annotate done: %d annotated, %d skipped (done before), %d failed; "
+                 "%d frames in %.1f s, %.2f fps (%.2f per worker, %d workers)",
+                 self.annotated, skipped, failed, frames, elapsed, fps, fps / workers, workers)
         return EXIT_FAILURE if failed else EXIT_OK

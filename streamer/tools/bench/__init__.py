@@ -53,7 +53,8 @@ def add_parser(commands: Any) -> None:
     """The `bench` subcommand; torch and the models are only imported when it runs."""
 
     parser = commands.add_parser(
-        "bench", help="measure the models alone, a sequential loop and the threaded pipeline; fusion, overlay, tracking and codec micro-benchmarks"
+        "bench",
+        help="measure the models alone, a sequential loop and the threaded pipeline; fusion, overlay, tracking and codec micro-benchmarks",
     )
     add_config_arguments(parser)
     for action in parser._actions:  # the bench has its own default configuration
@@ -61,22 +62,31 @@ def add_parser(commands: Any) -> None:
             action.help = "configuration file (default: the packaged default with the demo models, not ./config.yaml)"
     parser.add_argument("--device", metavar="DEV", help="auto, cpu, cuda or cuda:N")
     parser.add_argument("--size", type=frame_size, metavar="WxH", help="synthetic street frame size (default: the synthetic street's own)")
-    parser.add_argument("--frames", type=positive_int, default=DEFAULT_FRAMES, metavar="N", help=f"frames per run (default {DEFAULT_FRAMES})")
-    parser.add_argument("--repeats", type=positive_int, default=DEFAULT_REPEATS, metavar="R", help=f"runs of each mode (default {DEFAULT_REPEATS})")
+    parser.add_argument("--frames", type=positive_int, default=DEFAULT_FRAMES, metavar="N",
+                        help=f"frames per run (default {DEFAULT_FRAMES})")
+    parser.add_argument("--repeats", type=positive_int, default=DEFAULT_REPEATS, metavar="R",
+                        help=f"runs of each mode (default {DEFAULT_REPEATS})")
     parser.add_argument("--seed", type=int, default=DEFAULT_SEED, help=f"synthetic scene seed (default {DEFAULT_SEED})")
     parser.add_argument("--json", metavar="PATH", help="also write every number to this JSON file")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing --json file")
-    parser.add_argument("--micro-sizes", type=size_list, default=MICRO_SIZES, metavar="WxH,...", help="fusion/overlay/tracking frame sizes (default 1280x720,1920x1080)")
-    parser.add_argument("--instances", type=count_list, default=MICRO_INSTANCES, metavar="N,...", help="fusion/overlay instance counts, tracked objects (default 10,50,100)")
-    parser.add_argument("--micro-repeats", type=positive_int, default=MICRO_REPEATS, metavar="R", help=f"repeats of each micro-benchmark (default {MICRO_REPEATS})")
+    parser.add_argument("--micro-sizes", type=size_list, default=MICRO_SIZES, metavar="WxH,...",
+                        help="fusion/overlay/tracking frame sizes (default 1280x720,1920x1080)")
+    parser.add_argument("--instances", type=count_list, default=MICRO_INSTANCES, metavar="N,...",
+                        help="fusion/overlay instance counts, tracked objects (default 10,50,100)")
+    parser.add_argument("--micro-repeats", type=positive_int, default=MICRO_REPEATS, metavar="R",
+                        help=f"repeats of each micro-benchmark (default {MICRO_REPEATS})")
     parser.add_argument("--tracking-frames", type=positive_int, default=TRACKING_FRAMES, metavar="N",
                         help=f"frames of moving objects per tracking + counting run, the first few for warm-up (default {TRACKING_FRAMES})")
     parser.add_argument("--memory-frames", type=memory_frames, default=0, metavar="N",
-                        help="also run the pipeline over N frames and compare RSS at frame N/10 and N (default 0: off; 5000 takes ~25 min on 2 CPU cores)")
+                        help="also run the pipeline over N frames and compare RSS at frame N/10 and N "
+                             "(default 0: off; 5000 takes ~25 min on 2 CPU cores)")
     parser.add_argument("--detections", type=detection_list, default=DETECTION_CASES, metavar="WxH:N,...",
                         help="many-detections cases: frame size and detections forced (default 3840x2160:100,1920x1080:300; none: off)")
-    parser.add_argument("--torch-threads", type=positive_int, metavar="N", help="torch threads per frame in the models (runtime.torch_threads) and for the sequential loop (default: the cores shared out; torch's choice for the loop)")
-    parser.add_argument("--cv2-threads", type=positive_int, metavar="N", help="cv2.setNumThreads for the whole bench (default: OpenCV's choice)")
+    parser.add_argument("--torch-threads", type=positive_int, metavar="N",
+                        help="torch threads per frame in the models (runtime.torch_threads) and for the sequential loop "
+                             "(default: the cores shared out; torch's choice for the loop)")
+    parser.add_argument("--cv2-threads", type=positive_int, metavar="N",
+                        help="cv2.setNumThreads for the whole bench (default: OpenCV's choice)")
     parser.set_defaults(handler=command)
 
 

@@ -118,7 +118,8 @@ def fusion_case(
     with single_thread():
         renderer.overlay(image, fast_map, drawn)  # warm-up
         overlay_s, _ = timed(lambda: renderer.overlay(image, fast_map, drawn), max(repeats, 10))
-    overlay_row = {"size": [width, height], "instances": count, "things_drawn": sum(s.isthing for s in drawn), "ms": ms_summary(overlay_s), "threads": 1}
+    overlay_row = {"size": [width, height], "instances": count, "things_drawn": sum(s.isthing for s in drawn),
+                   "ms": ms_summary(overlay_s), "threads": 1}
     return fusion_row, overlay_row
 
 

@@ -95,8 +95,10 @@ def targets(report: dict[str, Any]) -> list[dict[str, Any]]:
     not measured in this run)."""
     ratios = report["end_to_end"]["ratios"]
     out = [
-        {"name": "pipeline >= 0.90 x models only", "value": ratios["pipeline_vs_models_only"], "met": ratios["pipeline_vs_models_only"] >= PIPELINE_VS_MODELS},
-        {"name": "pipeline >= 1.0 x sequential loop", "value": ratios["pipeline_vs_sequential"], "met": ratios["pipeline_vs_sequential"] >= PIPELINE_VS_SEQUENTIAL},
+        {"name": "pipeline >= 0.90 x models only", "value": ratios["pipeline_vs_models_only"],
+         "met": ratios["pipeline_vs_models_only"] >= PIPELINE_VS_MODELS},
+        {"name": "pipeline >= 1.0 x sequential loop", "value": ratios["pipeline_vs_sequential"],
+         "met": ratios["pipeline_vs_sequential"] >= PIPELINE_VS_SEQUENTIAL},
     ]
     fusion = [r for r in report["fusion"] if tuple(r["size"]) == TARGET_SIZE and r["instances"] == TARGET_INSTANCES]
     out.append({
@@ -142,7 +144,8 @@ def format_report(report: dict[str, Any]) -> str:
         "",
         f"{'end to end':<34}{'fps median':>11}{'[min - max]':>17}{'ms/frame':>10}",
     ]
-    names = {"models_only": "(a) models only (the limit)", "sequential": "(b) sequential loop, one thread", "pipeline": "(c) threaded pipeline"}
+    names = {"models_only": "(a) models only (the limit)", "sequential": "(b) sequential loop, one thread",
+             "pipeline": "(c) threaded pipeline"}
     for mode, label in names.items():
         fps = e2e[mode]["fps"]
         lines.append(f"  {label:<32}{fps['median']:>11.2f}{_spread(fps):>17}{1000 / fps['median']:>10.0f}")
