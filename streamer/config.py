@@ -89,19 +89,21 @@ class ClassSpec(Strict):
 
 
 class SemanticModel(Strict):
-    arch: str = Field(default="Unet", description="any segmentation_models_pytorch architecture name (with a save_pretrained folder or hub id: "
-                      "must match its config.json)")
+    arch: str = Field(default="Unet", description="any segmentation_models_pytorch architecture name (with a save_pretrained folder "
+                      "or hub id: must match its config.json)")
     encoder: str = Field(default="resnet18", description="encoder name (smp)")
     weights: UserPath = Field(
         default="none",
         description="`demo` (bundled, see `streamer/inference/weights/MODEL_CARD.md`; ignores arch and encoder), `none` (random init), "
-        "a `.safetensors`/`.pth` state dict, an smp `save_pretrained` folder, or a hub id in the Hugging Face cache (`streamer models fetch`)",
+        "a `.safetensors`/`.pth` state dict, an smp `save_pretrained` folder, or a hub id in the Hugging Face cache "
+        "(`streamer models fetch`)",
     )
     input_size: tuple[Mult32, Mult32] = Field(default=(512, 288), description="`[width, height]` fed to the network (multiples "
                                                  "of 32); frames are stretched to it, logits resized back to the frame")
-    mean: tuple[Channel, Channel, Channel] = Field(default=IMAGENET_MEAN, description="RGB mean subtracted before the network, "
-                                                             "on the 0-255 scale (ImageNet's, as smp's encoders and the presets' checkpoints expect)")
-    std: tuple[Spread, Spread, Spread] = Field(default=IMAGENET_STD, description="RGB standard deviation divided by after the mean, 0-255 scale")
+    mean: tuple[Channel, Channel, Channel] = Field(default=IMAGENET_MEAN, description="RGB mean subtracted before the network, on the "
+                                                   "0-255 scale (ImageNet's, as smp's encoders and the presets' checkpoints expect)")
+    std: tuple[Spread, Spread, Spread] = Field(default=IMAGENET_STD,
+                                               description="RGB standard deviation divided by after the mean, 0-255 scale")
     classes: tuple[ClassSpec, ...] = Field(min_length=1, description="the panoptic category table in the model's "
                                             "output order (ids 1, 2, ...): `name`, `isthing`, `color` (RGB)")
 
@@ -116,7 +118,8 @@ class SemanticModel(Strict):
 
 
 class InstanceModel(Strict):
-    arch: Literal["maskrcnn_resnet50_fpn", "maskrcnn_resnet50_fpn_v2"] = Field(default="maskrcnn_resnet50_fpn", description="the torchvision Mask R-CNN builder")
+    arch: Literal["maskrcnn_resnet50_fpn", "maskrcnn_resnet50_fpn_v2"] = Field(default="maskrcnn_resnet50_fpn",
+                                                                               description="the torchvision Mask R-CNN builder")
     weights: UserPath = Field(default="none", description="`demo` (bundled; ignores arch), `none` (random init), `coco` (torchvision's "
                               "COCO weights from torch's cache), or a `.safetensors`/`.pth` state dict")
     classes: tuple[str, ...] | None = Field(
@@ -135,7 +138,8 @@ class InstanceModel(Strict):
     proposals_pre_nms: int | None = Field(default=None, ge=1, le=100_000, description="region proposals per feature level before "
                                           "non-maximum suppression; `null`: the model's own (torchvision 1000, demo 600)")
     proposals: int | None = Field(default=None, ge=1, le=100_000, description="region proposals the box head scores per frame "
-                                  "(fewer: faster, may miss objects in crowded frames); `null`: the model's own (torchvision 1000, demo 300)")
+                                  "(fewer: faster, may miss objects in crowded frames); `null`: the model's own (torchvision 1000, "
+                                  "demo 300)")
     class_map: dict[str, str | tuple[str, ...]] = Field(
         default_factory=dict,
         description="instance class (COCO or demo name) -> panoptic category, or a list of categories: the one the semantic model shows "
@@ -168,8 +172,8 @@ class InstanceModel(Strict):
 class Models(Strict):
     preset: str = Field(default=presets.DEFAULT, description=(
         f"a model pairing (see [Real footage](#real-footage), `streamer models list`): {', '.join(f'`{n}`' for n in presets.names())}, "
-        f"or `{presets.NONE}` (every key below from the file). The `models.*` defaults below are the `{presets.DEFAULT}` preset's; keys set "
-        "in the file or with `--set` override the preset's (a list or map replaces the preset's whole)"))
+        f"or `{presets.NONE}` (every key below from the file). The `models.*` defaults below are the `{presets.DEFAULT}` preset's; "
+        "keys set in the file or with `--set` override the preset's (a list or map replaces the preset's whole)"))
     semantic: SemanticModel = Field(description="the semantic model (segmentation_models_pytorch): a class for every pixel")
     instance: InstanceModel = Field(default=InstanceModel(), description="the instance model (torchvision Mask R-CNN): a mask per object")
 
@@ -213,7 +217,8 @@ class Fusion(Strict):
 class Reconnect(Strict):
     max_attempts: int | None = Field(default=None, ge=1, le=10**9, description="reconnect attempts in a row before the run "
                                          "fails; `null`: forever")
-    initial_delay_s: float = Field(default=1.0, ge=0.01, le=3600, description="first backoff delay; it doubles (with jitter) up to `max_delay_s`")
+    initial_delay_s: float = Field(default=1.0, ge=0.01, le=3600,
+                                   description="first backoff delay; it doubles (with jitter) up to `max_delay_s`")
     max_delay_s: float = Field(default=30.0, ge=0.01, le=3600, description="the longest backoff delay")
     healthy_after_s: float = Field(default=30.0, gt=0, le=DAY_S, description="streaming this long resets the backoff")
     first_connect_s: float | Literal["auto"] | None = Field(
@@ -271,18 +276,19 @@ class Source(Strict):
     id: str = Field(default="cam0", description="name in logs, metrics and outputs: letters, digits, `_`, `.`, `-`, starting with a letter "
                     "or digit (never a path)")
     buffer: BufferPolicy = Field(default=BufferPolicy.AUTO, description="what capture does when the model falls behind: "
-                                 "`block` (never drop), `drop_oldest`, `latest` (keep only the newest); `auto` = block for files, drop_oldest for live")
+                                 "`block` (never drop), `drop_oldest`, `latest` (keep only the newest); `auto` = block for files, "
+                                 "drop_oldest for live")
     queue_size: int = Field(default=2, ge=1, le=1024, description="frames waiting for the model (small keeps live latency low)")
-    fps: float | None = Field(default=None, ge=0.01, le=1000, description="set: frame N is at N/fps, for files and "
-                                     "folders alike, in the video and the export (overrides a wrong header and the container's timestamps); "
-                                     "`null`: from the stream (25 for images)")
+    fps: float | None = Field(default=None, ge=0.01, le=1000, description="set: frame N is at N/fps, for files and folders alike, in "
+                              "the video and the export (overrides a wrong header and the container's timestamps); `null`: from the "
+                              "stream (25 for images)")
     open_timeout_s: float = Field(default=10.0, ge=0.1, le=3600, description="live sources: FFmpeg open timeout")
     read_timeout_s: float = Field(default=5.0, ge=0.1, le=3600, description="live sources: FFmpeg read timeout")
     stall_timeout_s: float = Field(default=15.0, ge=0.1, le=DAY_S, description="live sources: no frame this long means abandon and reopen")
     rtsp_transport: Literal["tcp", "udp"] = Field(default="tcp", description="RTSP over `tcp` or `udp`")
     live: bool | None = Field(default=None, description="`true`/`false` overrides the guess (`null`): cameras, `rtsp://` and `http(s)://` "
-                              "streams are live; files, folders and `http(s)://` URLs that serve a finite file (FFmpeg knows its length) are "
-                              "read as files, every frame, to the end")
+                              "streams are live; files, folders and `http(s)://` URLs that serve a finite file (FFmpeg knows its "
+                              "length) are read as files, every frame, to the end")
     on_bad_frame: Literal["skip", "stop"] = Field(default="skip", description="an image in a folder that does not decode: `skip` it "
                                                   "(a warning each, its time slot left empty) or `stop` the run")
     reconnect: Reconnect = Field(default=Reconnect(), description="live sources: how they reconnect, backing off")
@@ -373,13 +379,14 @@ class Render(Strict):
 
 
 class Output(Strict):
-    video: UserPath | None = Field(default=None, description="H.264 MP4 to write (with segments: their name "
-                                                       "template, `cam.mp4` -> `cam-<UTC start>.mp4`, or a folder); `{source}` is replaced by the source id")
+    video: UserPath | None = Field(default=None, description="H.264 MP4 to write (with segments: their name template, `cam.mp4` -> "
+                                   "`cam-<UTC start>.mp4`, or a folder); `{source}` is replaced by the source id")
     segment_seconds: float | None = Field(
         default=None, ge=0, le=DAY_S, description=f"record in segments this long (stream time, {MIN_SEGMENT_S:g} s at least); `0`: one "
         f"file; `null`: {LIVE_SEGMENT_SECONDS:g} for live sources, one file otherwise"
     )
-    keep_hours: float | None = Field(default=None, gt=0, le=24 * 366 * 100, description="retention: remove finished segments older than this")
+    keep_hours: float | None = Field(default=None, gt=0, le=24 * 366 * 100,
+                                     description="retention: remove finished segments older than this")
     max_bytes: ByteSize | None = Field(default=None, ge=MIN_BUDGET, description="retention: remove the oldest finished segments beyond "
                                        "this total (`20GB`, `500MiB`; 1MB at least: less holds no segment of a real camera)")
     display: bool = Field(default=False, description="show a live window, one per source (q or Esc stops)")
@@ -411,8 +418,8 @@ class Tracking(Strict):
     enabled: bool = Field(default=True, description="give every thing a track id that stays while it is "
                                  "visible and across short occlusions (see [Tracking and counting](#tracking-and-counting))")
     tracker: TrackerName = Field(default="ocsort", description="the association, from the `trackers` library: OC-SORT, ByteTrack or SORT")
-    max_lost_s: float = Field(default=2.0, gt=0, le=3600, description="a track unseen this long (stream time, so "
-                                    "whatever the frame rate) ends; an object seen again after that gets a new id. A reconnect ends every track")
+    max_lost_s: float = Field(default=2.0, gt=0, le=3600, description="a track unseen this long (stream time, so whatever the frame "
+                              "rate) ends; an object seen again after that gets a new id. A reconnect ends every track")
     min_hits: int = Field(default=1, ge=1, le=100, description="frames in a row a new object needs before its track "
                                  "id is given (it is labelled with its score until then)")
 
@@ -466,7 +473,8 @@ def loopback(host: str) -> bool:
 
 
 class Runtime(Strict):
-    device: str = Field(default="auto", pattern=r"^(auto|cpu|cuda|cuda:\d+)$", description="`auto` (CUDA if present), `cpu`, `cuda`, `cuda:N`")
+    device: str = Field(default="auto", pattern=r"^(auto|cpu|cuda|cuda:\d+)$",
+                        description="`auto` (CUDA if present), `cpu`, `cuda`, `cuda:N`")
     half: Literal["auto", "on", "off"] = Field(default="auto", description="fp16 autocast on CUDA (`auto` = on), `on`, `off`")
 
     @field_validator("half", mode="before")
@@ -488,15 +496,16 @@ class Runtime(Strict):
     drain_timeout_s: float = Field(default=30.0, gt=0, le=DAY_S, description="how long a graceful stop may keep processing queued frames")
     stage_timeout_s: float = Field(default=60.0, ge=1, le=DAY_S, description="a stage stuck this long stops the systemd "
                                    "watchdog pings and fails `/healthz`")
-    log_level: Literal["debug", "info", "warning", "error"] = Field(default="info", description="`debug` also prints tracebacks of failures")
+    log_level: Literal["debug", "info", "warning", "error"] = Field(default="info",
+                                                                    description="`debug` also prints tracebacks of failures")
     log_format: Literal["text", "json"] = Field(default="text", description="`json`: one JSON object per line")
 
 
 class Config(Strict):
     source: Source | None = Field(default=None, description="the source to read; beside `sources`, the options all of them share")
-    sources: tuple[Source, ...] = Field(default=(), examples=[[{"uri": "rtsp://cam1/stream", "id": "cam1"}, {"uri": "/dev/video0", "id": "cam2"}]],
-                                        description="a list of sources (each like `source`, with its own `id`) in one process; `source` "
-                                        "then holds their shared options")
+    sources: tuple[Source, ...] = Field(
+        default=(), examples=[[{"uri": "rtsp://cam1/stream", "id": "cam1"}, {"uri": "/dev/video0", "id": "cam2"}]],
+        description="a list of sources (each like `source`, with its own `id`) in one process; `source` then holds their shared options")
     models: Models = Field(default_factory=lambda: Models.model_validate({}), description="the two models and their category table")
     fusion: Fusion = Field(default=Fusion(), description="how the two models' outputs become one panoptic map: the Panoptic FPN rule "
                            "(see Panoptic fusion, streamer/inference/fusion.py)")

@@ -35,7 +35,7 @@ WIDTH = 100  # the YAML's comment lines wrap here
 PRESET_SECTIONS = ("models.semantic.", "models.instance.")  # the preset's keys: commented out, with its values
 BEGIN = "<!-- config-table:begin: generated from streamer/config.py by `streamer config-docs --write` -->"
 END = "<!-- config-table:end -->"
-HEADER = f"""\
+HEADER = """\
 # streamer configuration: every key with its default and meaning. Every key is optional unless
 # marked required; unknown keys are errors.
 # Generated from the schema, streamer/config.py, by `streamer config-docs --write`: change a
@@ -45,22 +45,27 @@ HEADER = f"""\
 """
 
 
+def options(field: FieldInfo) -> list[Any]:
+    """The types a field may hold: the members of a union (None left out), else its one type."""
+    if typing.get_origin(field.annotation) in (typing.Union, types.UnionType):
+        return [option for option in typing.get_args(field.annotation) if option is not type(None)]
+    return [field.annotation]
+
+
 def section_of(field: FieldInfo) -> type[BaseModel] | None:
     """The sub-section a field holds (`Source | None` too), or None for a value."""
-    options = typing.get_args(field.annotation) if typing.get_origin(field.annotation) in (typing.Union, types.UnionType) else (field.annotation,)
-    return next((o for o in options if isinstance(o, type) and issubclass(o, BaseModel)), None)
+    return next((o for o in options(field) if isinstance(o, type) and issubclass(o, BaseModel)), None)
 
 
 def choices(field: FieldInfo) -> tuple[str, ...]:
     """The values a Literal or enum field (optional or not) allows; () for anything else."""
-    options = [o for o in typing.get_args(field.annotation) if o is not type(None)] if typing.get_origin(field.annotation) in (
-        typing.Union, types.UnionType) else [field.annotation]
-    if len(options) != 1:
+    kinds = options(field)
+    if len(kinds) != 1:
         return ()
-    if typing.get_origin(options[0]) is typing.Literal:
-        return tuple(str(value) for value in typing.get_args(options[0]))
-    if isinstance(options[0], type) and issubclass(options[0], enum.Enum):
-        return tuple(str(member.value) for member in options[0])
+    if typing.get_origin(kinds[0]) is typing.Literal:
+        return tuple(str(value) for value in typing.get_args(kinds[0]))
+    if isinstance(kinds[0], type) and issubclass(kinds[0], enum.Enum):
+        return tuple(str(member.value) for member in kinds[0])
     return ()
 
 
