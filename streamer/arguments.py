@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from streamer import presets
+from streamer.config import LOG_FORMATS, LOG_LEVELS
 
 
 def add_config_arguments(parser: argparse.ArgumentParser) -> None:
@@ -13,8 +14,8 @@ def add_config_arguments(parser: argparse.ArgumentParser) -> None:
                         help=f"model pairing: {', '.join(presets.names())} (streamer models list); keys in the file or --set override it")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="override one setting, e.g. --set fusion.stuff_area_min=2048")
-    parser.add_argument("--log-level", choices=["debug", "info", "warning", "error"], help="default: runtime.log_level")
-    parser.add_argument("--log-format", choices=["text", "json"], help="default: runtime.log_format (json: one object per line)")
+    parser.add_argument("--log-level", choices=LOG_LEVELS, help="default: runtime.log_level")
+    parser.add_argument("--log-format", choices=LOG_FORMATS, help="default: runtime.log_format (json: one object per line)")
 
 
 def config_overrides(args: argparse.Namespace) -> list[str]:

@@ -76,6 +76,10 @@ IMAGENET_MEAN = (123.675, 116.28, 103.53)  # ImageNet's RGB mean and std on the 
 IMAGENET_STD = (58.395, 57.12, 57.375)
 TrackerName = Literal["ocsort", "bytetrack", "sort"]  # the trackers library's associations (inference/tracking.py builds each)
 TRACKERS: tuple[str, ...] = get_args(TrackerName)
+LogLevel = Literal["debug", "info", "warning", "error"]
+LOG_LEVELS: tuple[str, ...] = get_args(LogLevel)
+LogFormat = Literal["text", "json"]
+LOG_FORMATS: tuple[str, ...] = get_args(LogFormat)
 
 
 class Strict(BaseModel):
@@ -496,9 +500,8 @@ class Runtime(Strict):
     drain_timeout_s: float = Field(default=30.0, gt=0, le=DAY_S, description="how long a graceful stop may keep processing queued frames")
     stage_timeout_s: float = Field(default=60.0, ge=1, le=DAY_S, description="a stage stuck this long stops the systemd "
                                    "watchdog pings and fails `/healthz`")
-    log_level: Literal["debug", "info", "warning", "error"] = Field(default="info",
-                                                                    description="`debug` also prints tracebacks of failures")
-    log_format: Literal["text", "json"] = Field(default="text", description="`json`: one JSON object per line")
+    log_level: LogLevel = Field(default="info", description="`debug` also prints tracebacks of failures")
+    log_format: LogFormat = Field(default="text", description="`json`: one JSON object per line")
 
 
 class Config(Strict):

@@ -168,7 +168,7 @@ class Fused:
 
 
 def infer(models: PanopticModels, params: FusionParams, frames: list[Frame], taken_mono: float,
-          on_device: bool = False) -> list[Fused]:
+          on_device: bool) -> list[Fused]:
     """Frames through the models in one batch, then each through the fusion rule. `taken_mono`: when
     the worker took the frames from their queues (time.monotonic()), for the queue_wait timing;
     `on_device`: keep the image and map on the models' device for the overlay drawn there."""
