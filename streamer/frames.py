@@ -13,6 +13,8 @@ from typing import Literal
 
 import numpy as np
 
+from streamer.boxes import Box
+
 LABEL_DIVISOR = 1000
 """Panoptic maps hold `category_id * LABEL_DIVISOR + instance_id`; stuff has instance_id 0; void is 0."""
 
@@ -54,7 +56,7 @@ class Segment:
     isthing: bool
     score: float | None  # detection score for things; None for stuff
     area: int
-    bbox: tuple[int, int, int, int]  # x, y, w, h
+    box: Box  # x0, y0, x1, y1 in float pixels (streamer.boxes); a segment's is whole pixels
     track_id: int | None = None  # things: the object across frames (None: not tracked, or its track is too new)
 
 

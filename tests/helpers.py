@@ -147,6 +147,12 @@ def mask_bbox(mask: np.ndarray) -> tuple[int, int, int, int]:
     return int(xs.min()), int(ys.min()), int(xs.max() - xs.min() + 1), int(ys.max() - ys.min() + 1)
 
 
+def mask_box(mask: np.ndarray) -> tuple[float, float, float, float]:
+    """(x0, y0, x1, y1) of the True pixels of a 2-D mask, pixel edges (streamer.boxes)."""
+    x, y, w, h = mask_bbox(mask)
+    return float(x), float(y), float(x + w), float(y + h)
+
+
 def boxes_frame(boxes: list[tuple[int, int, int, int, int]], size=(120, 200)) -> tuple[np.ndarray, tuple]:
     """A map with road (category 1) and things (category, x, y, w, h), numbered by rank in the frame as
     the fusion does: the first listed is instance 1 of its category."""
@@ -161,7 +167,7 @@ def boxes_frame(boxes: list[tuple[int, int, int, int, int]], size=(120, 200)) ->
     for value in np.unique(panoptic):
         mask = panoptic == value
         category, instance = divmod(int(value), LABEL_DIVISOR)
-        segments.append(Segment(int(value), category, instance > 0, 0.9 if instance else None, int(mask.sum()), mask_bbox(mask)))
+        segments.append(Segment(int(value), category, instance > 0, 0.9 if instance else None, int(mask.sum()), mask_box(mask)))
     return panoptic, tuple(segments)
 
 

@@ -16,8 +16,8 @@ NORTH = Line("north", (0, 100), (200, 100))  # horizontal, a -> b to the right: 
 
 
 def at(track_id: int | None, x: float, y: float, category: int = CAR) -> Segment:
-    """A thing whose anchor (bottom-centre of its 10 x 20 bbox) is (x, y)."""
-    return Segment(1, category, True, 0.9, 200, (x - 5, y - 20, 10, 20), track_id)
+    """A thing whose anchor (bottom-centre of its 10 x 20 box) is (x, y)."""
+    return Segment(1, category, True, 0.9, 200, (x - 5, y - 20, x + 5, y), track_id)
 
 
 def run(counter: Counter, frames: list[list[Segment]], fps: float = 10.0) -> list[Event]:
@@ -262,8 +262,8 @@ def anchors(frames) -> dict[tuple[int, str], list[tuple[int, float, float]]]:
     for i, segments in enumerate(frames):
         for s in segments:
             if s.isthing:
-                x, y, w, h = s.bbox
-                tracks[(s.track_id, NAMES[s.category_id])].append((i, x + w / 2, y + h))
+                x0, _, x1, y1 = s.box
+                tracks[(s.track_id, NAMES[s.category_id])].append((i, (x0 + x1) / 2, y1))
     return tracks
 
 

@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 from helpers import decode_video, mask_bbox, popen_cli, probe, run_cli, run_in_process, the_error, wait_until
 
+from streamer.boxes import to_coco
 from streamer.inputs.sources import open_source
 
 SIZE = (160, 96)
@@ -206,7 +207,7 @@ def test_synth_ground_truth_is_aligned_with_the_video_frames(synth_export):
         truth = rendered[k]
         # the PNG and the JSON hold exactly the scene's ground truth of frame k
         assert np.array_equal(read_ids(synth_export / "panoptic" / f"{k:06d}.png"), truth.panoptic), f"PNG {k}"
-        expected = [{"id": s.id, "category_id": s.category_id, "area": s.area, "bbox": list(s.bbox), "track_id": s.track_id}
+        expected = [{"id": s.id, "category_id": s.category_id, "area": s.area, "bbox": to_coco(s.box), "track_id": s.track_id}
                     for s in truth.segments]
         actual = [{key: s.get(key) for key in ("id", "category_id", "area", "bbox", "track_id")}
                   for s in annotations[k]["segments_info"]]

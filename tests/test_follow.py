@@ -55,7 +55,7 @@ def test_tracks_counts_and_the_device_overlay_follow_each_car_while_its_rank_cha
         cars = [s for s in out.segments if s.isthing]
         assert len(cars) == 2 and all(s.track_id is not None for s in cars), "min_hits 1: tracked from the first frame"
         for car in cars:
-            by_row[car.bbox[1]].add((car.track_id, car.id))
+            by_row[car.box[1]].add((car.track_id, car.id))
             assert (out.panoptic_map == car.id).sum() == car.area, "the map holds the segment's new value"
         # The overlay drawn on the device is the host's overlay of the tracked map: colours come from the track.
         host = renderer().overlay(step.result.frame.image, out.panoptic_map, ())

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from helpers import mask_bbox
+from helpers import mask_box
 
 from streamer.inference.fusion import FusionParams, fuse
 from streamer.inference.masks import BoxMasks
@@ -15,13 +15,13 @@ DIV = 1000
 
 
 def segment_table(panoptic):
-    """id -> (area, bbox) computed from the pixels."""
+    """id -> (area, box) computed from the pixels."""
     table = {}
     for value in np.unique(panoptic):
         if value == 0:
             continue
         mask = panoptic == value
-        table[int(value)] = (int(mask.sum()), mask_bbox(mask))
+        table[int(value)] = (int(mask.sum()), mask_box(mask))
     return table
 
 
@@ -36,7 +36,7 @@ def check_against_reference(semantic, masks, scores, categories, is_thing, param
     # The same segments in the same order (things by placement, with their scores; then stuff), and
     # they agree with the pixels.
     assert segments == expected_segments
-    assert {s.id: (s.area, s.bbox) for s in segments} == segment_table(expected)
+    assert {s.id: (s.area, s.box) for s in segments} == segment_table(expected)
     for s in segments:
         assert s.category_id == s.id // params.label_divisor
         assert s.isthing == bool(is_thing[s.category_id])

@@ -32,7 +32,7 @@ def test_pasting_into_boxes_gives_torchvision_pixels_for_any_box():
     local = paste_in_boxes(masks, boxes, (HEIGHT, WIDTH))
     expected = paste_masks_in_image(masks, boxes, (HEIGHT, WIDTH))[:, 0]
     assert torch.equal(local.dense(), expected)
-    for n, (y0, y1, x0, x1) in enumerate(local.boxes):
+    for n, (x0, y0, x1, y1) in enumerate(local.boxes):
         assert 0 <= y0 <= y1 <= HEIGHT and 0 <= x0 <= x1 <= WIDTH and local.mask(n).shape == (y1 - y0, x1 - x0)
     assert paste_in_boxes(masks[:0], boxes[:0], (HEIGHT, WIDTH)).dense().shape == (0, HEIGHT, WIDTH)
     outside = paste_in_boxes(masks[:2], torch.tensor([[170.0, 10.0, 190.0, 30.0], [10.0, -40.0, 30.0, -20.0]]), (HEIGHT, WIDTH))
@@ -44,7 +44,7 @@ def test_dense_masks_go_into_the_boxes_of_their_pixels_and_back():
     masks[0, 1:3, 2:5] = 0.7
     masks[1, 5, 7] = 0.2
     boxed = BoxMasks.from_dense(masks)
-    assert boxed.boxes == ((1, 3, 2, 5), (5, 6, 7, 8), (0, 0, 0, 0))
+    assert boxed.boxes == ((2, 1, 5, 3), (7, 5, 8, 6), (0, 0, 0, 0))
     assert torch.equal(boxed.dense(), masks)
     assert torch.equal(boxed.mask(0), masks[0, 1:3, 2:5]) and boxed.mask(2).numel() == 0
 
@@ -69,7 +69,7 @@ def test_the_model_adapter_hands_over_masks_inside_their_boxes_with_torchvisions
     masks = prediction.masks
     assert isinstance(masks, BoxMasks) and len(masks) >= 5, "random weights and no threshold: detections of mapped classes"
     assert all(source.shape == (30, 30) for source in masks.sources), "Mask R-CNN's 28 x 28, padded: nothing frame-sized"
-    for n, (y0, y1, x0, x1) in enumerate(masks.boxes):
+    for n, (x0, y0, x1, y1) in enumerate(masks.boxes):
         assert masks.mask(n).shape == (y1 - y0, x1 - x0), "each mask at frame resolution only inside its box"
     assert prediction.capped, "40 detections of 40 allowed"
     # The same masks as torchvision's own forward, which pastes every detection into a full frame.

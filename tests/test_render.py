@@ -7,8 +7,9 @@ import itertools
 import numpy as np
 import pytest
 import torch
-from helpers import mask_bbox
+from helpers import mask_box
 
+from streamer.boxes import of_xywh
 from streamer.config import Render
 from streamer.frames import Category, Counts, Line, Segment, Zone
 from streamer.outputs.render import (
@@ -42,7 +43,7 @@ def segments_of(panoptic: np.ndarray) -> tuple[Segment, ...]:
             continue
         mask = panoptic == value
         category, instance = divmod(int(value), DIVISOR)
-        out.append(Segment(int(value), category, instance > 0, 0.87 if instance else None, int(mask.sum()), mask_bbox(mask)))
+        out.append(Segment(int(value), category, instance > 0, 0.87 if instance else None, int(mask.sum()), mask_box(mask)))
     return tuple(out)
 
 
@@ -268,9 +269,9 @@ def test_label_positions_above_inside_below():
     frame = (200, 100)
     size = [(40, 10)]
 
-    def where(bbox, others=()):
-        segment = Segment(1, 3, True, 0.5, 400, bbox)
-        blockers = [Segment(2 + i, 3, True, 0.9, 400, b) for i, b in enumerate(others)]
+    def where(bbox, others=()):  # boxes written as x, y, width, height
+        segment = Segment(1, 3, True, 0.5, 400, of_xywh(bbox))
+        blockers = [Segment(2 + i, 3, True, 0.9, 400, of_xywh(b)) for i, b in enumerate(others)]
         result = dict(place_labels([*blockers, segment], size * (len(blockers) + 1), frame, 1, 2))
         return result.get(len(blockers))
 
@@ -299,7 +300,7 @@ def crowd(width: int, height: int, count: int, seed: int) -> tuple[np.ndarray, t
     scores = {}
     for value in np.unique(panoptic):
         scores[int(value)] = round(float(rng.uniform(0.5, 1.0)), 4)
-    segments = tuple(Segment(s.id, s.category_id, s.isthing, scores[s.id] if s.isthing else None, s.area, s.bbox)
+    segments = tuple(Segment(s.id, s.category_id, s.isthing, scores[s.id] if s.isthing else None, s.area, s.box)
                      for s in segments_of(panoptic))
     return panoptic, segments
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 import cv2
 import numpy as np
 import pytest
-from helpers import mask_bbox
+from helpers import mask_box
 
 from streamer.frames import LABEL_DIVISOR
 from streamer.inputs.synthetic import (
@@ -83,7 +83,7 @@ def check_ground_truth(frame: SceneFrame) -> None:
         assert seg.category_id == cat and cat in categories
         assert seg.isthing == categories[cat].isthing
         assert seg.area == count
-        assert seg.bbox == mask_bbox(frame.panoptic == seg_id)
+        assert seg.box == mask_box(frame.panoptic == seg_id)
         assert seg.score is None
         if seg.isthing:
             assert isinstance(seg.track_id, int) and seg.track_id > 0
@@ -148,8 +148,8 @@ def test_track_ids_are_stable_while_visible(scene):
 
 def test_objects_move(scene):
     a, b = scene.render(300), scene.render(305)
-    boxes_a = {s.track_id: s.bbox for s in a.segments if s.isthing}
-    boxes_b = {s.track_id: s.bbox for s in b.segments if s.isthing}
+    boxes_a = {s.track_id: s.box for s in a.segments if s.isthing}
+    boxes_b = {s.track_id: s.box for s in b.segments if s.isthing}
     common = set(boxes_a) & set(boxes_b)
     assert common
     assert sum(boxes_a[t] != boxes_b[t] for t in common) >= len(common) / 2

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from helpers import boxes_frame as frame_of
 
+from streamer.boxes import window
 from streamer.frames import LABEL_DIVISOR, Segment
 from streamer.inference.tracking import TRACKERS, SourceTracker, TrackingParams
 from streamer.inputs.synthetic import StreetScene
@@ -22,7 +23,7 @@ def params(tracker: str = "bytetrack", max_lost_s: float = 1.0, min_hits: int = 
 
 
 def things(segments) -> list[Segment]:
-    return sorted((s for s in segments if s.isthing), key=lambda s: s.bbox[0])
+    return sorted((s for s in segments if s.isthing), key=lambda s: s.box[0])
 
 
 @pytest.mark.parametrize("tracker", TRACKERS)
@@ -38,9 +39,9 @@ def test_two_cars_keep_their_track_and_instance_id_while_their_rank_changes(trac
         ids = [s.id for s in out]
         assert len(ids) == len(set(ids)) and set(np.unique(relabelled)) == set(ids), "ids unique and the map agrees"
         for s in things(out):
-            assert (relabelled[s.bbox[1]:s.bbox[1] + s.bbox[3], s.bbox[0]:s.bbox[0] + s.bbox[2]] == s.id).all()
+            assert (relabelled[window(s.box)] == s.id).all()
         if index >= 2:  # from the second frame on, every object has a track
-            for position, segment in enumerate(sorted(things(out), key=lambda s: s.bbox[1])):
+            for position, segment in enumerate(sorted(things(out), key=lambda s: s.box[1])):
                 assert segment.track_id is not None
                 seen[position].add((segment.track_id, segment.id))
     assert all(len(pairs) == 1 for pairs in seen.values()), seen
@@ -87,13 +88,13 @@ def test_the_synthetic_streets_true_tracks_keep_one_id_each():
     for index in range(300):
         rendered = scene.render(index)
         truth = {s.id: s.track_id for s in rendered.segments if s.isthing}
-        segments = tuple(Segment(s.id, s.category_id, s.isthing, 0.9 if s.isthing else None, s.area, s.bbox)
+        segments = tuple(Segment(s.id, s.category_id, s.isthing, 0.9 if s.isthing else None, s.area, s.box)
                          for s in rendered.segments)  # no track ids: those are what is tested
         _, out = source.update(rendered.panoptic, segments, index / 15.0)
-        relabelled = {s.bbox: s for s in out if s.isthing}
+        relabelled = {s.box: s for s in out if s.isthing}
         for segment in rendered.segments:
-            if segment.isthing and segment.area >= 100 and relabelled[segment.bbox].track_id is not None:
-                ours[truth[segment.id]].add(relabelled[segment.bbox].track_id)
+            if segment.isthing and segment.area >= 100 and relabelled[segment.box].track_id is not None:
+                ours[truth[segment.id]].add(relabelled[segment.box].track_id)
     assert len(ours) >= 5, "the scene has objects to follow"
     switches = sum(len(ids) - 1 for ids in ours.values())
     assert switches <= 1, dict(ours)

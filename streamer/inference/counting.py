@@ -2,7 +2,7 @@
 
 Only thing segments with a `track_id` count (stuff, and things whose track is still too new, are
 ignored). All coordinates are pixels of the frame, (x, y) with y down. An object's position is its
-*anchor*, the bottom-centre of its bbox, (x + w/2, y + h): the point where it stands on the ground,
+*anchor*, the bottom-centre of its box, ((x0 + x1) / 2, y1): the point where it stands on the ground,
 which is what street cameras count (supervision's default for zones too).
 
 Lines. The side of a point p of a Line a->b is the sign of the 2-D cross product
@@ -32,6 +32,7 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
+from streamer.boxes import ground_points
 from streamer.frames import Counts, Event, Line, Segment, Zone
 
 _STATE = ("_track", "_used", "_seen", "_anchor", "_side", "_line_done", "_zone_done")
@@ -110,8 +111,7 @@ class Counter:
             self._visible[name] += 1
         if not tracked:
             return events
-        boxes = np.array([s.bbox for s in tracked.values()], np.float64)
-        q = np.column_stack((boxes[:, 0] + boxes[:, 2] / 2, boxes[:, 1] + boxes[:, 3]))  # N x 2 anchors now
+        q = ground_points(np.array([s.box for s in tracked.values()], np.float64))  # N x 2 anchors now
         if self.lines:
             before = self._side[rows]  # N x L
             cross = self._ab[:, 0] * (q[:, 1:] - self._a[:, 1]) - self._ab[:, 1] * (q[:, :1] - self._a[:, 0])

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 
 import torch
 
+from streamer.boxes import of_pixels
 from streamer.frames import Segment
 from streamer.inference.masks import BoxMasks
 
@@ -55,7 +56,7 @@ def vote_categories(semantic: torch.Tensor, masks: BoxMasks, candidates: torch.T
     options = candidates[rows]
     votes = []
     for row, row_options in zip(rows.tolist(), options):
-        y0, y1, x0, x1 = masks.boxes[row]
+        x0, y0, x1, y1 = masks.boxes[row]
         inside = _binary(masks.mask(row), mask_threshold)
         window = semantic[y0:y1, x0:x1]
         votes.append(torch.stack([(inside & (window == option)).sum() for option in row_options]))
@@ -141,7 +142,7 @@ def place_instances(
     device tensor (an empty mask's overlap is NaN, which accepts nothing).
     """
     for k, index in enumerate(order.tolist()):
-        y0, y1, x0, x1 = masks.boxes[index]
+        x0, y0, x1, y1 = masks.boxes[index]
         if y0 == y1 or x0 == x1:
             continue
         mask = _binary(masks.mask(index), mask_threshold)
@@ -201,7 +202,7 @@ def _segments(
             isthing=isthing,
             score=score_list[label - first_instance] if isthing else None,
             area=int(pixels),
-            bbox=(int(left), int(top), int(right - left + 1), int(bottom - top + 1)),
+            box=of_pixels(left, top, right, bottom),
         )
         (things if isthing else stuff).append(segment)
     return things + stuff

@@ -13,14 +13,14 @@ import torch
 import torch.nn.functional as F
 from torchvision.models.detection.roi_heads import expand_boxes, expand_masks
 
-Box = tuple[int, int, int, int]  # y0, y1, x0, x1: rows y0..y1-1 and columns x0..x1-1 of the frame
+PixelBox = tuple[int, int, int, int]  # x0, y0, x1, y1 as streamer.boxes, whole pixels: columns x0..x1-1, rows y0..y1-1
 
 
 @dataclass(frozen=True)
 class BoxMasks:
     """N instance masks on an H x W frame, each only inside its box.
 
-    boxes:   N boxes (Box), clipped to the frame; an empty one (y0 == y1 or x0 == x1) holds nothing.
+    boxes:   N boxes (PixelBox), clipped to the frame; an empty one (x0 == x1 or y0 == y1) holds nothing.
     size:    (H, W) of the frame.
     sources: per mask, its pixels inside its box ((y1 - y0) x (x1 - x0) probabilities or booleans),
              or, with `grown`, Mask R-CNN's padded M x M probabilities, resized into the box only
@@ -29,7 +29,7 @@ class BoxMasks:
              is resized to; None when the sources are the pixels already.
     """
 
-    boxes: tuple[Box, ...]
+    boxes: tuple[PixelBox, ...]
     size: tuple[int, int]
     sources: tuple[torch.Tensor, ...]
     grown: tuple[tuple[int, int, int, int], ...] | None = None
@@ -41,7 +41,7 @@ class BoxMasks:
         """Mask n inside its box: (y1 - y0) x (x1 - x0), on the sources' device."""
         if self.grown is None:
             return self.sources[n]
-        y0, y1, x0, x1 = self.boxes[n]
+        x0, y0, x1, y1 = self.boxes[n]
         if y0 == y1 or x0 == x1:
             return self.sources[n].new_zeros((y1 - y0, x1 - x0))
         bx0, by0, bx1, by1 = self.grown[n]
@@ -53,7 +53,7 @@ class BoxMasks:
         """N x H x W, zeros outside the boxes: for reference code and tests only, never on the hot path."""
         dtype = self.sources[0].dtype if self.sources else torch.float32
         full = torch.zeros((len(self), *self.size), dtype=dtype, device=device)
-        for n, (plane, (y0, y1, x0, x1)) in enumerate(zip(full, self.boxes)):
+        for n, (plane, (x0, y0, x1, y1)) in enumerate(zip(full, self.boxes)):
             plane[y0:y1, x0:x1] = self.mask(n).to(device)
         return full
 
@@ -64,9 +64,9 @@ class BoxMasks:
         boxes, local = [], []
         for mask in masks:
             rows, cols = mask.bool().any(dim=1).nonzero()[:, 0], mask.bool().any(dim=0).nonzero()[:, 0]
-            box = (int(rows[0]), int(rows[-1]) + 1, int(cols[0]), int(cols[-1]) + 1) if rows.numel() else (0, 0, 0, 0)
+            box = (int(cols[0]), int(rows[0]), int(cols[-1]) + 1, int(rows[-1]) + 1) if rows.numel() else (0, 0, 0, 0)
             boxes.append(box)
-            local.append(mask[box[0] : box[1], box[2] : box[3]])
+            local.append(mask[box[1] : box[3], box[0] : box[2]])
         return cls(tuple(boxes), (int(masks.shape[1]), int(masks.shape[2])), tuple(local))
 
 
@@ -89,5 +89,5 @@ def paste_in_boxes(masks: torch.Tensor, boxes: torch.Tensor, size: tuple[int, in
     for bx0, by0, bx1, by1 in grown:
         y0, y1 = min(max(by0, 0), height), max(min(by1 + 1, height), 0)
         x0, x1 = min(max(bx0, 0), width), max(min(bx1 + 1, width), 0)
-        clipped.append((y0, max(y1, y0), x0, max(x1, x0)))  # a box wholly outside the frame: empty
+        clipped.append((x0, y0, max(x1, x0), max(y1, y0)))  # a box wholly outside the frame: empty
     return BoxMasks(tuple(clipped), size, tuple(padded[:, 0]), tuple(grown))

@@ -17,6 +17,7 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
+from streamer.boxes import window
 from streamer.config import TRACKERS  # the names tracking.tracker may take, defined once there
 from streamer.frames import Segment
 
@@ -85,7 +86,7 @@ class SourceTracker:
         tracks: dict[int, int] = {}  # segment id -> track id
         for category in sorted({s.category_id for s in things}):
             members = [s for s in things if s.category_id == category]
-            boxes = np.array([(x, y, x + w, y + h) for x, y, w, h in (s.bbox for s in members)], dtype=np.float64)
+            boxes = np.array([s.box for s in members], dtype=np.float64)
             scores = np.array([1.0 if s.score is None else s.score for s in members])
             detections = sv.Detections(xyxy=boxes, confidence=scores, data={"segment": np.array([s.id for s in members])})
             if category not in self._trackers:
@@ -141,7 +142,7 @@ class SourceTracker:
             if track is not None:
                 self._slots[track] = value
         changed = [(s, new_ids[s.id]) for s in segments if s.isthing and new_ids[s.id] != s.id]
-        masks = [(value, _box(s), panoptic[_box(s)] == s.id) for s, value in changed]  # all read before any write
+        masks = [(value, window(s.box), panoptic[window(s.box)] == s.id) for s, value in changed]  # all read before any write
         for value, box, mask in masks:
             panoptic[box][mask] = value
         relabelled = tuple(replace(s, id=new_ids[s.id], track_id=tracks.get(s.id)) if s.isthing else s for s in segments)
@@ -161,8 +162,3 @@ class SourceTracker:
 def _spawned_for(box: np.ndarray, born: list) -> object | None:
     """The tracklet among those just spawned that starts at `box` (x0, y0, x1, y1), if any."""
     return next((t for t in born if np.allclose(t.get_state_bbox(), box, atol=1e-3)), None)
-
-
-def _box(segment: Segment) -> tuple[slice, slice]:
-    x, y, w, h = segment.bbox
-    return slice(y, y + h), slice(x, x + w)

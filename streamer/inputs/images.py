@@ -84,7 +84,7 @@ class ImageFilesReader:
 
     def __init__(self, paths: list[Path], description: str, fps: float, skip_bad: bool = True):
         self._paths = paths
-        self.frame_count = len(paths)
+        self.frame_count: int | None = len(paths)
         self._next = 0
         self.description = description
         self.fps = fps

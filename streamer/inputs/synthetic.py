@@ -24,6 +24,7 @@ from typing import Any
 import cv2
 import numpy as np
 
+from streamer.boxes import of_xywh
 from streamer.frames import LABEL_DIVISOR, Category, Segment
 
 ROAD, SIDEWALK, BUILDING, SKY, CAR, PERSON = 1, 2, 3, 4, 5, 6
@@ -978,7 +979,7 @@ def _ground_truth(owner: np.ndarray, counts: np.ndarray, items: list[_Item]) -> 
         lut[cat] = cat * LABEL_DIVISOR
         if counts[cat]:
             x, y, w, h = cv2.boundingRect((owner == cat).view(np.uint8))
-            segments.append(Segment(cat * LABEL_DIVISOR, cat, False, None, int(counts[cat]), (x, y, w, h)))
+            segments.append(Segment(cat * LABEL_DIVISOR, cat, False, None, int(counts[cat]), of_xywh((x, y, w, h))))
     things = sorted(enumerate(items, _FIRST_THING_CODE), key=lambda c: (c[1].category, c[1].track_id))
     instance = dict.fromkeys((CAR, PERSON), 0)
     for code, item in things:
@@ -987,7 +988,7 @@ def _ground_truth(owner: np.ndarray, counts: np.ndarray, items: list[_Item]) -> 
         x0, y0, x1, y1 = item.box
         x, y, w, h = cv2.boundingRect((owner[y0:y1, x0:x1] == code).view(np.uint8))
         segments.append(Segment(int(lut[code]), item.category, True, None, int(counts[code]),
-                                (x + x0, y + y0, w, h), item.track_id))
+                                of_xywh((x + x0, y + y0, w, h)), item.track_id))
     return np.take(lut, owner), tuple(segments)
 
 

@@ -70,7 +70,8 @@ class DisplayOutput:
     def __init__(self):
         self.frames: queue.Queue[np.ndarray] = queue.Queue(maxsize=1)
 
-    def write(self, result: Panoptic, rendered: np.ndarray) -> None:
+    def write(self, result: Panoptic, rendered: np.ndarray | None) -> None:
+        assert rendered is not None  # needs_picture: the sink draws the overlay for it
         try:
             self.frames.get_nowait()
         except queue.Empty:

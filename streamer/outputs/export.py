@@ -26,6 +26,7 @@ from typing import Any
 import cv2
 import numpy as np
 
+from streamer.boxes import to_coco
 from streamer.errors import CannotCreate, InputNotFound, StreamerError, WriteFailed
 from streamer.frames import Category, Event, Panoptic, Segment
 from streamer.outputs import preflight
@@ -51,7 +52,7 @@ def segment_info(segment: Segment) -> dict[str, Any]:
         "id": segment.id,
         "category_id": segment.category_id,
         "area": segment.area,
-        "bbox": list(segment.bbox),
+        "bbox": to_coco(segment.box),
         "iscrowd": 0,
     }
     if segment.score is not None:

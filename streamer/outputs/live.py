@@ -156,8 +156,9 @@ class LiveFeed:
         self._thread = threading.Thread(target=self._encode_loop, name=f"live-{source_id}", daemon=True)
         self._thread.start()
 
-    def write(self, result: Panoptic, rendered: np.ndarray) -> None:
+    def write(self, result: Panoptic, rendered: np.ndarray | None) -> None:
         """Sink thread: keep the frame for the encoder unless it comes sooner than live_fps allows; never waits."""
+        assert rendered is not None  # needs_picture: the sink draws the overlay for it
         now = time.monotonic()
         if now - self._last_taken < self.min_interval_s:
             return

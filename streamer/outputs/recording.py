@@ -16,7 +16,9 @@ from glob import escape as glob_escape
 from pathlib import Path
 
 import av
+import av.container
 import av.logging
+import av.video.stream
 import cv2
 import numpy as np
 
@@ -55,8 +57,8 @@ class VideoOutput:
         self.frames = 0
         self.first_pts_ms: float | None = None
         self._file: DiskFile | None = None
-        self._container = None
-        self._stream = None
+        self._container: av.container.OutputContainer | None = None
+        self._stream: av.video.stream.VideoStream | None = None
         self._failed = False
         self._last_pts = -1
         self.size: tuple[int, int] | None = None  # the frames' size (width, height), from the first one
@@ -77,10 +79,11 @@ class VideoOutput:
         stream.time_base = VIDEO_TIME_BASE
         stream.codec_context.time_base = VIDEO_TIME_BASE
         stream.codec_context.gop_size = max(1, int(self.fps * KEYFRAME_S))
-        stream.options = self.options
+        stream.options = self.options  # type: ignore[assignment]  # av types it dict[str, object]; str values are what it takes
         self._stream = stream
 
-    def write(self, result: Panoptic, rendered: np.ndarray) -> None:
+    def write(self, result: Panoptic, rendered: np.ndarray | None) -> None:
+        assert rendered is not None  # needs_picture: the sink draws the overlay for it
         try:
             self._write(result, rendered)
         except OSError as exc:
@@ -89,6 +92,7 @@ class VideoOutput:
     def _write(self, result: Panoptic, rendered: np.ndarray) -> None:
         if self._container is None:
             self._open(rendered.shape[1], rendered.shape[0])
+        assert self._container is not None and self._stream is not None and self.size is not None  # _open made them
         if (rendered.shape[1], rendered.shape[0]) != self.size:
             if (rendered.shape[1], rendered.shape[0]) != self._resized_from:
                 self._resized_from = (rendered.shape[1], rendered.shape[0])
@@ -114,6 +118,7 @@ class VideoOutput:
         if self._container is None:
             log.warning("%s: no frame was processed, so no video was written", self.path)
             return
+        assert self._stream is not None and self._file is not None  # _open made them with the container
         try:
             for packet in self._stream.encode(None):
                 self._container.mux(packet)
@@ -196,13 +201,16 @@ class SegmentedRecording:
             note = f" after retention removed {removed} segment(s)" if removed else " and retention has nothing more it may remove"
         preflight.require_room(self.naming.folder, "video segments", self.min_free_mb, note)
 
-    def write(self, result: Panoptic, rendered: np.ndarray) -> None:
+    def write(self, result: Panoptic, rendered: np.ndarray | None) -> None:
+        assert rendered is not None  # needs_picture: the sink draws the overlay for it
         current, size = self.current, (rendered.shape[1], rendered.shape[0])
-        if current is not None and current.size != size:  # a camera reconfigured: its own segment, not letterboxed
-            log.info("%s: the source changed size from %dx%d to %dx%d; a new segment begins", self.naming.folder, *current.size, *size)
-            self._close_current()
-        elif current is not None and result.frame.pts_ms - current.first_pts_ms >= self.segment_s * 1000:
-            self._close_current()
+        if current is not None:
+            assert current.size is not None and current.first_pts_ms is not None  # it wrote its first frame when made
+            if current.size != size:  # a camera reconfigured: its own segment, not letterboxed
+                log.info("%s: the source changed size from %dx%d to %dx%d; a new segment begins", self.naming.folder, *current.size, *size)
+                self._close_current()
+            elif result.frame.pts_ms - current.first_pts_ms >= self.segment_s * 1000:
+                self._close_current()
         if self.current is None:
             self._require_room()
             record = Record(self.sequence, Moment.now())
@@ -212,6 +220,7 @@ class SegmentedRecording:
 
     def _close_current(self) -> None:
         current, self.current = self.current, None
+        assert current is not None  # called only with a segment open
         current.close()
         if self.retention.active:
             enforce_retention(self.catalog.segments(self.naming.finished()), self.retention)

@@ -23,6 +23,7 @@ import cv2
 import numpy as np
 import torch
 
+from streamer.boxes import to_coco
 from streamer.frames import Category, Counts, Panoptic, Segment
 
 INSTANCE_COLORS = 256  # instance ids cycle through this many hues per category
@@ -183,7 +184,7 @@ def place_labels(segments: Sequence[Segment], sizes: Sequence[tuple[int, int]], 
 
     placed: list[tuple[int, Rect]] = []
     for index in sorted((i for i, s in enumerate(segments) if s.area >= min_area), key=confidence, reverse=True):
-        x, y, w, h = segments[index].bbox
+        x, y, w, h = to_coco(segments[index].box)  # whole pixels: the label is placed on the pixel grid
         width, height = sizes[index]
         left = min(max(x, 0), frame_w - width)
         for top in (y - gap - height, y + gap, y + h + gap):  # above, inside the top, below

@@ -12,7 +12,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from streamer import presets
-from streamer.config import Config, Output, Source
+from streamer.config import Config, Source
+from streamer.config import Output as OutputSettings
 from streamer.errors import StreamerError
 from streamer.frames import Category
 from streamer.inputs.capture import Liveness
@@ -92,7 +93,7 @@ def server(config: Config, watched: list[WatchedSource], outputs: dict[str, list
     from streamer.service.metrics import Metrics
     from streamer.service.server import Server
 
-    feeds = {source_id: o for source_id, listed in outputs.items() for o in listed if isinstance(o, LiveFeed)}
+    feeds: dict[str, LiveFeed] = {source_id: o for source_id, listed in outputs.items() for o in listed if isinstance(o, LiveFeed)}
     settings = config.server
     metrics = Metrics(watched, control, config.runtime.stage_timeout_s, device)
     return Server(settings.host, settings.port, settings.bearer, metrics, feeds, MAX_CONNECTIONS + len(feeds) * settings.max_viewers)
@@ -171,7 +172,7 @@ def liveness(source: Source, live: bool) -> Liveness:
                     reconnect.max_delay_s, reconnect.healthy_after_s, reconnect.first_connect_window())
 
 
-def retention(output: Output) -> Retention:
+def retention(output: OutputSettings) -> Retention:
     return Retention(output.keep_hours, output.max_bytes)
 
 

@@ -22,7 +22,7 @@ from streamer import control as ctl
 from streamer.config import Config, Source
 from streamer.inference import checkpoints
 from streamer.inputs.capture import Capture
-from streamer.inputs.sources import open_source
+from streamer.inputs.sources import Reader, open_source
 from streamer.outputs.display import DisplayOutput, Window, require_display
 from streamer.outputs.sink import Output, close_outputs, sink_loop
 from streamer.service import build
@@ -196,7 +196,11 @@ class Pipeline:
         stats = self.stats[settings.id]
         frames: queue.Queue = queue.Queue(maxsize=settings.queue_size)
         live_options, spec, reader = build.live_options(settings), source.spec, source.reader
-        opener = (lambda: open_source(spec, settings.fps, live_options, force_live=True)) if source.live else (lambda: reader)
+
+        def opener() -> Reader:
+            """A file's reader, opened at start-up; a live source (re)connected in its capture thread."""
+            return reader or open_source(spec, settings.fps, live_options, force_live=True)
+
         capture = Capture(opener, settings.id, description, frames, policy, build.liveness(settings, source.live),
                           self.control, stats, config.runtime.max_frames)
         count, limit = reader.frame_count if reader else None, config.runtime.max_frames  # count None: live, or not said

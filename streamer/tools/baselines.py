@@ -14,6 +14,7 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
+from streamer.boxes import of_mask
 from streamer.frames import Segment
 from streamer.inference.fusion import FusionParams
 from streamer.tools.pq import to_numpy
@@ -53,21 +54,15 @@ def reference_fusion(
             continue  # no id left in this category: the pixels stay void
         value = category * params.label_divisor + next_id[category]
         panoptic[mask] = value
-        things.append(Segment(value, category, True, float(scores[index]), placed, _bbox(mask)))
+        things.append(Segment(value, category, True, float(scores[index]), placed, of_mask(mask)))
     for category in range(1, len(is_thing)):
         mask = (semantic == category) & ~claimed
         area = int(mask.sum())
         if is_thing[category] or area < max(params.stuff_area_min, 1):
             continue
         panoptic[mask] = category * params.label_divisor
-        stuff.append(Segment(category * params.label_divisor, category, False, None, area, _bbox(mask)))
+        stuff.append(Segment(category * params.label_divisor, category, False, None, area, of_mask(mask)))
     return panoptic, things + stuff
-
-
-def _bbox(mask: np.ndarray) -> tuple[int, int, int, int]:
-    """x, y, w, h of the True pixels."""
-    ys, xs = np.nonzero(mask)
-    return int(xs.min()), int(ys.min()), int(xs.max() - xs.min() + 1), int(ys.max() - ys.min() + 1)
 
 
 def naive_fusion(

@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from streamer.boxes import of_xywh, window
 from streamer.config import Config
 from streamer.frames import Category, Line, Segment, Zone
 from streamer.inference.counting import Counter
@@ -187,7 +188,7 @@ def draw_objects(
         category = int(labels[index])
         rank[category] = rank.get(category, 0) + 1
         x, y, w, h = (int(v) for v in boxes[index])
-        things.append(Segment(category * divisor + rank[category], category, True, float(scores[index]), w * h, (x, y, w, h)))
+        things.append(Segment(category * divisor + rank[category], category, True, float(scores[index]), w * h, of_xywh((x, y, w, h))))
     cuts = np.linspace(0, height, len(stuff) + 1).astype(int)
     segments_stuff = []
     for category, top, bottom in zip(stuff, cuts[:-1], cuts[1:]):
@@ -195,12 +196,11 @@ def draw_objects(
         covered = sum(w * max(0, min(y + h, bottom) - max(y, top)) for _, y, w, h in boxes.tolist())
         if bottom > top and covered < (bottom - top) * width:
             segments_stuff.append(Segment(category * divisor, category, False, None, int((bottom - top) * width - covered),
-                                          (0, int(top), width, int(bottom - top))))
+                                          of_xywh((0, int(top), width, int(bottom - top)))))
     if not stuff:
         panoptic[:] = 0
     for segment in things:
-        x, y, w, h = segment.bbox
-        panoptic[y : y + h, x : x + w] = segment.id
+        panoptic[window(segment.box)] = segment.id
     return tuple(things + segments_stuff), order
 
 
