@@ -2,6 +2,7 @@
 results in each source's order, and a batch gives the same segmentation as frames one at a time."""
 from __future__ import annotations
 
+import itertools
 import os
 import queue
 import threading
@@ -15,7 +16,7 @@ from streamer import control as ctl
 from streamer.config import load_config
 from streamer.frames import Frame
 from streamer.inference.models import PanopticModels, build_models
-from streamer.inference.worker import InferencePool, available_cores, gather, thread_layout, worker_loop
+from streamer.inference.worker import Batcher, InferencePool, available_cores, gather, thread_layout, worker_loop
 from streamer.inputs.synthetic import StreetScene
 from streamer.service.build import fusion_params
 
@@ -40,6 +41,41 @@ def test_gather_takes_one_frame_per_source_in_turn_and_stops_at_max_batch():
     assert ended == [quiet]
     batch, ended = gather([busy], max_batch=4)
     assert [f.index for _, f in batch] == [3, 4] and ended == []
+
+
+def batches(batcher: Batcher, feeds: list[tuple[queue.Queue, list]], arrivals: list[int]) -> list[list[tuple[str, int]]]:
+    """Every batch `batcher` hands out while the frames of `feeds` arrive `arrivals[k]` at a time
+    (taking after each arrival): a run's timing, played back."""
+    out: list[list[tuple[str, int]]] = []
+    pending = [list(items) for _, items in feeds]
+    for step in itertools.cycle(arrivals):
+        for (frames, _), items in zip(feeds, pending):
+            for item in items[:step]:
+                frames.put(item)
+            del items[:step]
+        batch, ended = batcher.take()
+        if batch:
+            out.append([(f.source_id, f.index) for _, f in batch])
+        if not batcher.waiting:
+            return out
+
+
+def play(arrivals: list[int], max_batch: int, in_turn: bool) -> list[list[tuple[str, int]]]:
+    """The batches of two offline sources (7 and 4 frames) whose frames arrive `arrivals` at a time."""
+    feeds = [(queue.Queue(), [frame(name, i) for i in range(count)] + [ctl.END]) for name, count in (("a", 7), ("b", 4))]
+    return batches(Batcher([(frames, queue.Queue()) for frames, _ in feeds], max_batch, in_turn), feeds, arrivals)
+
+
+@pytest.mark.parametrize("max_batch", [2, 3])
+def test_an_offline_runs_batches_hold_the_same_frames_whatever_the_timing(max_batch):
+    """Frames that arrive at once or trickle in give the same batches (a frame's floats through the
+    models depend on its batch-mates); a live run's batches take what is there."""
+    at_once = play([100], max_batch, in_turn=True)
+    for timing in ([1], [0, 1, 0, 0, 2], [3, 0]):
+        assert play(timing, max_batch, in_turn=True) == at_once
+    assert all(len(batch) == max_batch for batch in at_once[:-2])
+    assert [f for batch in at_once for f in batch][:4] == [("a", 0), ("b", 0), ("a", 1), ("b", 1)]
+    assert play([1], 3, in_turn=False) != play([100], 3, in_turn=False)
 
 
 @pytest.fixture(scope="module")

@@ -14,6 +14,7 @@ once their track has ended.
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
+from typing import Any
 
 import numpy as np
 
@@ -61,7 +62,7 @@ class SourceTracker:
     def __init__(self, params: TrackingParams, label_divisor: int):
         self.params = params
         self.divisor = label_divisor
-        self._trackers: dict[int, object] = {}  # category id -> its tracker
+        self._trackers: dict[int, Any] = {}  # category id -> its tracker (the library's classes share no typed base with .tracks)
         self._ids: dict[tuple[int, int], int] = {}  # (category, the library's id) -> our track id
         self._slots: dict[int, int] = {}  # track id -> instance id in the map
         self._early: dict[int, tuple[object, int]] = {}  # id() of a tracklet not yet named -> (it, our track id)
@@ -92,9 +93,12 @@ class SourceTracker:
             if category not in self._trackers:
                 self._trackers[category] = _make_tracker(self.params)
             tracker = self._trackers[category]
-            before = {id(t) for t in tracker.tracks}
+            # the tracklets before, held (not only their id()s): one the update frees could hand its
+            # address to a new one, which would then pass for old
+            before = {id(t): t for t in tracker.tracks}
             result = tracker.update(detections, timestamp=pts_s)
             born = [t for t in tracker.tracks if id(t) not in before]
+            del before
             for segment_id, library_id, box in zip(result.data["segment"], result.tracker_id, result.xyxy):
                 if library_id >= 0:
                     tracks[int(segment_id)] = self._track_id(category, int(library_id), tracker.tracks)

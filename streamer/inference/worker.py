@@ -72,8 +72,8 @@ def cgroup_cpu_quota(root: Path) -> float | None:
         if (root / "cpu.max").exists():
             quota, period = (root / "cpu.max").read_text().split()[:2]
             return None if quota == "max" else int(quota) / int(period)
-        quota = int((root / "cpu" / "cpu.cfs_quota_us").read_text())
-        return None if quota <= 0 else quota / int((root / "cpu" / "cpu.cfs_period_us").read_text())
+        quota_us = int((root / "cpu" / "cpu.cfs_quota_us").read_text())
+        return None if quota_us <= 0 else quota_us / int((root / "cpu" / "cpu.cfs_period_us").read_text())
     except (OSError, ValueError):
         return None
 
@@ -230,7 +230,7 @@ class Follow:
         events = tuple(counter.update(segments, frame.pts_ms / 1000.0)) if counter else ()
         timings = {**result.timings, "tracking": time.perf_counter() - started}
         drawn = None
-        if self.overlay and fused.image is not None:
+        if self.overlay and fused.image is not None and fused.panoptic is not None:  # on the device: both or neither
             drawn = self.overlay(fused.image, _renumber(fused.panoptic, result.segments, segments)).cpu().numpy()
         return replace(result, panoptic_map=panoptic, segments=segments, timings=timings, drawn=drawn,
                        counts=counter.counts() if counter else None, events=events)
@@ -278,6 +278,46 @@ def gather(waiting: list[Route], max_batch: int) -> tuple[list[tuple[Route, Fram
     return batch, ended
 
 
+class Batcher:
+    """Frames from the sources' queues in batches of up to `max_batch` (`gather`), and the sources
+    still waited for. `in_turn` (an offline run): with max_batch > 1 the turn waits for its source's
+    next frame and a batch goes out only when full or when a source ends, so every batch holds the
+    same frames whatever the timing: a frame's floats through the models depend on its batch (the
+    kernels' path by batch size; Mask R-CNN pads a batch to its largest image), and a score near
+    a threshold must not cross it in one run and not in the next."""
+
+    def __init__(self, routes: list[Route], max_batch: int, in_turn: bool = False):
+        self.waiting = list(routes)
+        self.max_batch = max_batch
+        self.in_turn = in_turn and max_batch > 1
+        self._pending: list[tuple[Route, Frame]] = []
+        self._turn = 0
+
+    def take(self) -> tuple[list[tuple[Route, Frame]], list[Route]]:
+        """(frames for one batch, sources that ended after them); both empty while waiting."""
+        if not self.in_turn:
+            batch, ended = gather(self.waiting, self.max_batch)
+            for route in ended:
+                self.waiting.remove(route)
+            return batch, ended
+        while self.waiting:
+            route = self.waiting[self._turn % len(self.waiting)]
+            try:
+                item = route[0].get_nowait()
+            except queue.Empty:
+                return [], []
+            if item is ctl.END:
+                self.waiting.remove(route)
+                batch, self._pending = self._pending, []
+                return batch, [route]
+            self._pending.append((route, item))
+            self._turn += 1
+            if len(self._pending) == self.max_batch:
+                batch, self._pending = self._pending, []
+                return batch, []
+        return [], []
+
+
 @dataclass
 class Job:
     """A batch in the pool (one route per frame), or, without a future, the routes whose END goes
@@ -295,27 +335,27 @@ def worker_loop(
     control: ctl.Control,
     max_batch: int,
     follow: Follow | None = None,
+    in_turn: bool = False,
 ) -> None:
-    """Serve every source's queue pair: batches of up to `max_batch` frames, `pool.size` batches at
-    once, results in the order the frames were taken, each through `follow` (tracks, counts, the
-    overlay on the models' device; default: none of them). Passes each source's END on after its
-    last result; returns when all ended."""
+    """Serve every source's queue pair: batches of up to `max_batch` frames (`Batcher`; `in_turn` for
+    an offline run), `pool.size` batches at once, results in the order the frames were taken, each
+    through `follow` (tracks, counts, the overlay on the models' device; default: none of them).
+    Passes each source's END on after its last result; returns when all ended."""
     follow = follow or Follow(None, params.label_divisor)
     on_device = follow.overlay is not None
-    waiting = list(routes)
+    batcher = Batcher(routes, max_batch, in_turn)
     jobs: collections.deque[Job] = collections.deque()
     try:
-        while (waiting or jobs) and not control.abort.is_set():
+        while (batcher.waiting or jobs) and not control.abort.is_set():
             running = [job.future for job in jobs if job.future and not job.future.done()]
             took = False
             if len(running) < pool.size and len(jobs) < 2 * pool.size:
-                batch, ended = gather(waiting, max_batch)
+                batch, ended = batcher.take()
                 if batch:
                     frames = [frame for _, frame in batch]
-                    jobs.append(Job([r for r, _ in batch], pool.submit(infer, models, params, frames, time.monotonic(), on_device)))
-                    running.append(jobs[-1].future)
-                for route in ended:
-                    waiting.remove(route)
+                    future = pool.submit(infer, models, params, frames, time.monotonic(), on_device)
+                    jobs.append(Job([r for r, _ in batch], future))
+                    running.append(future)
                 if ended:
                     jobs.append(Job(ended))
                 took = bool(batch or ended)

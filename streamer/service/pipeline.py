@@ -136,7 +136,7 @@ class Pipeline:
         threads = [threading.Thread(target=run.capture.run, name=f"capture-{run.settings.id}", daemon=True) for run in runs]
         threads.append(threading.Thread(target=worker_loop, name="worker", daemon=True, args=(
             pool, models, build.fusion_params(config), [(run.frames, run.results) for run in runs], self.control,
-            config.runtime.max_batch, follow)))
+            config.runtime.max_batch, follow, not any(source.live for source in opened))))
         observe = server.metrics.observe if server else None
         sinks = [threading.Thread(target=sink_loop, name=f"sink-{run.settings.id}", daemon=True, args=(
             run.results, run.outputs, renderer.render if any(o.needs_picture for o in run.outputs) else None,
