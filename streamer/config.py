@@ -33,7 +33,7 @@ from pydantic import (
 from streamer import presets
 from streamer.errors import ConfigError, InputNotFound
 from streamer.frames import LABEL_DIVISOR, Category
-from streamer.uris import redact_uri
+from streamer.uris import redact_uri, redact_url
 
 log = logging.getLogger(__name__)
 
@@ -80,6 +80,19 @@ LogLevel = Literal["debug", "info", "warning", "error"]
 LOG_LEVELS: tuple[str, ...] = get_args(LogLevel)
 LogFormat = Literal["text", "json"]
 LOG_FORMATS: tuple[str, ...] = get_args(LogFormat)
+
+
+MIN_ZONE_THICKNESS = 0.5  # pixels: a zone thinner than this everywhere holds no pixel's centre
+
+
+def _thickness(points: tuple[Point, ...]) -> float:
+    """How far a polygon's points stray, at most, from the line through its first point and the
+    point farthest from it, in pixels: 0 when they all lie on one line."""
+    (x0, y0) = points[0]
+    far = max(points, key=lambda p: math.hypot(p[0] - x0, p[1] - y0))
+    dx, dy = far[0] - x0, far[1] - y0
+    length = math.hypot(dx, dy)
+    return max(abs(dx * (y - y0) - dy * (x - x0)) / length for x, y in points) if length else 0.0
 
 
 class Strict(BaseModel):
@@ -319,7 +332,7 @@ class Source(Strict):
     @property
     def shown(self) -> str:
         """The uri as it may be shown: as written (`${NAME}`, never its value), secrets hidden."""
-        return redact_uri(self._template or self.uri)
+        return redact_url(self._template or self.uri)
 
     @field_validator("lines")
     @classmethod
@@ -335,6 +348,10 @@ class Source(Strict):
         small = sorted(name for name, points in zones.items() if len(set(points)) < 3)
         if small:
             raise ValueError(f"{small[0]}: a zone needs 3 distinct points or more")
+        flat = sorted(name for name, points in zones.items() if _thickness(points) < MIN_ZONE_THICKNESS)
+        if flat:
+            raise ValueError(f"{flat[0]}: its points lie on one line, so nothing can ever be inside it; "
+                             "a zone needs an area")
         return zones
 
     @field_validator("id")
@@ -657,6 +674,8 @@ def _first_error(exc: ValidationError, origin: str, overridden: list[str] | tupl
         message = "unknown key (check the spelling; see the configuration reference in README.md)"
     elif first["type"] == "missing":
         message = "required key is missing"
+    elif "input" in first and isinstance(first["input"], str) and where.endswith("uri"):
+        message += f", got {redact_url(first['input'])!r}"  # read whole: a password may hold spaces or quotes
     elif "input" in first and not isinstance(first["input"], (dict, list)) and not where.endswith("token"):
         message += f", got {first['input']!r}"
     more = f" (and {len(errors) - 1} more problem{'s' if len(errors) > 2 else ''})" if len(errors) > 1 else ""
