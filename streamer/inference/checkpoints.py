@@ -48,6 +48,12 @@ class Weights:
             return False
         return self.path.exists() if self.kind in (Kind.FILE, Kind.HUB) else self.path.is_file()
 
+    @property
+    def file(self) -> Path:
+        """`path` where there must be one: FILE and TORCH weights, and a HUB model found in the cache."""
+        assert self.path is not None, f"{self.name}: {self.kind.name} weights with no path"
+        return self.path
+
 
 def torch_checkpoints() -> Path:
     """torch's checkpoint cache, `torch.hub.get_dir()/checkpoints`, found as torch finds it
@@ -75,9 +81,10 @@ def hub_snapshot(repo_id: str) -> Path | None:
     from huggingface_hub import try_to_load_from_cache
 
     found = [try_to_load_from_cache(repo_id, name) for name in HUB_FILES]
-    if not all(isinstance(path, str) for path in found):
+    paths = [path for path in found if isinstance(path, str)]
+    if len(paths) != len(found):
         return None
-    folders = {Path(path).parent for path in found}
+    folders = {Path(path).parent for path in paths}
     return folders.pop() if len(folders) == 1 else None
 
 
@@ -121,7 +128,7 @@ def require(models: cfg.Models) -> None:
     content is checked where they load."""
     for weights in needed(models):
         if weights.kind is Kind.FILE and not weights.present:
-            raise InputNotFound(f"{weights.path}: weights file not found" if weights.path.suffix in WEIGHTS_SUFFIXES
+            raise InputNotFound(f"{weights.path}: weights file not found" if weights.file.suffix in WEIGHTS_SUFFIXES
                                 else f"{weights.name}: {weights.role} weights not found (no such file or folder)")
         if weights.kind in (Kind.TORCH, Kind.HUB) and not weights.present:
             raise InputNotFound(missing_message(weights, models.preset))

@@ -138,9 +138,9 @@ class Counter:
             new = inside & ~self._zone_done[rows]
             self._zone_done[rows] |= inside
             for j, i in zip(*np.nonzero(new.T)):
-                key = (self.zones[j].name, names[i])
-                self._entries[key] = self._entries.get(key, 0) + 1
-                events.append(Event("zone", key[0], ids[i], key[1], None, pts_s))
+                entry = (self.zones[j].name, names[i])
+                self._entries[entry] = self._entries.get(entry, 0) + 1
+                events.append(Event("zone", entry[0], ids[i], entry[1], None, pts_s))
         self._anchor[rows] = q
         self._seen[rows] = pts_s
         return events

@@ -68,7 +68,7 @@ def vote_categories(semantic: torch.Tensor, masks: BoxMasks, candidates: torch.T
 
 def fuse(
     semantic: torch.Tensor,
-    masks: torch.Tensor,
+    masks: BoxMasks,
     scores: torch.Tensor,
     categories: torch.Tensor,
     is_thing: torch.Tensor,
@@ -191,7 +191,8 @@ def _segments(
     stats = torch.stack([table, padded_categories, area, _first(cols), _first(rows), _last(cols), _last(rows)]).T.tolist()
     score_list = scores.float().tolist()
 
-    things, stuff = [], []
+    things: list[Segment] = []
+    stuff: list[Segment] = []
     for label, (value, category, pixels, left, top, right, bottom) in enumerate(stats):
         if value == 0 or pixels == 0:
             continue

@@ -15,6 +15,7 @@ import re
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -58,7 +59,7 @@ def resolve_device(name: str) -> torch.device:
 
 # Plain data that training checkpoints hold beside the weights, safe to rebuild: torchvision's
 # references/detection/train.py saves its argparse arguments and MultiStepLR's milestones (a Counter).
-PLAIN_DATA = [argparse.Namespace, collections.Counter]
+PLAIN_DATA: list[Any] = [argparse.Namespace, collections.Counter]  # classes torch.load may rebuild
 DATA_PARALLEL = "module."
 
 
@@ -66,6 +67,7 @@ def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     """A state dict from `.safetensors` or `.pth` (weights only). One clear error for a bad file."""
     if not path.is_file():
         raise InputNotFound(f"{path}: weights file not found")
+    state: Any  # whatever the file holds; checked below to be a dict of tensors
     try:
         if path.suffix == ".safetensors":
             from safetensors.torch import load_file
@@ -136,13 +138,13 @@ def build_semantic(settings: cfg.SemanticModel) -> torch.nn.Module:
     if weights.kind is Kind.HUB:
         if not weights.present:
             raise InputNotFound(checkpoints.missing_message(weights, "none"))
-        return build_pretrained(weights.path, settings, origin=weights.name)
-    if weights.path.suffix not in checkpoints.WEIGHTS_SUFFIXES:
-        if not weights.path.is_dir():
+        return build_pretrained(weights.file, settings, origin=weights.name)
+    if weights.file.suffix not in checkpoints.WEIGHTS_SUFFIXES:
+        if not weights.file.is_dir():
             raise InputNotFound(f"{weights.name}: semantic weights not found (no such file or folder)")
-        return build_pretrained(weights.path, settings, origin=str(weights.path))
+        return build_pretrained(weights.file, settings, origin=str(weights.path))
     model = create_semantic(settings)
-    load_weights(model, read_state_dict(weights.path), weights.name)
+    load_weights(model, read_state_dict(weights.file), weights.name)
     return model
 
 
@@ -207,7 +209,7 @@ def _build_instance(settings: cfg.InstanceModel) -> tuple[torch.nn.Module, list[
     if weights is not None:
         if not weights.present and weights.kind is Kind.TORCH:
             raise InputNotFound(checkpoints.missing_message(weights, "none"))
-        state = read_state_dict(weights.path)
+        state = read_state_dict(weights.file)
         check_instance_classes(state, names, settings, str(weights.path))
         load_weights(model, state, str(weights.path))
     return model, names
@@ -266,7 +268,7 @@ class PanopticModels:
     -> N x C x H x W logits; `instance`: a torchvision Mask R-CNN whose labels index `class_names`;
     `build_models` makes both from the config."""
 
-    def __init__(self, semantic: torch.nn.Module, instance: torch.nn.Module, class_names: list[str], settings: cfg.Models,
+    def __init__(self, semantic: torch.nn.Module, instance: MaskRCNN, class_names: list[str], settings: cfg.Models,
                  categories: tuple[Category, ...], device: torch.device, half: str):
         self.device = device
         self.autocast = uses_autocast(device, half)
@@ -297,7 +299,8 @@ class PanopticModels:
         predictions = []
         for image, sem, det in zip(uploaded, semantic, detections):
             candidates = self.candidates[det["labels"]]
-            masks = paste_in_boxes(det["masks"].float(), det["boxes"], tuple(sem.shape))
+            height, width = sem.shape
+            masks = paste_in_boxes(det["masks"].float(), det["boxes"], (height, width))
             predictions.append(
                 Prediction(
                     image=image,
@@ -324,7 +327,7 @@ class PanopticModels:
 MASK_CHUNK = 64  # detections through the mask head at once: its activations stay bounded whatever their number
 
 
-def detect(model: MaskRCNN, images: list[torch.Tensor], kept: torch.Tensor) -> list[dict[str, torch.Tensor]]:
+def detect(model: MaskRCNN, images: list[torch.Tensor], kept: torch.Tensor) -> list[dict[str, Any]]:
     """torchvision's Mask R-CNN in eval mode, with its masks computed only for the detections whose
     label `kept` (a bool per label) marks, MASK_CHUNK at a time, and left box-relative. Per image:
     "boxes" (N x 4, x0 y0 x1 y1 in the image's pixels), "labels", "scores", "masks" (N x 1 x 28 x

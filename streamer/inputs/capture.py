@@ -109,9 +109,8 @@ def _read_ahead(reader: Reader, handoff: queue.Queue, alive: threading.Event) ->
     until the source ends or this reader is abandoned."""
     try:
         while alive.is_set():
-            item = reader.read()
-            if item is not None:
-                item = (*item, time.monotonic())
+            read = reader.read()
+            item = None if read is None else (*read, time.monotonic())
             while alive.is_set():
                 try:
                     handoff.put(item, timeout=ctl.POLL_S)

@@ -53,7 +53,7 @@ class LiveClock:
 
     def _from_stream(self, stream_pts: float, arrival: float) -> float | None:
         """The frame's time from its PTS, or None while they are unproven (stamped by arrival)."""
-        if self.trusted:
+        if self.trusted and self._offset is not None:  # trusted: the offset is known
             pts = stream_pts + self._offset
             if pts > self._last and abs(pts - arrival) <= DRIFT_LIMIT_MS:
                 return pts

@@ -540,7 +540,7 @@ def _static_scene(style: _Style, rng: np.random.Generator) -> tuple[np.ndarray, 
     sky = style.sky_top + (style.sky_horizon - style.sky_top) * t[:, None]
     rgb = np.repeat(sky[:, None, :], w, axis=1)
     if style.clouds:  # soft blobs, image only
-        mask = np.zeros((h, w), np.float32)
+        mask: np.ndarray = np.zeros((h, w), np.float32)
         for _ in range(style.clouds):
             cx, cy = rng.uniform(0, w), rng.uniform(0.05, 0.85) * cam.horizon * h
             ax, ay = rng.uniform(0.05, 0.2) * w, rng.uniform(0.015, 0.05) * h
@@ -863,7 +863,7 @@ class StreetScene:
         start, end = block * _BLOCK_S, (block + 1) * _BLOCK_S
         extra = stream.mean_gap - stream.min_gap
         t = start + stream.min_gap / 2 + rng.exponential(extra)
-        movers = []
+        movers: list[_Mover] = []
         while t < end - stream.min_gap / 2 and len(movers) < _MAX_PER_BLOCK:
             track_id = 1 + len(movers) + _MAX_PER_BLOCK * (stream_index + len(self._streams) * (block + _BLOCK_BIAS))
             movers.append(self._make_mover(stream, rng, track_id, t))
@@ -918,6 +918,7 @@ class StreetScene:
     def _car_item(self, m: _Mover, t: float) -> _Item | None:
         x, z, _, _ = m.at(t)
         look = self._look(CAR, m.look_seed, m.heading)
+        assert isinstance(look, _CarLook)
         model, width, length = look.model, look.width, look.length
         offset = np.array([x, 0.0, z])
         cam = self._style.camera
@@ -929,6 +930,7 @@ class StreetScene:
     def _person_item(self, m: _Mover, t: float) -> _Item | None:
         x, z, walked, crossing = m.at(t)
         look = self._look(PERSON, m.look_seed, 0)
+        assert isinstance(look, _PersonLook)
         parts = _person_polys(look, 2 * math.pi * walked / (0.8 * look.height), crossing)
         local = np.concatenate([p for p, _ in parts])
         verts = np.column_stack((x + local[:, 0], local[:, 1], np.full(len(local), z)))

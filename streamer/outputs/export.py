@@ -21,7 +21,7 @@ import json
 import logging
 import os
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import cv2
 import numpy as np
@@ -116,11 +116,12 @@ def _complete_png(path: Path) -> bool:
         return False
 
 
-def open_new(path: Path, mode: str, append: bool = False):
+def open_new(path: Path, mode: str, append: bool = False) -> IO[Any]:
     """`path` opened for writing without following a link: created (O_EXCL) or, with `append`,
     appended to when it is a plain file already."""
     flags = os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC | (os.O_APPEND if append else os.O_EXCL)
-    return os.fdopen(os.open(path, flags, 0o644), mode, **({} if "b" in mode else {"encoding": "utf-8"}))
+    fd = os.open(path, flags, 0o644)
+    return os.fdopen(fd, mode) if "b" in mode else os.fdopen(fd, mode, encoding="utf-8")
 
 
 def write_atomic(path: Path, data: bytes) -> None:
@@ -159,7 +160,7 @@ class PanopticExport:
         self.categories = categories
         self.images = images
         self.frames = 0
-        self._lines = None
+        self._lines: IO[str] | None = None
         self._previous = self._previous_files()
         if self._previous and not overwrite:
             raise CannotCreate(f"{self.folder}: already holds an export; --overwrite (output.overwrite: true) replaces it, "
@@ -208,6 +209,7 @@ class PanopticExport:
     def _write(self, result: Panoptic) -> None:
         if self._lines is None:
             self._open()
+        assert self._lines is not None  # _open opened it
         frame = result.frame
         name = f"{frame.index:06d}.png"
         ok, png = cv2.imencode(".png", id_to_rgb(result.panoptic_map)[..., ::-1])

@@ -70,6 +70,12 @@ class H264Fragments:
         self.origin_s: float | None = None  # the wall-clock capture time of media time 0
         self._last_ms = -1
 
+    @property
+    def stream(self) -> tuple[bytes, str, float]:
+        """(init segment, codec string, origin_s): what a viewer needs to join; there once a fragment is out."""
+        assert self.init is not None and self.codec is not None and self.origin_s is not None, "no fragment yet"
+        return self.init, self.codec, self.origin_s
+
     def encode(self, image: np.ndarray, captured_at: float) -> list[tuple[bytes, bool]]:
         """The fragments (bytes, starts with a keyframe) finished by this frame; `captured_at`: its
         capture time, wall clock in seconds (a step back, the clock's, is taken as 1 ms forward)."""

@@ -15,6 +15,7 @@ import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Generic, TypeVar
 
 import cv2
 import numpy as np
@@ -23,6 +24,7 @@ from streamer.frames import Panoptic
 from streamer.outputs.fmp4 import H264Fragments
 
 JPEG_QUALITY = 80
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -40,31 +42,32 @@ class ViewersFull(Exception):
     """A source has server.max_viewers viewers already."""
 
 
-class Broadcast:
+class Broadcast(Generic[T]):
     """The newest item of a stream for any number of readers, each at its own pace."""
 
     def __init__(self) -> None:
         self._changed = threading.Condition()
         self._seq = 0
-        self._item: object | None = None
+        self._item: T | None = None
         self._closed = False
 
-    def publish(self, item: object) -> None:
+    def publish(self, item: T) -> None:
         with self._changed:
             self._seq += 1
             self._item = item
             self._changed.notify_all()
 
-    def latest(self) -> tuple[int, object | None]:
+    def latest(self) -> tuple[int, T | None]:
         """(sequence number, item); (0, None) before the first."""
         with self._changed:
             return self._seq, self._item
 
-    def newer(self, seen: int, timeout_s: float) -> tuple[int, object] | None:
+    def newer(self, seen: int, timeout_s: float) -> tuple[int, T] | None:
         """The newest item once its sequence number passes `seen`; None after `timeout_s` or once closed."""
         with self._changed:
             self._changed.wait_for(lambda: self._seq > seen or self._closed, timeout_s)
-            return None if self._closed or self._seq <= seen else (self._seq, self._item)
+            item = self._item  # published once the sequence number is past 0
+            return None if self._closed or self._seq <= seen or item is None else (self._seq, item)
 
     def close(self) -> None:
         with self._changed:
@@ -106,6 +109,7 @@ class FragmentLog:
         with self._changed:
             if not self._changed.wait_for(lambda: self._fragments or self._closed, timeout_s) or self._closed:
                 return None
+            assert self._init is not None  # add() sets it with the first fragment
             return self._epoch, *self._init, self._first
 
     def read(self, epoch: int, seq: int, timeout_s: float) -> tuple[list[bytes], int] | None:
@@ -144,7 +148,7 @@ class LiveFeed:
         self.max_width = max_width
         self.min_interval_s = 1.0 / max_fps
         self.keyframe_every = max(1, round(max_fps))  # a joining viewer waits at most about a second's frames
-        self.frames = Broadcast()  # LiveFrame items
+        self.frames: Broadcast[LiveFrame] = Broadcast()
         self.video = FragmentLog()
         self._viewers = threading.BoundedSemaphore(max_viewers)
         self._video_viewers = 0
@@ -207,7 +211,9 @@ class LiveFeed:
                     self._filled.wait_for(lambda: self._slot is not None or self._closed)
                     if self._closed:
                         return
-                    (result, rendered), self._slot = self._slot, None
+                    slot, self._slot = self._slot, None
+                    assert slot is not None  # waited for it
+                    result, rendered = slot
                     video = self._video_viewers > 0
                 image = scaled(rendered, self.max_width)
                 self.frames.publish(jpeg_frame(result, image))
@@ -224,10 +230,11 @@ class LiveFeed:
             self.video.restart()
         if not wanted:
             return
+        assert image is not None and size is not None  # wanted only with a frame
         if self._encoder is None:
             self._encoder = H264Fragments(*size, self.keyframe_every)
         for fragment, keyframe in self._encoder.encode(image, captured_at):
-            self.video.add((self._encoder.init, self._encoder.codec, self._encoder.origin_s), fragment, keyframe)
+            self.video.add(self._encoder.stream, fragment, keyframe)
 
 
 def scaled(rendered: np.ndarray, max_width: int) -> np.ndarray:

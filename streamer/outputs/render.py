@@ -245,7 +245,7 @@ class Renderer:
                 raise ValueError(f"image is {image.shape[:2]} but its panoptic map {panoptic.shape}")
             out = np.empty_like(image)
             for top in range(0, panoptic.shape[0], STRIP_ROWS):
-                self._overlay_rows(image, panoptic, out, top, min(top + STRIP_ROWS, panoptic.shape[0]))
+                self._overlay_rows(self._table, image, panoptic, out, top, min(top + STRIP_ROWS, panoptic.shape[0]))
         return self.draw_labels(out, segments)
 
     def render(self, result: Panoptic) -> np.ndarray:
@@ -281,12 +281,12 @@ class Renderer:
             return None
         return DeviceOverlay(self._table, self.alpha, self.stuff_alpha, self.contours, device)
 
-    def _overlay_rows(self, image: np.ndarray, panoptic: np.ndarray, out: np.ndarray, top: int, bottom: int) -> None:
-        """Rows top..bottom-1 of `overlay`, written into `out`. Colours and kinds come from one table
+    def _overlay_rows(self, table: np.ndarray, image: np.ndarray, panoptic: np.ndarray, out: np.ndarray, top: int, bottom: int) -> None:
+        """Rows top..bottom-1 of `overlay`, written into `out`. Colours and kinds come from `table`, one
         lookup (out-of-range values raise IndexError and negative ones wrap, exactly as in
         `colorize`); one row above and below is looked up too, for the outlines."""
         above, below = max(top - 1, 0), min(bottom + 1, panoptic.shape[0])
-        packed = np.take(self._table, panoptic[above:below])
+        packed = np.take(table, panoptic[above:below])
         channels = packed.view(np.uint8).reshape(below - above, panoptic.shape[1], 4)  # B, G, R, kind
         rows = slice(top - above, bottom - above)
         colors = cv2.cvtColor(channels[rows], cv2.COLOR_BGRA2BGR)

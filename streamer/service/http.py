@@ -28,7 +28,7 @@ class BoundedHTTPServer(ThreadingHTTPServer):
         self._slots = threading.BoundedSemaphore(max_connections)
         super().__init__(address, handler)
 
-    def process_request(self, request: socket.socket, client_address) -> None:
+    def process_request(self, request: socket.socket | tuple[bytes, socket.socket], client_address) -> None:
         if not self._slots.acquire(blocking=False):
             self.shutdown_request(request)  # over the cap: closed at once
             return
@@ -38,7 +38,7 @@ class BoundedHTTPServer(ThreadingHTTPServer):
             self._slots.release()
             raise
 
-    def process_request_thread(self, request: socket.socket, client_address) -> None:
+    def process_request_thread(self, request: socket.socket | tuple[bytes, socket.socket], client_address) -> None:
         try:
             super().process_request_thread(request, client_address)
         finally:

@@ -25,7 +25,7 @@ class Notifier:
         return self._socket is not None
 
     def send(self, *fields: str) -> None:
-        if self._socket is None:
+        if self._socket is None or self.address is None:  # one is None when the other is
             return
         try:
             self._socket.sendto("\n".join(fields).encode(), self.address)

@@ -37,7 +37,7 @@ log = logging.getLogger(__name__)
 COOKIE = "streamer_token"
 BOUNDARY = "streamer-frame"
 LIVE_PATH = re.compile(r"^/live/([^/]+?)(\.jpg|\.mjpg|\.mp4)?$")
-PAGES = {name: resources.files("streamer.service").joinpath("web", name).read_bytes() for name in ("index.html", "live.html", "common.js")}
+PAGES = {name: (resources.files("streamer.service") / "web" / name).read_bytes() for name in ("index.html", "live.html", "common.js")}
 FPS_WINDOW_S = 5.0
 JOIN_TIMEOUT_S = 10.0  # a video viewer waits this long for its first keyframe
 
@@ -117,7 +117,8 @@ class Handler(BaseHTTPRequestHandler):
         if path == "/healthz":
             ok, body = self.app.metrics.health()
             return self._send(200 if ok else 503, "application/json", json.dumps(body).encode() + b"\n")
-        token = (query.get("token") or [None])[0]
+        tokens = query.get("token")
+        token = tokens[0] if tokens else None
         if not self.app.authorized(self.headers.get("Authorization"), self._cookie(), token):
             return self._send(401, "text/plain; charset=utf-8", b"a token is needed: Authorization: Bearer TOKEN or ?token=TOKEN\n",
                               {"WWW-Authenticate": 'Bearer realm="streamer"'})
@@ -133,7 +134,7 @@ class Handler(BaseHTTPRequestHandler):
         if path == "/common.js":
             return self._send(200, "text/javascript; charset=utf-8", PAGES["common.js"])
         feed = self.app.feeds.get(live.group(1)) if live else None
-        if feed is None:
+        if feed is None or live is None:
             return self._send(404, "text/plain; charset=utf-8", b"not found: see / for the sources\n")
         if live.group(2) is None:
             return self._send(200, "text/html; charset=utf-8", PAGES["live.html"])

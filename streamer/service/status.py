@@ -147,7 +147,7 @@ class Progress:
     def update(self, force: bool = False) -> None:
         """The bar, or the status line once an interval has passed; `force`: the line now (SIGUSR1)."""
         if self._bar is not None and not force:
-            self._advance()
+            self._advance(self._bar)
             return
         processed = sum(s.processed for s in self.stats)
         now = time.monotonic()
@@ -167,26 +167,26 @@ class Progress:
             ", ".join(self.sources()),
         )
 
-    def _advance(self, final: bool = False) -> None:
+    def _advance(self, bar: Bar, final: bool = False) -> None:
         """The bar's count: frames done with (processed, or dropped on the way), so that it ends at
         its total; redrawn at most every 0.1 s, and each second anyway (the rate falls in a stall)."""
         now = time.monotonic()
         processed = sum(s.processed for s in self.stats)
         dropped = sum(sum(s.dropped.values()) for s in self.stats)
-        self._bar.recent.add(now, processed + dropped)
+        bar.recent.add(now, processed + dropped)
         since = now - self._drawn_at
-        if not final and (since < 0.1 or (since < 1.0 and processed + dropped == self._bar.n)):
+        if not final and (since < 0.1 or (since < 1.0 and processed + dropped == bar.n)):
             return
         if dropped:
-            self._bar.set_postfix_str(f"{dropped} dropped", refresh=False)
-        self._bar.n, self._drawn_at = processed + dropped, now
-        self._bar.refresh()
+            bar.set_postfix_str(f"{dropped} dropped", refresh=False)
+        bar.n, self._drawn_at = processed + dropped, now
+        bar.refresh()
 
     def close(self) -> None:
         """The bar's last state, or a last status line: the counts at the end, whenever the last periodic one came."""
         if self._bar is None:
             self.update(force=True)
             return
-        self._advance(final=True)
+        self._advance(self._bar, final=True)
         self._bar.close()
         self._redirect.__exit__(None, None, None)

@@ -11,6 +11,8 @@ Pure numpy (plus cv2.connectedComponents): no threads, no config, no I/O.
 """
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import cv2
 import numpy as np
 
@@ -18,6 +20,11 @@ from streamer.boxes import of_mask
 from streamer.frames import Segment
 from streamer.inference.fusion import FusionParams
 from streamer.tools.pq import to_numpy
+
+if TYPE_CHECKING:
+    import torch
+
+    Array = np.ndarray | torch.Tensor  # numpy arrays or CPU tensors, as to_numpy takes
 
 
 def reference_fusion(
@@ -66,11 +73,11 @@ def reference_fusion(
 
 
 def naive_fusion(
-    semantic: np.ndarray,
-    masks: np.ndarray,
-    scores: np.ndarray,
-    categories: np.ndarray,
-    is_thing: np.ndarray,
+    semantic: Array,
+    masks: Array,
+    scores: Array,
+    categories: Array,
+    is_thing: Array,
     mask_threshold: float,
     first_instance_id: int = 3,
     *,
@@ -100,8 +107,8 @@ def naive_fusion(
 
 
 def semantic_only(
-    semantic: np.ndarray,
-    is_thing: np.ndarray,
+    semantic: Array,
+    is_thing: Array,
     connectivity: int = 8,
     *,
     label_divisor: int,

@@ -102,7 +102,7 @@ def state(weights: Weights) -> str:
 
 
 def partial_path(weights: Weights) -> Path:
-    return weights.path.with_name(weights.path.name + ".partial")
+    return weights.file.with_name(weights.file.name + ".partial")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -145,7 +145,7 @@ def fetch_checkpoint(weights: Weights, models: Models, mirror: str | None, allow
     except DataError:
         partial.unlink(missing_ok=True)
         raise
-    os.replace(partial, weights.path)
+    os.replace(partial, weights.file)
     log.info("%s: verified, saved at %s", weights.name, weights.path)
 
 
@@ -281,8 +281,8 @@ def walk(given: list[Path], depth: int = 6) -> Iterator[Path]:
 
 def import_checkpoint(source: Path, weights: Weights, models: Models, allow_unverified: bool) -> None:
     verify_checkpoint(source, weights, models, allow_unverified)
-    weights.path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_copy(source, weights.path)
+    weights.file.parent.mkdir(parents=True, exist_ok=True)
+    atomic_copy(source, weights.file)
     log.info("%s: verified, imported from %s to %s", weights.name, source, weights.path)
 
 

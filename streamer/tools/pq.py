@@ -206,11 +206,12 @@ class PQAccumulator:
 
 def _average(classes: Iterable[ClassPQ]) -> GroupPQ:
     """Mean over the classes that occurred, as panopticapi's pq_average."""
-    seen = [c for c in classes if c.pq is not None]
+    seen = [(c.pq, c.sq, c.rq) for c in classes if c.pq is not None and c.sq is not None and c.rq is not None]  # all or none
     if not seen:
         return GroupPQ(None, None, None, 0)
     n = len(seen)
-    return GroupPQ(sum(c.pq for c in seen) / n, sum(c.sq for c in seen) / n, sum(c.rq for c in seen) / n, n)
+    pq, sq, rq = (sum(values) / n for values in zip(*seen))
+    return GroupPQ(pq, sq, rq, n)
 
 
 def format_pq_table(result: PQResult) -> str:

@@ -28,6 +28,7 @@ from collections import OrderedDict
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import cv2
 import numpy as np
@@ -65,7 +66,7 @@ THING_LABELS = {CAR: INSTANCE_CLASSES.index("car"), PERSON: INSTANCE_CLASSES.ind
 # (0.85 s early, 1.1 s late). On a busy machine use --threads 1: two OpenMP threads fighting another
 # process for two cores can run 10-20 times slower.
 CPU_SECONDS_PER_STEP = {"semantic": 1.8, "instance": 1.1}
-DEFAULTS = {
+DEFAULTS: dict[str, dict[str, Any]] = {
     "semantic": {"steps": 800, "batch": 8, "crop": (384, 256), "lr": 2e-3},
     "instance": {"steps": 2800, "batch": 2, "crop": (576, 384), "lr": 1e-3},
 }
@@ -105,7 +106,7 @@ class SceneCache:
 
 def _photometric(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     """Colour jitter (brightness, contrast, saturation, channel gains, gamma), blur and noise on BGR uint8."""
-    x = image.astype(np.float32) / 255.0
+    x: np.ndarray = image.astype(np.float32) / 255.0  # float32 throughout; cv2 types its results loosely
     if rng.random() < 0.8:
         gains = rng.uniform(0.9, 1.1, 3).astype(np.float32)
         x = x * gains * np.float32(rng.uniform(0.7, 1.3))  # channel tint and brightness
@@ -208,7 +209,7 @@ def _worker_init(_: int) -> None:
 
 
 def _loader(dataset: SampleSet, batch: int, workers: int) -> torch.utils.data.DataLoader:
-    kwargs = {"num_workers": workers, "collate_fn": list, "batch_size": batch, "shuffle": False}
+    kwargs: dict[str, Any] = {"num_workers": workers, "collate_fn": list, "batch_size": batch, "shuffle": False}
     if workers > 0:
         kwargs.update(worker_init_fn=_worker_init, prefetch_factor=4, persistent_workers=False)
     return torch.utils.data.DataLoader(dataset, **kwargs)
@@ -239,12 +240,20 @@ def _schedule(step: int, total: int, warmup: int) -> float:
 
 
 def _optimizer(model: torch.nn.Module, lr: float, weight_decay: float = 1e-4) -> torch.optim.Optimizer:
-    decay, no_decay = [], []
+    decay: list[torch.nn.Parameter] = []
+    no_decay: list[torch.nn.Parameter] = []
     for param in model.parameters():
         if param.requires_grad:
             (no_decay if param.ndim <= 1 else decay).append(param)
     return torch.optim.AdamW([{"params": decay, "weight_decay": weight_decay},
                               {"params": no_decay, "weight_decay": 0.0}], lr=lr)
+
+
+def _resize_to(model: torch.nn.Module, min_size: int, max_size: int) -> None:
+    """Set the Mask R-CNN's resize (its GeneralizedRCNNTransform; torch types a submodule only as Module)."""
+    transform: Any = model.transform
+    transform.min_size = (min_size,)
+    transform.max_size = max_size
 
 
 def train_model(task: TaskData, steps: int, batch: int, lr: float, seed: int, device: torch.device,
@@ -256,8 +265,7 @@ def train_model(task: TaskData, steps: int, batch: int, lr: float, seed: int, de
     else:
         model = demo_instance(demo_config())
         # Training crops are already at network scale: the model's resize must leave them alone.
-        model.transform.min_size = (task.crop[1],)
-        model.transform.max_size = max(task.crop)
+        _resize_to(model, task.crop[1], max(task.crop))
     model.to(device).train()
     optimizer = _optimizer(model, lr)
     warmup = min(300, max(1, steps // 10))
@@ -298,8 +306,7 @@ def train_model(task: TaskData, steps: int, batch: int, lr: float, seed: int, de
             parts = {}
     if task.name == "instance":
         settings = demo_config().models.instance
-        model.transform.min_size = (settings.min_size,)
-        model.transform.max_size = settings.max_size
+        _resize_to(model, settings.min_size, settings.max_size)
     return model.eval(), losses
 
 

@@ -253,7 +253,7 @@ def combine_sequences(sequences: Iterable[VideoPanopticAccumulator]) -> VideoPan
     if not sequences or len({(s._known.tobytes(), s._thing.tobytes(), s.label_divisor, s.windows)
                              for s in sequences}) != 1:
         raise ValueError("combine at least one sequence, all with one category table, label divisor and set of windows")
-    confusion = sum(s._confusion for s in sequences)
+    confusion = sum((s._confusion for s in sequences), np.zeros_like(sequences[0]._confusion))
     aq_sum, tracks = (sum(terms) for terms in zip(*(s.aq_terms() for s in sequences)))
     aq = aq_sum / tracks if tracks else None
 
@@ -264,7 +264,7 @@ def combine_sequences(sequences: Iterable[VideoPanopticAccumulator]) -> VideoPan
 
     vpq = {}
     for k in sequences[0].windows:
-        iou, tp, fp, fn = sum(s._vpq[k] for s in sequences)
+        iou, tp, fp, fn = sum((s._vpq[k] for s in sequences), np.zeros_like(sequences[0]._vpq[k]))
         occurs = tp + fp + fn > 0
         vpq[k] = float(np.mean(iou[occurs] / (tp + fp / 2 + fn / 2)[occurs])) if occurs.any() else None
     return VideoPanopticResult(

@@ -3,6 +3,7 @@
 and the long memory run."""
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import time
@@ -34,8 +35,8 @@ def models_only(config: Config, device: torch.device, images: list[np.ndarray]) 
     """(a): seconds for both models over frames already in memory, run as the pipeline runs them
     (the same number of frames at once, threads and loading; see worker.InferencePool)."""
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
-    predict = lambda image: (models.predict([image]), sync())  # noqa: E731
     pool, models = load_models(config, device)
+    predict = lambda image: (models.predict([image]), sync())  # noqa: E731
     try:
         for future in [pool.submit(predict, image) for image in images[:pool.size]]:  # warm-up
             future.result()
@@ -127,7 +128,9 @@ def sequential_run(options: BenchOptions, device: torch.device, torch_threads: i
     config = load_bench_config(options)
     models = build_models(config.models, config.categories(), device, config.runtime.half)
     reader = open_source(options.source())
-    models.predict([reader.read()[0]])  # warm-up: first-call allocations and kernel selection
+    first = reader.read()
+    assert first is not None  # the synthetic street has frames
+    models.predict([first[0]])  # warm-up: first-call allocations and kernel selection
     reader.close()
     return sequential_loop(models, build.renderer(config), build.fusion_params(config), options.source(), output)
 
@@ -148,9 +151,8 @@ def end_to_end(options: BenchOptions, device: torch.device, torch_threads: int, 
         runs["models_only"].append(len(images) / seconds)
         log.info("bench %d/%d: models only %.2f fps", repeat + 1, options.repeats, runs["models_only"][-1])
 
-        sequential_video = workdir / f"sequential-{repeat}.mp4"
         seconds, count, stage_seconds = on_own_thread(
-            lambda video=sequential_video: sequential_run(options, device, torch_threads, video), "bench-sequential")
+            functools.partial(sequential_run, options, device, torch_threads, workdir / f"sequential-{repeat}.mp4"), "bench-sequential")
         runs["sequential"].append(count / seconds)
         stages.append({stage: value / max(count, 1) for stage, value in stage_seconds.items()})
         log.info("bench %d/%d: sequential loop %.2f fps", repeat + 1, options.repeats, runs["sequential"][-1])

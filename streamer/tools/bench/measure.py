@@ -74,7 +74,7 @@ def thread_cpu_seconds() -> dict[int, tuple[str, float]]:
     """native thread id -> (name, user + system CPU seconds) for every thread of this process (Linux)."""
     names = {t.native_id: t.name for t in threading.enumerate()}
     ticks = os.sysconf("SC_CLK_TCK")
-    out = {}
+    out: dict[int, tuple[str, float]] = {}
     try:
         tids = os.listdir("/proc/self/task")
     except OSError:

@@ -87,8 +87,10 @@ def fusion_case(
     repeats = options.micro_repeats
     is_thing = np.array([False] + [c.isthing for c in categories])
     semantic, masks, scores, labels = random_scene(width, height, count, categories, options.seed + count)
-    inputs = [torch.from_numpy(a).to(device) for a in (semantic, masks, scores, labels, is_thing)]
-    inputs[1] = BoxMasks.from_dense(inputs[1])  # each mask inside its box, as the model adapter gives them
+    semantic_t, masks_t, scores_t, labels_t, is_thing_t = (
+        torch.from_numpy(a).to(device) for a in (semantic, masks, scores, labels, is_thing))
+    # each mask inside its box, as the model adapter gives them
+    inputs = (semantic_t, BoxMasks.from_dense(masks_t), scores_t, labels_t, is_thing_t)
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
 
     def fast() -> tuple[np.ndarray, list[Segment]]:

@@ -55,7 +55,7 @@ def settings(options: BenchOptions, config: Config, device: torch.device) -> dic
 
 
 def environment(device: torch.device) -> dict[str, Any]:
-    versions = {"python": platform.python_version()}
+    versions: dict[str, str | None] = {"python": platform.python_version()}
     for name, package in (("torch", "torch"), ("torchvision", "torchvision"), ("smp", "segmentation-models-pytorch"),
                           ("av", "av"), ("numpy", "numpy"), ("timm", "timm")):
         try:
