@@ -167,7 +167,8 @@ class InstanceModel(Strict):
     @field_validator("classes")
     @classmethod
     def _unique_classes(cls, classes: tuple[str, ...] | None) -> tuple[str, ...] | None:
-        repeated = sorted({n for n in classes or () if classes.count(n) > 1})
+        names = classes or ()
+        repeated = sorted({n for n in names if names.count(n) > 1})
         if repeated:
             raise ValueError(f"class names must be unique, repeated: {', '.join(repeated)}")
         return classes
@@ -596,7 +597,7 @@ class Config(Strict):
     def categories(self) -> tuple[Category, ...]:
         """The panoptic category table: the semantic classes in order, ids from 1."""
         return tuple(
-            Category(id=i + 1, name=c.name, isthing=c.isthing, color=tuple(c.color))
+            Category(id=i + 1, name=c.name, isthing=c.isthing, color=c.color)  # RGB: validated into a tuple of 3
             for i, c in enumerate(self.models.semantic.classes)
         )
 
@@ -625,8 +626,8 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
         raw = {}
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: the top level must be a mapping of sections, got {type(raw).__name__}")
-    raw = apply_overrides(raw, overrides)
-    return validate(raw, origin=str(path), overridden=[item.partition("=")[0].strip() for item in overrides])
+    return validate(apply_overrides(raw, overrides), origin=str(path),
+                    overridden=[item.partition("=")[0].strip() for item in overrides], file_alone=raw)
 
 
 def apply_overrides(raw: dict[str, Any], overrides: list[str] | tuple[str, ...]) -> dict[str, Any]:
@@ -653,21 +654,36 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str] | tuple[str, ...])
     return raw
 
 
-def validate(raw: dict[str, Any], origin: str = "config", overridden: list[str] | tuple[str, ...] = ()) -> Config:
+def validate(raw: dict[str, Any], origin: str = "config", overridden: list[str] | tuple[str, ...] = (),
+             file_alone: dict[str, Any] | None = None) -> Config:
     """A Config, or ConfigError naming the first problem and where it came from: `origin` (the
     file), or "command line" when the key was set there (`overridden`: the dotted keys set by
-    --set or a flag such as --source)."""
+    --set or a flag such as --source), or when a check of several keys fails only because of a
+    value set there (`file_alone`: the file's settings without them, where that check passes)."""
     try:
         return Config.model_validate(raw)
     except ValidationError as exc:
-        raise ConfigError(_first_error(exc, origin, overridden)) from None
+        raise ConfigError(_first_error(exc, origin, overridden, file_alone)) from None
 
 
-def _first_error(exc: ValidationError, origin: str, overridden: list[str] | tuple[str, ...] = ()) -> str:
+def _fails_at(raw: dict[str, Any], loc: tuple) -> bool:
+    """Whether these settings fail a check at `loc` (or inside it)."""
+    try:
+        Config.model_validate(raw)
+    except ValidationError as exc:
+        return any(tuple(error["loc"][: len(loc)]) == tuple(loc) for error in exc.errors())
+    return False
+
+
+def _first_error(exc: ValidationError, origin: str, overridden: list[str] | tuple[str, ...] = (),
+                 file_alone: dict[str, Any] | None = None) -> str:
     errors = exc.errors()
     first = errors[0]
     where = ".".join(str(p) for p in first["loc"])
+    inside = [key for key in overridden if not where or key.startswith(where + ".")]  # a check over a section
     if where and any(where == key or where.startswith(key + ".") for key in overridden):
+        origin = "command line"
+    elif inside and file_alone is not None and not _fails_at(file_alone, first["loc"]):
         origin = "command line"
     message = first["msg"].removeprefix("Value error, ")
     if first["type"] == "extra_forbidden":

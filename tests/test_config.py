@@ -420,3 +420,19 @@ def test_an_older_files_metrics_section_is_read_as_server_with_a_warning(tmp_pat
     assert "metrics: is now server: (the same keys and more); rename it" in result.stderr
     both = write_yaml(tmp_path / "both.yaml", {**MINIMAL, "metrics": {"enabled": True}, "server": {"port": 1}})
     assert "metrics: is now server: (the same keys and more); give only server:" in the_error(check_config("-c", str(both)), 78)
+
+
+def test_a_check_over_a_section_is_blamed_on_the_command_line_when_only_a_set_value_fails_it(tmp_path):
+    """`--set server.host=0.0.0.0` without a token fails a check of the whole server section: the
+    value came from the command line, so the message says so, not the (packaged) file."""
+    from streamer.config import load_config
+    from streamer.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"^command line: server: host 0\.0\.0\.0 is reachable"):
+        load_config(None, ["server.enabled=true", "server.host=0.0.0.0"])
+    exposed = tmp_path / "exposed.yaml"
+    exposed.write_text("server: {enabled: true, host: 0.0.0.0}\n")
+    with pytest.raises(ConfigError, match=re.escape(f"{exposed}: server: host 0.0.0.0 is reachable")):
+        load_config(exposed, ["server.port=9000"])  # the file's own fault, whatever else was set
+    with pytest.raises(ConfigError, match=r"^command line: source cam0 has counting lines or zones"):
+        load_config(None, ["source.lines={a: [[0, 0], [9, 9]]}", "tracking.enabled=false"])
