@@ -31,7 +31,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     run = commands.add_parser("run", help="process a source: overlay video, live window, annotations")
     add_config_arguments(run)
-    run.add_argument("--source", action="append", metavar="URI", help="camera index, /dev/videoN, file, image folder or glob, rtsp(s)://, http(s)://, synthetic:street?... (repeat for several sources: cam0, cam1, ...)")
+    run.add_argument("--source", action="append", metavar="URI",
+                     help="camera index, /dev/videoN, file, image folder or glob, rtsp(s)://, http(s)://, synthetic:street?... "
+                          "(repeat for several sources: cam0, cam1, ...)")
     run.add_argument("--output", metavar="PATH", help="write the overlaid video to this MP4 (H.264)")
     run.add_argument("--export-dir", metavar="DIR", help="write COCO panoptic annotations (PNG + JSON) to this folder")
     run.add_argument("--display", action=argparse.BooleanOptionalAction, default=None, help="show a live window (q or Esc stops)")
@@ -51,7 +53,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     evaluate = commands.add_parser("eval", help="panoptic quality (PQ) of the models on synthetic scenes with ground truth")
     add_config_arguments(evaluate)
-    evaluate.add_argument("--source", required=True, metavar="URI", help="synthetic:street?seed=S&frames=N (use seeds >= 1000: never trained on)")
+    evaluate.add_argument("--source", required=True, metavar="URI",
+                          help="synthetic:street?seed=S&frames=N (use seeds >= 1000: never trained on)")
     evaluate.add_argument("--device", metavar="DEV", help="auto, cpu, cuda or cuda:N")
     evaluate.add_argument("--json", action="store_true", help="print the results as JSON instead of tables")
     evaluate.add_argument("--export-dir", metavar="DIR", help="also write the fused predictions in COCO panoptic format")

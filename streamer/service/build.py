@@ -105,7 +105,8 @@ def announce_models(config: Config, specs: list[SourceSpec] | None = None) -> No
     models = config.models
     if models.preset != presets.NONE:
         preset = presets.get(models.preset)
-        (log.warning if preset.non_commercial else log.info)("models: preset %s (%s); licence: %s", preset.name, preset.title, preset.licence)
+        (log.warning if preset.non_commercial else log.info)("models: preset %s (%s); licence: %s",
+                                                             preset.name, preset.title, preset.licence)
     demo = "demo" in (models.semantic.weights, models.instance.weights)
     if specs is None:
         specs = [parse_source(source.uri, source.shown) for source in config.all_sources()]
@@ -213,6 +214,7 @@ def video_output(config: Config, source: OpenedSource, several: bool, locks: Exi
     """The source's video (one file, or segments for a live source), leftovers recovered first; its
     frame rate is the opened file's, or the configured one for a live source."""
     settings = config.output
+    assert settings.video is not None  # outputs() asks for a video only when one is configured
     segment_s = settings.segment_length(source.live)
     path = output_path(settings.video, source.settings.id, several)
     if segment_s:
@@ -225,6 +227,7 @@ def video_output(config: Config, source: OpenedSource, several: bool, locks: Exi
 
 def export(config: Config, source: Source, categories: tuple[Category, ...], several: bool, locks: ExitStack) -> PanopticExport:
     """The source's COCO panoptic export; its folder's lock joins `locks`."""
+    assert config.output.export_dir is not None  # outputs() asks for an export only when one is configured
     folder = output_path(config.output.export_dir, source.id, several)
     preflight.folder_target(Path(folder), "export")
     locks.enter_context(holding(Path(folder), "export"))

@@ -214,9 +214,10 @@ class Pipeline:
         """Wait for every sink to finish, showing the windows, progress and talking to systemd meanwhile."""
         windows = {run.settings.id: Window(f"streamer - {run.settings.id}") for run in runs if run.display}
         totals = [run.stats.expected for run in runs]
+        known = [total for total in totals if total]
         progress = Progress(
             [run.stats for run in runs], [q for run in runs for q in (run.frames, run.results)],
-            sum(totals) if all(totals) else None, self.config.runtime.status_interval_s,
+            sum(known) if len(known) == len(totals) else None, self.config.runtime.status_interval_s,
             lambda: [run.capture.connection().text(run.settings.id) + counts_text(run.stats.counts) for run in runs],
         )
         health = Health(self.control, self.notifier, watchdog_interval(), self.config.runtime.stage_timeout_s)

@@ -27,7 +27,7 @@ from streamer.inference.tracking import SourceTracker, TrackingParams
 from streamer.inference.worker import InferencePool, load_models
 from streamer.inputs.sources import open_source
 from streamer.inputs.spec import parse_source
-from streamer.inputs.synthetic import CATEGORIES, SceneFrame
+from streamer.inputs.synthetic import CATEGORIES, SceneFrame, SyntheticReader
 from streamer.outputs.export import PanopticExport
 from streamer.service.build import fusion_params, tracking_params
 from streamer.tools.baselines import naive_fusion, semantic_only
@@ -86,6 +86,7 @@ def evaluate_synthetic(config: Config, uri: str, export_dir: str | None = None) 
     if spec.kind != "synthetic":
         raise UsageError(f"eval: {spec.shown}: needs a synthetic:street?... source, which carries ground truth")
     reader = open_source(spec)
+    assert isinstance(reader, SyntheticReader)  # what a synthetic source opens as: it reads frames with their ground truth
     if reader.frame_count is None:
         raise UsageError(f"eval: {uri}: give a frame count, e.g. &frames=300")
     ground_truth_lut(config.categories())  # a class missing: fail before the models load
