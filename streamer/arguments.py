@@ -3,9 +3,19 @@ the commands need not import each other."""
 from __future__ import annotations
 
 import argparse
+from typing import NoReturn
 
 from streamer import presets
 from streamer.config import LOG_FORMATS, LOG_LEVELS
+from streamer.uris import redact_uri
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse, whose errors quote what was typed (`unrecognized arguments: --source rtsp://...`):
+    every URL in them has its secrets hidden. Sub-commands' parsers are of this class too."""
+
+    def error(self, message: str) -> NoReturn:
+        super().error(redact_uri(message))
 
 
 def add_config_arguments(parser: argparse.ArgumentParser) -> None:

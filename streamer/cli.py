@@ -15,9 +15,9 @@ from pathlib import Path
 from typing import NoReturn
 
 from streamer import __version__, presets
-from streamer.arguments import add_config_arguments, config_overrides, frame_size, positive_int, quote
-from streamer.config import Config, Runtime, load_config, to_yaml
-from streamer.errors import EXIT_FAILURE, EXIT_OK, CannotCreate, StreamerError
+from streamer.arguments import Parser, add_config_arguments, config_overrides, frame_size, positive_int, quote
+from streamer.config import Config, Runtime, default_config_path, load_config, to_yaml
+from streamer.errors import EXIT_FAILURE, EXIT_OK, CannotCreate, ConfigError, StreamerError, UsageError
 from streamer.logs import configure_logging
 from streamer.uris import redact_uri
 
@@ -25,7 +25,7 @@ log = logging.getLogger("streamer")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="streamer", description="Live panoptic segmentation of video streams.")
+    parser = Parser(prog="streamer", description="Live panoptic segmentation of video streams.")
     parser.add_argument("--version", action="version", version=f"streamer {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -172,8 +172,26 @@ def preset_note(config: Config) -> str:
             f"# licence: {preset.licence}\n")
 
 
+def check_sources(config: Config, args: argparse.Namespace) -> None:
+    """Every source's URI read as `run` reads it (inputs.spec.parse_source): one that `run` would refuse
+    (an unknown scheme, a URL whose port cannot be read) is a bad configuration here, exit 78, named
+    by its file or "command line" and key; the message never quotes the URL's secrets."""
+    from streamer.inputs.spec import parse_source
+
+    keys = ["source.uri"] if config.source and not config.sources else [f"sources.{i}.uri" for i in range(len(config.sources))]
+    overridden = [item.partition("=")[0].strip() for item in config_overrides(args)]
+    for key, source in zip(keys, config.all_sources()):
+        try:
+            parse_source(source.uri, source.shown)
+        except UsageError as exc:
+            from_command_line = any(key == k or key.startswith(k + ".") for k in overridden)
+            origin = "command line" if from_command_line else args.config or default_config_path()
+            raise ConfigError(f"{origin}: {key}: {exc}") from None
+
+
 def cmd_check_config(args: argparse.Namespace) -> int:
     config: Config = load_config(args.config, config_overrides(args))
+    check_sources(config, args)
     sys.stdout.write(preset_note(config) + to_yaml(config))
     return EXIT_OK
 

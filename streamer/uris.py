@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import re
 
-# a URL runs to whitespace or a quote; punctuation that ends a sentence around it is not part of it
-URL = re.compile(r"\b[A-Za-z][A-Za-z0-9+.-]*://(?:[^\s'\"<>`]*[^\s'\"<>`.,;:)\]}])?")
+# a URL runs to whitespace (a password may hold quotes and brackets: `rtsp://admin:pa'ss@host` is one
+# URL); quotes, brackets and punctuation that end it are taken for the sentence's, not the URL's
+URL = re.compile(r"\b[A-Za-z][A-Za-z0-9+.-]*://\S*")
+TRAILING = ".,;:!?'\"`)]}>"
 # path parameters that carry credentials on DVRs and HTTP cameras: /user=admin&password=...&channel=1
 SECRET_KEY = re.compile(r"user|usr|login|account|pass|pwd|token|key|secret|auth|sig|session|sid|cred|code", re.IGNORECASE)
 PAIR = re.compile(r"([^=&;/?#]+)=([^&;/?#]*)")
@@ -21,7 +23,20 @@ def redact_uri(text: str) -> str:
     the values of credential-looking `key=value` path parameters. Works on URIs and on messages
     that quote one.
     """
-    return URL.sub(lambda match: _redact_one(match.group(0)), text)
+    return URL.sub(_redact_match, text)
+
+
+def redact_url(uri: str) -> str:
+    """One URI, known to be one (a source's `uri`), with its secrets hidden as redact_uri hides
+    them, but read whole: a password holding spaces or quotes is hidden too, where free text
+    would end the URL there. Text without `://` is left as it is."""
+    return _redact_one(uri) if "://" in uri else uri
+
+
+def _redact_match(match: re.Match) -> str:
+    url = match.group(0)
+    kept = url.rstrip(TRAILING)  # never into the scheme's "://"
+    return _redact_one(kept) + url[len(kept):]
 
 
 def _redact_one(url: str) -> str:

@@ -8,7 +8,7 @@ import json
 import av
 import pytest
 import yaml
-from helpers import DEMO_MODELS, Daemon, cli_env, free_port, http_get, run_cli
+from helpers import DEMO_MODELS, Daemon, cli_env, free_port, http_get, run_cli, the_error
 from mjpeg import MjpegCamera
 
 from streamer.uris import redact_uri
@@ -40,7 +40,7 @@ def test_text_without_urls_is_left_alone():
 
 SECRET_URLS = [
     "rtsp://127.0.0.1:9/user=admin&password=hunter2&channel=1",
-    "rtsp://admin:hu#nter2@127.0.0.1:9/stream",
+    "rtsp://admin:hu@n'ter2@127.0.0.1:9/stream",  # an unescaped '@' and a quote (an unescaped '#': test_a_password_with_a_hash...)
     "http://127.0.0.1:9/video.mjpg?token=hunter2",
 ]
 
@@ -106,3 +106,44 @@ def test_no_output_carries_the_cameras_secret(tmp_path):
         assert "hunter2" not in json.dumps(container.metadata)
     for path in export.rglob("*.json*"):
         assert "hunter2" not in path.read_text(), path
+
+
+@pytest.mark.parametrize("text, shown", [
+    ("got \"rtsp://admin:pa'ss@h/${NOPE}\"", "got \"rtsp://***@h/${NOPE}\""),  # a quote in the password: still one URL
+    ("'rtsp://admin:hunter2@h/x': refused.", "'rtsp://***@h/x': refused."),
+    ("(see http://h/x?token=hunter2)", "(see http://h/x?token=***)"),
+])
+def test_quotes_and_brackets_around_or_inside_a_url_hide_its_secrets(text, shown):
+    assert redact_uri(text) == shown
+
+
+# A password with '#', a query and a fragment: none of these words may appear anywhere.
+HASH_SECRETS = ("S3cret", "Pw9x", "T0k3n", "fr4g")
+
+
+@pytest.mark.system
+@pytest.mark.parametrize("url", [
+    "rtsp://admin:S3cret#Pw9x@127.0.0.1:1/x?token=T0k3n#fr4g",  # the parser would say "Port could not be cast ... 'S3cret'"
+    "rtsp://admin:S3cret?Pw9x@127.0.0.1/x",
+    "rtsp://admin:4242#S3cret@127.0.0.1/x",  # would parse: host 'admin', port 4242 (half the password), quoted by every later error
+    "rtsp://admin:S3cret@[::1/x?token=T0k3n",  # an IPv6 host never closed
+    "file://admin:S3cret@otherhost/x.mp4",
+])
+def test_a_password_with_a_hash_is_refused_without_quoting_any_secret(tmp_path, url):
+    """Through the real command line: run --source, check-config with --set and with a file, and a
+    mistyped flag; one clean line each, no part of the user-info, query or fragment in any output."""
+    config = tmp_path / "cam.yaml"
+    config.write_text(yaml.safe_dump({"source": {"uri": url}}))
+    runs = {
+        "run --source": (run_cli("run", "--source", url, cwd=tmp_path), 2, "command line"),
+        "check-config --set": (run_cli("check-config", "--set", f"source.uri={url}", cwd=tmp_path), 78, "command line: source.uri: "),
+        "check-config -c": (run_cli("check-config", "-c", str(config), cwd=tmp_path), 78, f"{config}: source.uri: "),
+        "argparse": (run_cli("check-config", "--source", url, cwd=tmp_path), 2, "unrecognized arguments"),
+    }
+    for name, (result, code, where) in runs.items():
+        output = result.stdout + result.stderr
+        assert result.returncode == code, (name, output)
+        assert "Traceback" not in output and not any(secret in output for secret in HASH_SECRETS), (name, output)
+        if code == 78:
+            assert where in the_error(result, 78), (name, output)
+            assert "%23" in output or "file://" in output or "[" in output

@@ -15,7 +15,7 @@ from typing import Any, Literal
 from urllib.parse import unquote, urlsplit
 
 from streamer.errors import UsageError
-from streamer.uris import redact_uri
+from streamer.uris import redact_url
 
 Kind = Literal["camera", "file", "images", "stream", "synthetic"]
 STREAM_SCHEMES = ("rtsp", "rtsps", "http", "https")
@@ -74,7 +74,7 @@ def parse_source(uri: str, shown: str | None = None) -> SourceSpec:
     Raises UsageError (exit 2) for an unknown scheme, a file:// URL of another host, a stream URL
     whose port is not a number, or a malformed synthetic URI; no message
     quotes a URL's user-info, query or fragment."""
-    shown = shown or redact_uri(uri)
+    shown = shown or redact_url(uri)
     if uri.isdigit():
         return SourceSpec("camera", int(uri), shown)
     if re.fullmatch(r"/dev/video\d+", uri):
@@ -86,9 +86,13 @@ def parse_source(uri: str, shown: str | None = None) -> SourceSpec:
         if scheme in STREAM_SCHEMES:
             return _stream(uri, scheme, shown)
         if scheme == "file":  # file:///home/me/clip%20%5B1080p%5D.mp4 (RFC 8089), as file managers copy it
-            parts = urlsplit(uri)
-            if parts.netloc not in ("", "localhost"):
-                raise UsageError(f"{shown}: a file:// URL of another host ({parts.netloc}); mount it and give the path")
+            try:
+                parts = urlsplit(uri)
+                host = parts.hostname or ""
+            except ValueError:  # an unclosed '[' of an IPv6 host
+                raise UsageError(f"{shown}: not a readable file:// URL; give the file's path") from None
+            if host not in ("", "localhost"):  # the host only: the user-info is never quoted
+                raise UsageError(f"{shown}: a file:// URL of another host ({host}); mount it and give the path")
             return parse_source(unquote(parts.path), shown)
         raise UsageError(
             f"{shown}: unknown source scheme '{scheme}'; use a camera index, /dev/videoN, a file, "
@@ -104,13 +108,19 @@ def parse_source(uri: str, shown: str | None = None) -> SourceSpec:
 
 def _stream(uri: str, scheme: str, shown: str) -> SourceSpec:
     """A network stream's host and port, read without ever quoting the user-info: a password with an
-    unescaped '#' or '?' ends the URL's authority early, and the parser's own message would show part of it."""
+    unescaped '#', '?' or '/' ends the URL's authority early, and the parser's own message would show
+    part of it (`Port could not be cast to integer value as 'S3cret'`), or worse, it would parse: in
+    `rtsp://admin:1234#x@cam/` the host is `admin` and the port 1234, which every later message
+    (DNS, connection refused) would quote. So an '@' after the authority is refused too."""
     try:
         parts = urlsplit(uri)
         port = parts.port
     except ValueError:
-        raise UsageError(f"{shown}: the URL's port is not a number; a password holding '#', '?' or '/' "
+        raise UsageError(f"{shown}: the URL's host or port cannot be read; a password holding '#', '?' or '/' "
                          "must be written %23, %3F or %2F") from None
+    if "@" in uri.partition("://")[2][len(parts.netloc):]:
+        raise UsageError(f"{shown}: the URL has an '@' after its host; a password holding '#', '?' or '/' "
+                         "must be written %23, %3F or %2F (and an '@' in a path or query %40)")
     options = {"scheme": scheme, "host": parts.hostname or "", "port": port or DEFAULT_PORTS[scheme]}
     return SourceSpec("stream", uri, shown, MappingProxyType(options))
 
