@@ -5,13 +5,18 @@ as files under /models/ (download.pytorch.org's layout), and Hugging Face hub mo
 /ORG/NAME/resolve/REVISION/FILE with the hub's headers (X-Repo-Commit; ETag = the file's sha256,
 as the hub gives for LFS files; Content-Length), both with byte ranges. Faults on demand: drop a
 connection half way, refuse every request after half a file was sent, serve bytes that differ from
-the advertised hash. Requests are recorded (method, path, Range header, whether sent via a proxy).
+the advertised hash; and a hostile or broken mirror's: headers of its own choosing (a path in
+X-Repo-Commit or ETag), a Content-Length it does not keep, a stall after half a file, a redirect, a
+slow line. Requests are recorded (method, path, Range and Authorization headers, Host, whether sent
+via a proxy).
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import re
 import threading
+import time
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -25,6 +30,12 @@ class Faults:
     drop_once: set[str] = field(default_factory=set)  # path suffixes: the first GET sends half, then closes
     outage_after_half: set[str] = field(default_factory=set)  # ... and every later request gets 503 until cleared
     corrupt: set[str] = field(default_factory=set)  # served bytes differ from the advertised sha256
+    headers: dict[str, dict[str, str]] = field(default_factory=dict)  # path suffix -> headers sent instead of the true ones
+    announce: dict[str, int] = field(default_factory=dict)  # path suffix -> the Content-Length claimed (the body is the file)
+    stall: set[str] = field(default_factory=set)  # path suffixes: the first GET sends half, then nothing for `stall_s`
+    stall_s: float = 60.0
+    redirect: dict[str, str] = field(default_factory=dict)  # path suffix -> a Location answered with 302 (once per path)
+    bytes_per_s: float | None = None  # a slow line: every body is sent at this rate
 
 
 @dataclass
@@ -33,6 +44,8 @@ class Request:
     path: str
     range: str | None
     proxied: bool
+    authorization: str | None = None
+    host: str | None = None
 
 
 class Mirror:
@@ -44,8 +57,10 @@ class Mirror:
         self.requests: list[Request] = []
         self._hashes: dict[Path, str] = {}
         self._dropped: set[str] = set()
+        self._redirected: set[str] = set()
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
         self._server.daemon_threads = True
+        self._server.handle_error = lambda request, address: None  # a client that hung up (as refusals do) is no news
         self.url = f"http://127.0.0.1:{self._server.server_address[1]}"
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
 
@@ -91,7 +106,12 @@ class Mirror:
             def _serve(self, body: bool) -> None:
                 proxied = self.path.startswith("http://")
                 path = urlsplit(self.path).path
-                mirror.requests.append(Request(self.command, path, self.headers.get("Range"), proxied))
+                mirror.requests.append(Request(self.command, path, self.headers.get("Range"), proxied,
+                                               self.headers.get("Authorization"), self.headers.get("Host")))
+                location = next((to for s, to in mirror.faults.redirect.items() if path.endswith(s)), None)
+                if location and path not in mirror._redirected:
+                    mirror._redirected.add(path)
+                    return self._empty(302, {"Location": location})
                 local = mirror._lookup(path)
                 if any(path.endswith(s) for s in mirror.faults.outage_after_half) and path in mirror._dropped:
                     return self._empty(503)
@@ -109,24 +129,42 @@ class Mirror:
                     if start >= len(data):
                         return self._empty(416, {"Content-Range": f"bytes */{len(data)}"})
                 self.send_response(206 if ranged else 200)
-                self.send_header("Content-Length", str(len(data) - start))
+                announced = next((n for s, n in mirror.faults.announce.items() if path.endswith(s)), None)
+                self.send_header("Content-Length", str(announced if announced is not None else len(data) - start))
                 if ranged:
                     self.send_header("Content-Range", f"bytes {start}-{len(data) - 1}/{len(data)}")
                 self.send_header("Accept-Ranges", "bytes")
-                self.send_header("ETag", f'"{digest}"')
-                self.send_header("X-Repo-Commit", COMMIT)
+                headers = {"ETag": f'"{digest}"', "X-Repo-Commit": COMMIT}
+                for suffix, forged in mirror.faults.headers.items():
+                    if path.endswith(suffix):
+                        headers.update(forged)
+                for key, value in headers.items():
+                    self.send_header(key, value)
                 self.end_headers()
                 if not body:
                     return
                 payload = data[start:]
-                cut = self._cut_here(path, start)
-                if cut:
-                    self.wfile.write(payload[: len(data) // 2 - start])
-                    self.wfile.flush()
+                stall = any(path.endswith(s) for s in mirror.faults.stall) and path not in mirror._dropped and start == 0
+                if stall:
+                    mirror._dropped.add(path)
+                if stall or self._cut_here(path, start):
+                    self._send(payload[: len(data) // 2 - start])
+                    if stall:
+                        time.sleep(mirror.faults.stall_s)
                     self.close_connection = True
-                    self.connection.shutdown(2)
+                    with contextlib.suppress(OSError):
+                        self.connection.shutdown(2)
                     return
-                self.wfile.write(payload)
+                self._send(payload)
+
+            def _send(self, payload: bytes) -> None:
+                rate = mirror.faults.bytes_per_s
+                step = 1 << 20 if rate is None else max(1, int(rate / 20))
+                for at in range(0, len(payload), step):
+                    self.wfile.write(payload[at:at + step])
+                    if rate is not None:
+                        time.sleep(step / rate)
+                self.wfile.flush()
 
             def _cut_here(self, path: str, start: int) -> bool:
                 """A fault asked for this GET to stop half way (once per path)."""

@@ -106,7 +106,7 @@ def test_an_interrupted_fetch_resumes_on_the_next_run(published, tmp_path):
     with Mirror(mirror_files(published, SEGFORMER_B2)) as mirror:
         env = model_env(home, STREAMER_MIRROR=mirror.url)
         mirror.faults.outage_after_half = {V2_CHECKPOINT}
-        message = the_error(run_cli("models", "fetch", "cityscapes", env=env), EXIT_UNAVAILABLE)
+        message = the_error(run_cli("models", "fetch", "cityscapes", "--allow-unverified", env=env), EXIT_UNAVAILABLE)
         partial = checkpoint_in_cache(home).with_name(V2_CHECKPOINT + ".partial")
         assert f"kept in {partial}: run the same command again to resume" in message
         assert not checkpoint_in_cache(home).exists()
@@ -127,17 +127,28 @@ def test_corrupt_or_unverified_downloads_are_refused_and_leave_the_cache_clean(p
     home = tmp_path / "home"
     with Mirror(mirror_files(published, SEGFORMER_B2)) as mirror:
         env = model_env(home, STREAMER_MIRROR=mirror.url)
-        mirror.faults.corrupt = {"model.safetensors"}  # bytes that differ from the hash the hub advertises
+        mirror.faults.corrupt = {"model.safetensors"}  # bytes that differ from the hash the mirror advertises
         message = the_error(run_cli("models", "fetch", "cityscapes", env=env), EXIT_DATAERR)
-        assert re.search(r"model\.safetensors: sha256 \w+\.\.\. does not match the published \w+\.\.\.: "
-                         r"a corrupt or different file, refused", message), message
+        assert re.search(r"model\.safetensors: sha256 \w+\.\.\. does not match the \w+\.\.\. the mirror http://127\.0\.0\.1:\d+ "
+                         r"announced: a corrupt or different file, refused", message), message
         assert cached_files(home) == []
 
-        mirror.faults.corrupt = set()  # a faithful mirror, but the checkpoint's hash is not torchvision's
+        # a faithful mirror, but nothing can verify its copy: the preset pins no sha256 for the hub files yet
+        mirror.faults.corrupt = set()
+        message = the_error(run_cli("models", "fetch", "cityscapes", env=env), EXIT_DATAERR)
+        assert message == (f"{SEGFORMER_B2}: the preset pins no sha256 for config.json, model.safetensors, so a copy from the "
+                           f"mirror {mirror.url} cannot be verified: refused (--allow-unverified accepts it, unverified)")
+        assert cached_files(home) == [], "nothing kept, not even an empty models--ORG--NAME folder"
+
+        # the hub model accepted as unverified; then the checkpoint, whose hash is not torchvision's
+        imported = run_cli("models", "import", "cityscapes", str(published[SEGFORMER_B2]), "--allow-unverified", env=env)
+        assert imported.returncode == 0, imported.stderr
+        assert "NOT verified (config.json, model.safetensors: no matching published sha256" in imported.stderr
+        assert not re.search(r": verified|(?<!NOT) verified \(", imported.stderr), "never called verified"
         message = the_error(run_cli("models", "fetch", "cityscapes", env=env), EXIT_DATAERR)
     assert message.startswith(f"{checkpoint_in_cache(home).with_name(V2_CHECKPOINT + '.partial')}: sha256 "), message
     assert not [f for f in cached_files(home) if "torch" in f], "no half or unverified checkpoint kept"
-    assert [f for f in cached_files(home) if "snapshots" in f], "the verified hub model stays"
+    assert [f for f in cached_files(home) if "snapshots" in f], "the hub model stays"
 
 
 def test_a_missing_mirror_file_is_one_line(published, tmp_path):

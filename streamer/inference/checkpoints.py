@@ -10,6 +10,7 @@ from __future__ import annotations
 import enum
 import json
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,6 +24,7 @@ COCO_URLS = {  # torchvision's published COCO weights per Mask R-CNN builder; th
     "maskrcnn_resnet50_fpn_v2": "https://download.pytorch.org/models/maskrcnn_resnet50_fpn_v2_coco-73cbd019.pth",
 }
 WEIGHTS_SUFFIXES = {".pth", ".pt", ".safetensors"}
+COMMIT = re.compile(r"[0-9a-f]{40}")  # a hub commit id: the only name a snapshot folder may have
 
 
 class Kind(str, enum.Enum):
@@ -77,15 +79,34 @@ def hub_repo_folder(repo_id: str) -> Path:
 
 
 def hub_snapshot(repo_id: str) -> Path | None:
-    """The cached snapshot folder holding every file of HUB_FILES for `repo_id` (its `main`), or None."""
-    from huggingface_hub import try_to_load_from_cache
-
-    found = [try_to_load_from_cache(repo_id, name) for name in HUB_FILES]
-    paths = [path for path in found if isinstance(path, str)]
-    if len(paths) != len(found):
+    """The cached snapshot folder of `repo_id`'s `main` that holds every file of HUB_FILES, or None.
+    Read as the hub's cache lays it out, trusting none of it (a mirror or another user may have
+    written it): refs/main must name a commit (40 hex digits, never a path), the folders on the way
+    must be real folders, and each file a regular file or a link to one in the repo's own blobs/."""
+    repo = hub_repo_folder(repo_id)
+    ref = repo / "refs" / "main"
+    try:
+        if any(p.is_symlink() for p in (repo / "refs", ref, repo / "snapshots", repo / "blobs")) or not ref.is_file():
+            return None
+        with open(ref, "rb") as handle:
+            revision = handle.read(64).decode("ascii", errors="replace").strip()
+    except OSError:
         return None
-    folders = {Path(path).parent for path in paths}
-    return folders.pop() if len(folders) == 1 else None
+    if not COMMIT.fullmatch(revision):
+        return None
+    folder = repo / "snapshots" / revision
+    if folder.is_symlink() or not folder.is_dir():
+        return None
+    blobs = (repo / "blobs").resolve()
+    for name in HUB_FILES:
+        path = folder / name
+        if path.is_symlink():
+            target = path.resolve()
+            if target.parent != blobs or not target.is_file():
+                return None
+        elif not path.is_file():
+            return None
+    return folder
 
 
 def is_hub_id(text: str) -> bool:

@@ -9,7 +9,8 @@ override the preset's, section by section (see `merge`).
 from __future__ import annotations
 
 import functools
-from dataclasses import dataclass
+import re
+from dataclasses import dataclass, field
 from importlib import resources
 from typing import Any
 
@@ -26,6 +27,18 @@ class WeightsInfo:
     size_mb: float  # download size in MB (10^6 bytes; torchvision lists MiB)
     licence: str
     source: str  # where it is published
+    # Hub models: the commit and each file's sha256 (the hub's LFS oid) that fetch and import check,
+    # None where not recorded yet (then a copy from a mirror or an import is not verified, and says so).
+    # torchvision's checkpoints carry theirs in the file name.
+    revision: str | None = None
+    sha256: dict[str, str | None] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.revision is not None and not re.fullmatch(r"[0-9a-f]{40}", self.revision):
+            raise ValueError(f"revision {self.revision!r}: not a commit id (40 hex digits)")
+        for name, digest in self.sha256.items():
+            if digest is not None and not re.fullmatch(r"[0-9a-f]{64}", digest):
+                raise ValueError(f"sha256 of {name}: {digest!r} is not a sha256 (64 hex digits)")
 
 
 @dataclass(frozen=True)

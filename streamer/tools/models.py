@@ -1,35 +1,44 @@
 """`streamer models list | fetch | import`: the presets' weights, in the standard caches.
 
 `fetch` downloads from the publishers (torchvision's site, the Hugging Face hub) or a mirror of them;
-`import` takes files copied from a machine that has them. Both verify what they got the way the
-publishers do (torchvision: the sha256 prefix in the checkpoint's name; the hub: its LFS files are
-stored under their sha256) and by building the preset's network from it, and both move a file into
-the cache only once it passed, so the cache never holds a half or foreign file. `run` never downloads.
+`import` takes files copied from a machine that has them. Both check what they got against the
+published hashes (torchvision: the sha256 prefix in the checkpoint's name; the hub: the sha256 and
+commit the preset pins, or where it pins none, the hashes huggingface.co itself announces over https;
+a mirror's or an imported copy of an unpinned file is refused unless --allow-unverified, and is then
+logged as not verified) and build the preset's network from them, and both move a file into the cache
+only once it passed, so the cache never holds a half or foreign file. They write only in torch's
+checkpoint folder and in the hub cache's models--ORG--NAME folder, through cache_files (no writing
+through a planted link; a lock per download folder). `run` never downloads.
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 import logging
 import os
 import re
-import shutil
 import sys
 from collections.abc import Iterator
+from email.message import Message
 from pathlib import Path
-from urllib.parse import urlsplit
 
 from streamer import presets
 from streamer.config import Models
 from streamer.errors import EXIT_OK, DataError, InputNotFound, Unavailable
 from streamer.inference import checkpoints
 from streamer.inference.checkpoints import Kind, Weights
-from streamer.tools.downloads import MIRROR_ENV, download_resuming, failure, progress_class
+from streamer.tools.cache_files import Folder, copy_into
+from streamer.tools.downloads import MIRROR_ENV, STALL_S, DownloadFailed, Site, Unreachable, download, quoted
+from streamer.uris import redact_url
 
 log = logging.getLogger("streamer.models")
 
 CHUNK = 1 << 20
 SHA256_IN_NAME = re.compile(r"-([a-f0-9]{8,})\.")  # torch.hub's rule: the hex digits after the last '-' start the sha256
+ETAG = re.compile(r'(?:W/)?"?([0-9a-f]{40}|[0-9a-f]{64})"?')  # the hub's ETags: a git hash (small files) or a sha256 (LFS)
+PARTIAL = ".partial"
+STAGING = ".streamer"  # models--ORG--NAME/.streamer/: the hub files while they download and are checked
 
 
 def add_parser(commands: argparse._SubParsersAction) -> None:
@@ -42,14 +51,29 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     fetch.add_argument("--mirror", metavar="URL", default=os.environ.get(MIRROR_ENV),
                        help=f"a copy of the publishers' sites (default ${MIRROR_ENV}): the hub's layout, "
                             "torchvision's files under /models/")
-    fetch.add_argument("--allow-unverified", action="store_true", help="keep a file whose sha256 differs from the published one (warns)")
+    fetch.add_argument("--allow-unverified", action="store_true",
+                       help="keep a file whose sha256 differs from the published one, or that no published sha256 can verify (warns)")
+    fetch.add_argument("--timeout", type=positive_seconds, default=STALL_S, metavar="SECONDS",
+                       help="give up on a host that does not answer, or a download that receives nothing, "
+                            f"for this long (default {STALL_S:g})")
     fetch.set_defaults(handler=cmd_fetch)
     bring = actions.add_parser("import", help="put a preset's weights, copied from another machine, into the caches")
     bring.add_argument("preset", choices=presets.names(), metavar="PRESET")
     bring.add_argument("paths", nargs="+", metavar="PATH",
                        help="checkpoint files, smp save_pretrained folders, or cache folders holding them")
-    bring.add_argument("--allow-unverified", action="store_true", help="accept a file whose sha256 differs from the published one (warns)")
+    bring.add_argument("--allow-unverified", action="store_true",
+                       help="accept a file whose sha256 differs from the published one, or that no published sha256 can verify (warns)")
     bring.set_defaults(handler=cmd_import)
+
+
+def positive_seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not 0 < value <= 3600:
+        raise argparse.ArgumentTypeError(f"expected seconds between 0 and 3600, got {text!r}")
+    return value
 
 
 def preset_weights(name: str) -> tuple[Models, list[Weights]]:
@@ -84,10 +108,19 @@ def describe(name: str) -> list[str]:
         lines.append(f"  weights   bundled with streamer ({models.semantic.weights} / {models.instance.weights}): nothing to fetch")
     for weights in needs:
         info = preset.weights[weights.name]
-        lines.append(f"  {weights.role:<9} {weights.name}  {info.size_mb:.1f} MB  {state(weights)}")
+        lines.append(f"  {weights.role:<9} {weights.name}  {info.size_mb:.1f} MB  {pinning(weights, info)}  {state(weights)}")
     if needs:
         lines.append(f"  get it    streamer models fetch {name}" + ("" if all(w.present for w in needs) else "   (missing files above)"))
     return lines
+
+
+def pinning(weights: Weights, info: presets.WeightsInfo) -> str:
+    """How the file is verified, in a few words."""
+    if weights.kind is Kind.TORCH:
+        return "sha256 in its name"
+    if all(info.sha256.get(name) for name in checkpoints.HUB_FILES):
+        return "sha256 pinned"
+    return "no sha256 pinned (a mirror or import needs --allow-unverified)"
 
 
 def state(weights: Weights) -> str:
@@ -113,17 +146,38 @@ def cmd_fetch(args: argparse.Namespace) -> int:
     preset = presets.get(args.preset)
     announce_licence(preset)
     models, needs = preset_weights(args.preset)
-    mirror = (args.mirror or "").rstrip("/") or None
+    site = Site.choose(args.mirror)
     for weights in needs:
         if weights.present:
             log.info("%s: already present at %s", weights.name, weights.path)
             continue
-        if weights.kind is Kind.TORCH:
-            fetch_checkpoint(weights, models, mirror, args.allow_unverified)
-        else:
-            fetch_hub_model(weights, models, mirror, args.allow_unverified)
+        info = preset.weights.get(weights.name)
+        try:
+            if weights.kind is Kind.TORCH:
+                fetch_checkpoint(weights, info, models, site, args.allow_unverified, args.timeout)
+            else:
+                fetch_hub_model(weights, info, models, site, args.allow_unverified, args.timeout)
+        except Unreachable as exc:
+            raise Unavailable(unreachable(exc, site, args.preset)) from None
     log.info("preset %s is ready: streamer run --preset %s --source ...", args.preset, args.preset)
     return EXIT_OK
+
+
+def unreachable(exc: Unreachable, site: Site, preset: str) -> str:
+    """One line: which host could not be reached, and the three ways out."""
+    if site.mirror:
+        where = f"the mirror {exc.host} could not be reached"
+        first = f"check --mirror / ${MIRROR_ENV}"
+    else:
+        where = f"{exc.host} could not be reached"
+        first = f"use a mirror that can be reached (--mirror URL or ${MIRROR_ENV})"
+    if exc.proxy:
+        where += f" through the proxy {exc.proxy}"
+        proxy = "check the proxy ($HTTPS_PROXY / $HTTP_PROXY)"
+    else:
+        proxy = "set a proxy if this network needs one (HTTPS_PROXY=http://HOST:PORT)"
+    return (f"{where} ({exc.reason}): {first}, {proxy}, or fetch on a machine that has a connection and copy the files "
+            f"here with `streamer models import {preset} PATH...`")
 
 
 def announce_licence(preset: presets.Preset) -> None:
@@ -133,44 +187,157 @@ def announce_licence(preset: presets.Preset) -> None:
         log.info("preset %s: licence: %s", preset.name, preset.licence)
 
 
-def fetch_checkpoint(weights: Weights, models: Models, mirror: str | None, allow_unverified: bool) -> None:
+def size_limit(info: presets.WeightsInfo | None) -> int | None:
+    """The most bytes one file of these weights can be: the preset's download size, and some room."""
+    return int(info.size_mb * 1e6 * 1.1) + 1_000_000 if info else None
+
+
+def fetch_checkpoint(weights: Weights, info: presets.WeightsInfo | None, models: Models, site: Site, allow_unverified: bool,
+                     stall_s: float) -> None:
     """Download a torchvision checkpoint into NAME.partial beside its place (resuming what an earlier
-    try left there), verify it, then rename it into place."""
-    url = f"{mirror}{urlsplit(weights.url).path}" if mirror else weights.url
-    partial = partial_path(weights)
-    log.info("%s: downloading from %s", weights.name, url)
-    download_resuming(url, partial, weights.name, mirror)
-    try:
-        verify_checkpoint(partial, weights, models, allow_unverified)
-    except DataError:
-        partial.unlink(missing_ok=True)
-        raise
-    os.replace(partial, weights.file)
-    log.info("%s: verified, saved at %s", weights.name, weights.path)
+    try left there), verify it, then rename it into place; under a lock, so a second fetch waits."""
+    name = weights.file.name
+    url = site.torch_url(weights.url)
+    with Folder.root(weights.file.parent) as folder, folder.hold(name):
+        if weights.present:  # another fetch put it there while this one waited
+            log.info("%s: already present at %s", name, weights.path)
+            return
+        log.info("%s: downloading from %s", name, redact_url(url))
+        partial = name + PARTIAL
+        download(url, folder, partial, what=name, site=site, limit=size_limit(info), stall_s=stall_s)
+        try:
+            verdict = verify_checkpoint(folder.path / partial, weights, models, allow_unverified)[1]
+        except DataError:
+            folder.remove(partial)
+            raise
+        folder.sync(partial)
+        folder.move(partial, folder, name)
+        folder.sync()
+    log.info("%s: %s, saved at %s", name, verdict, weights.path)
 
 
-def fetch_hub_model(weights: Weights, models: Models, mirror: str | None, allow_unverified: bool) -> None:
-    """Download the hub model's files with huggingface_hub (its cache, its atomic writes, its
-    retries), then verify them; a model that fails leaves the cache."""
-    from huggingface_hub import hf_hub_download
+def fetch_hub_model(weights: Weights, info: presets.WeightsInfo | None, models: Models, site: Site, allow_unverified: bool,
+                    stall_s: float) -> None:
+    """Download the hub model's files into models--ORG--NAME/.streamer/ (resuming what an earlier try
+    left there), verify them, then lay them out as the hub's cache does. The names the server gives
+    (its commit, its hashes) are checked before a byte is written and never used as paths unchecked;
+    a model that fails leaves nothing behind; a second fetch waits for the first."""
+    repo_id = weights.name
+    revision = info.revision if info and info.revision else "main"
+    with hub_workspace(repo_id) as (repo, staging):
+        found = checkpoints.hub_snapshot(repo_id)
+        if found:  # another fetch put it there while this one waited
+            log.info("%s: already present at %s", repo_id, found)
+            return
+        log.info("%s: downloading from %s", repo_id, site.name)
+        announced: dict[str, str | None] = {}
+        commits: set[str] = set()
+        try:
+            for name in checkpoints.HUB_FILES:
+                names: dict[str, str | None] = {}
 
-    log.info("%s: downloading from %s", weights.name, mirror or "the Hugging Face hub")
-    fetched = []
-    try:
-        for name in checkpoints.HUB_FILES:
-            fetched.append(Path(hf_hub_download(weights.name, name, endpoint=mirror, tqdm_class=progress_class())))
-    except Exception as exc:  # noqa: BLE001
-        raise Unavailable(f"{weights.name}: download of {name} failed ({failure(exc, mirror)})") from None
-    folder = fetched[0].parent
-    try:
-        verify_hub_folder(folder, weights, models, allow_unverified)
-    except DataError:
-        for path in fetched:
-            blob = path.resolve()
-            path.unlink(missing_ok=True)
-            blob.unlink(missing_ok=True)
-        raise
-    log.info("%s: verified, saved at %s", weights.name, folder)
+                def inspect(headers: Message, name: str = name, names: dict[str, str | None] = names) -> None:
+                    names.update(hub_names(headers, site, repo_id, name))
+
+                try:
+                    download(site.hub_url(repo_id, revision, name), staging, name + PARTIAL, what=f"{repo_id}/{name}",
+                             site=site, limit=size_limit(info), stall_s=stall_s, inspect=inspect)
+                except DownloadFailed as exc:
+                    raise Unavailable(f"{repo_id}: download of {name} failed ({exc.problem}){exc.resume}") from None
+                staging.move(name + PARTIAL, staging, name)
+                announced[name] = names.get("etag")
+                commit = names.get("commit")
+                if commit:
+                    commits.add(commit)
+            digests, verdict = verify_hub_folder(staging.path, repo_id, info, models, allow_unverified, announced, site)
+            snapshot_name = snapshot_revision(repo_id, info, commits, digests, allow_unverified, site.name)
+            snapshot = install_hub_model(repo, staging, snapshot_name, digests)
+        except BaseException:
+            for name in checkpoints.HUB_FILES:  # whole files that were not installed; a partial stays to be resumed
+                staging.remove(name)
+            raise
+    log.info("%s: %s, saved at %s", repo_id, verdict, snapshot)
+
+
+@contextlib.contextmanager
+def hub_workspace(repo_id: str) -> Iterator[tuple[Folder, Folder]]:
+    """models--ORG--NAME and its .streamer/ folder (where hub files download and are checked), held
+    locked for this process: another fetch or import of the model waits. When done, the folders left
+    empty are removed (a fetch that failed leaves nothing), and a process that waited meanwhile
+    finds them gone and opens them afresh."""
+    name = checkpoints.hub_repo_folder(repo_id).name
+    while True:
+        with contextlib.ExitStack() as stack:
+            cache = stack.enter_context(Folder.root(checkpoints.hub_cache()))
+            repo = stack.enter_context(cache.sub(name))
+            staging = stack.enter_context(repo.sub(STAGING))
+            stack.enter_context(staging.hold(repo_id))
+            if repo.deleted or staging.deleted:
+                continue  # removed by the process this one waited for: open them again
+            try:
+                yield repo, staging
+            finally:
+                repo.rmdir(STAGING)
+                cache.rmdir(name)
+            return
+
+
+def hub_names(headers: Message, site: Site, repo_id: str, name: str) -> dict[str, str | None]:
+    """The commit (X-Repo-Commit) and hash (X-Linked-Etag, else ETag) the server names for a hub file,
+    checked before a byte is written: a commit is 40 hex digits, an ETag a hash in hex (quoted or not).
+    Anything else is refused (DataError, exit 65) naming the server."""
+    commit = headers.get("X-Repo-Commit")
+    if commit is not None and not checkpoints.COMMIT.fullmatch(commit.strip()):
+        raise DataError(f"{site.name}: its X-Repo-Commit header for {repo_id}/{name} is {quoted(commit)}, not a commit id "
+                        "(40 hex digits): refused, nothing written")
+    etag = headers.get("X-Linked-Etag") or headers.get("ETag")
+    match = ETAG.fullmatch(etag.strip()) if etag is not None else None
+    if etag is not None and not match:
+        raise DataError(f"{site.name}: its ETag header for {repo_id}/{name} is {quoted(etag)}, not a hash (hex digits, "
+                        "quoted or not): refused, nothing written")
+    return {"commit": commit.strip() if commit else None, "etag": match.group(1) if match else None}
+
+
+def snapshot_revision(repo_id: str, info: presets.WeightsInfo | None, commits: set[str], digests: dict[str, str],
+                      allow_unverified: bool, source: str) -> str:
+    """The snapshot's name: the pinned commit, else the one commit the server named, else one derived
+    from the files' hashes (as `import` does for a folder that names none)."""
+    pinned = info.revision if info else None
+    if pinned and commits and commits != {pinned}:
+        served = ", ".join(sorted(commits))
+        refuse_or_warn(f"{repo_id}: {source} serves commit {served} where the preset pins {pinned}", allow_unverified)
+        return served if len(commits) == 1 else derived_revision(digests)
+    if pinned:
+        return pinned
+    return next(iter(commits)) if len(commits) == 1 else derived_revision(digests)
+
+
+def derived_revision(digests: dict[str, str]) -> str:
+    return hashlib.sha1("".join(digests[name] for name in checkpoints.HUB_FILES).encode()).hexdigest()
+
+
+def install_hub_model(repo: Folder, staging: Folder, revision: str, digests: dict[str, str]) -> Path:
+    """Lay verified files (in `staging`, by their names) out as the hub's cache does: blobs named by
+    sha256, snapshots/REVISION/FILE linking to them, refs/main naming REVISION. A failure takes back
+    the blobs it added. Returns the snapshot folder."""
+    with repo.sub("blobs") as blobs, repo.sub("snapshots") as snapshots, snapshots.sub(revision) as snapshot, \
+            repo.sub("refs") as refs:
+        added = []
+        try:
+            for name, digest in digests.items():
+                if not blobs.is_file(digest):
+                    added.append(digest)
+                staging.sync(name)
+                staging.move(name, blobs, digest)
+            blobs.sync()
+            for name, digest in digests.items():
+                snapshot.link(name, f"../../blobs/{digest}")
+            refs.write_text("main", revision, staging)
+        except BaseException:
+            for digest in added:
+                blobs.remove(digest)
+            raise
+        return snapshot.path
 
 
 # ---------------------------------------------------------------------------------------------
@@ -185,39 +352,98 @@ def sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def check_sha256(path: Path, expected: str, what: str, allow_unverified: bool) -> None:
-    """The file's sha256 must start with `expected`. Raises DataError, or warns when allowed."""
-    actual = sha256(path)
-    if actual.startswith(expected):
-        return
-    problem = f"{what}: sha256 {actual[:16]}... does not match the published {expected[:16]}..."
+def git_blob_sha1(path: Path) -> str:
+    """The hash git (and the hub, as the ETag of a small file) gives a file's content."""
+    digest = hashlib.sha1(f"blob {path.stat().st_size}\0".encode())
+    with open(path, "rb") as handle:
+        while block := handle.read(CHUNK):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def refuse_or_warn(problem: str, allow_unverified: bool) -> None:
+    """A file that is not the published one: refused (DataError, exit 65), or kept with a warning
+    under --allow-unverified."""
     if not allow_unverified:
         raise DataError(f"{problem}: a corrupt or different file, refused (--allow-unverified accepts it)")
     log.warning("%s: accepted because of --allow-unverified", problem)
 
 
-def verify_checkpoint(path: Path, weights: Weights, models: Models, allow_unverified: bool) -> None:
-    """The published hash (in the checkpoint's name), then a strict load into the preset's Mask R-CNN."""
+def check_sha256(path: Path, expected: str, what: str, allow_unverified: bool) -> tuple[str, bool]:
+    """The file's sha256, and whether it starts with `expected` (else refused, or warned about when allowed)."""
+    actual = sha256(path)
+    if actual.startswith(expected):
+        return actual, True
+    refuse_or_warn(f"{what}: sha256 {actual[:16]}... does not match the published {expected[:16]}...", allow_unverified)
+    return actual, False
+
+
+def verify_checkpoint(path: Path, weights: Weights, models: Models, allow_unverified: bool) -> tuple[str, str]:
+    """The published hash (in the checkpoint's name), then a strict load into the preset's Mask R-CNN.
+    Returns the file's sha256 and what was verified, in words for the log."""
     from streamer.inference import models as networks
 
     match = SHA256_IN_NAME.search(weights.name)
     if match:
-        check_sha256(path, match.group(1), str(path), allow_unverified)
+        digest, matched = check_sha256(path, match.group(1), str(path), allow_unverified)
+    else:
+        digest, matched = sha256(path), False
     model = networks.build_instance(models.instance.model_copy(update={"weights": "none"}))[0]
     networks.load_weights(model, networks.read_state_dict(path), str(path))
+    return digest, ("verified (the sha256 its published name starts with)" if matched else
+                    "NOT verified (its sha256 is not the published one; kept because of --allow-unverified)")
 
 
-def verify_hub_folder(folder: Path, weights: Weights, models: Models, allow_unverified: bool) -> None:
-    """The hub's LFS hashes (a cached file is stored under its sha256), then a strict build of the
-    preset's semantic network from the folder."""
-    checkpoints.pretrained_config(folder, models.semantic, str(folder))  # a folder of another preset: refused before torch loads
+def verify_hub_folder(folder: Path, repo_id: str, info: presets.WeightsInfo | None, models: Models, allow_unverified: bool,
+                      announced: dict[str, str | None] | None, site: Site | None) -> tuple[dict[str, str], str]:
+    """A hub model's files in `folder` (by their names): the preset's config first (a folder of another
+    preset is refused before torch loads), then each file's sha256 against the hash the server
+    announced for it (a corrupt transfer) and against the preset's pin, then a strict build of the
+    preset's network. Without a pin a file is verified only when it came from the publisher itself
+    (huggingface.co over https, its announced hash matched); a copy from a mirror or an import is then
+    refused unless --allow-unverified, and never called verified. Returns each file's sha256 and the
+    verdict, in words for the log."""
+    checkpoints.pretrained_config(folder, models.semantic, str(folder))
+    source = site.name if site else "an imported folder"
+    digests, pinned_ok, unverified = {}, [], []
     for name in checkpoints.HUB_FILES:
-        blob = (folder / name).resolve()
-        if re.fullmatch(r"[0-9a-f]{64}", blob.name):
-            check_sha256(blob, blob.name, f"{weights.name}/{name}", allow_unverified)
+        path, what = folder / name, f"{repo_id}/{name}"
+        digests[name] = actual = sha256(path)
+        etag = (announced or {}).get(name)
+        if etag is not None:
+            served = actual if len(etag) == 64 else git_blob_sha1(path)
+            if served != etag:
+                refuse_or_warn(f"{what}: {'sha256' if len(etag) == 64 else 'git hash'} {served[:16]}... does not match the "
+                               f"{etag[:16]}... {source} announced", allow_unverified)
+                unverified.append(name)
+                continue
+        pin = info.sha256.get(name) if info else None
+        if pin is not None:
+            if actual == pin:
+                pinned_ok.append(name)
+            else:
+                refuse_or_warn(f"{what}: sha256 {actual[:16]}... does not match the published {pin[:16]}... the preset pins",
+                               allow_unverified)
+                unverified.append(name)
+        elif not (site and site.publisher and etag is not None):
+            unverified.append(name)
+    unpinned = [n for n in unverified if not (info and info.sha256.get(n))]
+    if unpinned:
+        problem = (f"{repo_id}: the preset pins no sha256 for {', '.join(unpinned)}, so a copy from {source} cannot be verified"
+                   if site else f"{repo_id}: the preset pins no sha256 for {', '.join(unpinned)}, so an imported copy cannot be verified")
+        if not allow_unverified:
+            raise DataError(f"{problem}: refused (--allow-unverified accepts it, unverified)")
+        log.warning("%s: accepted, NOT verified, because of --allow-unverified", problem)
     from streamer.inference import models as networks  # torch: only for the files that passed so far
 
     networks.build_pretrained(folder, models.semantic, origin=str(folder))
+    if unverified:
+        verdict = f"NOT verified ({', '.join(unverified)}: no matching published sha256; kept because of --allow-unverified)"
+    elif len(pinned_ok) == len(checkpoints.HUB_FILES):
+        verdict = "verified (the sha256 the preset pins)"
+    else:
+        verdict = "checked against the hashes huggingface.co announced over https (the preset pins no sha256 yet)"
+    return digests, verdict
 
 
 # ---------------------------------------------------------------------------------------------
@@ -240,7 +466,7 @@ def cmd_import(args: argparse.Namespace) -> int:
         if weights.kind is Kind.TORCH:
             import_checkpoint(source, weights, models, args.allow_unverified)
         else:
-            import_hub_model(source, weights, models, args.allow_unverified)
+            import_hub_model(source, weights, preset.weights.get(weights.name), models, args.allow_unverified)
         used.add(source)
     if not used:
         expected = ", ".join(f"{w.name} ({'a checkpoint file' if w.kind is Kind.TORCH else 'an smp save_pretrained folder'})"
@@ -280,45 +506,45 @@ def walk(given: list[Path], depth: int = 6) -> Iterator[Path]:
 
 
 def import_checkpoint(source: Path, weights: Weights, models: Models, allow_unverified: bool) -> None:
-    verify_checkpoint(source, weights, models, allow_unverified)
-    weights.file.parent.mkdir(parents=True, exist_ok=True)
-    atomic_copy(source, weights.file)
-    log.info("%s: verified, imported from %s to %s", weights.name, source, weights.path)
+    """Verify the file, then copy it beside its place (.NAME.import) and rename it into place once the
+    copy holds the bytes that were verified; a full disk leaves nothing behind (exit 73)."""
+    digest, verdict = verify_checkpoint(source, weights, models, allow_unverified)
+    name = weights.file.name
+    staged = f".{name}.import"
+    with Folder.root(weights.file.parent) as folder, folder.hold(name):
+        try:
+            copied = copy_into(source, folder, staged)
+            if copied != digest:
+                raise DataError(f"{source}: changed while it was being imported (sha256 {copied[:16]}... where "
+                                f"{digest[:16]}... was verified); import it again")
+            folder.move(staged, folder, name)
+            folder.sync()
+        except BaseException:
+            folder.remove(staged)
+            raise
+    log.info("%s: %s, imported from %s to %s", name, verdict, source, weights.path)
 
 
-def import_hub_model(source: Path, weights: Weights, models: Models, allow_unverified: bool) -> None:
-    """Verify the folder, then lay it out as huggingface_hub's cache does: blobs named by sha256,
-    snapshots/REV/FILE linking to them, refs/main naming REV (the source's own commit when it is a
-    cache snapshot, else one derived from the files' hashes)."""
-    verify_hub_folder(source, weights, models, allow_unverified)
-    repo = checkpoints.hub_repo_folder(weights.name)
-    hashes = {name: sha256(source / name) for name in checkpoints.HUB_FILES}
-    revision = source.name if source.parent.name == "snapshots" and re.fullmatch(r"[0-9a-f]{40}", source.name) else \
-        hashlib.sha1("".join(hashes.values()).encode()).hexdigest()
-    snapshot = repo / "snapshots" / revision
-    for folder in (repo / "blobs", snapshot, repo / "refs"):
-        folder.mkdir(parents=True, exist_ok=True)
-    for name, digest in hashes.items():
-        blob = repo / "blobs" / digest
-        if not blob.is_file():
-            atomic_copy(source / name, blob)
-        link = snapshot / name
-        link.unlink(missing_ok=True)
-        link.symlink_to(os.path.relpath(blob, snapshot))
-    atomic_write(repo / "refs" / "main", revision)
-    log.info("%s: verified, imported from %s to %s", weights.name, source, snapshot)
-
-
-def atomic_copy(source: Path, target: Path) -> None:
-    staged = target.with_name(f".{target.name}.import")
-    try:
-        shutil.copyfile(source, staged)
-        os.replace(staged, target)
-    finally:
-        staged.unlink(missing_ok=True)
-
-
-def atomic_write(target: Path, text: str) -> None:
-    staged = target.with_name(f".{target.name}.import")
-    staged.write_text(text)
-    os.replace(staged, target)
+def import_hub_model(source: Path, weights: Weights, info: presets.WeightsInfo | None, models: Models,
+                     allow_unverified: bool) -> None:
+    """Verify the folder, copy its files into models--ORG--NAME/.streamer/, then lay them out as the
+    hub's cache does (blobs named by sha256, snapshots/REV/FILE linking to them, refs/main naming REV:
+    the pinned commit, else the source's own when it is a cache snapshot, else one derived from the
+    files' hashes). A full disk leaves nothing behind (exit 73)."""
+    repo_id = weights.name
+    digests, verdict = verify_hub_folder(source, repo_id, info, models, allow_unverified, None, None)
+    own = source.name if source.parent.name == "snapshots" and checkpoints.COMMIT.fullmatch(source.name) else None
+    revision = (info.revision if info and info.revision else None) or own or derived_revision(digests)
+    with hub_workspace(repo_id) as (repo, staging):
+        try:
+            for name in checkpoints.HUB_FILES:
+                copied = copy_into(source / name, staging, name)
+                if copied != digests[name]:
+                    raise DataError(f"{source / name}: changed while it was being imported (sha256 {copied[:16]}... where "
+                                    f"{digests[name][:16]}... was verified); import it again")
+            snapshot = install_hub_model(repo, staging, revision, digests)
+        except BaseException:
+            for name in checkpoints.HUB_FILES:
+                staging.remove(name)
+            raise
+    log.info("%s: %s, imported from %s to %s", repo_id, verdict, source, snapshot)
