@@ -110,11 +110,11 @@ def test_health_needs_a_recent_frame_from_every_source_and_no_stuck_stage():
     assert ok and body["status"] == "ok" and body["sources"]["a"]["last_frame_age_s"] == 1.0
     ok, body = health(sources[:1], ["worker"], now=100.0)
     assert not ok and body["reasons"] == ["stage worker is stuck"]
-    refused = Connection("connecting", 3, "c: rtsp://***@cam/x: connection refused")
+    refused = Connection("connecting", 3, "c: rtsp://***@cam/x: connection refused", "refused")
     ok, body = health([WatchedSource("c", ctl.Stats(), lambda: refused, {}, 5.0)], [], now=100.0)
     assert not ok and body["reasons"] == ["source c: no frame yet"]
-    assert body["sources"]["c"] == {"state": "connecting", "attempt": 3, "last_error": "c: rtsp://***@cam/x: connection refused",
-                                    "last_frame_age_s": None}
+    assert body["sources"]["c"] == {"state": "connecting", "attempt": 3, "error": "refused",
+                                    "last_error": "c: rtsp://***@cam/x: connection refused", "last_frame_age_s": None}
 
 
 def test_counts_are_scraped_per_source_category_line_and_zone():

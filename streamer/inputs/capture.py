@@ -40,6 +40,7 @@ class Connection:
     state: str  # connecting | streaming | reconnecting | ended
     attempt: int  # attempts in a row that failed or did not last; 0 once streaming well
     last_error: str | None  # why the last attempt failed (credentials hidden); None once a frame arrived
+    failure: str | None = None  # the kind of that failure (StreamerError.kind: refused, timed_out, ...): no host, no path
 
     def text(self, source_id: str) -> str:
         """`cam0 streaming`, `cam0 connecting (attempt 3)`."""
@@ -153,6 +154,7 @@ class Capture:
         self.state = State.CONNECTING
         self.attempt = 0  # connection attempts in a row that failed or did not last (status line, /healthz)
         self.last_error: str | None = None  # why the last one failed (credentials hidden)
+        self.failure: str | None = None  # its kind (StreamerError.kind)
         self._streamed = False  # a frame has arrived since the start
         self._started = 0.0  # the first attempt (monotonic clock)
         self._rng = random.Random(seed)
@@ -171,7 +173,7 @@ class Capture:
             self.control.done()
 
     def connection(self) -> Connection:
-        return Connection(self.state.value, self.attempt, self.last_error)
+        return Connection(self.state.value, self.attempt, self.last_error, self.failure)
 
     def _stopping(self) -> bool:
         return self.control.stop.is_set() or self.control.abort.is_set() or self._enough()
@@ -187,7 +189,7 @@ class Capture:
             except StreamerError as exc:
                 if not self.liveness.live:
                     raise
-                self.last_error = redact_uri(str(exc))
+                self.last_error, self.failure = redact_uri(str(exc)), exc.kind
                 if not self._wait_before_retry(exc):
                     return
                 continue
@@ -282,7 +284,7 @@ class Capture:
         frame = Frame(self.source_id, self.stats.read, image, pts, time.time(), captured_mono, self.stats.reconnects)
         self.stats.read += 1
         self._streamed = True
-        self.last_error = None
+        self.last_error = self.failure = None
         self.stats.last_frame_at, self.stats.last_frame_mono = frame.captured_at, captured_mono
         self.control.first_frame.set()
         return offer(self.frames, frame, self.policy, self.control, self.stats)

@@ -34,32 +34,40 @@ def open_failure(spec: SourceSpec, live: LiveOptions) -> StreamerError:
     try:
         socket.getaddrinfo(host, None)
     except (socket.gaierror, UnicodeError):
-        return InputNotFound(f"{description}: host {host!r} not found (DNS); check the address")
+        return _kind("host_not_found", InputNotFound(f"{description}: host {host!r} not found (DNS); check the address"))
     started = time.monotonic()
     try:
         container = av.open(str(spec.location), options=ffmpeg_options, timeout=(open_timeout_s, read_timeout_s))
     except av.error.HTTPUnauthorizedError:
-        return NotPermitted(f"{description}: unauthorised (401): the user name or password is wrong or missing; "
-                            f"give them in the URL ({spec.options['scheme']}://${{USER}}:${{PASSWORD}}@host/path, from the environment)")
+        return _kind("unauthorized", NotPermitted(
+            f"{description}: unauthorised (401): the user name or password is wrong or missing; "
+            f"give them in the URL ({spec.options['scheme']}://${{USER}}:${{PASSWORD}}@host/path, from the environment)"))
     except av.error.HTTPForbiddenError:
-        return NotPermitted(f"{description}: forbidden (403): these credentials may not read this stream")
+        return _kind("forbidden", NotPermitted(f"{description}: forbidden (403): these credentials may not read this stream"))
     except av.error.HTTPNotFoundError:
-        return InputNotFound(f"{description}: not found (404): {address} has no stream at this path; check the path")
+        return _kind("not_found", InputNotFound(f"{description}: not found (404): {address} has no stream at this path; check the path"))
     except av.error.ConnectionRefusedError:
-        return Unavailable(f"{description}: connection refused: nothing listens at {address}; check the address and port, "
-                           "and that the camera is on")
+        return _kind("refused", Unavailable(f"{description}: connection refused: nothing listens at {address}; check the address "
+                                            "and port, and that the camera is on"))
     except (av.error.FFmpegError, OSError) as exc:
         if time.monotonic() - started >= TIMED_OUT_FRACTION * open_timeout_s or isinstance(exc, TimeoutError):
-            return Unavailable(f"{description}: timed out: no answer from {address} within {open_timeout_s:g} s "
-                               "(source.open_timeout_s); check the network (firewall, VPN) and the address")
+            return _kind("timed_out", Unavailable(f"{description}: timed out: no answer from {address} within {open_timeout_s:g} s "
+                                                  "(source.open_timeout_s); check the network (firewall, VPN) and the address"))
         if isinstance(exc, av.error.HTTPError):
-            return Unavailable(f"{description}: the server refused the request ({exc.strerror})")
+            return _kind("rejected", Unavailable(f"{description}: the server refused the request ({exc.strerror})"))
         if isinstance(exc, (av.error.InvalidDataError, av.error.DemuxerNotFoundError, av.error.DecoderNotFoundError)):
-            return DataError(f"{description}: bad stream: {address} answers, but not with video FFmpeg can read; check the path "
-                             "and the camera's stream settings (H.264/H.265/MJPEG)")
-        return Unavailable(f"{description}: cannot open the stream ({exc.strerror or type(exc).__name__}); "
-                           "check the address, credentials and network")
+            return _kind("bad_stream", DataError(f"{description}: bad stream: {address} answers, but not with video FFmpeg can read; "
+                                                 "check the path and the camera's stream settings (H.264/H.265/MJPEG)"))
+        return _kind("unavailable", Unavailable(f"{description}: cannot open the stream ({exc.strerror or type(exc).__name__}); "
+                                                "check the address, credentials and network"))
     with container:
         if not container.streams.video:
-            return DataError(f"{description}: bad stream: it holds no video (only {', '.join(s.type for s in container.streams)})")
-    return Unavailable(f"{description}: the stream opened only on a second try; retrying")
+            kinds = ", ".join(s.type for s in container.streams)
+            return _kind("no_video", DataError(f"{description}: bad stream: it holds no video (only {kinds})"))
+    return _kind("flaky", Unavailable(f"{description}: the stream opened only on a second try; retrying"))
+
+
+def _kind(kind: str, error: StreamerError) -> StreamerError:
+    """`error` with its kind of failure (StreamerError.kind): what a token-free /healthz shows."""
+    error.kind = kind
+    return error

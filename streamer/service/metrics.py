@@ -38,15 +38,18 @@ class WatchedSource:
 
 
 def health(sources: list[WatchedSource], stalled_stages: list[str], now: float) -> tuple[bool, dict]:
-    """Healthy while every source produced a frame within its stall timeout and no stage is stuck."""
+    """Healthy while every source produced a frame within its stall timeout and no stage is stuck.
+    Per source: `error` is the kind of its last failure (`refused`, `timed_out`, ...), `last_error`
+    that failure's line, which names the camera's host and path: the server leaves it out of
+    answers to requests without the token."""
     reasons = [f"stage {name} is stuck" for name in stalled_stages]
     report = {}
     for source in sources:
         last = source.stats.last_frame_mono
         age = None if last is None else now - last
         connection = source.connection()
-        report[source.source_id] = {"state": connection.state, "attempt": connection.attempt, "last_error": connection.last_error,
-                                    "last_frame_age_s": None if age is None else round(age, 3)}
+        report[source.source_id] = {"state": connection.state, "attempt": connection.attempt, "error": connection.failure,
+                                    "last_error": connection.last_error, "last_frame_age_s": None if age is None else round(age, 3)}
         if age is None:
             reasons.append(f"source {source.source_id}: no frame yet")
         elif age > source.stall_timeout_s:
