@@ -451,12 +451,30 @@ class Server(Strict):
 
     enabled: bool = Field(default=False, description="the HTTP server: the live view, Prometheus `/metrics` and `/healthz` (see [Watching "
                           "it live](#watching-it-live)); `metrics:` of older files is read as `server:`, with a warning")
-    host: str = Field(default="127.0.0.1", min_length=1, description="address to listen on; anything but loopback "
-                      "(`127.0.0.1`, `::1`, `localhost`) needs a token")
+    host: str = Field(default="127.0.0.1", min_length=1, description="address to listen on, IPv4 or IPv6 (`::1`, `::` without "
+                      "brackets) or a name; anything but loopback (`127.0.0.1`, `::1`, `localhost`) needs a token")
     port: int = Field(default=9108, ge=0, le=65535, description="port (`0`: any free port, logged)")
     token: SecretStr | None = Field(default=None, description="what clients must present (16-256 characters): `Authorization: Bearer "
                                     f"TOKEN`, or `?token=TOKEN` once; `null`: the environment variable `{TOKEN_VARIABLE}`. Never printed")
     allow_unauthenticated: bool = Field(default=False, description="serve other machines without a token, on purpose")
+    allowed_hosts: tuple[str, ...] = Field(
+        default=(), examples=[["nvr.lan", "192.168.1.20"]],
+        description="without a token, the names (and addresses) besides loopback (`localhost`, `127.0.0.1`, `[::1]`) and `host` "
+        "that browsers may use to reach the server; a request naming any other host gets 421, so no web page can read the server "
+        "through DNS rebinding. Names without port or scheme")
+
+    @field_validator("allowed_hosts")
+    @classmethod
+    def _host_names(cls, names: tuple[str, ...]) -> tuple[str, ...]:
+        for name in names:
+            try:
+                ipaddress.ip_address(name)
+                continue
+            except ValueError:
+                pass
+            if not re.fullmatch(r"(?=.{1,253}$)([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\.)*[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\.?", name.lower()):
+                raise ValueError(f"{name!r} is not a host name or an IP address (no port, scheme, brackets or wildcard)")
+        return tuple(name.lower().rstrip(".") for name in names)
     max_viewers: int = Field(default=8, ge=1, le=64, description="live viewers per source at once (MJPEG and video "
                              "together); one more gets 503")
     live_width: int = Field(default=960, ge=64, le=MAX_INPUT_SIDE, description="the live view's largest width in "

@@ -182,7 +182,7 @@ def test_check_config_fills_in_defaults(tmp_path):
                                  "display": False, "export_dir": None, "export_images": False, "min_free_mb": 100.0,
                                  "overwrite": False}
     assert printed["server"] == {"enabled": False, "host": "127.0.0.1", "port": 9108, "token": None, "allow_unauthenticated": False,
-                                 "max_viewers": 8, "live_width": 960, "live_fps": 10.0}
+                                 "allowed_hosts": [], "max_viewers": 8, "live_width": 960, "live_fps": 10.0}
 
 
 # ---------------------------------------------------------------------------------------------

@@ -10,7 +10,7 @@ import time
 import numpy as np
 import pytest
 import torch
-from helpers import RECORDER, Daemon, busy_port, free_port, http_get, make_video, run_cli, the_error, wait_until
+from helpers import RECORDER, ROOT, Daemon, busy_port, free_port, http_get, make_video, run_cli, the_error, wait_until
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 from rtsp import RtspServer, needs_rtsp
@@ -92,11 +92,16 @@ def test_healthz_turns_503_while_the_camera_stalls_and_200_when_it_is_back(tmp_p
 
 
 @pytest.mark.system
-def test_a_busy_server_port_is_one_clear_error(tmp_path):
+def test_a_busy_server_port_is_one_clear_error_that_systemd_does_not_restart(tmp_path):
+    """Another program on the port (a second streamer with the same server.port): restarting cannot
+    help, so the exit code is one the shipped units do not restart on (a restart loop every 5 s in
+    which that camera never records is worse than a failed unit)."""
     with busy_port() as port:
         result = run_cli("run", *RECORDER, "--max-frames", "2", "--set", "server.enabled=true", "--set", f"server.port={port}")
-    message = the_error(result, 1)
-    assert f"server: cannot listen on 127.0.0.1:{port}" in message
+    message = the_error(result, 78)
+    assert f"server: 127.0.0.1:{port} is in use by another program" in message and "server.port" in message
+    for unit in ("streamer.service", "streamer@.service"):
+        assert "RestartPreventExitStatus=78" in (ROOT / "systemd" / unit).read_text().splitlines()
 
 
 def test_health_needs_a_recent_frame_from_every_source_and_no_stuck_stage():

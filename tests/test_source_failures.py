@@ -153,7 +153,8 @@ def test_a_url_that_never_answers_gives_up_naming_the_failure_and_showing_its_st
     status, report = health
     assert status == 503
     source = report["sources"]["cam0"]
-    assert source["state"] == "connecting" and source["attempt"] >= 1 and "connection refused" in source["last_error"]
+    assert source["state"] == "connecting" and source["attempt"] >= 1 and source["error"] == "refused"
+    assert "last_error" not in source, "without a token: the kind of failure, never its line (it names the host and port)"
 
 
 def refused_capture(window: float | None, control: ctl.Control) -> Capture:

@@ -96,7 +96,8 @@ def server(config: Config, watched: list[WatchedSource], outputs: dict[str, list
     feeds: dict[str, LiveFeed] = {source_id: o for source_id, listed in outputs.items() for o in listed if isinstance(o, LiveFeed)}
     settings = config.server
     metrics = Metrics(watched, control, config.runtime.stage_timeout_s, device)
-    return Server(settings.host, settings.port, settings.bearer, metrics, feeds, MAX_CONNECTIONS + len(feeds) * settings.max_viewers)
+    return Server(settings.host, settings.port, settings.bearer, metrics, feeds, MAX_CONNECTIONS + len(feeds) * settings.max_viewers,
+                  settings.allowed_hosts)
 
 
 def announce_models(config: Config, specs: list[SourceSpec] | None = None) -> None:

@@ -5,8 +5,18 @@ Endpoints: `/healthz` (always open), `/metrics`, `/api/status`, `/` (every sourc
 `/live/{source}.mp4` (H.264 in fragmented MP4, for the page's Media Source Extensions player).
 With a token (server.token or STREAMER_TOKEN) every endpoint but /healthz needs it: an
 `Authorization: Bearer` header, a `streamer_token` cookie, or `?token=` (a page opened that way sets
-the cookie and reloads without it, so the token leaves the address bar). Tokens are compared in
-constant time. Source ids in URLs are looked up in the configured ones, never used as paths.
+the cookie and reloads without it, so the token leaves the address bar). The cookie holds an HMAC of
+the token, never the token itself; all are compared in constant time. The reload goes to the page
+itself, `./` or the source's id, never to anything the request named, so it cannot lead off the
+server. Source ids in URLs are looked up in the configured ones, never used as paths.
+
+Without a token (the token-free loopback server) a request is answered only when its Host is a
+loopback name or address (`localhost`, `127.0.0.1`, `[::1]`, any port), the listening host itself, or
+one of `server.allowed_hosts`; any other gets 421: a web page the user visits cannot read the
+status, snapshots or streams through DNS rebinding (its requests carry the page's own host name).
+/healthz shows each source's id, state, attempt and the kind of its last failure (`refused`,
+`timed_out`, ...); the failure's own line (which names the camera's host and path) only to a request
+that presents the token.
 
 It runs on the standard library's threaded server (streamer.service.http), one thread per
 connection: every viewer's thread waits on its source's Broadcast and writes at its own pace, so the
@@ -14,7 +24,10 @@ sink thread never touches a socket.
 """
 from __future__ import annotations
 
+import errno
+import hashlib
 import hmac
+import ipaddress
 import json
 import logging
 import re
@@ -26,15 +39,17 @@ from http.server import BaseHTTPRequestHandler
 from importlib import resources
 
 from streamer.control import latency_summary
-from streamer.errors import StreamerError
+from streamer.errors import ConfigError, StreamerError
 from streamer.outputs.live import LiveFeed, LiveFrame, ViewersFull
-from streamer.service.http import IO_TIMEOUT_S, BoundedHTTPServer
+from streamer.service.http import IO_TIMEOUT_S, BoundedHandler, BoundedHTTPServer
 from streamer.service.metrics import Metrics, WatchedSource
 from streamer.service.status import RecentRate
 
 log = logging.getLogger(__name__)
 
 COOKIE = "streamer_token"
+COOKIE_LABEL = b"streamer live view cookie"  # the cookie holds HMAC-SHA256(token, this): a stolen cookie is not the token
+LOOPBACK_NAMES = ("localhost",)
 BOUNDARY = "streamer-frame"
 LIVE_PATH = re.compile(r"^/live/([^/]+?)(\.jpg|\.mjpg|\.mp4)?$")
 PAGES = {name: (resources.files("streamer.service") / "web" / name).read_bytes() for name in ("index.html", "live.html", "common.js")}
@@ -47,8 +62,11 @@ class Server:
     view (empty: no live view, e.g. in `streamer bench`)."""
 
     def __init__(self, host: str, port: int, token: str | None, metrics: Metrics, feeds: dict[str, LiveFeed],
-                 max_connections: int):
+                 max_connections: int, allowed_hosts: tuple[str, ...] = ()):
         self.token = token
+        self.cookie = None if token is None else hmac.new(token.encode(), COOKIE_LABEL, hashlib.sha256).hexdigest()
+        self.allowed_hosts = {_host_name(host), *(name.lower().rstrip(".") for name in allowed_hosts)}
+        self.off_loopback = not _loopback(host)
         self.metrics = metrics
         self.sources: dict[str, WatchedSource] = {s.source_id: s for s in metrics.sources}
         self.feeds = feeds
@@ -57,8 +75,7 @@ class Server:
         try:
             self._server = BoundedHTTPServer((host, port), _handler(self), max_connections)
         except OSError as exc:
-            raise StreamerError(
-                f"server: cannot listen on {host}:{port}: {exc.strerror}; change server.port or stop what uses it") from None
+            raise listen_error(host, port, exc) from None
         self.port = self._server.server_address[1]
         threading.Thread(target=self._server.serve_forever, name="server", daemon=True).start()
         shown = f"[{host}]" if ":" in host else host
@@ -92,19 +109,37 @@ class Server:
         """Whether a request presents the token (always, when there is none)."""
         if self.token is None:
             return True
-        presented = [header.removeprefix("Bearer ").strip() if header and header.startswith("Bearer ") else None, cookie, query]
-        expected = self.token.encode()
-        return any(value is not None and hmac.compare_digest(value.encode(), expected) for value in presented)
+        assert self.cookie is not None
+        presented = [(header.removeprefix("Bearer ").strip() if header and header.startswith("Bearer ") else None, self.token),
+                     (cookie, self.cookie), (query, self.token)]
+        return any(value is not None and hmac.compare_digest(value.encode(), expected.encode()) for value, expected in presented)
+
+    def host_allowed(self, host: str | None) -> bool:
+        """Whether a token-free request naming `host` (its Host header, or the authority of an
+        absolute request target; None: it named none, so no browser sent it) is answered: loopback
+        names and addresses, the listening host, server.allowed_hosts; behind an off-loopback bind
+        (allow_unauthenticated) any IP address too: DNS rebinding needs a name."""
+        if host is None:
+            return True
+        name = _host_name(host)
+        if name in LOOPBACK_NAMES or name in self.allowed_hosts:
+            return True
+        try:
+            address = ipaddress.ip_address(name)
+        except ValueError:
+            return False
+        return address.is_loopback or self.off_loopback
 
     def close(self) -> None:
         self._server.shutdown()
         self._server.server_close()
 
 
-class Handler(BaseHTTPRequestHandler):
+class Handler(BoundedHandler):
     """One connection's requests; `app` is the Server (a subclass per Server sets it)."""
 
     server_version = "streamer"
+    probe_paths = frozenset({"/healthz", "/metrics"})  # their own places: reachable while viewers fill the rest
     app: Server
 
     def setup(self) -> None:
@@ -112,19 +147,35 @@ class Handler(BaseHTTPRequestHandler):
         self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # a fragment or JPEG goes out at once
 
     def do_GET(self) -> None:  # noqa: N802 - http.server's naming
-        url = urllib.parse.urlsplit(self.path)
-        path, query = url.path, urllib.parse.parse_qs(url.query)
-        if path == "/healthz":
-            ok, body = self.app.metrics.health()
-            return self._send(200 if ok else 503, "application/json", json.dumps(body).encode() + b"\n")
+        target = _target(self.path)
+        if target is None:
+            return self._send(400, "text/plain; charset=utf-8", b"bad request target\n")
+        authority, path, query_text = target
+        hosts = self.headers.get_all("Host") or []
+        if len(hosts) > 1:
+            return self._send(400, "text/plain; charset=utf-8", b"more than one Host header\n")
+        if self.app.token is None and not self.app.host_allowed(authority if authority is not None else next(iter(hosts), None)):
+            return self._send(421, "text/plain; charset=utf-8", b"this server answers only to its own names: loopback, "
+                              b"and those listed in server.allowed_hosts\n")
+        query = urllib.parse.parse_qs(query_text)
         tokens = query.get("token")
         token = tokens[0] if tokens else None
-        if not self.app.authorized(self.headers.get("Authorization"), self._cookie(), token):
+        authorized = self.app.authorized(self.headers.get("Authorization"), self._cookie(), token)
+        if path == "/healthz":
+            ok, body = self.app.metrics.health()
+            if not (self.app.token and authorized):  # the failures' own lines name hosts and paths
+                for source in body["sources"].values():
+                    source.pop("last_error", None)
+            return self._send(200 if ok else 503, "application/json", json.dumps(body).encode() + b"\n")
+        if not authorized:
             return self._send(401, "text/plain; charset=utf-8", b"a token is needed: Authorization: Bearer TOKEN or ?token=TOKEN\n",
                               {"WWW-Authenticate": 'Bearer realm="streamer"'})
         live = LIVE_PATH.match(path)
-        if token is not None and self.app.token and (path == "/" or (live and not live.group(2))):
-            return self._enter(path)
+        if token is not None and self.app.token:
+            if path == "/":
+                return self._enter("./")
+            if live and not live.group(2) and live.group(1) in self.app.feeds:
+                return self._enter(live.group(1))  # a configured id: a name, never a path or a host
         if path == "/metrics":
             return self._send(200, *self.app.metrics.exposition())
         if path == "/api/status":
@@ -149,11 +200,12 @@ class Handler(BaseHTTPRequestHandler):
                 return value
         return None
 
-    def _enter(self, path: str) -> None:
-        """A page opened with ?token=: the token goes into a cookie, the browser reloads without it
-        (a relative Location, right behind a proxy's path prefix too)."""
-        cookie = f"{COOKIE}={self.app.token}; Path=/; HttpOnly; SameSite=Strict"
-        self._send(303, "text/plain; charset=utf-8", b"", {"Location": path.rsplit("/", 1)[1] or "./", "Set-Cookie": cookie})
+    def _enter(self, page: str) -> None:
+        """A page opened with ?token=: the cookie (an HMAC of the token) is set, the browser reloads
+        without it. `page`: `./` or a configured source id, a relative Location that stays on this
+        server (and right behind a proxy's path prefix too)."""
+        cookie = f"{COOKIE}={self.app.cookie}; Path=/; HttpOnly; SameSite=Strict"
+        self._send(303, "text/plain; charset=utf-8", b"", {"Location": urllib.parse.quote(page, safe="./"), "Set-Cookie": cookie})
 
     def _snapshot(self, feed: LiveFeed) -> None:
         frame = feed.frames.latest()[1]
@@ -220,6 +272,62 @@ class Handler(BaseHTTPRequestHandler):
 
 def _handler(server: Server) -> type[BaseHTTPRequestHandler]:
     return type("BoundHandler", (Handler,), {"app": server})
+
+
+def _target(raw: str) -> tuple[str | None, str, str] | None:
+    """(authority, path, query) of a request target: origin-form `/path?query` (no authority: a path
+    starting `//` stays a path), or absolute-form `http://host/path?query` (RFC 9112: its host
+    stands for the Host header); None for anything else."""
+    if raw.startswith("/"):
+        path, _, query = raw.partition("#")[0].partition("?")
+        return None, path, query
+    if raw.lower().startswith(("http://", "https://")):
+        try:
+            url = urllib.parse.urlsplit(raw)
+        except ValueError:
+            return None
+        return url.netloc.rpartition("@")[2], url.path or "/", url.query
+    return None
+
+
+def _host_name(host: str) -> str:
+    """A Host header's name, without its port and brackets, lower case, without a final dot:
+    `LocalHost.:9108` -> `localhost`, `[::1]:9108` -> `::1`, `::1` -> `::1`."""
+    host = host.strip().lower()
+    if host.startswith("["):
+        return host[1:].partition("]")[0]
+    if host.count(":") == 1:
+        host = host.partition(":")[0]
+    return host.rstrip(".")
+
+
+def _loopback(host: str) -> bool:
+    if host in LOOPBACK_NAMES:
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def listen_error(host: str, port: int, exc: OSError) -> StreamerError:
+    """The one line for a server that cannot listen, by cause. A port that another program holds
+    (often a second streamer on the same server.port) is exit 78 like a bad configuration: systemd's
+    units do not restart on it (RestartPreventExitStatus=78), where a restart every few seconds would
+    fail forever while that camera never records."""
+    where = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    if isinstance(exc, socket.gaierror):
+        return ConfigError(f"server: host {host} not found (server.host); use an address such as 127.0.0.1 or ::1")
+    if exc.errno == errno.EADDRINUSE:
+        return ConfigError(f"server: {where} is in use by another program (a second streamer with the same server.port?): "
+                           "give each daemon its own server.port; not restarted by systemd (exit 78)")
+    if exc.errno == errno.EACCES:
+        return ConfigError(f"server: listening on {where} needs privileges; use a server.port of 1024 or more")
+    if exc.errno == errno.EADDRNOTAVAIL:
+        return StreamerError(f"server: {host} is not an address of this machine (yet: is its network up?); change server.host")
+    if exc.errno == errno.EAFNOSUPPORT:
+        return StreamerError(f"server: this machine has no IPv6 for {host}; use server.host 127.0.0.1")
+    return StreamerError(f"server: cannot listen on {where}: {exc.strerror or exc}; change server.host or server.port")
 
 
 def _part(frame: LiveFrame) -> bytes:
