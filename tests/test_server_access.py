@@ -93,6 +93,15 @@ def test_loopback_names_and_the_listed_ones_are_served(open_daemon, host):
     assert get(open_daemon.port, "/healthz", host)[0] == 200
 
 
+def test_no_page_of_another_site_may_embed_what_a_token_free_server_serves(open_daemon):
+    """An <img src="http://127.0.0.1:9108/live/cam0.jpg"> on any web site would pass the Host check:
+    the browser is told to load it only for this site's pages."""
+    for path in ("/live/cam0.jpg", "/live/cam0.mjpg", "/api/status", "/"):
+        status, headers, _ = get(open_daemon.port, path)
+        assert status == 200 and headers["Cross-Origin-Resource-Policy"] == "same-site", path
+        assert headers["X-Content-Type-Options"] == "nosniff" and headers["Server"] == "streamer", path
+
+
 def test_allowed_hosts_are_names_or_addresses_only():
     for bad in ("http://nvr.example", "nvr.example:9108", "*.example", "[::1]", "nvr example"):
         message = the_error(run_in_process("check-config", "--set", "server.enabled=true", "--set", f"server.allowed_hosts=['{bad}']"), 78)

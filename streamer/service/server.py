@@ -146,6 +146,18 @@ class Handler(BoundedHandler):
         super().setup()
         self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # a fragment or JPEG goes out at once
 
+    def version_string(self) -> str:
+        return self.server_version  # not the Python version too
+
+    def end_headers(self) -> None:
+        """Every answer: no content sniffing; from a token-free server, nothing a page of another site
+        may embed (an <img> of the snapshot or the MJPEG on any web page the user visits): the
+        browser loads them only for pages of this site (another port of localhost too)."""
+        self.send_header("X-Content-Type-Options", "nosniff")
+        if self.app.token is None:
+            self.send_header("Cross-Origin-Resource-Policy", "same-site")
+        super().end_headers()
+
     def do_GET(self) -> None:  # noqa: N802 - http.server's naming
         target = _target(self.path)
         if target is None:
