@@ -67,7 +67,8 @@ def open_daemon():
 # --- DNS rebinding: without a token, only loopback names and the listed ones ---
 
 @pytest.mark.parametrize("host", ["evil.example", f"evil.example:{9108}", "127.0.0.1.nip.io", "localhost.evil.example",
-                                  "192.168.1.20", "nvr.example.evil.example", ""])
+                                  "192.168.1.20", "nvr.example.evil.example", "", "127.0.0.1:1@evil.example", "[::1]x.evil.example",
+                                  "localhost:80 evil.example"])
 def test_a_token_free_server_refuses_other_host_names_on_every_endpoint(open_daemon, host):
     for path in PATHS:
         status, _, body = get(open_daemon.port, path, host)

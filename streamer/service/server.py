@@ -304,13 +304,19 @@ def _target(raw: str) -> tuple[str | None, str, str] | None:
 
 def _host_name(host: str) -> str:
     """A Host header's name, without its port and brackets, lower case, without a final dot:
-    `LocalHost.:9108` -> `localhost`, `[::1]:9108` -> `::1`, `::1` -> `::1`."""
+    `LocalHost.:9108` -> `localhost`, `[::1]:9108` -> `::1`, `::1` -> `::1`; "" for a Host no
+    browser sends (a port that is not a number, `127.0.0.1:1@evil.example`), which no rule allows."""
     host = host.strip().lower()
     if host.startswith("["):
-        return host[1:].partition("]")[0]
-    if host.count(":") == 1:
-        host = host.partition(":")[0]
-    return host.rstrip(".")
+        name, _, port = host[1:].partition("]")
+    elif host.count(":") == 1:
+        name, _, port = host.partition(":")
+        port = ":" + port
+    else:
+        name, port = host, ""
+    if port and not re.fullmatch(r":\d{0,5}", port):
+        return ""
+    return name.rstrip(".")
 
 
 def _loopback(host: str) -> bool:
