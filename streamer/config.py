@@ -708,8 +708,8 @@ def _first_error(exc: ValidationError, origin: str, overridden: list[str] | tupl
         message = "unknown key (check the spelling; see the configuration reference in README.md)"
     elif first["type"] == "missing":
         message = "required key is missing"
-    elif "input" in first and isinstance(first["input"], str) and where.endswith("uri"):
-        message += f", got {redact_url(first['input'])!r}"  # read whole: a password may hold spaces or quotes
+    elif "input" in first and isinstance(first["input"], str) and (where.endswith("uri") or "://" in first["input"]):
+        message += f", got {redact_url(first['input'])!r}"  # a URL read whole: its password may hold spaces or quotes
     elif "input" in first and not isinstance(first["input"], (dict, list)) and not where.endswith("token"):
         message += f", got {first['input']!r}"
     more = f" (and {len(errors) - 1} more problem{'s' if len(errors) > 2 else ''})" if len(errors) > 1 else ""

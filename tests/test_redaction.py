@@ -8,7 +8,7 @@ import json
 import av
 import pytest
 import yaml
-from helpers import DEMO_MODELS, Daemon, cli_env, free_port, http_get, run_cli, the_error
+from helpers import DEMO_MODELS, Daemon, cli_env, free_port, http_get, run_cli, run_in_process, the_error
 from mjpeg import MjpegCamera
 
 from streamer.uris import redact_uri
@@ -147,3 +147,18 @@ def test_a_password_with_a_hash_is_refused_without_quoting_any_secret(tmp_path, 
         if code == 78:
             assert where in the_error(result, 78), (name, output)
             assert "%23" in output or "file://" in output or "[" in output
+
+
+SPACED = "rtsp://admin:S3cret pw'9@127.0.0.1/"
+
+
+@pytest.mark.parametrize("config", [{"source": SPACED + "x"}, {"sources": [SPACED + "x"]},
+                                    {"source": {"uri": SPACED + "${NOT_SET_ANYWHERE}"}}])
+def test_a_refused_value_holding_a_url_is_quoted_without_its_secret(tmp_path, config):
+    """A URL where a section belongs, or one naming an unset variable: the validation error quotes
+    the value, read whole as one URL (its password holds a space and a quote, where a URL in free
+    text would end)."""
+    path = tmp_path / "cam.yaml"
+    path.write_text(yaml.safe_dump(config))
+    message = the_error(run_in_process("check-config", "-c", str(path)), 78)
+    assert "rtsp://***@127.0.0.1/" in message and "S3cret" not in message and "pw'9" not in message, message
