@@ -36,6 +36,7 @@ class Faults:
     stall_s: float = 60.0
     redirect: dict[str, str] = field(default_factory=dict)  # path suffix -> a Location answered with 302 (once per path)
     bytes_per_s: float | None = None  # a slow line: every body is sent at this rate
+    endless: set[str] = field(default_factory=set)  # path suffixes: no Content-Length, and bytes until the client hangs up
 
 
 @dataclass
@@ -112,6 +113,8 @@ class Mirror:
                 if location and path not in mirror._redirected:
                     mirror._redirected.add(path)
                     return self._empty(302, {"Location": location})
+                if any(path.endswith(s) for s in mirror.faults.endless):
+                    return self._endless()
                 local = mirror._lookup(path)
                 if any(path.endswith(s) for s in mirror.faults.outage_after_half) and path in mirror._dropped:
                     return self._empty(503)
@@ -156,6 +159,17 @@ class Mirror:
                         self.connection.shutdown(2)
                     return
                 self._send(payload)
+
+            def _endless(self) -> None:
+                self.send_response(200)
+                self.send_header("Connection", "close")
+                self.send_header("ETag", '"' + "0" * 64 + '"')
+                self.send_header("X-Repo-Commit", COMMIT)
+                self.end_headers()
+                self.close_connection = True
+                with contextlib.suppress(OSError):
+                    while True:
+                        self.wfile.write(bytes(1 << 16))
 
             def _send(self, payload: bytes) -> None:
                 rate = mirror.faults.bytes_per_s

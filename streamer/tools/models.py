@@ -187,8 +187,11 @@ def announce_licence(preset: presets.Preset) -> None:
         log.info("preset %s: licence: %s", preset.name, preset.licence)
 
 
-def size_limit(info: presets.WeightsInfo | None) -> int | None:
-    """The most bytes one file of these weights can be: the preset's download size, and some room."""
+def size_limit(info: presets.WeightsInfo | None, name: str = "") -> int | None:
+    """The most bytes a file of these weights can be: a config 1 MB, the weights the preset's download
+    size and some room."""
+    if name == "config.json":
+        return 1_000_000
     return int(info.size_mb * 1e6 * 1.1) + 1_000_000 if info else None
 
 
@@ -241,7 +244,7 @@ def fetch_hub_model(weights: Weights, info: presets.WeightsInfo | None, models: 
 
                 try:
                     download(site.hub_url(repo_id, revision, name), staging, name + PARTIAL, what=f"{repo_id}/{name}",
-                             site=site, limit=size_limit(info), stall_s=stall_s, inspect=inspect)
+                             site=site, limit=size_limit(info, name), stall_s=stall_s, inspect=inspect)
                 except DownloadFailed as exc:
                     raise Unavailable(f"{repo_id}: download of {name} failed ({exc.problem}){exc.resume}") from None
                 staging.move(name + PARTIAL, staging, name)
@@ -250,7 +253,7 @@ def fetch_hub_model(weights: Weights, info: presets.WeightsInfo | None, models: 
                 if commit:
                     commits.add(commit)
             digests, verdict = verify_hub_folder(staging.path, repo_id, info, models, allow_unverified, announced, site)
-            snapshot_name = snapshot_revision(repo_id, info, commits, digests, allow_unverified, site.name)
+            snapshot_name = snapshot_revision(repo_id, info, commits, digests, site.name)
             snapshot = install_hub_model(repo, staging, snapshot_name, digests)
         except BaseException:
             for name in checkpoints.HUB_FILES:  # whole files that were not installed; a partial stays to be resumed
@@ -299,15 +302,15 @@ def hub_names(headers: Message, site: Site, repo_id: str, name: str) -> dict[str
 
 
 def snapshot_revision(repo_id: str, info: presets.WeightsInfo | None, commits: set[str], digests: dict[str, str],
-                      allow_unverified: bool, source: str) -> str:
-    """The snapshot's name: the pinned commit, else the one commit the server named, else one derived
+                      source: str) -> str:
+    """The snapshot's name: the pinned commit (the files matched its pins by now: a server that names
+    another commit for them is only noted), else the one commit the server named, else one derived
     from the files' hashes (as `import` does for a folder that names none)."""
     pinned = info.revision if info else None
-    if pinned and commits and commits != {pinned}:
-        served = ", ".join(sorted(commits))
-        refuse_or_warn(f"{repo_id}: {source} serves commit {served} where the preset pins {pinned}", allow_unverified)
-        return served if len(commits) == 1 else derived_revision(digests)
     if pinned:
+        if commits and commits != {pinned}:
+            log.warning("%s: %s serves commit %s where the preset pins %s; kept as %s", repo_id, source,
+                        ", ".join(sorted(commits)), pinned, pinned)
         return pinned
     return next(iter(commits)) if len(commits) == 1 else derived_revision(digests)
 
