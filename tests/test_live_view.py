@@ -12,7 +12,7 @@ import time
 import cv2
 import numpy as np
 import pytest
-from helpers import RECORDER_FPS, run_in_process, serving, the_error, wait_until
+from helpers import run_in_process, serving, the_error, wait_until
 
 TOKEN = "live-view-test-token-0123"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -71,8 +71,9 @@ class Viewer:
         self.connection.close()
 
 
-def processed(port: int) -> int:
-    return json.loads(get(port, "/api/status", AUTH)[2])["sources"]["cam0"]["processed"]
+def taken_and_dropped(port: int) -> tuple[int, int]:
+    source = json.loads(get(port, "/api/status", AUTH)[2])["sources"]["cam0"]
+    return source["processed"], source["dropped"]
 
 
 def latency_totals(port: int) -> tuple[float, float]:
@@ -84,11 +85,13 @@ def latency_totals(port: int) -> tuple[float, float]:
 
 
 def rate(port: int, seconds: float = 5.0) -> tuple[float, float]:
-    """(frames per second through the pipeline, their mean latency in seconds) over the next `seconds`."""
-    first, started, (total, count) = processed(port), time.monotonic(), latency_totals(port)
+    """(the share of the camera's frames the pipeline processed rather than dropped, their mean
+    latency in seconds) over the next `seconds`: what this machine delivered, busy or not."""
+    (done, dropped), (total, count) = taken_and_dropped(port), latency_totals(port)
     time.sleep(seconds)
-    (total_after, count_after), fps = latency_totals(port), (processed(port) - first) / (time.monotonic() - started)
-    return fps, (total_after - total) / max(count_after - count, 1)
+    (done_after, dropped_after), (total_after, count_after) = taken_and_dropped(port), latency_totals(port)
+    share = (done_after - done) / max(done_after - done + dropped_after - dropped, 1)
+    return share, (total_after - total) / max(count_after - count, 1)
 
 
 @pytest.mark.system
@@ -158,7 +161,7 @@ def test_stalled_and_many_viewers_leave_the_pipeline_alone_and_leavers_are_relea
         assert stalled.response.status == 200 and all(v.response.status == 200 for v in viewers)
         assert get(daemon.port, "/live/cam0.mjpg", AUTH)[0] == 503, "one more than server.max_viewers"
         watched = rate(daemon.port)
-        assert min(alone[0], watched[0]) >= 0.9 * RECORDER_FPS, (alone, watched)  # both keep the camera's pace
+        assert watched[0] >= alone[0] - 0.1, (alone, watched)  # viewers take no frames from the pipeline
         assert watched[1] <= 1.5 * alone[1] + 0.05, (alone, watched)  # mean latency
         assert all(len(v.frames) >= 8 and v.error is None for v in viewers), [len(v.frames) for v in viewers]
         viewers.pop().close()  # a viewer leaves: its place is free at once

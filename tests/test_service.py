@@ -60,14 +60,15 @@ def systemd(tmp_path):
 @pytest.mark.system
 def test_ready_watchdog_and_stopping_reach_the_notify_socket(tmp_path, fast_config, systemd):
     video = make_video(tmp_path / "in.mp4", frames=400, size=(96, 64))
-    env = cli_env(NOTIFY_SOCKET=str(systemd.path), WATCHDOG_USEC="1000000")  # WatchdogSec=1: ping every 0.5 s
+    # WatchdogSec=2: a ping every second, a second of slack for a busy machine (the units ship 120 s)
+    env = cli_env(NOTIFY_SOCKET=str(systemd.path), WATCHDOG_USEC="2000000")
     process = popen_cli("run", "-c", str(fast_config), "--source", str(video), *DEMO_MODELS, env=env)
     try:
         ready = systemd.wait_for("READY=1")
-        time.sleep(3.0)
+        time.sleep(5.0)
         pings = [at for at in systemd.times("WATCHDOG=1") if at > ready]
         assert len(pings) >= 4, systemd.messages
-        assert max(b - a for a, b in zip(pings, pings[1:])) < 1.0  # inside WatchdogSec
+        assert max(b - a for a, b in zip(pings, pings[1:])) < 2.0  # inside WatchdogSec
         process.send_signal(signal.SIGTERM)
         assert process.wait(60) == 0, process.stderr.read()
     finally:
