@@ -8,7 +8,7 @@ from pathlib import Path
 from helpers import ROOT
 
 PACKAGE = ROOT / "streamer"
-FOUNDATION = {"streamer", "streamer.arguments", "streamer.config", "streamer.control", "streamer.errors",
+FOUNDATION = {"streamer", "streamer.arguments", "streamer.boxes", "streamer.config", "streamer.control", "streamer.errors",
               "streamer.frames", "streamer.logs", "streamer.presets", "streamer.uris"}
 STAGES = ("inputs", "inference", "outputs")
 MAX_FUNCTION_LINES = 60

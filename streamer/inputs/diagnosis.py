@@ -11,15 +11,11 @@ from __future__ import annotations
 
 import socket
 import time
-from typing import TYPE_CHECKING
 
 import av
 
 from streamer.errors import DataError, InputNotFound, NotPermitted, StreamerError, Unavailable
-from streamer.inputs.spec import SourceSpec
-
-if TYPE_CHECKING:
-    from streamer.inputs.sources import LiveOptions
+from streamer.inputs.spec import LiveOptions, SourceSpec
 
 TIMED_OUT_FRACTION = 0.9  # a failure after this much of the open timeout is the timeout (RTSP reports it as bad data)
 

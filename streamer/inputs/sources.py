@@ -22,7 +22,8 @@ import numpy as np
 
 from streamer.errors import InputNotFound, StreamerError
 from streamer.inputs.images import IMAGE_SUFFIXES, ImageFilesReader, visible_images
-from streamer.inputs.spec import Kind, SourceSpec, parse_source
+from streamer.inputs.spec import Kind, LiveOptions, SourceSpec, parse_source
+from streamer.logs import shown_name
 
 log = logging.getLogger(__name__)
 
@@ -93,15 +94,6 @@ class CaptureReader:
 
     def close(self) -> None:
         self._capture.release()
-
-
-@dataclass(frozen=True)
-class LiveOptions:
-    """How network streams are opened (defaults and meanings: `source:` in streamer.config)."""
-
-    open_timeout_s: float
-    read_timeout_s: float
-    rtsp_transport: str  # tcp | udp
 
 
 _FFMPEG_OPTIONS = "OPENCV_FFMPEG_CAPTURE_OPTIONS"
@@ -179,20 +171,51 @@ def _open_synthetic(spec: SourceSpec, opening: Opening) -> Reader:
 
 def _open_file(spec: SourceSpec, opening: Opening) -> Reader:
     path = Path(str(spec.location))
+    shown = shown_name(path)
     if not path.exists():
-        raise InputNotFound(f"{path}: no such file; check the path given as source")
+        raise InputNotFound(f"{shown}: no such file; check the path given as source")
     if not path.is_file():
-        raise InputNotFound(f"{path}: not a regular file")
+        raise InputNotFound(f"{shown}: not a regular file")
     if path.suffix.lower() in IMAGE_SUFFIXES:
-        return ImageFilesReader([path], str(path), opening.fps or DEFAULT_FPS)
-    capture = cv2.VideoCapture(str(path), cv2.CAP_FFMPEG)
+        return ImageFilesReader([path], shown, opening.fps or DEFAULT_FPS)
+    capture = capture_file(path)
     if not capture.isOpened():
-        raise StreamerError(f"{path}: not a readable video (FFmpeg cannot open it)")
-    reader = CaptureReader(capture, str(path), live=False, fps_override=opening.fps)
+        raise StreamerError(f"{shown}: not a readable video (FFmpeg cannot open it)")
+    reader = CaptureReader(capture, shown, live=False, fps_override=opening.fps)
     if not reader.peek():
         reader.close()
-        raise StreamerError(f"{path}: not a readable video (no frame could be decoded)")
+        raise StreamerError(f"{shown}: not a readable video (no frame could be decoded)")
     return reader
+
+
+def opencv_can_take(text: str) -> bool:
+    """OpenCV takes a name or URL as UTF-8 text and crashes the process (SIGSEGV) on one that is not:
+    a name whose bytes are not UTF-8 (Python holds them as surrogate escapes) must not reach it."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def capture_file(path: Path) -> cv2.VideoCapture:
+    """An FFmpeg capture of the video file `path`, whatever its name: one OpenCV cannot take
+    (opencv_can_take) is opened here and handed over as /proc/self/fd/N, a name it can; FFmpeg opens
+    its own descriptor of the same file, so ours is closed once it has. OSError when it cannot be
+    read or where no such name exists (not Linux)."""
+    if opencv_can_take(str(path)):
+        return cv2.VideoCapture(str(path), cv2.CAP_FFMPEG)
+    try:
+        descriptor = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError as exc:
+        raise StreamerError(f"{shown_name(path)}: cannot be read ({exc.strerror})") from None
+    try:
+        proxy = f"/proc/self/fd/{descriptor}"
+        if not os.path.exists(proxy):
+            raise StreamerError(f"{shown_name(path)}: OpenCV cannot open a name that is not UTF-8 on this system; rename the file")
+        return cv2.VideoCapture(proxy, cv2.CAP_FFMPEG)
+    finally:
+        os.close(descriptor)
 
 
 def _open_images(spec: SourceSpec, opening: Opening) -> Reader:
@@ -201,9 +224,9 @@ def _open_images(spec: SourceSpec, opening: Opening) -> Reader:
     paths = visible_images(candidates)
     if not paths:
         videos = Path(target).is_dir() and any(p.suffix.lower() in VIDEO_HINTS for p in Path(target).iterdir())
-        raise InputNotFound(f"{target}: no image files found ({', '.join(sorted(IMAGE_SUFFIXES))})"
+        raise InputNotFound(f"{shown_name(target)}: no image files found ({', '.join(sorted(IMAGE_SUFFIXES))})"
                             + ("; it holds videos: give one of them as the source" if videos else ""))
-    return ImageFilesReader(paths, target, opening.fps or DEFAULT_FPS, opening.skip_bad)
+    return ImageFilesReader(paths, shown_name(target), opening.fps or DEFAULT_FPS, opening.skip_bad)
 
 
 OPENERS: dict[Kind, Callable[[SourceSpec, Opening], Reader]] = {

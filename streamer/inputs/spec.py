@@ -68,6 +68,15 @@ class SourceSpec:
         return Path(self.location) if isinstance(self.location, str) else Path(f"/dev/video{self.location}")
 
 
+@dataclass(frozen=True)
+class LiveOptions:
+    """How network streams are opened (defaults and meanings: `source:` in streamer.config)."""
+
+    open_timeout_s: float
+    read_timeout_s: float
+    rtsp_transport: str  # tcp | udp
+
+
 def parse_source(uri: str, shown: str | None = None) -> SourceSpec:
     """Parse a source URI; `shown`: how to name it in messages (default: the URI, secrets hidden).
     Looks at the file system to tell a file from a folder or a glob.
@@ -118,6 +127,10 @@ def _stream(uri: str, scheme: str, shown: str) -> SourceSpec:
     except ValueError:
         raise UsageError(f"{shown}: the URL's host or port cannot be read; a password holding '#', '?' or '/' "
                          "must be written %23, %3F or %2F") from None
+    try:
+        uri.encode("utf-8")
+    except UnicodeEncodeError:  # bytes from the command line that are not UTF-8: OpenCV would crash on them
+        raise UsageError(f"{shown}: the URL holds bytes that are not UTF-8; write them as %XX escapes") from None
     if "@" in uri.partition("://")[2][len(parts.netloc):]:
         raise UsageError(f"{shown}: the URL has an '@' after its host; a password holding '#', '?' or '/' "
                          "must be written %23, %3F or %2F (and an '@' in a path or query %40)")

@@ -17,8 +17,8 @@ from streamer.config import Output as OutputSettings
 from streamer.errors import StreamerError
 from streamer.frames import Category
 from streamer.inputs.capture import Liveness
-from streamer.inputs.sources import DEFAULT_FPS, LiveOptions, Reader, open_source, require_device
-from streamer.inputs.spec import SourceSpec, parse_source
+from streamer.inputs.sources import DEFAULT_FPS, Reader, open_source, require_device
+from streamer.inputs.spec import LiveOptions, SourceSpec, parse_source
 from streamer.outputs import preflight
 from streamer.outputs.display import DisplayOutput
 from streamer.outputs.export import PanopticExport
