@@ -18,10 +18,12 @@ from streamer import __version__, presets
 from streamer.arguments import Parser, add_config_arguments, config_overrides, frame_size, positive_int, quote
 from streamer.config import Config, Runtime, default_config_path, load_config, to_yaml
 from streamer.errors import EXIT_FAILURE, EXIT_OK, CannotCreate, ConfigError, StreamerError, UsageError
-from streamer.logs import configure_logging
+from streamer.logs import configure_logging, one_line
 from streamer.uris import redact_uri
 
 log = logging.getLogger("streamer")
+
+EXIT_INTERRUPTED = 130  # 128 + SIGINT: a command stopped by Ctrl-C before its end, as a shell reports it
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -210,13 +212,14 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.handler(args)
     except StreamerError as exc:
-        log.error("%s", redact_uri(str(exc)))
+        log.error("%s", one_line(redact_uri(str(exc))))  # one line, whatever a name in it holds
         return exc.exit_code
     except KeyboardInterrupt:
-        log.warning("interrupted")
-        return EXIT_FAILURE
+        log.warning("interrupted (Ctrl-C)")
+        return EXIT_INTERRUPTED
     except Exception as exc:  # noqa: BLE001 - a bug, still reported as one line (traceback at debug level)
-        log.error("internal error: %s: %s (run with --log-level debug for the traceback)", type(exc).__name__, redact_uri(str(exc)))
+        log.error("internal error: %s: %s (run with --log-level debug for the traceback)", type(exc).__name__,
+                  one_line(redact_uri(str(exc))))
         log.debug("traceback", exc_info=exc)
         return EXIT_FAILURE
 

@@ -285,6 +285,9 @@ class BufferPolicy(str, enum.Enum):
         return BufferPolicy.DROP_OLDEST if live else BufferPolicy.BLOCK
 
 
+_STAND_IN = 0xF0000  # a private-use plane: U+F0080..U+F00FF stand for a name's bytes 0x80..0xFF that are not UTF-8 while it is checked
+
+
 class Source(Strict):
     uri: str = Field(
         min_length=1, examples=["synthetic:street?seed=1000&frames=150", "rtsp://${CAM_USER}:${CAM_PASSWORD}@192.168.1.20/stream"],
@@ -366,7 +369,10 @@ class Source(Strict):
     @field_validator("uri", mode="before")
     @classmethod
     def _camera_index_as_text(cls, value: object) -> object:
-        return str(value) if isinstance(value, int) and not isinstance(value, bool) else value
+        value = str(value) if isinstance(value, int) and not isinstance(value, bool) else value
+        if isinstance(value, str):  # a name's bytes that are not UTF-8 (surrogate escapes): the string checks refuse them
+            value = re.sub("[\udc80-\udcff]", lambda m: chr(ord(m.group()) - 0xDC00 + _STAND_IN), value)
+        return value
 
     @field_validator("uri")
     @classmethod
@@ -381,6 +387,12 @@ class Source(Strict):
             return os.environ[name]
 
         return _home(re.sub(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}", lookup, value))
+
+    @field_validator("uri")
+    @classmethod
+    def _bytes_of_the_name_back(cls, value: str) -> str:
+        """The bytes _camera_index_as_text stood in for, back as Python holds them (os.fsdecode)."""
+        return re.sub(f"[{chr(_STAND_IN + 0x80)}-{chr(_STAND_IN + 0xFF)}]", lambda m: chr(ord(m.group()) - _STAND_IN + 0xDC00), value)
 
 
 class Render(Strict):
@@ -659,6 +671,8 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str] | tuple[str, ...])
             value = yaml.safe_load(text) if text.strip() else None
         except yaml.YAMLError:
             value = text
+            if re.search("[\ud800-\udfff]", text) and len(text) > 1 and text[0] == text[-1] == "'":
+                value = text[1:-1].replace("''", "'")  # a name whose bytes are not UTF-8 (YAML refuses them), as arguments.quote put it
         node = raw
         parts = key.strip().split(".")
         for part in parts[:-1]:

@@ -5,6 +5,11 @@ when all 16 bits are used, and refuses floating-point TIFFs. Here an image is re
 depth (EXIF orientation applied, as IMREAD_COLOR does) and scaled by the range its file declares: a
 PNG's sBIT chunk (e.g. 12 significant bits of 16, as machine-vision cameras write), the full integer
 range otherwise, 0..1 for floating point (PNG specification 11.3.3.4; TIFF 6.0 SampleFormat).
+
+The file's bytes are read here and decoded by OpenCV (cv2.imdecode), never opened by OpenCV by name:
+OpenCV takes a name as UTF-8 text and crashes the process (SIGSEGV) on one that is not UTF-8, as
+names from old Samba shares and cameras' FTP uploads often are (Python holds their odd bytes as
+surrogate escapes). Such names are logged as logs.shown_name writes them.
 """
 from __future__ import annotations
 
@@ -17,6 +22,7 @@ import cv2
 import numpy as np
 
 from streamer.errors import StreamerError
+from streamer.logs import shown_name
 
 log = logging.getLogger(__name__)
 
@@ -26,8 +32,12 @@ PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 def read_image(path: Path) -> np.ndarray | None:
     """The image at `path` as H x W x 3 uint8 BGR at its real range (to_bgr8); None when it does
-    not decode."""
-    image = cv2.imread(str(path), cv2.IMREAD_ANYDEPTH | cv2.IMREAD_COLOR)  # EXIF orientation applied
+    not decode or cannot be read (gone, unreadable)."""
+    try:
+        data = np.fromfile(path, dtype=np.uint8)  # any name: OpenCV never sees it (module docstring)
+    except OSError:
+        return None
+    image = cv2.imdecode(data, cv2.IMREAD_ANYDEPTH | cv2.IMREAD_COLOR) if data.size else None  # EXIF orientation applied
     if image is None:
         return None
     bits = png_significant_bits(path) if image.dtype == np.uint16 and path.suffix.lower() == ".png" else None
@@ -99,7 +109,8 @@ class ImageFilesReader:
             if image is not None:
                 return image, index * 1000.0 / self.fps
             if not self.skip_bad:
-                raise StreamerError(f"{path}: cannot decode this image; remove or replace it (or set source.on_bad_frame: skip)")
+                raise StreamerError(f"{shown_name(path)}: cannot decode this image; remove or replace it "
+                                    "(or set source.on_bad_frame: skip)")
             self.skipped += 1
             log.warning("%s: cannot decode this image, skipped (%d so far)", path, self.skipped)
         return None
