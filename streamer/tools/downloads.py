@@ -217,56 +217,9 @@ def download(url: str, folder: Folder, partial: str, *, what: str, site: Site, l
     (`inspect` sees them first, before a byte is written, and may refuse them by raising). Raises
     Unreachable, DownloadFailed (what arrived is kept for the next run), DataError (a size that cannot
     be: the partial is removed), CannotCreate (no room, or a link where the file belongs)."""
-    path = folder.path / partial
-    fd = folder.append(partial)
-    progress = None
+    transfer = Transfer(url, folder, partial, what, site, limit, stall_s, inspect)
     try:
-        done = os.lseek(fd, 0, os.SEEK_END)
-        drops = 0
-        while True:
-            headers = {"User-Agent": f"streamer/{__version__}", "Accept-Encoding": "identity"}
-            if done:
-                headers["Range"] = f"bytes={done}-"
-            try:
-                response, first, final = answer(url, headers, site, stall_s)
-            except Unreachable as exc:
-                if done:  # it was reached before: keep what arrived
-                    raise DownloadFailed(url, str(exc), kept(done, path)) from None
-                raise
-            with contextlib.closing(response):
-                if inspect is not None:
-                    inspect(first)
-                status = response.status
-                if status == 416 and done:  # a resumed download of a file that was already whole
-                    return first
-                if status == 206 and content_range_start(response) != done:
-                    status = 200  # a range other than the one asked for: start again from the beginning
-                if status == 200 and done:
-                    os.ftruncate(fd, 0)
-                    done = 0
-                elif status not in (200, 206):
-                    raise DownloadFailed(url, http_problem(status, site), kept(done, path))
-                total = announced_total(response, done)
-                check_room(total, done, limit, folder, what, site)
-                if progress is None:
-                    progress = progress_class()(desc=what, total=total, initial=done, unit="B", unit_scale=True)
-                before = done
-                try:
-                    done = receive(response, fd, path, done, total if total is not None else limit, what, site, progress)
-                except (ConnectionError, http.client.HTTPException, OSError) as exc:
-                    if isinstance(exc, (TimeoutError, socket.timeout)):
-                        raise DownloadFailed(url, f"no data for {stall_s:g} s", kept(os.lseek(fd, 0, os.SEEK_END), path)) from None
-                    done = os.lseek(fd, 0, os.SEEK_END)
-                    problem = f"the connection dropped ({_reason(exc)})"
-                else:
-                    if total is None or done >= total:
-                        return first
-                    problem = f"the connection closed after {done} of {total} bytes"
-            drops = 0 if done > before else drops + 1
-            if drops > RETRIES:
-                raise DownloadFailed(url, f"{problem}, {drops} times in a row", kept(done, path))
-            log.info("%s: %s; resuming from %.1f MB", what, problem, done / 1e6)
-            time.sleep(1)
+        return transfer.run()
     except DataError:
         folder.remove(partial)  # what it holds came from a server that cannot be right
         raise
@@ -274,15 +227,87 @@ def download(url: str, folder: Folder, partial: str, *, what: str, site: Site, l
         size = folder.size(partial)
         if not size:
             folder.remove(partial)
-        raise CannotCreate(f"{exc}{kept(size, path, 'free some space, then run the same command again to resume')}") from None
+        raise CannotCreate(f"{exc}{kept(size, transfer.path, 'free some space, then run the same command again to resume')}") from None
     except BaseException:
         if not folder.size(partial):
             folder.remove(partial)
         raise
     finally:
-        os.close(fd)
-        if progress is not None:
-            progress.close()
+        transfer.close()
+
+
+class Transfer:
+    """One file's download into its partial file: tries until it is whole, resuming after drops."""
+
+    def __init__(self, url: str, folder: Folder, partial: str, what: str, site: Site, limit: int | None, stall_s: float,
+                 inspect: Callable[[Message], object] | None):
+        self.url, self.folder, self.what, self.site, self.limit, self.stall_s, self.inspect = \
+            url, folder, what, site, limit, stall_s, inspect
+        self.path = folder.path / partial
+        self.fd = folder.append(partial)
+        self.progress = None
+
+    def close(self) -> None:
+        os.close(self.fd)
+        if self.progress is not None:
+            self.progress.close()
+
+    @property
+    def done(self) -> int:
+        return os.lseek(self.fd, 0, os.SEEK_END)
+
+    def run(self) -> Message:
+        drops = 0
+        while True:
+            before = self.done
+            first, problem = self.attempt()
+            if problem is None:
+                return first
+            drops = 0 if self.done > before else drops + 1
+            if drops > RETRIES:
+                raise DownloadFailed(self.url, f"{problem}, {drops} times in a row", kept(self.done, self.path))
+            log.info("%s: %s; resuming from %.1f MB", self.what, problem, self.done / 1e6)
+            time.sleep(1)
+
+    def attempt(self) -> tuple[Message, str | None]:
+        """One request for what is missing: the first response's headers, and why it stopped short (None: whole)."""
+        done = self.done
+        headers = {"User-Agent": f"streamer/{__version__}", "Accept-Encoding": "identity"}
+        if done:
+            headers["Range"] = f"bytes={done}-"
+        try:
+            response, first, _ = answer(self.url, headers, self.site, self.stall_s)
+        except Unreachable as exc:
+            if done:  # it was reached before: keep what arrived
+                raise DownloadFailed(self.url, str(exc), kept(done, self.path)) from None
+            raise
+        with contextlib.closing(response):
+            if self.inspect is not None:
+                self.inspect(first)
+            status = response.status
+            if status == 416 and done:  # a resumed download of a file that was already whole
+                return first, None
+            if status == 206 and content_range_start(response) != done:
+                status = 200  # a range other than the one asked for: start again from the beginning
+            if status == 200 and done:
+                os.ftruncate(self.fd, 0)
+                done = 0
+            elif status not in (200, 206):
+                raise DownloadFailed(self.url, http_problem(status, self.site), kept(done, self.path))
+            total = announced_total(response, done)
+            check_room(total, done, self.limit, self.folder, self.what, self.site)
+            if self.progress is None:
+                self.progress = progress_class()(desc=self.what, total=total, initial=done, unit="B", unit_scale=True)
+            try:
+                done = receive(response, self.fd, self.path, done, total if total is not None else self.limit, self.what,
+                               self.site, self.progress)
+            except (ConnectionError, http.client.HTTPException, OSError) as exc:
+                if isinstance(exc, (TimeoutError, socket.timeout)):
+                    raise DownloadFailed(self.url, f"no data for {self.stall_s:g} s", kept(self.done, self.path)) from None
+                return first, f"the connection dropped ({_reason(exc)})"
+            if total is None or done >= total:
+                return first, None
+            return first, f"the connection closed after {done} of {total} bytes"
 
 
 def kept(size: int, path, then: str = "run the same command again to resume") -> str:
