@@ -179,7 +179,7 @@ def test_a_never_connected_source_gives_up_at_its_window_and_without_one_retries
     thread.start()
     time.sleep(1.5)  # three times the window above
     assert thread.is_alive() and control.failure is None and forever.attempt >= 10
-    assert forever.connection() == Connection("connecting", forever.attempt, "cam0: rtsp://cam/x: connection refused")
+    assert forever.connection() == Connection("connecting", forever.attempt, "cam0: rtsp://cam/x: connection refused", "unavailable")
     control.stop.set()
     thread.join(5)
     assert not thread.is_alive() and control.exit_code == 0
