@@ -191,6 +191,8 @@ def test_the_token_rule(monkeypatch):
     monkeypatch.setenv("HF_ENDPOINT", "https://hub.internal")
     assert credentials("https://hub.internal/a", Site.choose(None)) == {"Authorization": "Bearer hf_abc"}
     assert credentials("https://huggingface.co/a", Site.choose(None)) == {}
+    monkeypatch.setenv("HF_HUB_DISABLE_IMPLICIT_TOKEN", "1")
+    assert credentials("https://hub.internal/a", Site.choose(None)) == {}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -307,6 +309,8 @@ def test_a_stalled_download_or_a_silent_host_ends_with_one_line_after_the_time_l
                        f"{partial}: run the same command again to resume")
     assert partial.stat().st_size == half
     assert took < 30, took
+    listing = run_cli("models", "list", env=model_env(home)).stdout
+    assert f"partial ({half / 1e6:.1f} MB so far, fetch resumes it): {partial}" in listing
 
     with socket.socket() as silent:  # accepts connections (the kernel does) and never answers
         silent.bind(("127.0.0.1", 0))

@@ -144,7 +144,10 @@ def credentials(url: str, site: Site) -> dict[str, str]:
 
 
 def hub_token() -> str | None:
-    """The token the user saved with `hf auth login` (or $HF_TOKEN), if any."""
+    """The token the user saved with `hf auth login` (or $HF_TOKEN), if any, unless the user told the
+    hub's client never to send it unasked (HF_HUB_DISABLE_IMPLICIT_TOKEN)."""
+    if os.environ.get("HF_HUB_DISABLE_IMPLICIT_TOKEN", "").strip().lower() in ("1", "true", "yes", "on"):
+        return None
     try:
         from huggingface_hub import get_token
 

@@ -126,12 +126,13 @@ def pinning(weights: Weights, info: presets.WeightsInfo) -> str:
 def state(weights: Weights) -> str:
     if weights.present:
         return f"present: {weights.path}"
-    if weights.kind is Kind.TORCH:
-        partial = partial_path(weights)
-        if partial.is_file():
-            return f"partial ({partial.stat().st_size / 1e6:.1f} MB so far, fetch resumes it): {partial}"
-        return f"missing: {weights.path}"
-    return f"missing: {checkpoints.hub_repo_folder(weights.name)}"
+    repo = checkpoints.hub_repo_folder(weights.name) if weights.kind is Kind.HUB else None
+    partials = [partial_path(weights)] if repo is None else [repo / STAGING / (name + PARTIAL) for name in checkpoints.HUB_FILES]
+    held = [p for p in partials if p.is_file() and not p.is_symlink()]
+    if held:
+        so_far = sum(p.stat().st_size for p in held) / 1e6
+        return f"partial ({so_far:.1f} MB so far, fetch resumes it): {held[-1]}"
+    return f"missing: {weights.path if repo is None else repo}"
 
 
 def partial_path(weights: Weights) -> Path:
