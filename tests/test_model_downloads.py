@@ -347,6 +347,14 @@ def test_a_size_the_disk_cannot_hold_or_the_file_cannot_be_is_refused_before_wri
     assert leftovers == ["hub"], "nothing written: no partial, no empty models--ORG--NAME"
 
 
+def test_a_read_only_cache_is_one_line(published, tmp_path):
+    with Mirror(mirror_files(published, SEGFORMER_B2)) as mirror, tmpfs(tmp_path / "ro", "ro,size=1m") as disk:
+        result = run_cli("models", "fetch", "cityscapes", env=model_env(tmp_path / "home", STREAMER_MIRROR=mirror.url,
+                                                                       HF_HOME=str(disk)))
+    assert the_error(result, EXIT_CANTCREAT) == f"{disk / 'hub'}: cannot create the folder (Read-only file system)"
+    assert mirror.requests == []
+
+
 @pytest.mark.parametrize("what", ["checkpoint", "hub model"])
 def test_import_onto_a_full_disk_is_exit_73_with_nothing_half_written(published, tmp_path, what):
     with tmpfs(tmp_path / "small", "size=40m") as disk:
