@@ -524,6 +524,48 @@ def loopback(host: str) -> bool:
         return False
 
 
+class Mqtt(Strict):
+    """events.mqtt: the broker events are published to (README, Events)."""
+
+    host: str | None = Field(default=None, description="the broker's name or address; `null`: no MQTT")
+    port: int = Field(default=1883, ge=1, le=65535, description="the broker's port (8883 is the usual one with TLS)")
+    tls: bool = Field(default=False, description="connect over TLS, checking the broker's certificate against the system's CAs")
+    username: str | None = Field(default=None, description="user name, when the broker asks for one")
+    password: SecretStr | None = Field(default=None, description="password; `${NAME}` is replaced by the environment variable NAME. "
+                                       "Never printed")
+    client_id: str = Field(default="streamer", pattern=r"^[A-Za-z0-9_.-]{1,48}$", description="MQTT client id; each source "
+                           "connects as `CLIENT_ID-SOURCE`")
+    topic_prefix: str = Field(default="streamer", pattern=r"^[^#+]{1,100}$", description="topics are `PREFIX/SOURCE/KIND`; "
+                              "the daemon's availability is `PREFIX/availability` (`online`/`offline`)")
+    qos: Literal[0, 1, 2] = Field(default=1, description="MQTT quality of service: `1` (at least once: receivers drop repeats by "
+                                  "the event id) or `2`; `0` may lose what is in flight when the connection drops")
+
+    @field_validator("password", mode="before")
+    @classmethod
+    def _password_from_environment(cls, value: object) -> object:
+        if not isinstance(value, str):
+            return value
+
+        def lookup(match: re.Match) -> str:
+            if match.group(1) not in os.environ:
+                raise ValueError(f"environment variable {match.group(1)} is not set")
+            return os.environ[match.group(1)]
+
+        return re.sub(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}", lookup, value)
+
+
+class Events(Strict):
+    """events: the event log and where its events go (README, Events)."""
+
+    enabled: bool = Field(default=False, description="log events (tracks, line crossings, zone entries and exits, counts) in "
+                          "`dir` and deliver them to the sinks below; needs `tracking.enabled`")
+    dir: UserPath = Field(default="events", description="folder of the event log (`events.sqlite`), shared by every source")
+    keep_days: float | None = Field(default=7.0, gt=0, le=36600, description="remove events older than this; `null`: keep")
+    max_mb: float | None = Field(default=500.0, ge=0.1, le=10**7, description="past this size the oldest events are removed, "
+                                 "delivered or not (counted and logged); `null`: no cap")
+    mqtt: Mqtt = Field(default=Mqtt(), description="publish events to an MQTT broker")
+
+
 class Runtime(Strict):
     device: str = Field(default="auto", pattern=r"^(auto|cpu|cuda|cuda:\d+)$",
                         description="`auto` (CUDA if present), `cpu`, `cuda`, `cuda:N`")
@@ -567,6 +609,8 @@ class Config(Strict):
     server: Server = Field(default_factory=lambda: Server.model_validate({}),  # reads STREAMER_TOKEN: not at import
                            description="the HTTP server")
     runtime: Runtime = Field(default=Runtime(), description="device, threads, batching, stopping and logging")
+    events: Events = Field(default=Events(), description="events (line crossings, zone entries, tracks, counts): logged on disk, "
+                           "then published over MQTT")
 
     @model_validator(mode="before")
     @classmethod
@@ -607,6 +651,12 @@ class Config(Strict):
         counting = [s.id for s in self.all_sources() if s.lines or s.zones]
         if counting and not self.tracking.enabled:
             raise ValueError(f"source {counting[0]} has counting lines or zones, which need tracking.enabled: true")
+        return self
+
+    @model_validator(mode="after")
+    def _events_need_tracks(self) -> Config:
+        if self.events.enabled and not self.tracking.enabled:
+            raise ValueError("events.enabled needs tracking.enabled: true (events follow tracks)")
         return self
 
     @model_validator(mode="after")
@@ -724,7 +774,7 @@ def _first_error(exc: ValidationError, origin: str, overridden: list[str] | tupl
         message = "required key is missing"
     elif "input" in first and isinstance(first["input"], str) and (where.endswith("uri") or "://" in first["input"]):
         message += f", got {redact_url(first['input'])!r}"  # a URL read whole: its password may hold spaces or quotes
-    elif "input" in first and not isinstance(first["input"], (dict, list)) and not where.endswith("token"):
+    elif "input" in first and not isinstance(first["input"], (dict, list)) and not where.endswith(("token", "password")):
         message += f", got {first['input']!r}"
     more = f" (and {len(errors) - 1} more problem{'s' if len(errors) > 2 else ''})" if len(errors) > 1 else ""
     return redact_uri(f"{origin}: {where + ': ' if where else ''}{message}{more}")  # the value may be a camera URL

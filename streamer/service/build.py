@@ -207,8 +207,46 @@ def outputs(config: Config, source: OpenedSource, locks: ExitStack) -> list[Outp
             made.append(DisplayOutput())
         if config.server.enabled:
             made.append(live_feed(config, source.settings.id))  # its viewers' streams end when it closes
+        if config.events.enabled:
+            made.append(events_output(config, source.settings))
+            undo.callback(made[-1].close)
         undo.pop_all()
     return made
+
+
+def events_output(config: Config, source: Source) -> Output:
+    """The source's events: logged in events.dir, delivered over MQTT when events.mqtt.host is set."""
+    import sqlite3
+
+    from streamer.errors import CannotCreate
+    from streamer.frames import Zone
+    from streamer.outputs.events.log import EventLog
+    from streamer.outputs.events.output import EventsOutput, Sink
+
+    settings = config.events
+    try:
+        events_log = EventLog(settings.dir, settings.keep_days, settings.max_mb)
+    except (OSError, sqlite3.Error) as exc:
+        raise CannotCreate(f"events.dir {settings.dir}: cannot open the event log: {exc}; choose a folder you can write") from None
+    sinks: list[Sink] = []
+    try:
+        host = settings.mqtt.host
+        if host is not None:
+            from streamer.outputs.events.mqtt import MqttSettings, MqttSink
+
+            mqtt = settings.mqtt
+            try:
+                import paho.mqtt  # noqa: F401
+            except ImportError:
+                raise StreamerError("events.mqtt needs paho-mqtt: pip install 'streamer[mqtt]'") from None
+            sinks.append(MqttSink(events_log, source.id, MqttSettings(
+                host, mqtt.port, mqtt.tls, mqtt.username, mqtt.password.get_secret_value() if mqtt.password else None,
+                mqtt.client_id, mqtt.topic_prefix, mqtt.qos)))
+    except BaseException:
+        events_log.close()
+        raise
+    zones = [Zone(name, points) for name, points in source.zones.items()]
+    return EventsOutput(source.id, events_log, zones, {c.id: c.name for c in config.categories()}, config.tracking.max_lost_s, sinks)
 
 
 def video_output(config: Config, source: OpenedSource, several: bool, locks: ExitStack):
