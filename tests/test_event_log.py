@@ -204,3 +204,52 @@ def test_the_mqtt_password_comes_from_the_environment_and_is_never_printed(monke
         validate({**raw, "events": {"mqtt": {"password": "${MQTT_UNSET_X}"}}})
     with pytest.raises(ConfigError, match="events.enabled needs tracking.enabled"):
         validate({**raw, "tracking": {"enabled": False}})
+
+
+# -- EventsOutput
+
+
+def test_events_output_logs_a_synthetic_streets_crossings_as_its_counter_counts(tmp_path):
+    """The true tracks of a synthetic street through the Counter, then EventsOutput: the logged line
+    crossings and counted zone entries are the Counter's totals, every track starts and ends, in order."""
+    import numpy as np
+
+    from streamer.frames import Frame, Line, Panoptic
+    from streamer.inference.counting import Counter
+    from streamer.inputs.synthetic import CATEGORIES, StreetScene
+    from streamer.outputs.events.output import EventsOutput
+
+    line, zone = Line("h", (0, 270.5), (640, 270.5)), Zone("left", ((0, 200), (320, 200), (320, 360), (0, 360)))
+    names = {c.id: c.name for c in CATEGORIES}
+    scene, counter = StreetScene(1026, (640, 360), 15.0), Counter([line], [zone], names)
+    output = EventsOutput("street", EventLog(tmp_path), [zone], names, track_end_s=2.0)
+    image, blank = np.zeros((2, 2, 3), np.uint8), np.zeros((2, 2), np.int32)
+    longest = 0.0
+    for index in range(45):
+        segments = scene.render(index).segments
+        found = counter.update(segments, index / 15.0)
+        frame = Frame("street", index, image, index * 1000 / 15.0, time.time(), time.monotonic())
+        started = time.perf_counter()
+        output.write(Panoptic(frame, blank, tuple(segments), counts=counter.counts(), events=tuple(found)), None)
+        longest = max(longest, time.perf_counter() - started)
+    output.close()
+    assert longest < 0.05, "write only queues"
+    log = EventLog(tmp_path)
+    logged = log.after(0, 10**6)
+    assert [e.seq for e in logged] == list(range(1, len(logged) + 1))
+    crossed: dict = {}
+    for e in logged:
+        if e.kind == "line_crossing":
+            crossed.setdefault(e.payload["category"], {"in": 0, "out": 0})[e.payload["direction"]] += 1
+    counts = counter.counts().to_dict()
+    assert crossed == counts["lines"]["h"] == {"car": {"in": 2, "out": 1}, "person": {"in": 0, "out": 1}}
+    entered: dict = {}
+    for e in logged:
+        if e.kind == "zone_entry" and e.payload["counted"]:
+            entered[e.payload["category"]] = entered.get(e.payload["category"], 0) + 1
+    assert entered == counts["zones"]["left"]
+    kinds = [e.kind for e in logged]
+    assert kinds.count("track_start") == kinds.count("track_end") == sum(counts["objects_total"].values())
+    assert kinds[0] == "source_state" and kinds[-1] == "source_state" and logged[-1].payload["state"] == "ended"
+    last_counts = [e.payload for e in logged if e.kind == "counts"][-1]
+    assert last_counts == {k: counts[k] for k in ("objects_total", "lines", "zones")}

@@ -210,3 +210,26 @@ def test_a_password_broker_the_right_password_and_a_wrong_one_never_printed(tmp_
         sub.close()
         log.close()
         broker.stop()
+
+
+@pytest.mark.parametrize("case", ["no such host", "tls to a plain port"])
+def test_a_broker_that_cannot_be_reached_is_one_warning_and_the_events_wait(tmp_path, caplog, case):
+    broker = Broker(tmp_path / "broker")
+    log = EventLog(tmp_path / "events")
+    log.append(batch(5))
+    settings = (MqttSettings("no-such-host.invalid", 1883) if case == "no such host"
+                else MqttSettings("127.0.0.1", broker.port, tls=True))
+    try:
+        sink = MqttSink(log, "cam0", settings)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and not any("cannot reach" in r.getMessage() for r in caplog.records):
+            time.sleep(0.05)
+        started = time.monotonic()
+        sink.close()
+        assert time.monotonic() - started < 3, "closing does not wait for a broker it never reached"
+        warnings = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+        assert any(f"cannot reach {settings.host}:{settings.port}" in w for w in warnings), warnings
+        assert log.cursor("mqtt:cam0") == 0 and log.count() == 5, "the events wait in the log"
+    finally:
+        log.close()
+        broker.stop()
