@@ -188,8 +188,9 @@ class MqttSink:
         while self._sent and self._sent[0][0] in self._pending:
             mid, seq = self._sent.popleft()
             self._pending.discard(mid)
-        if not self._sent:
-            self._pending.clear()  # stale: confirmations of a connection before the last drop
+        if self._pending:  # keep only confirmations of what is in flight: others are stale (the availability message, a
+            in_flight = {mid for mid, _ in self._sent}  # connection before the last drop), and mids wrap at 65535
+            self._pending &= in_flight
         if seq is not None and seq > self.cursor:
             self.log.advance(self.name, seq)
             self.cursor = seq
