@@ -66,6 +66,7 @@ def _append_forever(folder: str, ready) -> None:
             ready.set()
 
 
+@pytest.mark.system  # a forked writer process, SIGKILLed
 def test_a_sigkill_while_appending_loses_no_committed_event(tmp_path):
     """Whatever append returned is on disk: after a SIGKILL mid-write the log opens, whole, and goes on."""
     ready = multiprocessing.get_context("fork").Event()
