@@ -359,12 +359,12 @@ def random_rectangles(rng: np.random.Generator, base: np.ndarray, values: list[i
 
 
 @contextlib.contextmanager
-def serving(*args: str, token: str) -> Iterator[Daemon]:
+def serving(*args: str, token: str | None) -> Iterator[Daemon]:
     """A recorder daemon (RECORDER, then `args`) with its HTTP server on a free port (`.port`) and
-    `token`, once it has processed 3 frames; it must end cleanly."""
+    `token` (None: none), once it has processed 3 frames; it must end cleanly."""
     port = free_port()
-    daemon = Daemon(*RECORDER, *args, "--set", "server.enabled=true", "--set", f"server.port={port}", "--set", f"server.token={token}",
-                    "--set", "runtime.status_interval_s=0.5")
+    daemon = Daemon(*RECORDER, *args, "--set", "server.enabled=true", "--set", f"server.port={port}",
+                    *(["--set", f"server.token={token}"] if token else []), "--set", "runtime.status_interval_s=0.5")
     daemon.port = port
     try:
         daemon.wait_processed(3, timeout=120)

@@ -53,15 +53,8 @@ def get(port: int, path: str, host: str | None = "localhost", headers: dict[str,
 @pytest.fixture(scope="module")
 def open_daemon():
     """A token-free recorder on loopback that also answers to nvr.example (server.allowed_hosts)."""
-    port = free_port()
-    daemon = Daemon(*RECORDER, *SERVER, "--set", f"server.port={port}", "--set", "server.allowed_hosts=[nvr.example]",
-                    "--set", "server.max_viewers=2")
-    daemon.port = port
-    try:
-        daemon.wait_processed(3, timeout=120)
+    with serving("--set", "server.allowed_hosts=[nvr.example]", "--set", "server.max_viewers=2", token=None) as daemon:
         yield daemon
-    finally:
-        assert daemon.terminate() == 0, daemon.text()
 
 
 # --- DNS rebinding: without a token, only loopback names and the listed ones ---
