@@ -11,6 +11,7 @@ from pathlib import Path
 
 from streamer.config import Config
 from streamer.errors import UsageError
+from streamer.logs import one_line, shown_name
 from streamer.tools.annotate.jobs import Job
 from streamer.tools.annotate.manifest import FAILED
 from streamer.tools.annotate.progress import REPORT_S
@@ -46,19 +47,24 @@ class RayEngine:
         threads = configs[0].runtime.torch_threads or 1
         self.ray = connect(address, None if address else len(configs) * threads + 1)  # one CPU more: Ray's own work
         self.out = out
-        self.remote = self.ray.remote(Annotator).options(num_cpus=threads, num_gpus=gpus, max_restarts=0, max_task_retries=0)
-        self.configs, self.video = configs, video
-        self.actors = [self.remote.remote(config, video) for config in configs]
-        from ray.util.queue import Queue
+        self.actors: list = []
+        try:
+            self.remote = self.ray.remote(Annotator).options(num_cpus=threads, num_gpus=gpus, max_restarts=0, max_task_retries=0)
+            self.configs, self.video = configs, video
+            self.actors = [self.remote.remote(config, video) for config in configs]
+            from ray.util.queue import Queue
 
-        self.reports = Queue(actor_options={"num_cpus": 0})
+            self.reports = Queue(actor_options={"num_cpus": 0})
+        except BaseException:  # a stop signal too: no Ray left running behind us
+            self.close(now=True)
+            raise
 
     def run(self, jobs: Iterable[Job], run: Run) -> None:
         dispatch(jobs, len(self.actors), self._submit, lambda refs: self.ray.wait(refs, num_returns=1, timeout=REPORT_S)[0],
                  self._outcome, self._reports, run)
 
     def _submit(self, n: int, job: Job):
-        absolute = Job(job.path.resolve(), job.name)  # an actor's working folder is not ours
+        absolute = Job(job.path.absolute(), job.name)  # an actor's working folder is not ours
         return self.actors[n].annotate.remote(absolute, self.out, Report(self.reports, job.path))
 
     def _reports(self) -> list[tuple]:
@@ -71,10 +77,10 @@ class RayEngine:
         try:
             return self.ray.get(ref)
         except RayTaskError as exc:  # a bug in the work: its own message, one line
-            return Outcome(FAILED, 0, time.monotonic() - started, f"{type(exc.cause).__name__}: {exc.cause}")
+            return Outcome(FAILED, 0, time.monotonic() - started, one_line(f"{type(exc.cause).__name__}: {exc.cause}"))
         except RayActorError:  # the worker process died: a new one
             self.actors[n] = self.remote.remote(self.configs[n], self.video)
-            return Outcome(FAILED, 0, time.monotonic() - started, f"{job.path}: the worker process died")
+            return Outcome(FAILED, 0, time.monotonic() - started, f"{shown_name(job.path)}: the worker process died")
 
     def close(self, now: bool = False) -> None:
         for actor in self.actors:

@@ -20,7 +20,7 @@ from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 
 from streamer.config import Config
-from streamer.logs import configure_logging
+from streamer.logs import configure_logging, one_line, shown_name
 from streamer.tools.annotate.jobs import Job
 from streamer.tools.annotate.manifest import FAILED
 from streamer.tools.annotate.progress import REPORT_S
@@ -86,15 +86,22 @@ class LocalEngine:
         except BrokenProcessPool:  # the worker died (out of memory, a crash in native code): a new one
             self.workers[n].shutdown(wait=False)
             self.workers[n] = self._start(n)
-            return Outcome(FAILED, 0, time.monotonic() - started, f"{job.path}: the worker process died")
+            return Outcome(FAILED, 0, time.monotonic() - started, f"{shown_name(job.path)}: the worker process died")
+        except Exception as exc:  # noqa: BLE001 - a bug in the work: this video's failure, in one line, not the run's
+            return Outcome(FAILED, 0, time.monotonic() - started, one_line(f"{type(exc).__name__}: {exc}"))
 
     def close(self, now: bool = False) -> None:
-        """Stop the workers: after their current video, or `now` (killed: their videos are redone next time)."""
+        """Stop the workers: after their current video, or `now` (killed: their videos are redone next
+        time). Either way every process and thread of the pools is waited for, so the interpreter
+        ends normally and releases the pools' semaphores (else multiprocessing's resource tracker
+        warns of "leaked semaphore objects" after a Ctrl-C)."""
         for worker in self.workers:
             if now:
-                for process in list(getattr(worker, "_processes", {}).values()):  # the executor keeps them here
+                for process in list((getattr(worker, "_processes", None) or {}).values()):  # the executor keeps them here
                     process.kill()
-            worker.shutdown(wait=not now, cancel_futures=True)
+            worker.shutdown(wait=True, cancel_futures=True)  # killed ones: at once
+        self.reports.close()
+        self.reports.join_thread()
 
 
 def _start_worker(config: Config, video: bool, log_path: str, log_level: str, reports: multiprocessing.Queue) -> None:
@@ -105,7 +112,7 @@ def _start_worker(config: Config, video: bool, log_path: str, log_level: str, re
     descriptor = os.open(log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
     os.dup2(descriptor, 2)
     os.close(descriptor)
-    sys.stderr = os.fdopen(2, "w", buffering=1, closefd=False)
+    sys.stderr = os.fdopen(2, "w", buffering=1, closefd=False, errors="backslashreplace")  # as Python's own stderr
     configure_logging(log_level, config.runtime.log_format)
     coordinator = os.getppid()
     threading.Thread(target=_exit_with, args=(coordinator,), name="coordinator-watch", daemon=True).start()
