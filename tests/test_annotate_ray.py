@@ -9,7 +9,7 @@ import signal
 
 import pytest
 from helpers import make_video, run_cli, wait_until
-from test_annotate import MODELS, manifest, processes, survives_a_dead_worker
+from test_annotate import MODELS, manifest, processes, stopped_by, survives_a_dead_worker
 
 pytest.importorskip("ray", reason="needs Ray: pip install 'streamer[ray]' (the test extra installs it)")
 pytestmark = pytest.mark.system  # every test here starts a Ray instance through the CLI
@@ -44,3 +44,13 @@ def test_an_actor_that_dies_is_replaced_and_its_video_tried_again(tmp_path):
         os.kill(actors[0], signal.SIGKILL)
 
     survives_a_dead_worker(tmp_path, kill, "--engine", "ray")
+
+
+def test_sigterm_to_the_coordinator_stops_ray_cleanly_with_143(tmp_path):
+    process, stderr, out = stopped_by(tmp_path, lambda process: process.send_signal(signal.SIGTERM), "--engine", "ray")
+    assert process.returncode == 143, stderr  # not SIGABRT (-6) with a stack dump
+    [line] = [line for line in stderr.splitlines() if "stopped" in line]
+    assert line.endswith("annotate: stopped by SIGTERM: the videos in flight are annotated again next time"), stderr
+    for sign in ("Traceback", "SystemError", "Aborted", "SIGABRT", "Fatal Python error", "*** ", "ERROR"):
+        assert sign not in stderr, stderr
+    assert not processes(b"ray::"), "no actor left behind"
