@@ -6,6 +6,7 @@ only in `streamer.config`. The pipeline, `streamer eval` and `streamer bench` al
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
@@ -191,25 +192,23 @@ def output_path(template: str, source_id: str, several: bool) -> str:
 
 def outputs(config: Config, source: OpenedSource, locks: ExitStack) -> list[Output]:
     """Every output of one source, in the order the sink hands them each frame: its video, its
-    export, the window, the live view. Each output's lock joins `locks`, taken before any leftover
-    is touched. The caller closes them; when one cannot be made, those made before are closed here.
-    A new kind of output is added here, and nowhere else."""
+    export, the window, the live view, its events. Each output's lock joins `locks`, taken before
+    any leftover is touched. The caller closes them; when one cannot be made, those made before are
+    closed here. A new kind of output is added here, and nowhere else."""
     several = len(config.all_sources()) > 1
+    wanted: list[tuple[object, Callable[[], Output]]] = [
+        (config.output.video, lambda: video_output(config, source, several, locks)),
+        (config.output.export_dir, lambda: export(config, source.settings, config.categories(), several, locks)),
+        (config.output.display, DisplayOutput),
+        (config.server.enabled, lambda: live_feed(config, source.settings.id)),  # its viewers' streams end when it closes
+        (config.events.enabled, lambda: events_output(config, source.settings)),
+    ]
     made: list[Output] = []
     with ExitStack() as undo:
-        if config.output.video:
-            made.append(video_output(config, source, several, locks))
-            undo.callback(made[-1].close)
-        if config.output.export_dir:
-            made.append(export(config, source.settings, config.categories(), several, locks))
-            undo.callback(made[-1].close)
-        if config.output.display:
-            made.append(DisplayOutput())
-        if config.server.enabled:
-            made.append(live_feed(config, source.settings.id))  # its viewers' streams end when it closes
-        if config.events.enabled:
-            made.append(events_output(config, source.settings))
-            undo.callback(made[-1].close)
+        for enabled, make in wanted:
+            if enabled:
+                made.append(make())
+                undo.callback(made[-1].close)
         undo.pop_all()
     return made
 
