@@ -501,3 +501,14 @@ def test_link_loops_links_to_nothing_and_fifos_named_as_videos_fail_alone(tmp_pa
                       ("fifo.mp4", "not a regular file")):
         [line] = log_lines(result.stderr, name)
         assert line.endswith(f"{name}: {why}"), line
+
+
+def test_a_failure_line_in_the_manifest_never_holds_a_secret(tmp_path):
+    """Whatever path a failure took (a worker's exception quotes what it was given), its manifest line
+    hides a URL's credentials and query."""
+    from streamer.tools.annotate.manifest import entry
+    from streamer.tools.annotate.jobs import Job
+
+    job = Job(tmp_path / "clip.mp4", PurePosixPath("clip.mp4"))
+    line = entry(job, "failed", 0, 1.0, 1, "OSError: cannot reach rtsp://admin:S3cret@cam/x?token=abc")
+    assert "S3cret" not in line.error and "abc" not in line.error and "rtsp://***@cam/x" in line.error

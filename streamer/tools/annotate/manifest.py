@@ -27,6 +27,7 @@ from typing import Any
 from streamer.errors import CannotCreate
 from streamer.logs import shown_name
 from streamer.tools.annotate.jobs import Job
+from streamer.uris import redact_uri
 
 log = logging.getLogger(__name__)
 
@@ -60,7 +61,8 @@ def entry(job: Job, status: str, frames: int, seconds: float, attempts: int, err
         except OSError:
             stat = None
     size, mtime = stat if stat is not None else (None, None)
-    return Entry(str(job.path), job.name.as_posix(), size, mtime, status, frames, round(seconds, 3), attempts, error)
+    shown_error = redact_uri(error) if error else error  # whichever path failed: never a secret in the manifest
+    return Entry(str(job.path), job.name.as_posix(), size, mtime, status, frames, round(seconds, 3), attempts, shown_error)
 
 
 def _number(value: Any, kind: type) -> bool:
