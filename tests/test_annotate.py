@@ -506,8 +506,8 @@ def test_link_loops_links_to_nothing_and_fifos_named_as_videos_fail_alone(tmp_pa
 def test_a_failure_line_in_the_manifest_never_holds_a_secret(tmp_path):
     """Whatever path a failure took (a worker's exception quotes what it was given), its manifest line
     hides a URL's credentials and query."""
-    from streamer.tools.annotate.manifest import entry
     from streamer.tools.annotate.jobs import Job
+    from streamer.tools.annotate.manifest import entry
 
     job = Job(tmp_path / "clip.mp4", PurePosixPath("clip.mp4"))
     line = entry(job, "failed", 0, 1.0, 1, "OSError: cannot reach rtsp://admin:S3cret@cam/x?token=abc")
