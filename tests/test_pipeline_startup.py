@@ -82,3 +82,31 @@ def test_the_server_is_up_before_the_models_and_gone_after_a_failed_start(fast_c
     assert ports, "the server was started before the models loaded"
     with pytest.raises(OSError):
         urllib.request.urlopen(f"http://127.0.0.1:{ports[0]}/healthz", timeout=2)
+
+
+def test_a_source_that_ends_has_its_outputs_closed_while_the_others_go_on(fast_config: Path) -> None:
+    """A camera that gave up (here: a short source) gets its recording finished at once, not when the
+    last source ends."""
+    events: list[tuple[str, str]] = []
+
+    class Recorder:
+        stage = "recorder"
+        needs_picture = False
+
+        def __init__(self, source_id: str):
+            self.source_id = source_id
+
+        def write(self, result, rendered) -> None:
+            events.append((self.source_id, "write"))
+
+        def close(self) -> None:
+            events.append((self.source_id, "close"))
+
+    config = load_config(fast_config, [
+        "source=null", "output.video=null", "output.display=false", "output.export_dir=null",
+        "models.semantic.weights=demo", "models.instance.weights=demo",
+        "sources=[{uri: 'synthetic:street?frames=2&size=160x96', id: short}, {uri: 'synthetic:street?frames=40&size=160x96', id: long}]",
+    ])
+    assert Pipeline(config, lambda config, source, locks: [Recorder(source.settings.id)]).run().exit_code == 0
+    assert events.count(("short", "close")) == 1 and events.count(("long", "close")) == 1
+    assert events.index(("short", "close")) < len(events) - 1 - events[::-1].index(("long", "write"))

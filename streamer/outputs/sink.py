@@ -20,8 +20,8 @@ log = logging.getLogger(__name__)
 
 
 class Output(Protocol):
-    """What the sink thread feeds: `write` per result in frame order; `close` once at the end, by
-    whoever made it (the pipeline), after the sink thread has stopped."""
+    """What the sink thread feeds: `write` per result in frame order; `close` once at the end (by
+    `sink_loop`'s `finish` when its source ends, else by whoever made it)."""
 
     stage: str  # the name its time per frame is recorded under (the streamer_stage_seconds label)
     needs_picture: bool  # whether `write` reads `rendered`: the overlay is drawn only when some output does
@@ -37,9 +37,12 @@ class Output(Protocol):
 def sink_loop(
     results: queue.Queue, outputs: list[Output], render: Callable[[Panoptic], np.ndarray] | None, control: ctl.Control,
     stats: ctl.Stats, observe: Callable[[Panoptic, dict[str, float]], None] | None = None,
+    finish: Callable[[], None] | None = None,
 ) -> None:
     """Render each result once (when `render` is given) and hand it to every output, then to `observe`
-    with the seconds of every stage (the worker's, then render and each output's under its `stage` name)."""
+    with the seconds of every stage (the worker's, then render and each output's under its `stage` name).
+    `finish` (the outputs' closing) is called when the source ends, always: a camera that gave up
+    has its recording finished while the other sources go on."""
     try:
         while True:
             result = ctl.get(results, control)
@@ -70,6 +73,8 @@ def sink_loop(
     except Exception as exc:  # noqa: BLE001
         control.fail("sink", exc)
     finally:
+        if finish:
+            finish()
         control.done()
 
 

@@ -64,6 +64,7 @@ class SourceRun:
     outputs: list[Output]
     display: DisplayOutput | None
     stats: ctl.Stats
+    closing: contextlib.ExitStack  # closes the outputs once: the sink when the source ends, or the run's stack
 
     def watched(self):
         from streamer.service.metrics import WatchedSource
@@ -140,7 +141,7 @@ class Pipeline:
         observe = server.metrics.observe if server else None
         sinks = [threading.Thread(target=sink_loop, name=f"sink-{run.settings.id}", daemon=True, args=(
             run.results, run.outputs, renderer.render if any(o.needs_picture for o in run.outputs) else None,
-            self.control, run.stats, observe)) for run in runs]
+            self.control, run.stats, observe, run.closing.close)) for run in runs]
         stack.callback(self._stop, threads + sinks)
         for thread in threads + sinks:
             thread.start()
@@ -189,7 +190,8 @@ class Pipeline:
         """The source's outputs (closed with the stack), queues and capture thread."""
         config, settings = self.config, source.settings
         outputs = self.make_outputs(config, source, stack)
-        stack.callback(close_outputs, outputs, self.control)
+        closing = stack.enter_context(contextlib.ExitStack())  # by the sink when the source ends, else here
+        closing.callback(close_outputs, outputs, self.control)
         policy = settings.buffer.resolve(source.live)
         description = source.reader.description if source.reader else source.spec.shown
         log.info("%s: %s (%s, buffer %s)", settings.id, description, "live" if source.live else "file", policy.value)
@@ -206,7 +208,7 @@ class Pipeline:
         count, limit = reader.frame_count if reader else None, config.runtime.max_frames  # count None: live, or not said
         stats.expected = min(count, limit) if count and limit else count or limit
         display = next((output for output in outputs if isinstance(output, DisplayOutput)), None)
-        return SourceRun(settings, capture, frames, queue.Queue(maxsize=RESULT_QUEUE_SIZE), outputs, display, stats)
+        return SourceRun(settings, capture, frames, queue.Queue(maxsize=RESULT_QUEUE_SIZE), outputs, display, stats, closing)
 
     # -- main thread -----------------------------------------------------------------------
 
