@@ -81,8 +81,8 @@ def parse_source(uri: str, shown: str | None = None) -> SourceSpec:
     """Parse a source URI; `shown`: how to name it in messages (default: the URI, secrets hidden).
     Looks at the file system to tell a file from a folder or a glob.
     Raises UsageError (exit 2) for an unknown scheme, a file:// URL of another host, a stream URL
-    whose port is not a number, or a malformed synthetic URI; no message
-    quotes a URL's user-info, query or fragment."""
+    whose host or port cannot be read, with an '@' after its host or with bytes that are not UTF-8,
+    or a malformed synthetic URI; no message quotes a URL's user-info, query or fragment."""
     shown = shown or redact_url(uri)
     if uri.isdigit():
         return SourceSpec("camera", int(uri), shown)
