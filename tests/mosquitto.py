@@ -22,14 +22,17 @@ def free_port() -> int:
 
 
 class Broker:
-    """mosquitto on 127.0.0.1:`port` (a free one by default); `users`: name -> password, else anonymous."""
+    """mosquitto on 127.0.0.1:`port` (a free one by default); `users`: name -> password, else anonymous;
+    `persistent`: sessions saved every second, so a durable subscriber's subscription outlives a kill."""
 
-    def __init__(self, folder: Path, users: dict[str, str] | None = None, port: int | None = None) -> None:
+    def __init__(self, folder: Path, users: dict[str, str] | None = None, port: int | None = None,
+                 persistent: bool = False) -> None:
         if not Path(MOSQUITTO).exists():
             pytest.skip("mosquitto is not installed (apt-get install mosquitto mosquitto-clients)")
         self.folder, self.port = folder, port or free_port()
         folder.mkdir(parents=True, exist_ok=True)
-        lines = [f"listener {self.port} 127.0.0.1", "persistence false"]
+        lines = [f"listener {self.port} 127.0.0.1"]
+        lines += [f"persistence true\npersistence_location {folder}/\nautosave_interval 1"] if persistent else ["persistence false"]
         if os.geteuid() == 0:
             lines.append("user root")  # else it becomes `mosquitto`, who cannot read a password file in the test's folder
         if users:
@@ -71,13 +74,16 @@ class Broker:
 class Subscriber:
     """Subscribes to `topic` (QoS 1) and keeps (topic, payload text, retain) of every message."""
 
-    def __init__(self, port: int, topic: str = "#", username: str | None = None, password: str | None = None) -> None:
+    def __init__(self, port: int, topic: str = "#", username: str | None = None, password: str | None = None,
+                 durable: bool = False) -> None:
+        """`durable`: a persistent session (clean_session false): the broker queues what comes while it is away."""
         import paho.mqtt.client as mqtt
 
         self.messages: list[tuple[str, str, bool]] = []
         self._lock = threading.Lock()
         self._subscribed = threading.Event()
-        self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"test-sub-{time.monotonic_ns()}")
+        self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"test-sub-{time.monotonic_ns()}",
+                                  clean_session=False if durable else None)
         if username:
             self.client.username_pw_set(username, password)
         self.client.on_connect = lambda c, u, f, rc, p: c.subscribe(topic, qos=1)
