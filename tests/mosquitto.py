@@ -31,7 +31,8 @@ class Broker:
             pytest.skip("mosquitto is not installed (apt-get install mosquitto mosquitto-clients)")
         self.folder, self.port = folder, port or free_port()
         folder.mkdir(parents=True, exist_ok=True)
-        lines = [f"listener {self.port} 127.0.0.1"]
+        # no cap on what waits for a slow subscriber (1000 by default, then dropped): the tests count every message
+        lines = [f"listener {self.port} 127.0.0.1", "max_queued_messages 0"]
         lines += [f"persistence true\npersistence_location {folder}/\nautosave_interval 1"] if persistent else ["persistence false"]
         if os.geteuid() == 0:
             lines.append("user root")  # else it becomes `mosquitto`, who cannot read a password file in the test's folder
