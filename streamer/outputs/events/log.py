@@ -148,9 +148,7 @@ class EventLog:
 
     def last_seq(self) -> int:
         """The newest seq ever given (0: none); removed rows still count."""
-        with self._lock:
-            row = self._db.execute("SELECT seq FROM sqlite_sequence WHERE name = 'events'").fetchone()
-        return int(row[0]) if row else 0
+        return self._number("SELECT seq FROM sqlite_sequence WHERE name = 'events'")
 
     def count(self) -> int:
         with self._lock:
@@ -160,9 +158,7 @@ class EventLog:
 
     def cursor(self, sink: str) -> int:
         """The last seq `sink` delivered; 0 for a new sink."""
-        with self._lock:
-            row = self._db.execute("SELECT seq FROM cursors WHERE sink = ?", (sink,)).fetchone()
-        return int(row[0]) if row else 0
+        return self._number("SELECT seq FROM cursors WHERE sink = ?", (sink,))
 
     def start_cursor(self, sink: str, at: int) -> int:
         """`sink`'s cursor; a sink never seen before starts at `at` (e.g. last_seq(): only what comes next)."""
@@ -181,8 +177,12 @@ class EventLog:
     @property
     def dropped(self) -> int:
         """Events the size cap removed, all time."""
+        return self._number("SELECT value FROM meta WHERE key = 'dropped'")
+
+    def _number(self, query: str, args: tuple = ()) -> int:
+        """The one number `query` selects; 0 when it selects no row."""
         with self._lock:
-            row = self._db.execute("SELECT value FROM meta WHERE key = 'dropped'").fetchone()
+            row = self._db.execute(query, args).fetchone()
         return int(row[0]) if row else 0
 
     def used_bytes(self) -> int:
