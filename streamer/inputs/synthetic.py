@@ -69,6 +69,27 @@ class SceneFrame:
     image: np.ndarray  # H x W x 3 uint8, BGR
     panoptic: np.ndarray  # H x W int32, category_id * LABEL_DIVISOR + instance_id
     segments: tuple[Segment, ...]  # one per id in `panoptic`; stuff first, then things by id
+    ground: tuple[GroundTruth, ...] = ()  # one per thing segment, in the same order: where it is on the road
+
+
+@dataclass(frozen=True)
+class GroundTruth:
+    """One thing's exact state on the ground plane at its frame's time.
+
+    Ground-plane coordinates are metres: x is the world's X (right), y its Z (forward from the
+    camera, along the street); `StreetScene.ground_calibration` maps pixels to them. The position is
+    the centre of the object's footprint (a car's rectangle, a person's feet).
+    """
+
+    track_id: int  # the segment's track_id
+    category: int
+    position: tuple[float, float]  # (x, y) metres
+    velocity: tuple[float, float]  # (dx/dt, dy/dt) metres per second
+
+    @property
+    def speed(self) -> float:
+        """Metres per second."""
+        return math.hypot(*self.velocity)
 
 
 def parse_synthetic_uri(uri: str) -> dict:
@@ -151,6 +172,14 @@ class _Camera:
     def pixels_per_metre(self, z: float) -> float:
         """Vertical size in pixels of one metre at depth z."""
         return self.focal / z * self.height
+
+    def ground_to_image(self) -> np.ndarray:
+        """The exact homography (3 x 3, float64) from the ground plane Y = 0, (X, Z, 1) in metres, to
+        pixels (u, v, 1) as `project` gives them: `project` with Y = 0 written as a matrix."""
+        fu = self.focal * self.width / _REF_ASPECT
+        return np.array([[fu, self.vp_u * self.width - 0.5, -self.x * fu],
+                         [0.0, self.horizon * self.height - 0.5, self.h * self.focal * self.height],
+                         [0.0, 1.0, 0.0]])
 
 
 def _fixed(px: np.ndarray) -> np.ndarray:
@@ -625,6 +654,14 @@ class _Mover:
     def t1(self) -> float:
         return self.t0 + self.cum[-1] / self.speed
 
+    def velocity(self, t: float) -> tuple[float, float]:
+        """(dX/dt, dZ/dt) in metres per second at time t: along the path leg it is on."""
+        s = (t - self.t0) * self.speed
+        i = min(int(np.searchsorted(self.cum, s, side="right")) - 1, len(self.cum) - 2)
+        d = self.path[i + 1] - self.path[i]
+        d = d / max(float(np.hypot(*d)), 1e-9) * self.speed
+        return float(d[0]), float(d[1])
+
     def at(self, t: float) -> tuple[float, float, float, bool]:
         """X, Z, distance walked, and whether it is moving across the road (X) at time t."""
         s = (t - self.t0) * self.speed
@@ -848,11 +885,37 @@ class StreetScene:
         """Frame `index` (>= 0) at time index / fps; the same bytes whatever was rendered before."""
         if index < 0:
             raise ValueError(f"frame index must be >= 0, got {index}")
-        items = self._items(index / self.fps)
+        t = index / self.fps
+        items = self._items(t)
         owner, counts, items = self._label(items)
         image = self._paint(items, index)
         panoptic, segments = _ground_truth(owner, counts, items)
-        return SceneFrame(image, panoptic, segments)
+        movers = {m.track_id: m for m in self._active(t)}
+        ground = []
+        for segment in segments:
+            if segment.isthing:
+                assert segment.track_id is not None  # every thing of the ground truth has its track
+                mover = movers[segment.track_id]
+                x, z, _, _ = mover.at(t)
+                ground.append(GroundTruth(segment.track_id, segment.category_id, (x, z), mover.velocity(t)))
+        return SceneFrame(image, panoptic, segments, tuple(ground))
+
+    def ground_calibration(self) -> tuple[np.ndarray, np.ndarray]:
+        """The camera's exact image <-> ground calibration as four point pairs: (image, ground), each
+        4 x 2 float64; image points are pixels (u, v), ground points metres (x, y) as in GroundTruth.
+        The ground points are the corners of a rectangle on the road, from 1.2 to 3 times the depth
+        seen at the bottom row; any four of the plane give the same homography (`ground_to_image`)."""
+        style = self._style
+        cam = style.camera
+        near = cam.focal * cam.h / (1.0 - cam.horizon)
+        half = style.road_half
+        ground = np.array([[-half, 1.2 * near], [half, 1.2 * near], [half, 3.0 * near], [-half, 3.0 * near]])
+        image = cam.project(np.column_stack((ground[:, 0], np.zeros(4), ground[:, 1])))
+        return image, ground
+
+    def ground_to_image(self) -> np.ndarray:
+        """The exact homography (3 x 3, float64) from ground metres (x, y, 1) to pixels (u, v, 1)."""
+        return self._style.camera.ground_to_image()
 
     # -- traffic
 
