@@ -92,15 +92,19 @@ class Line:
 
 @dataclass(frozen=True)
 class Zone:
-    """A counting zone: a simple or self-intersecting polygon of >= 3 points (x, y), pixels, even-odd rule."""
+    """A counting zone: a simple or self-intersecting polygon of >= 3 points (x, y), pixels, even-odd rule;
+    `loitering_s`: a visit this long (stream seconds) raises a loitering event (None: never)."""
 
     name: str
     points: tuple[tuple[float, float], ...]
+    loitering_s: float | None = None
 
     def __post_init__(self) -> None:
         points = tuple(tuple(float(v) for v in p) for p in self.points)
         if len(points) < 3 or not all(len(p) == 2 and all(map(math.isfinite, p)) for p in points):
             raise ValueError(f"zone {self.name!r}: needs >= 3 finite points (x, y), got {self.points}")
+        if self.loitering_s is not None and not (math.isfinite(self.loitering_s) and self.loitering_s >= 0):
+            raise ValueError(f"zone {self.name!r}: loitering_s must be >= 0, got {self.loitering_s}")
         object.__setattr__(self, "points", points)
 
 

@@ -8,14 +8,17 @@ Kinds and their fields (besides every event's id, seq, kind, source, pts_s, wall
 - `track_start`: `track_id`, `category`, `first_seen` (stream s), `position` (its ground point [x, y]).
 - `line_crossing`: `line`, `direction` ("in" / "out"), `category`, `track_id`, `position`.
 - `zone_entry`: `zone`, `category`, `track_id`, `position`, `counted` (true the first time: what the
-  zone's count counts; a track that leaves and comes back enters again with false).
-- `zone_exit`: `zone`, `category`, `track_id`, `position` (null when its track ended inside), `inside_s`.
+  zone's count counts; a track that leaves and comes back enters again with false), `occupancy`.
+- `zone_exit`: `zone`, `category`, `track_id`, `position` (null when its track ended inside), `inside_s`,
+  `occupancy`. (`occupancy`: the tracks inside the zone once the frame's events are done.)
+- `loitering`: `zone`, `category`, `track_id`, `position`, `inside_s`: the first frame of a visit whose time
+  inside (stream time since its zone_entry) reaches the zone's `loitering_s`; once per track and visit.
 - `track_end`: `track_id`, `category`, `first_seen`, `last_seen`, `duration_s`, `best_score`,
   `best_frame` (the frame index of its best score), `best_pts_s`.
 - `counts`: `objects_total`, `lines`, `zones` as Counts.to_dict gives them (without `visible`), whenever
   one of them changes.
 
-Within a frame: source_state, track_start, line_crossing, zone_entry, zone_exit, track_end, counts.
+Within a frame: source_state, track_start, line_crossing, zone_entry, loitering, zone_exit, track_end, counts.
 A track ends when it has not been seen for `track_end_s` of stream time (the tracker's max_lost_s), at a
 reconnect (its ids do not continue) or at close.
 """
@@ -25,7 +28,10 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
+
 from streamer.frames import Counts, Event, Zone
+from streamer.inference.counting import ZoneTest
 
 Position = tuple[float, float]
 
@@ -62,6 +68,7 @@ class _Track:
     best_frame: int = -1
     best_pts_s: float = 0.0
     inside: dict[str, float] = field(default_factory=dict)  # zone -> stream time it entered
+    loitered: set[str] = field(default_factory=set)  # zones whose loitering event this visit has had
 
 
 def counts_fields(counts: Counts | None) -> dict[str, Any] | None:
@@ -73,13 +80,8 @@ def counts_fields(counts: Counts | None) -> dict[str, Any] | None:
 
 
 def inside(point: Position, polygon: Sequence[Position]) -> bool:
-    """Even-odd rule with streamer.inference.counting's half-open convention."""
-    x, y = point
-    odd = False
-    for (x0, y0), (x1, y1) in zip(polygon, (*polygon[1:], polygon[0])):
-        if (y0 > y) != (y1 > y) and x < x0 + (y - y0) * (x1 - x0) / (y1 - y0):
-            odd = not odd
-    return odd
+    """One point against one polygon by streamer.inference.counting.ZoneTest, the counter's rule."""
+    return bool(ZoneTest([Zone("", tuple(polygon))])(np.array([point]))[0, 0])
 
 
 class Events:
@@ -88,6 +90,7 @@ class Events:
 
     def __init__(self, zones: Sequence[Zone], track_end_s: float) -> None:
         self.zones = tuple(zones)
+        self._inside = ZoneTest(self.zones)
         self.track_end_s = float(track_end_s)
         self._tracks: dict[int, _Track] = {}
         self._connection: int | None = None
@@ -127,25 +130,34 @@ class Events:
                 add("line_crossing", {"line": e.name, "direction": e.direction, "category": e.category, "track_id": e.track_id,
                                       "position": _listed(positions.get(e.track_id))})
         exits: list[tuple[str, dict[str, Any]]] = []
-        for s in facts.seen:
+        loiters: list[tuple[str, dict[str, Any]]] = []
+        held = self._inside(np.array([s.position for s in facts.seen], np.float64))  # N x Z
+        for n, s in enumerate(facts.seen):
             track = self._tracks[s.track_id]
-            for zone in self.zones:
-                now = (zone.name, s.track_id) in counted or inside(s.position, zone.points)
+            for z, zone in enumerate(self.zones):
+                now = (zone.name, s.track_id) in counted or bool(held[n, z])
                 if now and zone.name not in track.inside:
                     track.inside[zone.name] = t
                     add("zone_entry", {"zone": zone.name, "category": s.category, "track_id": s.track_id,
                                        "position": list(s.position), "counted": (zone.name, s.track_id) in counted})
                 elif not now and zone.name in track.inside:
                     entered = track.inside.pop(zone.name)
+                    track.loitered.discard(zone.name)
                     exits.append(("zone_exit", {"zone": zone.name, "category": s.category, "track_id": s.track_id,
                                                 "position": list(s.position), "inside_s": t - entered}))
-        out.extend((kind, t, wall, fields) for kind, fields in exits)
+                if (now and zone.loitering_s is not None and zone.name not in track.loitered
+                        and t - track.inside[zone.name] >= zone.loitering_s):
+                    track.loitered.add(zone.name)
+                    loiters.append(("loitering", {"zone": zone.name, "category": s.category, "track_id": s.track_id,
+                                                  "position": list(s.position), "inside_s": t - track.inside[zone.name]}))
+        out.extend((kind, t, wall, fields) for kind, fields in (*loiters, *exits))
 
         for tid, track in list(self._tracks.items()):
             if t - track.last_seen > self.track_end_s:
                 ending.append((tid, track, None))
                 del self._tracks[tid]
         out.extend(self._ends(ending, t, wall))
+        self._occupancy(out)
 
         if facts.counts is not None and facts.counts != self._counts:
             self._counts = facts.counts
@@ -156,9 +168,16 @@ class Events:
         """The source ended: every track ends, then the source."""
         out = self._ends([(tid, track, None) for tid, track in self._tracks.items()], self._pts_s, wall)
         self._tracks = {}
+        self._occupancy(out)
         if self._connection is not None:
             out.append(("source_state", self._pts_s, wall, {"state": "ended", "connection": self._connection}))
         return out
+
+    def _occupancy(self, out: list[tuple[str, float | None, float, dict[str, Any]]]) -> None:
+        """Each zone entry and exit in `out` gets the zone's occupancy once they are all done."""
+        for kind, _, _, fields in out:
+            if kind in ("zone_entry", "zone_exit"):
+                fields["occupancy"] = sum(fields["zone"] in track.inside for track in self._tracks.values())
 
     def _ends(self, ending: list[tuple[int, _Track, Position | None]], t: float, wall: float
               ) -> list[tuple[str, float | None, float, dict[str, Any]]]:
