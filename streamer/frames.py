@@ -72,6 +72,7 @@ class Panoptic:
     counts: Counts | None = None  # the source's counts after this frame (None: not counting)
     events: tuple[Event, ...] = ()  # the line crossings and zone entries of this frame
     capped: bool = False  # the instance model returned its detections_per_image: there may have been more
+    zone_times: ZoneVisits | None = None  # time in the source's zones after this frame (None: no zones, or not tracking)
 
 
 @dataclass(frozen=True)
@@ -106,6 +107,14 @@ class Zone:
         if self.loitering_s is not None and not (math.isfinite(self.loitering_s) and self.loitering_s >= 0):
             raise ValueError(f"zone {self.name!r}: loitering_s must be >= 0, got {self.loitering_s}")
         object.__setattr__(self, "points", points)
+
+
+@dataclass(frozen=True)
+class ZoneVisits:
+    """Time in zones after one frame (streamer.analytics.zone_time), stream seconds."""
+
+    inside_s: Mapping[int, Mapping[str, float]]  # track id seen this frame -> zone it has been in -> its time inside so far
+    ended: tuple[tuple[str, str, float], ...] = ()  # visits that ended this frame: (zone, category, seconds)
 
 
 @dataclass(frozen=True)
