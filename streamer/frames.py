@@ -113,8 +113,18 @@ class Zone:
 class ZoneVisits:
     """Time in zones after one frame (streamer.analytics.zone_time), stream seconds."""
 
-    inside_s: Mapping[int, Mapping[str, float]]  # track id seen this frame -> zone it has been in -> its time inside so far
+    tracks: tuple[int, ...]  # the track ids seen this frame
+    zones: tuple[str, ...]  # the zones' names
+    seconds: np.ndarray = field(repr=False)  # len(tracks) x len(zones) float64: time inside so far; NaN: never inside
     ended: tuple[tuple[str, str, float], ...] = ()  # visits that ended this frame: (zone, category, seconds)
+
+    def of(self, track_id: int) -> dict[str, float]:
+        """The track's seconds per zone it has been in ({} when it has been in none, or was not seen this frame)."""
+        try:
+            row = self.seconds[self.tracks.index(track_id)]
+        except ValueError:
+            return {}
+        return {zone: float(v) for zone, v in zip(self.zones, row) if v == v}
 
 
 @dataclass(frozen=True)

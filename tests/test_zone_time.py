@@ -25,7 +25,7 @@ def test_enter_exit_reenter_adds_both_visits_and_reports_each_end():
     for t, x in path:
         visits = times.update([thing(7, x, 5)], t)
         ended += visits.ended
-        seen[t] = dict(visits.inside_s[7])
+        seen[t] = dict(visits.of(7))
     assert seen[0.0] == {}  # never inside yet: no entry for the zone
     assert seen[0.2] == {"square": pytest.approx(0.1)}  # inside at 0.1 and 0.2: 0.1 s so far
     assert [(zone, cat) for zone, cat, _ in ended] == [("square", "car"), ("square", "car")]
@@ -37,9 +37,9 @@ def test_a_gap_holds_the_state_before_it():
     times = ZoneTimes([SQUARE], {})
     for t in (0.0, 0.1, 1.0):  # missed between 0.1 and 1.0 while inside
         visits = times.update([thing(3, 5, 5)], t)
-    assert visits.inside_s[3]["square"] == pytest.approx(1.0)
+    assert visits.of(3)["square"] == pytest.approx(1.0)
     visits = times.update([thing(3, 50, 5)], 2.0)  # gone out while unseen: the whole gap held
-    assert visits.inside_s[3]["square"] == pytest.approx(2.0) and visits.ended[0][2] == pytest.approx(2.0)
+    assert visits.of(3)["square"] == pytest.approx(2.0) and visits.ended[0][2] == pytest.approx(2.0)
 
 
 def test_the_incremental_rule_equals_the_reference_on_random_tracks():
@@ -51,14 +51,14 @@ def test_the_incremental_rule_equals_the_reference_on_random_tracks():
     for k in range(60):
         out = times.update([thing(1, *xy[k])], float(t[k]))
     expected = hold_times(t, ZoneTest(zones)(xy))
-    assert [out.inside_s[1].get(z.name, 0.0) for z in zones] == pytest.approx(expected.tolist())
+    assert [out.of(1).get(z.name, 0.0) for z in zones] == pytest.approx(expected.tolist())
 
 
 def test_boundaries_follow_the_counters_half_open_rule():
     times = ZoneTimes([SQUARE], {})
     times.update([thing(1, 0, 0), thing(2, 10, 5)], 0.0)  # top-left corner inside, right edge outside
     visits = times.update([thing(1, 0, 0), thing(2, 10, 5)], 0.5)
-    assert visits.inside_s[1] == {"square": 0.5} and visits.inside_s[2] == {}
+    assert visits.of(1) == {"square": 0.5} and visits.of(2) == {}
 
 
 def test_forgotten_and_reset_tracks_end_their_visits():
@@ -76,7 +76,7 @@ def test_untracked_things_and_stuff_have_no_time():
     times = ZoneTimes([SQUARE], {})
     stuff = Segment(1000, 2, False, None, 100, (0, 0, 10, 10))
     untracked = Segment(1001, 1, True, 0.5, 4, (4, 3, 6, 5))
-    assert times.update([stuff, untracked], 0.0).inside_s == {}
+    assert times.update([stuff, untracked], 0.0).tracks == ()
 
 
 def test_hold_times_refuses_mismatched_shapes():

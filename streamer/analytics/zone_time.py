@@ -36,6 +36,8 @@ class ZoneTimes:
 
     A track not seen for `forget_after_s` of stream time is forgotten (its open visits end at its
     last observation). `reset` (a reconnect) ends every visit: what comes next is no continuation.
+    Per-track state lives in numpy rows (reused once a track is forgotten), so a frame is a few
+    vector operations over its N tracks x Z zones.
     """
 
     def __init__(self, zones: Sequence[Zone], category_names: Mapping[int, str], forget_after_s: float = 60.0) -> None:
@@ -46,15 +48,25 @@ class ZoneTimes:
         self.category_names = dict(category_names)
         self.forget_after_s = float(forget_after_s)
         self._test = ZoneTest(self.zones)
-        self._last: dict[int, tuple[float, np.ndarray, str]] = {}  # track -> (time, inside per zone, category) of its last sample
-        self._total: dict[int, np.ndarray] = {}  # track -> seconds per zone, closed intervals only
-        self._since: dict[int, np.ndarray] = {}  # track -> seconds per zone of its open visit (0 where outside)
-        self._been: dict[int, np.ndarray] = {}  # track -> whether it has ever been inside each zone
+        self._rows: dict[int, int] = {}  # track id -> its row below
+        self._free: list[int] = []
+        zones_n = len(self.zones)
+        self._track = np.zeros(0, np.int64)
+        self._used = np.zeros(0, bool)
+        self._seen = np.zeros(0)  # the time it was last seen (kept through a reset), for forgetting
+        self._category: list[str] = []
+        self._last_t = np.zeros(0)  # the time of its last sample; NaN: none since a reset
+        self._last_in = np.zeros((0, zones_n), bool)  # inside each zone at its last sample
+        self._total = np.zeros((0, zones_n))  # seconds per zone of its closed visits
+        self._since = np.zeros((0, zones_n))  # seconds per zone of its open visit
+        self._been = np.zeros((0, zones_n), bool)  # ever inside each zone
 
     def reset(self) -> list[tuple[str, str, float]]:
         """End every open visit and forget every track's last sample; returns the visits ended."""
-        ended = [visit for track in list(self._last) for visit in self._end(track)]
-        self._last.clear()
+        used = np.flatnonzero(self._used)
+        ended = self._end(used)
+        self._last_t[used] = np.nan
+        self._last_in[used] = False
         return ended
 
     def update(self, segments: Sequence[Segment], pts_s: float) -> ZoneVisits:
@@ -72,41 +84,55 @@ class ZoneTimes:
                 categories: Sequence[str] | None = None) -> ZoneVisits:
         """The pure step: `track_ids` (N) seen at `pts_s` with `inside` (N x Z bool, this frame's test).
         Returns each seen track's seconds per zone it has been in, and the visits that ended."""
-        ended: list[tuple[str, str, float]] = []
-        for track in [tid for tid, (t, _, _) in self._last.items() if pts_s - t > self.forget_after_s]:
-            ended += self._end(track)
-            for state in (self._total, self._since, self._been):
-                state.pop(track, None)
-            del self._last[track]
-        held = np.asarray(inside, bool).reshape(len(track_ids), len(self.zones))
-        out: dict[int, dict[str, float]] = {}
-        for n, track in enumerate(track_ids):
-            category = categories[n] if categories is not None else ""
-            now = held[n]
-            zero = np.zeros(len(self.zones))
-            total, since, been = self._total.setdefault(track, zero), self._since.setdefault(track, zero.copy()), \
-                self._been.setdefault(track, np.zeros(len(self.zones), bool))
-            last = self._last.get(track)
-            if last is not None:
-                step = max(pts_s - last[0], 0.0)
-                was = last[1]
-                since[was] += step  # the interval since the last sample held its state
-                for z in np.flatnonzero(was & ~now):  # a visit ends: it left between the two samples
-                    ended.append((self.names[z], category, float(since[z])))
-                    total[z] += since[z]
-                    since[z] = 0.0
-            been |= now
-            self._last[track] = (pts_s, now.copy(), category)
-            out[track] = {self.names[z]: float(total[z] + since[z]) for z in np.flatnonzero(been)}
-        return ZoneVisits(out, tuple(ended))
+        ended = self._forget(np.flatnonzero(self._used & (np.abs(pts_s - self._seen) > self.forget_after_s)))
+        now = np.asarray(inside, bool).reshape(len(track_ids), len(self.zones))
+        rows = np.array([self._row(track, categories[n] if categories is not None else "") for n, track in enumerate(track_ids)],
+                        np.intp)
+        step = pts_s - self._last_t[rows]  # NaN for a track without a sample before
+        was = self._last_in[rows] & ~np.isnan(step)[:, None]
+        since = self._since[rows] + np.where(was, np.maximum(np.nan_to_num(step), 0.0)[:, None], 0.0)
+        leaving = was & ~now  # a visit ends: it left between the two samples
+        for n, z in zip(*np.nonzero(leaving)):
+            ended.append((self.names[z], self._category[rows[n]], float(since[n, z])))
+        total = self._total[rows] + np.where(leaving, since, 0.0)
+        since[leaving] = 0.0
+        been = self._been[rows] | now
+        self._total[rows], self._since[rows], self._been[rows] = total, since, been
+        self._last_t[rows], self._seen[rows], self._last_in[rows] = pts_s, pts_s, now
+        return ZoneVisits(tuple(track_ids), self.names, np.where(been, total + since, np.nan), tuple(ended))
 
-    def _end(self, track: int) -> list[tuple[str, str, float]]:
-        """Close the track's open visits at its last sample."""
-        last = self._last.get(track)
-        if last is None:
-            return []
-        since, total = self._since[track], self._total[track]
-        ended = [(self.names[z], last[2], float(since[z])) for z in np.flatnonzero(last[1])]
-        total += since
-        since[:] = 0.0
+    def _row(self, track: int, category: str) -> int:
+        row = self._rows.get(track)
+        if row is not None:
+            return row
+        if not self._free:  # grow every array twofold
+            old = len(self._track)
+            for attr in ("_track", "_used", "_seen", "_last_t", "_last_in", "_total", "_since", "_been"):
+                a = getattr(self, attr)
+                grown = np.zeros((max(64, 2 * old), *a.shape[1:]), a.dtype)
+                grown[:old] = a
+                setattr(self, attr, grown)
+            self._category += [""] * (len(self._track) - old)
+            self._free = list(range(len(self._track) - 1, old - 1, -1))
+        row = self._free.pop()
+        self._rows[track] = row
+        self._track[row], self._used[row], self._category[row], self._last_t[row] = track, True, category, np.nan
+        self._last_in[row] = self._been[row] = False
+        self._total[row] = self._since[row] = 0.0
+        return row
+
+    def _forget(self, rows: np.ndarray) -> list[tuple[str, str, float]]:
+        ended = self._end(rows)
+        for row in rows.tolist():
+            del self._rows[int(self._track[row])]
+        self._used[rows] = False
+        self._free.extend(rows.tolist())
+        return ended
+
+    def _end(self, rows: np.ndarray) -> list[tuple[str, str, float]]:
+        """Close the open visits of these rows at their last sample."""
+        open_ = self._last_in[rows] & ~np.isnan(self._last_t[rows])[:, None]
+        ended = [(self.names[z], self._category[rows[n]], float(self._since[rows[n], z])) for n, z in zip(*np.nonzero(open_))]
+        self._total[rows] += self._since[rows]
+        self._since[rows] = 0.0
         return ended
