@@ -19,6 +19,7 @@ from streamer.arguments import Parser, add_config_arguments, config_overrides, f
 from streamer.config import Config, Runtime, default_config_path, load_config, to_yaml
 from streamer.errors import EXIT_FAILURE, EXIT_OK, CannotCreate, ConfigError, StreamerError, UsageError
 from streamer.logs import configure_logging, one_line
+from streamer.openmp import apply_wait_policy
 from streamer.uris import redact_uri
 
 log = logging.getLogger("streamer")
@@ -199,6 +200,7 @@ def cmd_check_config(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    apply_wait_policy()  # before anything imports torch: OpenMP threads that sleep while they wait (see openmp.py)
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["train-demo"]:
         from streamer.tools.train_demo import main as train_demo
