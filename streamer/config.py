@@ -288,6 +288,25 @@ class BufferPolicy(str, enum.Enum):
 _STAND_IN = 0xF0000  # a private-use plane: U+F0080..U+F00FF stand for a name's bytes 0x80..0xFF that are not UTF-8 while it is checked
 
 
+GroundCoordinate = Annotated[float, Field(ge=-100_000, le=100_000)]
+
+
+class Calibration(Strict):
+    """Four image points and the ground points they show: a homography (streamer/analytics/calibration.py)."""
+
+    image: tuple[Point, Point, Point, Point] = Field(description="four points of the frame, `[x, y]` pixels, y down; no three in a row")
+    ground: tuple[tuple[GroundCoordinate, GroundCoordinate], tuple[GroundCoordinate, GroundCoordinate],
+                  tuple[GroundCoordinate, GroundCoordinate], tuple[GroundCoordinate, GroundCoordinate]] = Field(
+        description="where those four points are on the road, `[x, y]` metres in any right-angled frame on the ground, in the same order")
+
+    @model_validator(mode="after")
+    def _not_degenerate(self) -> Calibration:
+        from streamer.analytics.calibration import homography  # ValueError (one line) on degenerate points
+
+        homography(self.image, self.ground)
+        return self
+
+
 class Source(Strict):
     uri: str = Field(
         min_length=1, examples=["synthetic:street?seed=1000&frames=150", "rtsp://${CAM_USER}:${CAM_PASSWORD}@192.168.1.20/stream"],
@@ -322,6 +341,14 @@ class Source(Strict):
         default_factory=dict, examples=[{"crosswalk": [[100, 200], [300, 200], [300, 260], [100, 260]]}],
         description="counting zones, `name: [[x, y], ...]` (3 points or more): every track whose ground point is inside one is counted "
         "once (objects already inside when first seen too). Needs `tracking.enabled`")
+
+    calibration: Calibration | None = Field(
+        default=None, examples=[{"image": [[250, 320], [590, 320], [450, 203], [315, 203]],
+                                 "ground": [[-6.1, 15.2], [6.1, 15.2], [6.1, 38.0], [-6.1, 38.0]]}],
+        description="the ground plane of this source: four points of its frames (`image`, pixels) and where they are on the road "
+        "(`ground`, metres, in the same order), no three of either set in a row, for speeds (see [Speed, time in zones and "
+        "heatmaps](#speed-time-in-zones-and-heatmaps)); `streamer calibrate` helps pick them. `null`: no speeds (a synthetic street "
+        "uses its camera's exact calibration)")
 
     _template: str | None = PrivateAttr(default=None)  # the uri as written, when it names environment variables
 
@@ -566,6 +593,27 @@ class Events(Strict):
     mqtt: Mqtt = Field(default=Mqtt(), description="publish events to an MQTT broker")
 
 
+SpeedUnit = Literal["kmh", "mph"]
+
+
+class Speed(Strict):
+    enabled: bool = Field(default=True, description="estimate each tracked thing's speed on sources with a `calibration` (and "
+                          "synthetic streets): its ground point is the bottom of its mask, mapped to metres")
+    unit: SpeedUnit = Field(default="kmh", description="how speeds are shown in the overlay: `kmh` or `mph` (the export, metrics and "
+                            "events always carry km/h)")
+    window_s: float = Field(default=1.0, ge=0.1, le=60, description="stream time over which a track's ground positions are fitted "
+                            "(least squares): longer is steadier and slower to follow a change of speed")
+    min_span: Unit = Field(default=0.6, description="a speed is reported once the positions seen span this fraction of `window_s`")
+    max_kmh: float = Field(default=250.0, gt=0, le=2000, description="plausibility cap: a faster estimate is marked implausible and "
+                           "never reported as a measurement")
+    max_kmh_per_category: dict[str, Annotated[float, Field(gt=0, le=2000)]] = Field(
+        default_factory=dict, examples=[{"person": 40}], description="the cap for some categories, by name (others: `max_kmh`)")
+
+
+class Analytics(Strict):
+    speed: Speed = Field(default=Speed(), description="speeds from a calibrated ground plane")
+
+
 class Runtime(Strict):
     device: str = Field(default="auto", pattern=r"^(auto|cpu|cuda|cuda:\d+)$",
                         description="`auto` (CUDA if present), `cpu`, `cuda`, `cuda:N`")
@@ -611,6 +659,8 @@ class Config(Strict):
     runtime: Runtime = Field(default=Runtime(), description="device, threads, batching, stopping and logging")
     events: Events = Field(default=Events(), description="events (line crossings, zone entries, tracks, counts): logged on disk, "
                            "then published over MQTT")
+    analytics: Analytics = Field(default=Analytics(), description="scene analytics over tracks and masks: speed, time in zones, "
+                                 "heatmaps (see [Speed, time in zones and heatmaps](#speed-time-in-zones-and-heatmaps))")
 
     @model_validator(mode="before")
     @classmethod
@@ -651,6 +701,14 @@ class Config(Strict):
         counting = [s.id for s in self.all_sources() if s.lines or s.zones]
         if counting and not self.tracking.enabled:
             raise ValueError(f"source {counting[0]} has counting lines or zones, which need tracking.enabled: true")
+        return self
+
+    @model_validator(mode="after")
+    def _speed_caps_name_categories(self) -> Config:
+        names = {c.name for c in self.models.semantic.classes}
+        unknown = sorted(set(self.analytics.speed.max_kmh_per_category) - names)
+        if unknown:
+            raise ValueError(f"analytics.speed.max_kmh_per_category: {unknown[0]!r} is not a class of models.semantic.classes")
         return self
 
     @model_validator(mode="after")

@@ -57,6 +57,12 @@ def section_of(field: FieldInfo) -> type[BaseModel] | None:
     return next((o for o in options(field) if isinstance(o, type) and issubclass(o, BaseModel)), None)
 
 
+def walked_into(field: FieldInfo, prefix: str) -> type[BaseModel] | None:
+    """The sub-section to write key by key: an optional one inside a section (`source.calibration`,
+    `null` by default) is written as one value, with its examples."""
+    return None if prefix and field.default is None else section_of(field)
+
+
 def choices(field: FieldInfo) -> tuple[str, ...]:
     """The values a Literal or enum field (optional or not) allows; () for anything else."""
     kinds = options(field)
@@ -124,7 +130,7 @@ def leaves(model: type[BaseModel] = Config, prefix: str = "") -> list[tuple[str,
     """(dotted key, field) of every value, walking into sections, in the schema's order."""
     found = []
     for name, field in model.model_fields.items():
-        section = section_of(field)
+        section = walked_into(field, prefix)
         found += leaves(section, f"{prefix}{name}.") if section else [(prefix + name, field)]
     return found
 
@@ -143,7 +149,7 @@ def comment(text: str, pad: str) -> list[str]:
 def yaml_lines(model: type[BaseModel], prefix: str = "", depth: int = 0) -> list[str]:
     pad, lines = "  " * depth, []
     for name, field in model.model_fields.items():
-        key, section = prefix + name, section_of(field)
+        key, section = prefix + name, walked_into(field, prefix)
         if depth == 0:
             lines.append("")
         required = field.is_required() and not section and not key.startswith(PRESET_SECTIONS)
