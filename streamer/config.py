@@ -590,6 +590,12 @@ class Events(Strict):
     keep_days: float | None = Field(default=7.0, gt=0, le=36600, description="remove events older than this; `null`: keep")
     max_mb: float | None = Field(default=500.0, ge=0.1, le=10**7, description="past this size the oldest events are removed, "
                                  "delivered or not (counted and logged); `null`: no cap")
+    snapshots: bool = Field(default=True, description="a picture per event about an object (track start and end, line crossing, "
+                            "zone entry and exit): the frame with its outline and label, and a crop around it, in `DIR/snapshots/` "
+                            "(counted in `max_mb`, removed with their event); `/api/events/ID/snapshot.jpg`")
+    snapshot_width: int = Field(default=960, ge=64, le=7680, description="snapshots are scaled down to at most this many "
+                                "pixels wide (the crop is cut from that picture)")
+    snapshot_quality: int = Field(default=85, ge=1, le=100, description="JPEG quality of the snapshots (1-100)")
     mqtt: Mqtt = Field(default=Mqtt(), description="publish events to an MQTT broker")
 
 

@@ -18,11 +18,14 @@ TOKEN = "live-view-test-token-0123"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 VIEWERS = 8
 EXIT_CONFIG = 78
+UNKNOWN_EVENT = "01a24dbd-cc41-7042-9dc5-fe98a3b685a9"
 
 
 @pytest.fixture(scope="module")
-def daemon():
-    with serving("--set", f"server.max_viewers={VIEWERS}", "--set", "server.live_fps=8", token=TOKEN) as process:
+def daemon(tmp_path_factory):
+    events = tmp_path_factory.mktemp("events")
+    with serving("--set", f"server.max_viewers={VIEWERS}", "--set", "server.live_fps=8", "--set", "events.enabled=true",
+                 "--set", f"events.dir={events}", token=TOKEN) as process:
         yield process
 
 
@@ -127,7 +130,8 @@ def test_the_status_reports_each_source_without_its_url(daemon):
 
 @pytest.mark.system
 def test_every_endpoint_but_healthz_needs_the_token(daemon):
-    for path in ("/", "/live/cam0", "/live/cam0.jpg", "/live/cam0.mjpg", "/api/status", "/metrics", "/common.js"):
+    for path in ("/", "/live/cam0", "/live/cam0.jpg", "/live/cam0.mjpg", "/api/status", "/metrics", "/common.js", "/api/events",
+                 f"/api/events/{UNKNOWN_EVENT}/snapshot.jpg"):
         status, headers, _ = get(daemon.port, path)
         assert status == 401 and headers["WWW-Authenticate"].startswith("Bearer"), path
         assert get(daemon.port, path, {"Authorization": "Bearer not-" + TOKEN})[0] == 401, path
@@ -143,6 +147,34 @@ def test_every_endpoint_but_healthz_needs_the_token(daemon):
     assert get(daemon.port, f"/live/cam0.jpg?token={TOKEN}")[0] == 200, "a stream URL may carry it, e.g. for a player"
     status, headers, _ = get(daemon.port, f"/?token={TOKEN}")
     assert status == 303 and headers["Location"] == "./"
+
+
+@pytest.mark.system
+def test_the_events_api_lists_the_newest_events_with_their_snapshots_under_the_same_token_rules(daemon):
+    def pictured():
+        status, _, body = get(daemon.port, "/api/events?kind=track_start,track_end&limit=5", AUTH)
+        assert status == 200
+        return [e for e in json.loads(body)["events"] if e["snapshot"]]
+
+    event = wait_until(lambda: next(iter(pictured()), None), timeout=60, every=0.5, what="an event with a snapshot")
+    assert event["source"] == "cam0" and event["kind"] in ("track_start", "track_end") and event["category"]
+    for name in ("snapshot", "crop"):
+        status, headers, body = get(daemon.port, f"/api/events/{event['id']}/{name}.jpg", AUTH)
+        assert status == 200 and headers["Content-Type"] == "image/jpeg", name
+        assert cv2.imdecode(np.frombuffer(body, np.uint8), cv2.IMREAD_COLOR).shape[2] == 3, name
+        assert get(daemon.port, f"/api/events/{event['id']}/{name}.jpg")[0] == 401, "the live view's token rules"
+    assert get(daemon.port, f"/api/events?token={TOKEN}&kind=track_start&limit=1")[0] == 200, "?token= as for a stream"
+    newest = json.loads(get(daemon.port, "/api/events?limit=3", AUTH)[2])
+    seqs = [e["seq"] for e in newest["events"]]
+    assert seqs == sorted(seqs, reverse=True) and newest["next"] == seqs[-1], "newest first; `next` pages back"
+    older = json.loads(get(daemon.port, f"/api/events?limit=3&before={newest['next']}", AUTH)[2])
+    assert all(e["seq"] < seqs[-1] for e in older["events"])
+    status, _, body = get(daemon.port, "/api/events?limit=0", AUTH)
+    assert status == 400 and body.decode().count("\n") == 1 and "limit" in body.decode()
+    assert get(daemon.port, "/api/events?colour=red", AUTH)[0] == 400
+    for path in (f"/api/events/{UNKNOWN_EVENT}/snapshot.jpg", "/api/events/..%2Fevents.sqlite/snapshot.jpg",
+                 f"/api/events/{event['id']}/frame.jpg", f"/api/events/{event['id']}"):
+        assert get(daemon.port, path, AUTH)[0] == 404, path
 
 
 @pytest.mark.system

@@ -88,7 +88,7 @@ def live_feed(config: Config, source_id: str) -> LiveFeed:
 def server(config: Config, watched: list[WatchedSource], outputs: dict[str, list[Output]], control: ctl.Control,
            device: torch.device) -> Server:
     """The HTTP server: metrics and health of `watched`, the live views among `outputs` (source id ->
-    its outputs); listening when returned."""
+    its outputs), the event log's `/api/events` when events are on; listening when returned."""
     from streamer.outputs.live import LiveFeed
     from streamer.service.http import MAX_CONNECTIONS
     from streamer.service.metrics import Metrics
@@ -98,7 +98,7 @@ def server(config: Config, watched: list[WatchedSource], outputs: dict[str, list
     settings = config.server
     metrics = Metrics(watched, control, config.runtime.stage_timeout_s, device)
     return Server(settings.host, settings.port, settings.bearer, metrics, feeds, MAX_CONNECTIONS + len(feeds) * settings.max_viewers,
-                  settings.allowed_hosts)
+                  settings.allowed_hosts, Path(config.events.dir) if config.events.enabled else None)
 
 
 def announce_models(config: Config, specs: list[SourceSpec] | None = None) -> None:
@@ -245,7 +245,8 @@ def events_output(config: Config, source: Source) -> Output:
         events_log.close()
         raise
     zones = [Zone(name, points) for name, points in source.zones.items()]
-    return EventsOutput(source.id, events_log, zones, {c.id: c.name for c in config.categories()}, config.tracking.max_lost_s, sinks)
+    return EventsOutput(source.id, events_log, zones, {c.id: c.name for c in config.categories()}, config.tracking.max_lost_s, sinks,
+                        settings.snapshot_width if settings.snapshots else None, settings.snapshot_quality)
 
 
 def video_output(config: Config, source: OpenedSource, several: bool, locks: ExitStack):

@@ -2,7 +2,10 @@
 
 Endpoints: `/healthz` (always open), `/metrics`, `/api/status`, `/` (every source), `/live/{source}`
 (one source, large), `/live/{source}.jpg` (the newest frame), `/live/{source}.mjpg` (MJPEG),
-`/live/{source}.mp4` (H.264 in fragmented MP4, for the page's Media Source Extensions player).
+`/live/{source}.mp4` (H.264 in fragmented MP4, for the page's Media Source Extensions player);
+with events on, `/api/events` (the event log, filtered and paged: streamer.outputs.events.query),
+`/api/events/{id}/snapshot.jpg` and `/api/events/{id}/crop.jpg` (an event's pictures; 404 for an
+unknown id, 400 with one line for a bad parameter).
 With a token (server.token or STREAMER_TOKEN) every endpoint but /healthz needs it: an
 `Authorization: Bearer` header, a `streamer_token` cookie, or `?token=` (a page opened that way sets
 the cookie and reloads without it, so the token leaves the address bar). The cookie holds an HMAC of
@@ -32,11 +35,13 @@ import json
 import logging
 import re
 import socket
+import sqlite3
 import threading
 import time
 import urllib.parse
 from http.server import BaseHTTPRequestHandler
 from importlib import resources
+from pathlib import Path
 
 from streamer.control import latency_summary
 from streamer.errors import ConfigError, StreamerError
@@ -52,6 +57,7 @@ COOKIE_LABEL = b"streamer live view cookie"  # the cookie holds HMAC-SHA256(toke
 LOOPBACK_NAMES = ("localhost",)
 BOUNDARY = "streamer-frame"
 LIVE_PATH = re.compile(r"^/live/([^/]+?)(\.jpg|\.mjpg|\.mp4)?$")
+SNAPSHOT_PATH = re.compile(r"^/api/events/([^/]+)/(snapshot|crop)\.jpg$")
 PAGES = {name: (resources.files("streamer.service") / "web" / name).read_bytes() for name in ("index.html", "live.html", "common.js")}
 FPS_WINDOW_S = 5.0
 JOIN_TIMEOUT_S = 10.0  # a video viewer waits this long for its first keyframe
@@ -59,11 +65,13 @@ JOIN_TIMEOUT_S = 10.0  # a video viewer waits this long for its first keyframe
 
 class Server:
     """Serves the endpoints above from daemon threads until closed. `feeds`: source id -> its live
-    view (empty: no live view, e.g. in `streamer bench`)."""
+    view (empty: no live view, e.g. in `streamer bench`); `events_dir`: the event log's folder (None:
+    events are off, /api/events is 404)."""
 
     def __init__(self, host: str, port: int, token: str | None, metrics: Metrics, feeds: dict[str, LiveFeed],
-                 max_connections: int, allowed_hosts: tuple[str, ...] = ()):
+                 max_connections: int, allowed_hosts: tuple[str, ...] = (), events_dir: Path | None = None):
         self.token = token
+        self.events_dir = events_dir
         self.cookie = None if token is None else hmac.new(token.encode(), COOKIE_LABEL, hashlib.sha256).hexdigest()
         self.allowed_hosts = {_host_name(host), *(name.lower().rstrip(".") for name in allowed_hosts)}
         self.off_loopback = not _loopback(host)
@@ -192,6 +200,8 @@ class Handler(BoundedHandler):
             return self._send(200, *self.app.metrics.exposition())
         if path == "/api/status":
             return self._send(200, "application/json", json.dumps(self.app.status()).encode())
+        if path == "/api/events" or path.startswith("/api/events/"):
+            return self._events(path, query)
         if path == "/":
             return self._send(200, "text/html; charset=utf-8", PAGES["index.html"])
         if path == "/common.js":
@@ -218,6 +228,29 @@ class Handler(BoundedHandler):
         server (and right behind a proxy's path prefix too)."""
         cookie = f"{COOKIE}={self.app.cookie}; Path=/; HttpOnly; SameSite=Strict"
         self._send(303, "text/plain; charset=utf-8", b"", {"Location": urllib.parse.quote(page, safe="./"), "Set-Cookie": cookie})
+
+    def _events(self, path: str, params: dict[str, list[str]]) -> None:
+        from streamer.outputs.events import query
+
+        folder = self.app.events_dir
+        if folder is None:
+            return self._send(404, "text/plain; charset=utf-8", b"events are off (events.enabled: false)\n")
+        try:
+            if path == "/api/events":
+                try:
+                    asked = query.parse_query(params)
+                except query.BadQuery as exc:
+                    return self._send(400, "text/plain; charset=utf-8", f"{exc}\n".encode())
+                return self._send(200, "application/json", json.dumps(query.read_events(folder, asked)).encode(),
+                                  {"Cache-Control": "no-store"})
+            wanted = SNAPSHOT_PATH.match(path)
+            picture = wanted and query.read_snapshot(folder, wanted.group(1), crop=wanted.group(2) == "crop")
+        except sqlite3.Error as exc:
+            log.warning("server: cannot read the event log in %s: %s", folder, exc)
+            return self._send(503, "text/plain; charset=utf-8", b"the event log cannot be read now\n", {"Retry-After": "1"})
+        if not picture:
+            return self._send(404, "text/plain; charset=utf-8", b"not found: no such event, or it has no snapshot\n")
+        return self._send(200, "image/jpeg", picture, {"Cache-Control": "max-age=86400, immutable"})
 
     def _snapshot(self, feed: LiveFeed) -> None:
         frame = feed.frames.latest()[1]

@@ -7,6 +7,10 @@ connection; SQLite's WAL lets one writer and many readers work at once, also acr
            pts_s REAL, wall REAL, payload TEXT)     -- payload: the kind's fields as JSON
     cursors(sink TEXT PRIMARY KEY, seq INTEGER)    -- the last seq a sink delivered (acknowledged)
     meta(key TEXT PRIMARY KEY, value INTEGER)      -- `dropped`: events the size cap removed, all time
+    snapshots(id TEXT PRIMARY KEY, bytes INTEGER)  -- an event's pictures (snapshots.py) and their size on disk
+
+An event's pictures are files beside the database, `snapshots/<id>.jpg` and `snapshots/<id>-crop.jpg`;
+a row in `snapshots` is made before they are written, so retention never leaves a file behind.
 
 `seq` is the delivery order (AUTOINCREMENT: never reused, even after the newest rows are removed);
 `id` is what receivers drop duplicates by: a UUIDv7 (RFC 9562), time-ordered and unique across
@@ -18,9 +22,10 @@ seq whose delivery (and that of every seq before it) was acknowledged. After a c
 it starts again from its cursor: nothing is lost, and what it sends twice is only what was in flight
 (the same ids). A cursor never moves back.
 
-Retention: `prune()` removes events older than `keep_days` (wall time) and, beyond `max_mb` of
-live pages, the oldest events; those the cap removes are counted (meta `dropped`) and logged, with
-how many of them some sink had not delivered.
+Retention: `prune()` removes events older than `keep_days` (wall time) and, beyond `max_mb` (the
+database's live pages and the snapshots' files together), the oldest events; those the cap removes
+are counted (meta `dropped`) and logged, with how many of them some sink had not delivered. An
+event's snapshot files go with it.
 
 Every call holds a lock (one connection, any thread) and SQLite waits at most `BUSY_TIMEOUT_S` for
 another process's write, so no call blocks for long.
@@ -42,6 +47,7 @@ from typing import Any
 log = logging.getLogger(__name__)
 
 FILE_NAME = "events.sqlite"
+SNAPSHOTS = "snapshots"  # the folder of the events' pictures, beside the database
 BUSY_TIMEOUT_S = 5.0
 DAY_S = 86400.0
 PRUNE_BATCH = 500  # rows removed per step while over the size cap
@@ -60,6 +66,7 @@ CREATE INDEX IF NOT EXISTS events_by_source ON events (source, seq);
 CREATE INDEX IF NOT EXISTS events_by_wall ON events (wall);
 CREATE TABLE IF NOT EXISTS cursors (sink TEXT PRIMARY KEY, seq INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS snapshots (id TEXT PRIMARY KEY, bytes INTEGER NOT NULL);
 """
 
 
@@ -70,6 +77,12 @@ def uuid7(wall: float | None = None) -> str:
     value = (ms << 80) | (0x7 << 76) | ((rand >> 68) & 0xFFF) << 64 | (0b10 << 62) | (rand & ((1 << 62) - 1))
     text = f"{value:032x}"
     return f"{text[:8]}-{text[8:12]}-{text[12:16]}-{text[16:20]}-{text[20:]}"
+
+
+def snapshot_paths(folder: str | Path, event_id: str) -> tuple[Path, Path]:
+    """(the frame's picture, the crop around the object) of event `event_id` in the log folder `folder`."""
+    pictures = Path(folder) / SNAPSHOTS
+    return pictures / f"{event_id}.jpg", pictures / f"{event_id}-crop.jpg"
 
 
 @dataclass(frozen=True)
@@ -172,6 +185,16 @@ class EventLog:
             self._db.execute("INSERT INTO cursors (sink, seq) VALUES (?, ?) ON CONFLICT (sink) DO UPDATE SET seq = "
                              "MAX(seq, excluded.seq)", (sink, seq))
 
+    # -- snapshots
+
+    def record_snapshot(self, event_id: str, nbytes: int) -> bool:
+        """Count `nbytes` of pictures for event `event_id` before they are written; False (nothing
+        recorded: do not write them) when the event is not in the log (retention removed it)."""
+        with self._lock, self._transaction():
+            cur = self._db.execute("INSERT OR REPLACE INTO snapshots (id, bytes) SELECT ?, ? WHERE EXISTS "
+                                   "(SELECT 1 FROM events WHERE id = ?)", (event_id, nbytes, event_id))
+            return cur.rowcount > 0
+
     # -- retention
 
     @property
@@ -186,7 +209,7 @@ class EventLog:
         return int(row[0]) if row else 0
 
     def used_bytes(self) -> int:
-        """Bytes in live pages of the database (free pages, which SQLite reuses, left out)."""
+        """Bytes in live pages of the database (free pages, which SQLite reuses, left out) and in its snapshots."""
         with self._lock:
             return self._used_bytes()
 
@@ -196,6 +219,7 @@ class EventLog:
         aged = capped = 0
         if self.keep_days is not None:
             with self._lock, self._transaction():
+                self._forget_snapshots("wall < ?", (now - self.keep_days * DAY_S,))
                 aged = self._db.execute("DELETE FROM events WHERE wall < ?", (now - self.keep_days * DAY_S,)).rowcount
         if self.max_mb is not None:
             limit = self.max_mb * 1e6
@@ -216,6 +240,7 @@ class EventLog:
                         if slowest is not None:
                             undelivered += self._db.execute("SELECT COUNT(*) FROM events WHERE seq > ? AND seq <= ?",
                                                             (slowest, oldest[1])).fetchone()[0]
+                        self._forget_snapshots("seq <= ?", (oldest[1],))
                         n = self._db.execute("DELETE FROM events WHERE seq <= ?", (oldest[1],)).rowcount
                         self._db.execute("INSERT INTO meta (key, value) VALUES ('dropped', ?) ON CONFLICT (key) DO UPDATE SET "
                                          "value = value + excluded.value", (n,))
@@ -235,7 +260,18 @@ class EventLog:
 
     def _used_bytes(self) -> int:
         pages = self._db.execute("PRAGMA page_count").fetchone()[0] - self._db.execute("PRAGMA freelist_count").fetchone()[0]
-        return int(pages * self._db.execute("PRAGMA page_size").fetchone()[0])
+        pictures = self._db.execute("SELECT COALESCE(SUM(bytes), 0) FROM snapshots").fetchone()[0]
+        return int(pages * self._db.execute("PRAGMA page_size").fetchone()[0] + pictures)
+
+    def _forget_snapshots(self, where: str, args: tuple) -> None:
+        """Inside a transaction: the snapshot rows and files of the events `where` selects (about to be
+        removed). A file is removed before the rows' commit: a crash leaves a row without a file, never a file."""
+        ids = [row[0] for row in self._db.execute(
+            f"SELECT s.id FROM snapshots s JOIN events e ON e.id = s.id WHERE e.{where}", args).fetchall()]  # noqa: S608
+        for event_id in ids:
+            for path in snapshot_paths(self.folder, event_id):
+                path.unlink(missing_ok=True)
+        self._db.executemany("DELETE FROM snapshots WHERE id = ?", [(i,) for i in ids])
 
     def _transaction(self) -> _Transaction:
         return _Transaction(self._db)

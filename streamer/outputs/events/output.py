@@ -4,6 +4,15 @@
 waits; a writer thread derives the events (kinds.py), appends each batch to the log in one commit,
 applies retention now and then, and wakes the sinks. Were the queue ever full (the disk stalled for
 thousands of frames), the frame's facts are dropped, counted and logged, and the pipeline goes on.
+
+Snapshots (snapshots.py), when on: `write` also keeps a reference to the frame's own picture and
+panoptic map (never a copy: nothing changes a result once the sink has it; never the overlay, so
+`needs_picture` stays False) for at most PICTURES_HELD frames at a time (a frame past that goes
+without, and an event of it that wanted a picture is counted as a skipped snapshot). The writer
+thread makes a Shot only for what needs one: the objects of the frame's track_start, line_crossing,
+zone_entry and zone_exit events, and each track's best-scoring frame so far (its track_end's
+picture; the frame scaled once to `snapshot_width` and shared). The snapshot writer draws, encodes
+and writes them after the events are committed, on its own thread.
 """
 from __future__ import annotations
 
@@ -12,14 +21,16 @@ import queue
 import threading
 import time
 from collections.abc import Mapping, Sequence
-from typing import Protocol
+from dataclasses import dataclass
+from typing import Any, Protocol
 
 import numpy as np
 
-from streamer.boxes import ground_points
+from streamer.boxes import Box, ground_points
 from streamer.frames import Panoptic, Zone
 from streamer.outputs.events.kinds import Events, FrameFacts, Seen, counts_fields
-from streamer.outputs.events.log import EventLog, NewEvent
+from streamer.outputs.events.log import EventLog, NewEvent, StoredEvent
+from streamer.outputs.events.snapshots import Shot, SnapshotWriter, make_shot, scaled
 
 log = logging.getLogger(__name__)
 
@@ -28,6 +39,20 @@ BATCH_FRAMES = 64  # at most this many frames per commit
 POLL_S = 0.2
 PRUNE_EVERY_S = 60.0
 CLOSE_TIMEOUT_S = 10.0
+PICTURES_HELD = 8  # frames whose picture the queue may reference at once (snapshots)
+SHOT_KINDS = frozenset({"track_start", "line_crossing", "zone_entry", "zone_exit"})  # pictured at their own frame
+
+Derived = list[tuple[str, float | None, float, dict[str, Any]]]
+
+
+@dataclass(frozen=True)
+class _Picture:
+    """A frame's own picture for snapshots, by reference: its image (H x W x 3 uint8 BGR), panoptic
+    map (H x W int) and, per track id, (segment id, box, label)."""
+
+    image: np.ndarray
+    panoptic_map: np.ndarray
+    objects: dict[int, tuple[int, Box, str]]
 
 
 class Sink(Protocol):
@@ -43,13 +68,21 @@ class EventsOutput:
     needs_picture = False
 
     def __init__(self, source_id: str, events_log: EventLog, zones: Sequence[Zone], category_names: Mapping[int, str],
-                 track_end_s: float, sinks: Sequence[Sink] = ()) -> None:
+                 track_end_s: float, sinks: Sequence[Sink] = (), snapshot_width: int | None = None,
+                 snapshot_quality: int = 85) -> None:
+        """`snapshot_width`: snapshots on, their pictures at most this many pixels wide (None: off);
+        `snapshot_quality`: their JPEG quality (1-100)."""
         self.source_id = source_id
         self.log = events_log
         self.category_names = dict(category_names)
         self.sinks = list(sinks)
         self._events = Events(zones, track_end_s)
-        self._queue: queue.Queue[FrameFacts | None] = queue.Queue(QUEUE_FRAMES)
+        self._queue: queue.Queue[tuple[FrameFacts, _Picture | None] | None] = queue.Queue(QUEUE_FRAMES)
+        self.snapshot_width = snapshot_width
+        self.snapshots = None if snapshot_width is None else SnapshotWriter(events_log, snapshot_quality, f"snapshots-{source_id}")
+        self._pictures = threading.BoundedSemaphore(PICTURES_HELD)
+        self._best: dict[int, tuple[float, Shot | None]] = {}  # track id -> its best score so far and that frame's shot
+        self._connection: int | None = None
         self.dropped_frames = 0
         self._failed: BaseException | None = None
         self._thread = threading.Thread(target=self._run, name=f"events-{source_id}", daemon=True)
@@ -64,9 +97,15 @@ class EventsOutput:
             tuple(Seen(int(s.track_id), self.category_names.get(s.category_id, str(s.category_id)), s.score,  # type: ignore[arg-type]
                        (float(p[0]), float(p[1]))) for s, p in zip(tracked, points)),
             tuple(result.events), counts_fields(result.counts))
+        picture = None
+        if self.snapshots is not None and tracked and self._pictures.acquire(blocking=False):
+            picture = _Picture(frame.image, result.panoptic_map, {
+                int(s.track_id): (s.id, s.box, f"{seen.category} {s.track_id}") for s, seen in zip(tracked, facts.seen)})  # type: ignore[arg-type]
         try:
-            self._queue.put_nowait(facts)
+            self._queue.put_nowait((facts, picture))
         except queue.Full:
+            if picture is not None:
+                self._pictures.release()
             self.dropped_frames += 1
             if self.dropped_frames == 1 or self.dropped_frames % 1000 == 0:
                 log.warning("%s: events: the log falls behind; %d frames' events dropped so far", self.source_id, self.dropped_frames)
@@ -80,8 +119,11 @@ class EventsOutput:
         self._thread.join(CLOSE_TIMEOUT_S)
         try:
             if not self._thread.is_alive() and self._failed is None:
-                self._append(self._events.close(time.time()))
+                ended = self._events.close(time.time())
+                self._log([(ended, self._shots(None, None, ended))])
         finally:
+            if self.snapshots is not None:
+                self.snapshots.close()
             for sink in self.sinks:
                 sink.close()
             if not self._thread.is_alive():
@@ -97,7 +139,7 @@ class EventsOutput:
                     item = self._queue.get(timeout=POLL_S)
                 except queue.Empty:
                     continue
-                batch: list[FrameFacts] = []
+                batch: list[tuple[FrameFacts, _Picture | None]] = []
                 end = item is None
                 if item is not None:
                     batch.append(item)
@@ -110,8 +152,13 @@ class EventsOutput:
                         end = True
                     else:
                         batch.append(more)
-                derived = [e for facts in batch for e in self._events.frame(facts)]
-                self._append(derived)
+                frames = []
+                for facts, picture in batch:
+                    derived = self._events.frame(facts)
+                    frames.append((derived, self._shots(facts, picture, derived) if self.snapshots is not None else []))
+                    if picture is not None:
+                        self._pictures.release()
+                self._log(frames)
                 if time.monotonic() - pruned > PRUNE_EVERY_S:
                     pruned = time.monotonic()
                     self.log.prune()
@@ -121,9 +168,67 @@ class EventsOutput:
             self._failed = exc
             log.error("%s: events: cannot write the event log %s: %s; no more events are logged", self.source_id, self.log.path, exc)
 
-    def _append(self, derived: list) -> None:
+    def _log(self, frames: list[tuple[Derived, list[tuple[list[int], Shot]]]]) -> None:
+        """Append the frames' events in one commit, wake the sinks, then queue their snapshots (the
+        shots name events by their index in their frame's list)."""
+        stored = self._append([e for derived, _ in frames for e in derived])
+        offset = 0
+        for derived, shots in frames:
+            for indices, shot in shots:
+                assert self.snapshots is not None
+                self.snapshots.submit(tuple(stored[offset + i].id for i in indices), shot)
+            offset += len(derived)
+
+    def _append(self, derived: Derived) -> list[StoredEvent]:
         if not derived:
-            return
-        self.log.append(NewEvent(kind, self.source_id, pts_s, wall, fields) for kind, pts_s, wall, fields in derived)
+            return []
+        stored = self.log.append(NewEvent(kind, self.source_id, pts_s, wall, fields) for kind, pts_s, wall, fields in derived)
         for sink in self.sinks:
             sink.wake()
+        return stored
+
+    def _shots(self, facts: FrameFacts | None, picture: _Picture | None, derived: Derived) -> list[tuple[list[int], Shot]]:
+        """The shots of one frame's events (`facts` None: the source's end), one per object with the
+        indices of its events; keeps each track's best-scoring shot for its track_end."""
+        if self.snapshots is None:
+            return []
+        small: list[tuple[np.ndarray, float]] = []  # the frame scaled, once
+
+        def shot(track_id: int) -> Shot | None:
+            if picture is None or track_id not in picture.objects:
+                return None
+            if not small:
+                small.append(scaled(picture.image, self.snapshot_width or 1))
+            return make_shot(small[0], picture.panoptic_map, *picture.objects[track_id])
+
+        ending = {}
+        if facts is not None:
+            if self._connection is not None and facts.connection != self._connection:
+                ending, self._best = self._best, {}  # a reconnect: the old tracks end in this frame, new ids begin
+            self._connection = facts.connection
+            for seen in facts.seen:
+                best = self._best.get(seen.track_id)
+                if seen.score is not None and (best is None or seen.score > best[0]):  # kinds.Events' rule for best_frame
+                    self._best[seen.track_id] = (seen.score, shot(seen.track_id))
+        wanted: dict[int, list[int]] = {}
+        out: list[tuple[list[int], Shot]] = []
+        missing = 0
+        for i, (kind, _, _, fields) in enumerate(derived):
+            if kind in SHOT_KINDS and fields.get("position") is not None:
+                wanted.setdefault(fields["track_id"], []).append(i)
+            elif kind == "track_end":
+                tid = fields["track_id"]
+                kept = (ending if tid in ending else self._best).pop(tid, None)
+                if kept is not None and kept[1] is not None:
+                    out.append(([i], kept[1]))
+                else:
+                    missing += 1
+        for tid, indices in wanted.items():
+            made = shot(tid)
+            if made is None:
+                missing += len(indices)
+            else:
+                out.append((indices, made))
+        if missing:
+            self.snapshots.skip(missing, "no picture of an event's object was kept (the events writer was behind)")
+        return out
