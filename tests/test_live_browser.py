@@ -26,10 +26,11 @@ needs_browser = pytest.mark.skipif(not (CHROMIUM and CHROMEDRIVER), reason="need
 
 
 @pytest.fixture(scope="module")
-def daemon():
+def daemon(tmp_path_factory):
     uri = RECORDER[1]
     sources = f"sources=[{{uri: '{uri}', id: cam0}}, {{uri: '{uri.replace('seed=7', 'seed=8')}', id: cam1}}]"
-    with serving("--set", sources, token=TOKEN) as process:
+    events = tmp_path_factory.mktemp("events")
+    with serving("--set", sources, "--set", "events.enabled=true", "--set", f"events.dir={events}", token=TOKEN) as process:
         yield process
 
 
@@ -107,3 +108,20 @@ def test_the_live_page_plays_the_video_and_the_index_shows_every_source(daemon, 
     loaded = browser.execute_script("return [...document.querySelectorAll('a.source img')].map(i => i.naturalWidth)")
     assert loaded == [160, 160], "both thumbnails decoded"
     assert json.loads(browser.execute_script("return JSON.stringify(document.body.innerText)")).count("fps") == 2
+
+
+@needs_browser
+def test_the_live_page_lists_the_sources_latest_events_with_their_snapshots(daemon, browser):
+    base = f"http://127.0.0.1:{daemon.port}"
+    browser.get(f"{base}/live/cam1?token={TOKEN}")
+    pictured = "[...document.querySelectorAll('#events li img')].filter(i => i.complete && i.naturalWidth > 0).length"
+    wait_until(lambda: browser.execute_script(f"return {pictured}") > 0, timeout=60, every=0.5,
+               what=lambda: f"an event with its thumbnail: {browser.execute_script('return document.body.innerText')}")
+    item = browser.find_elements("css selector", "#events li")[0]
+    shown = {element.get_attribute("data-id") for element in browser.find_elements("css selector", "#events li")}
+    listed = json.loads(browser.execute_script(
+        "const r = new XMLHttpRequest(); r.open('GET', '../api/events?source=cam1&limit=500', false); r.send(); return r.responseText"))
+    assert shown <= {e["id"] for e in listed["events"] if e["source"] == "cam1"}, "this source's events only"
+    assert any(word in item.text for word in ("track", "crossed", "entered", "left", "source")), item.text
+    thumbnail = browser.execute_script("const i = document.querySelector('#events li img'); return [i.naturalWidth, i.naturalHeight]")
+    assert min(thumbnail) >= 16, "the crop decoded"
