@@ -18,6 +18,7 @@ from dataclasses import dataclass
 
 import cv2
 import numpy as np
+import numpy.typing as npt
 
 COLLINEAR_TOLERANCE = 1e-3
 """Three points count as on one line when twice their triangle's area is below this times the
@@ -42,7 +43,7 @@ def _check_points(points: np.ndarray, what: str) -> None:
                              "(e.g. the corners of a lane's stretch)")
 
 
-def homography(image: np.ndarray, ground: np.ndarray) -> np.ndarray:
+def homography(image: npt.ArrayLike, ground: npt.ArrayLike) -> np.ndarray:
     """The homography from image pixels to ground metres through four point pairs.
 
     image: 4 x 2 pixels (u, v), y down; ground: 4 x 2 metres (x, y), point i showing point i.
@@ -73,21 +74,21 @@ class GroundPlane:
     homography: np.ndarray
 
     @classmethod
-    def from_points(cls, image, ground) -> GroundPlane:
+    def from_points(cls, image: npt.ArrayLike, ground: npt.ArrayLike) -> GroundPlane:
         """From four point pairs (see `homography`; ValueError on degenerate input)."""
-        return cls(homography(np.asarray(image, np.float64), np.asarray(ground, np.float64)))
+        return cls(homography(image, ground))
 
-    def to_ground(self, points: np.ndarray) -> np.ndarray:
+    def to_ground(self, points: npt.ArrayLike) -> np.ndarray:
         """N x 2 pixels (u, v) -> N x 2 metres (x, y), float64; NaN for points on or above the horizon
         (they show no point of the ground)."""
         return _apply(self.homography, points)
 
-    def to_image(self, points: np.ndarray) -> np.ndarray:
+    def to_image(self, points: npt.ArrayLike) -> np.ndarray:
         """N x 2 metres (x, y) -> N x 2 pixels (u, v), float64; NaN for ground points behind the camera."""
         return _apply(np.linalg.inv(self.homography), points)
 
 
-def _apply(h: np.ndarray, points: np.ndarray) -> np.ndarray:
+def _apply(h: np.ndarray, points: npt.ArrayLike) -> np.ndarray:
     """Points through h; NaN where w <= 0: with `homography`'s sign, w > 0 exactly where the image
     point lies below the horizon, and the inverse's w is the reciprocal of the forward one."""
     p = np.asarray(points, np.float64).reshape(-1, 2)
