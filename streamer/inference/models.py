@@ -13,7 +13,6 @@ import logging
 import pickle
 import re
 import warnings
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -28,10 +27,11 @@ from torchvision.ops import FrozenBatchNorm2d
 from streamer import config as cfg
 from streamer.errors import DataError, InputNotFound, UsageError
 from streamer.frames import Category
-from streamer.inference import checkpoints, demo_models
+from streamer.inference import backends, checkpoints, demo_models
 from streamer.inference.checkpoints import Kind
 from streamer.inference.fusion import vote_categories
-from streamer.inference.masks import BoxMasks, paste_in_boxes
+from streamer.inference.masks import paste_in_boxes
+from streamer.inference.prediction import Prediction, SemanticNetwork
 
 log = logging.getLogger(__name__)
 
@@ -244,18 +244,6 @@ def category_candidates(class_names: list[str], settings: cfg.InstanceModel, cat
 # Inference
 
 
-@dataclass(frozen=True)
-class Prediction:
-    """Both models' raw output for one frame, on the model device, at frame resolution."""
-
-    image: torch.Tensor  # H x W x 3 uint8 BGR, the frame as uploaded
-    semantic: torch.Tensor  # H x W category ids
-    masks: BoxMasks  # N mask probabilities, each inside its box
-    scores: torch.Tensor  # N
-    categories: torch.Tensor  # N category ids
-    capped: bool  # the model returned detections_per_image detections: there may have been more
-
-
 def uses_autocast(device: torch.device, half: str) -> bool:
     """float16 autocast on CUDA unless runtime.half is off; float32 everywhere else."""
     return device.type == "cuda" and half != "off"
@@ -265,17 +253,20 @@ class PanopticModels:
     """The two networks on one device, with the pre- and post-processing around them.
 
     `semantic`: an smp-style network, N x 3 x H x W normalised RGB (settings.semantic.mean, std)
-    -> N x C x H x W logits; `instance`: a torchvision Mask R-CNN whose labels index `class_names`;
-    `build_models` makes both from the config."""
+    -> N x C x H x W logits, a torch module or an exported copy run by another backend
+    (streamer.inference.backends); `instance`: a torchvision Mask R-CNN whose labels index
+    `class_names`; `build_models` makes both from the config. A `Predictor` (inference.prediction)."""
 
-    def __init__(self, semantic: torch.nn.Module, instance: MaskRCNN, class_names: list[str], settings: cfg.Models,
+    def __init__(self, semantic: SemanticNetwork, instance: MaskRCNN, class_names: list[str], settings: cfg.Models,
                  categories: tuple[Category, ...], device: torch.device, half: str):
         self.device = device
         self.autocast = uses_autocast(device, half)
         self.input_size = settings.semantic.input_size
         # NHWC on a GPU: cuDNN's fp16 convolutions run on tensor cores without layout transposes
         self.memory_format = torch.channels_last if device.type == "cuda" else torch.contiguous_format
-        self.semantic = semantic.to(device).eval().to(memory_format=self.memory_format)
+        if isinstance(semantic, torch.nn.Module):
+            semantic = semantic.to(device).eval().to(memory_format=self.memory_format)
+        self.semantic = semantic
         self.instance = instance.to(device).eval()
         self.candidates = category_candidates(class_names, settings.instance, categories).to(device)
         self.mean = torch.tensor(settings.semantic.mean, device=device).view(1, 3, 1, 1) / 255.0
@@ -358,13 +349,19 @@ def detect(model: MaskRCNN, images: list[torch.Tensor], kept: torch.Tensor) -> l
 
 
 def build_models(settings: cfg.Models, categories: tuple[Category, ...], device: torch.device, half: str) -> PanopticModels:
-    """Both networks built and loaded as the config says (see build_semantic, build_instance).
-    Raises InputNotFound (exit 66) naming the `streamer models` command when cached weights are missing."""
+    """Both networks built and loaded as the config says (see build_semantic, build_instance), the
+    semantic one run by models.semantic.backend (an export made and verified first when the cache
+    has none: streamer.inference.backends). Raises InputNotFound (exit 66) naming the `streamer
+    models` command when cached weights are missing, ConfigError (78) when the backend's library is
+    not installed, DataError (65) for a corrupt export, CannotCreate (73) when an export cannot be written."""
     checkpoints.require(settings)
+    backends.require_library(settings.semantic.backend)  # before minutes of loading: one line naming the extra
     with torch.random.fork_rng(devices=[]):  # `weights: none` builds the same random networks every run
         torch.manual_seed(RANDOM_INIT_SEED)
-        semantic = build_semantic(settings.semantic)
+        network = build_semantic(settings.semantic)
         instance, class_names = build_instance(settings.instance)
+    # the threads torch runs this frame on (InferencePool set them on this thread): the backend's too
+    semantic = backends.load_semantic(network, settings.semantic, torch.get_num_threads(), preset=settings.preset)
     return PanopticModels(semantic, instance, class_names, settings, categories, device, half)
 
 

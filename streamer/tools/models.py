@@ -1,4 +1,4 @@
-"""`streamer models list | fetch | import`: the presets' weights, in the standard caches.
+"""`streamer models list | fetch | import | export`: the presets' weights, in the standard caches.
 
 `fetch` downloads from the publishers (torchvision's site, the Hugging Face hub) or a mirror of them;
 `import` takes files copied from a machine that has them. Both check what they got against the
@@ -64,6 +64,42 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     bring.add_argument("--allow-unverified", action="store_true",
                        help="accept a file whose sha256 differs from the published one, or that no published sha256 can verify (warns)")
     bring.set_defaults(handler=cmd_import)
+    export = actions.add_parser("export", help="export a preset's semantic network for ONNX Runtime or OpenVINO, checked "
+                                "against torch, into the cache (models.semantic.backend; see README, Faster on a CPU)")
+    export.add_argument("preset", choices=presets.names(), metavar="PRESET")
+    export.add_argument("--backend", required=True, choices=["onnxruntime", "openvino"],
+                        help="the backend that will run it (its library must be installed: streamer[onnx], streamer[openvino])")
+    export.set_defaults(handler=cmd_export)
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    """Export the preset's semantic network at its input size for --backend, verified against torch
+    (streamer.inference.exports), and print where it is and how it agreed. Exit 78 when the backend's
+    library is missing, 65 when the export disagrees with torch, 73 when the cache cannot be written."""
+    import torch  # here: `models list` and the rest stay quick
+
+    from streamer.inference import backends, exports
+    from streamer.inference.models import RANDOM_INIT_SEED, build_semantic
+
+    backends.require_library(args.backend)
+    models = Models.model_validate({"preset": args.preset})
+    settings = models.semantic.model_copy(update={"backend": args.backend})
+    with torch.random.fork_rng(devices=[]):  # `weights: none` exports the network the runs build
+        torch.manual_seed(RANDOM_INIT_SEED)
+        network = build_semantic(settings).eval()
+    width, height = settings.input_size
+    key = exports.export_key(network, settings, args.backend)
+    if (exports.cache_root() / key.name).exists():
+        exports.load(exports.cache_root() / key.name, key, args.backend, torch.get_num_threads())  # refuses a corrupt one
+        sys.stdout.write(f"{args.preset}: the {args.backend} export at {width}x{height} is already in the cache: "
+                         f"{exports.cache_root() / key.name}\n")
+        return EXIT_OK
+    sys.stdout.write(f"{args.preset}: exporting the semantic network ({settings.arch if models.semantic.weights != 'demo' else 'demo'}) "
+                     f"at {width}x{height} for {args.backend} and checking it against torch ...\n")
+    sys.stdout.flush()
+    folder, agreement = exports.export(network, settings, args.backend, torch.get_num_threads())
+    sys.stdout.write(f"{agreement.describe()}\nkept in {folder}\n")
+    return EXIT_OK
 
 
 def positive_seconds(text: str) -> float:
