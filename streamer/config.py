@@ -79,6 +79,7 @@ TRACKERS: tuple[str, ...] = get_args(TrackerName)
 LogLevel = Literal["debug", "info", "warning", "error"]
 LOG_LEVELS: tuple[str, ...] = get_args(LogLevel)
 LogFormat = Literal["text", "json"]
+Backend = Literal["torch", "onnxruntime", "openvino"]  # what runs a network (streamer.inference.backends)
 LOG_FORMATS: tuple[str, ...] = get_args(LogFormat)
 
 
@@ -123,6 +124,10 @@ class SemanticModel(Strict):
                                                description="RGB standard deviation divided by after the mean, 0-255 scale")
     classes: tuple[ClassSpec, ...] = Field(min_length=1, description="the panoptic category table in the model's "
                                             "output order (ids 1, 2, ...): `name`, `isthing`, `color` (RGB)")
+    backend: Backend = Field(default="torch", examples=["openvino"], description="what runs the network: `torch`, or an "
+                             "export of it run by `onnxruntime` (`pip install 'streamer[onnx]'`) or `openvino` (`streamer[openvino]`), "
+                             "faster on a CPU (see [Faster on a CPU](#faster-on-a-cpu)); made and checked against torch once per "
+                             "weights and input size by `streamer models export`, or by the first run, in the user's cache")
 
     @field_validator("classes")
     @classmethod
@@ -157,6 +162,8 @@ class InstanceModel(Strict):
     proposals: int | None = Field(default=None, ge=1, le=100_000, description="region proposals the box head scores per frame "
                                   "(fewer: faster, may miss objects in crowded frames); `null`: the model's own (torchvision 1000, "
                                   "demo 300)")
+    backend: Backend = Field(default="torch", description="what runs Mask R-CNN: `torch` only for now (its exports "
+                             "to ONNX Runtime and OpenVINO do not give torch's masks; see [Faster on a CPU](#faster-on-a-cpu))")
     class_map: dict[str, str | tuple[str, ...]] = Field(
         default_factory=dict,
         description="instance class (COCO or demo name) -> panoptic category, or a list of categories: the one the semantic model shows "
@@ -172,6 +179,14 @@ class InstanceModel(Strict):
         if repeated:
             raise ValueError(f"class names must be unique, repeated: {', '.join(repeated)}")
         return classes
+
+    @field_validator("backend")
+    @classmethod
+    def _torch_only(cls, backend: str) -> str:
+        if backend != "torch":
+            raise ValueError(f"{backend}: Mask R-CNN runs in torch only (its ONNX export breaks on dynamic shapes, "
+                             "torchvision issues 2311 and 8937); `models.semantic.backend` takes onnxruntime and openvino")
+        return backend
 
     @field_validator("class_map")
     @classmethod
