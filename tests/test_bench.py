@@ -24,7 +24,7 @@ from streamer.tools.bench.report import targets
 TINY = [
     "--size", "160x96", "--frames", "6", "--repeats", "1", "--memory-frames", "12",
     "--micro-sizes", "160x96,200x120", "--instances", "3,12", "--micro-repeats", "2", "--tracking-frames", "8",
-    "--detections", "200x120:20",
+    "--detections", "200x120:20", "--semantic-frames", "2",
     # the demo models, run small: Mask R-CNN and the Unet see 160x96
     "--set", "models.semantic.input_size=[160,96]", "--set", "models.instance.min_size=96",
     "--set", "models.instance.max_size=160",
@@ -110,6 +110,7 @@ def test_memory_environment_and_targets(report):
     assert len(names) == 9
     assert settings["tracking_frames"] == 8
     assert all(t["met"] in (True, False, None) for t in data["targets"])
+    assert all(t["verdict"] in ("met", "missed", "busy", "not measured") for t in data["targets"])
     identical = [t for t in data["targets"] if t["name"].startswith("every fusion output")][0]
     assert identical["met"] is True
     tracking = "tracking + counting (ms per frame, median, one thread; ocsort, 2 lines, 1 zone, 4 of 8 frames timed)"
@@ -119,12 +120,35 @@ def test_memory_environment_and_targets(report):
 
 
 @pytest.mark.system
+def test_the_load_it_ran_under_and_the_semantic_network_per_backend(report):
+    data, stdout = report
+    load = data["load"]
+    assert load["neighbours"] == 0 and load["quiet_limit_cores"] > 0
+    assert set(load["sections"]) == {"end_to_end", "memory", "codec", "backends", "fusion", "tracking", "detections"}
+    for window in [load["run"], *load["sections"].values()]:
+        assert window["seconds"] > 0 and window["cores"] >= 1 and window["own_cores"] > 0
+        assert window["others_cores"] >= 0  # Linux: read from /proc/stat
+    assert load["run"]["seconds"] >= sum(w["seconds"] for w in load["sections"].values()) - 0.1
+    assert "load: other processes kept" in stdout
+    timing = [t for t in data["targets"] if "others_cores" in t]
+    assert {t["name"].split(" ")[0] for t in timing} == {"pipeline", "fusion", "overlay", "tracking"}
+    backends = data["backends"]
+    assert backends["input_size"] == [160, 96] and backends["frames"] == 2
+    torch_row = backends["semantic"]["torch"]
+    assert torch_row["ms"] > 0 and torch_row["ms_stats"]["n"] == 2 and len(torch_row["runs_ms"]) == 1
+    assert torch_row["vs_torch"] == 1.0 and torch_row["dtype"] == "float32"
+    assert "semantic network alone at 160x96" in stdout
+
+
+@pytest.mark.system
 @pytest.mark.parametrize("args,code", [
     (["--size", "12x12"], 2),
     (["--frames", "0"], 2),
     (["--instances", "3,x"], 2),
     (["--memory-frames", "5"], 2),
     (["--detections", "200x120"], 2),
+    (["--neighbour", "x"], 2),
+    (["--semantic-frames", "-1"], 2),
 ])
 def test_bad_arguments_are_usage_errors(args, code):
     result = run_cli("bench", *args, timeout=60)

@@ -47,6 +47,8 @@ MICRO_INSTANCES = (10, 50, 100)
 MICRO_REPEATS = 5
 TRACKING_FRAMES = 60
 DETECTION_CASES = (((3840, 2160), 100), ((1920, 1080), 300))
+SEMANTIC_FRAMES = 10
+MAX_NEIGHBOURS = 64
 
 
 def add_parser(commands: Any) -> None:
@@ -87,6 +89,13 @@ def add_parser(commands: Any) -> None:
                              "(default: the cores shared out; torch's choice for the loop)")
     parser.add_argument("--cv2-threads", type=positive_int, metavar="N",
                         help="cv2.setNumThreads for the whole bench (default: OpenCV's choice)")
+    parser.add_argument("--neighbour", "--neighbours", dest="neighbours", type=neighbour_count, default=0, metavar="N",
+                        help="keep N CPU-bound processes running beside every measurement, to see what a busy machine costs "
+                             "(default 0; the report's load says what other processes took either way)")
+    parser.add_argument("--semantic-frames", type=zero_or_more, default=SEMANTIC_FRAMES, metavar="N",
+                        help=f"frames of the semantic network alone through each backend, in turn (default {SEMANTIC_FRAMES}; 0: off)")
+    parser.add_argument("--backends", type=name_list, metavar="NAME,...",
+                        help="semantic backends to compare (default: torch and each one installed)")
     parser.set_defaults(handler=command)
 
 
@@ -111,6 +120,25 @@ def detection_list(text: str) -> tuple[tuple[tuple[int, int], int], ...]:
     return tuple(cases)
 
 
+def neighbour_count(text: str) -> int:
+    if not text.isdigit() or int(text) > MAX_NEIGHBOURS:
+        raise argparse.ArgumentTypeError(f"expected 0 to {MAX_NEIGHBOURS} neighbour processes, got {text!r}")
+    return int(text)
+
+
+def zero_or_more(text: str) -> int:
+    if not text.isdigit():
+        raise argparse.ArgumentTypeError(f"expected 0 or more, got {text!r}")
+    return int(text)
+
+
+def name_list(text: str) -> tuple[str, ...]:
+    names = tuple(item.strip() for item in text.split(","))
+    if not all(names):
+        raise argparse.ArgumentTypeError(f"expected names separated by commas, got {text!r}")
+    return names
+
+
 def memory_frames(text: str) -> int:
     if not text.isdigit() or 0 < int(text) < 10:
         raise argparse.ArgumentTypeError(f"expected 0 (off) or at least 10 frames, got {text!r}")
@@ -126,7 +154,8 @@ def command(args: argparse.Namespace) -> int:
         repeats=args.repeats, seed=args.seed, micro_sizes=args.micro_sizes, instances=args.instances,
         micro_repeats=args.micro_repeats, tracking_frames=args.tracking_frames, memory_frames=args.memory_frames,
         detection_cases=args.detections,
-        torch_threads=args.torch_threads, cv2_threads=args.cv2_threads,
+        torch_threads=args.torch_threads, cv2_threads=args.cv2_threads, neighbours=args.neighbours,
+        semantic_frames=args.semantic_frames, backends=args.backends,
     )
     config = load_bench_config(options)  # a bad configuration fails here, before anything slow
     configure_logging(args.log_level or config.runtime.log_level, args.log_format or config.runtime.log_format)

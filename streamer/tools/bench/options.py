@@ -28,6 +28,9 @@ class BenchOptions:
     detection_cases: tuple[tuple[tuple[int, int], int], ...]  # ((width, height), detections) per many-detections case
     torch_threads: int | None  # None: torch's choice
     cv2_threads: int | None  # None: OpenCV's choice
+    neighbours: int = 0  # CPU-bound processes kept running beside the measurements
+    semantic_frames: int = 0  # frames of the semantic network alone per backend (0: off)
+    backends: tuple[str, ...] | None = None  # semantic backends compared, taking turns (None: torch and each installed one)
 
     def source(self, frames: int | None = None) -> str:
         width, height = self.size

@@ -16,6 +16,7 @@ from streamer.config import Config
 from streamer.inference import demo_models
 from streamer.inference.models import uses_autocast
 from streamer.inference.worker import available_cores, thread_layout
+from streamer.tools.bench.load import QUIET_OTHERS_CORES, verdict
 from streamer.tools.bench.measure import rss_mb
 from streamer.tools.bench.options import BenchOptions, config_path
 
@@ -51,6 +52,7 @@ def settings(options: BenchOptions, config: Config, device: torch.device) -> dic
         "micro_sizes": [list(s) for s in options.micro_sizes], "instances": list(options.instances),
         "micro_repeats": options.micro_repeats, "tracking_frames": options.tracking_frames,
         "memory_frames": options.memory_frames, "detection_cases": [[list(size), count] for size, count in options.detection_cases],
+        "neighbours": options.neighbours, "semantic_frames": options.semantic_frames,
     }
 
 
@@ -73,7 +75,8 @@ def environment(device: torch.device) -> dict[str, Any]:
         "torch_threads": torch.get_num_threads(),
         "torch_interop_threads": torch.get_num_interop_threads(),
         "cv2_threads": cv2.getNumThreads(),
-        "env_threads": {k: os.environ[k] for k in ("OMP_NUM_THREADS", "MKL_NUM_THREADS") if k in os.environ},
+        "env_threads": {k: os.environ[k] for k in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OMP_WAIT_POLICY", "GOMP_SPINCOUNT")
+                        if k in os.environ},
         "versions": versions,
         "load_average_start": [round(v, 2) for v in os.getloadavg()],
         "rss_mb_start": rss_mb(),
@@ -96,26 +99,27 @@ def targets(report: dict[str, Any]) -> list[dict[str, Any]]:
     ratios = report["end_to_end"]["ratios"]
     out = [
         {"name": "pipeline >= 0.90 x models only", "value": ratios["pipeline_vs_models_only"],
-         "met": ratios["pipeline_vs_models_only"] >= PIPELINE_VS_MODELS},
+         "met": ratios["pipeline_vs_models_only"] >= PIPELINE_VS_MODELS, "section": "end_to_end"},
         {"name": "pipeline >= 1.0 x sequential loop", "value": ratios["pipeline_vs_sequential"],
-         "met": ratios["pipeline_vs_sequential"] >= PIPELINE_VS_SEQUENTIAL},
+         "met": ratios["pipeline_vs_sequential"] >= PIPELINE_VS_SEQUENTIAL, "section": "end_to_end"},
     ]
     fusion = [r for r in report["fusion"] if tuple(r["size"]) == TARGET_SIZE and r["instances"] == TARGET_INSTANCES]
     out.append({
         "name": "fusion 1080p x 50 instances >= 15x the reference loop, identical output",
         "value": fusion[0]["speedup_vs_reference"] if fusion else None,
         "met": (fusion[0]["speedup_vs_reference"] >= FUSION_SPEEDUP and fusion[0]["identical"]) if fusion else None,
+        "section": "fusion",
     })
     overlay = [r for r in report["overlay"] if tuple(r["size"]) == TARGET_SIZE]
     worst = max((r["ms"]["median"] for r in overlay), default=None)
     out.append({"name": "overlay 1080p < 10 ms on one core (every instance count)", "value": worst,
-                "met": worst < OVERLAY_MS if worst is not None else None})
+                "met": worst < OVERLAY_MS if worst is not None else None, "section": "fusion"})
     tracking = [r for r in report["tracking"] if tuple(r["size"]) == TARGET_SIZE and r["instances"] == TARGET_INSTANCES]
     out.append({
         "name": "tracking + counting 1080p x 50 objects < 2 ms per frame on one core, every track kept",
         "value": tracking[0]["ms"]["median"] if tracking else None,
         "met": (tracking[0]["ms"]["median"] < TRACKING_MS and tracking[0]["kept_tracks"] == tracking[0]["instances"])
-        if tracking else None,
+        if tracking else None, "section": "tracking",
     })
     for size, count in (((3840, 2160), 100), ((1920, 1080), 300)):
         case = [r for r in report.get("detections", []) if tuple(r["size"]) == size and r["detections_per_image"] == count]
@@ -128,7 +132,24 @@ def targets(report: dict[str, Any]) -> list[dict[str, Any]]:
                 "met": abs(growth) <= RSS_GROWTH_PCT if growth is not None else None})
     out.append({"name": "every fusion output identical to the reference loop", "value": all(r["identical"] for r in report["fusion"]),
                 "met": all(r["identical"] for r in report["fusion"])})
-    return out
+    return [judged(target, report.get("load")) for target in out]
+
+
+def judged(target: dict[str, Any], load: dict[str, Any] | None) -> dict[str, Any]:
+    """A target with its verdict (load.verdict). A timing target (one with a `section`) carries the
+    load of that part of the run; a miss while other processes kept the machine busy becomes
+    "busy": `met` None (not measured) and `compared` what the reading alone said. Memory and
+    identity targets do not depend on the load."""
+    section = target.pop("section", None)
+    window = (load or {}).get("sections", {}).get(section) if section else None
+    others = window["others_cores"] if window else None
+    quiet_limit = (load or {}).get("quiet_limit_cores", QUIET_OTHERS_CORES)
+    result = {**target, "verdict": verdict(target["met"], others, quiet_limit) if section else verdict(target["met"], None)}
+    if section:
+        result["others_cores"] = others
+    if result["verdict"] == "busy":
+        result["compared"], result["met"] = target["met"], None
+    return result
 
 
 def format_report(report: dict[str, Any]) -> str:
@@ -179,14 +200,45 @@ def format_report(report: dict[str, Any]) -> str:
     else:
         after = e2e["rss_mb"]["after_repeat"]
         lines.append("memory: RSS after each repeat " + ", ".join(_mb(v) for v in after) + " (long run off: --memory-frames N)")
-    lines += ["", "targets:"]
+    lines += _backend_lines(report.get("backends"))
+    lines += ["", _load_line(report.get("load")), "", "targets:"]
     for target in report["targets"]:
-        verdict = {True: "met", False: "MISSED", None: "not measured"}[target["met"]]
         value = target["value"]
         shown = "" if value is None or isinstance(value, bool) else f" ({value:.2f})"
-        lines.append(f"  {verdict:<13}{target['name']}{shown}")
+        if target["verdict"] == "busy":
+            lines.append(f"  not measured: machine busy (load {target['others_cores']:.2f}): {target['name']}{shown}")
+            continue
+        said = {"met": "met", "missed": "MISSED", "not measured": "not measured"}[target["verdict"]]
+        lines.append(f"  {said:<13}{target['name']}{shown}")
     lines.append(f"\n{report['seconds']:.0f} s in all")
     return "\n".join(lines)
+
+
+def _load_line(load: dict[str, Any] | None) -> str:
+    """What other processes took of this process's CPUs while the bench ran (its "load")."""
+    if not load or not load.get("run"):
+        return "load: not known"
+    run = load["run"]
+    others = "unknown" if run["others_cores"] is None else f"{run['others_cores']:.2f}"
+    busiest = max((w["others_cores"] for w in load["sections"].values() if w["others_cores"] is not None), default=None)
+    neighbours = f"; {load['neighbours']} CPU-bound neighbour process(es) started by the bench" if load["neighbours"] else ""
+    return (f"load: other processes kept {others} of {run['cores']} cores busy on average"
+            + (f" (busiest part {busiest:.2f})" if busiest is not None else "")
+            + f"{neighbours}; a timing target is judged only below {load['quiet_limit_cores']:.2f}")
+
+
+def _backend_lines(backends: dict[str, Any] | None) -> list[str]:
+    """The semantic network alone per backend (nothing when it was not measured)."""
+    if not backends:
+        return []
+    width, height = backends["input_size"]
+    lines = ["", f"semantic network alone at {width}x{height} ({backends['frames']} frames, one at a time, backends in turn)",
+             f"{'  backend':<28}{'ms/frame':>10}{'[min - max]':>19}{'vs torch':>10}  dtype"]
+    for name, row in backends["semantic"].items():
+        stats = row["ms_stats"]
+        spread = f"[{stats['min']:.1f} - {stats['max']:.1f}]"
+        lines.append(f"{'  ' + name:<28}{row['ms']:>10.1f}{spread:>19}{row.get('vs_torch', float('nan')):>9.2f}x  {row['dtype']}")
+    return lines
 
 
 def _tracking_lines(rows: list[dict[str, Any]]) -> list[str]:
