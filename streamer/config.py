@@ -575,25 +575,56 @@ class Mqtt(Strict):
     username: str | None = Field(default=None, description="user name, when the broker asks for one")
     password: SecretStr | None = Field(default=None, description="password; `${NAME}` is replaced by the environment variable NAME. "
                                        "Never printed")
-    client_id: str = Field(default="streamer", pattern=r"^[A-Za-z0-9_.-]{1,48}$", description="MQTT client id; each source "
-                           "connects as `CLIENT_ID-SOURCE`")
+    client_id: str = Field(default="streamer", pattern=r"^[A-Za-z0-9_.-]{1,48}$", description="MQTT client id of the daemon "
+                           "(one connection for every source); give each daemon on a broker its own")
     topic_prefix: str = Field(default="streamer", pattern=r"^[^#+]{1,100}$", description="topics are `PREFIX/SOURCE/KIND`; "
                               "the daemon's availability is `PREFIX/availability` (`online`/`offline`)")
     qos: Literal[0, 1, 2] = Field(default=1, description="MQTT quality of service: `1` (at least once: receivers drop repeats by "
                                   "the event id) or `2`; `0` may lose what is in flight when the connection drops")
+    home_assistant: bool = Field(default=False, description="publish Home Assistant MQTT discovery: a device per source with a "
+                                 "sensor per line direction, zone and category count and a binary sensor per zone (occupied)")
+    discovery_prefix: str = Field(default="homeassistant", pattern=r"^[A-Za-z0-9_-][A-Za-z0-9_/-]{0,99}$",
+                                  description="Home Assistant's MQTT discovery prefix (its `discovery_prefix`)")
 
     @field_validator("password", mode="before")
     @classmethod
     def _password_from_environment(cls, value: object) -> object:
-        if not isinstance(value, str):
-            return value
+        return _from_environment(value)
 
-        def lookup(match: re.Match) -> str:
-            if match.group(1) not in os.environ:
-                raise ValueError(f"environment variable {match.group(1)} is not set")
-            return os.environ[match.group(1)]
 
-        return re.sub(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}", lookup, value)
+def _from_environment(value: object) -> object:
+    """`${NAME}` in a secret's text replaced by the environment variable NAME (an error when it is not set)."""
+    if not isinstance(value, str):
+        return value
+
+    def lookup(match: re.Match) -> str:
+        if match.group(1) not in os.environ:
+            raise ValueError(f"environment variable {match.group(1)} is not set")
+        return os.environ[match.group(1)]
+
+    return re.sub(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}", lookup, value)
+
+
+EventKind = Literal["source_state", "track_start", "line_crossing", "zone_entry", "zone_exit", "loitering", "track_end", "counts"]
+
+
+class Webhook(Strict):
+    """One of events.webhooks: an HTTP receiver of events (README, Events)."""
+
+    url: str = Field(pattern=r"^https?://[^\s/?#]+", examples=["https://hooks.example.com/streamer"],
+                     description="where each event is POSTed as JSON (`http://` or `https://`); never logged with its "
+                     "credentials or query")
+    kinds: tuple[EventKind, ...] | None = Field(default=None, examples=[["line_crossing", "zone_entry"]],
+                                                description="the kinds of event it gets; `null`: all")
+    secret: SecretStr | None = Field(default=None, description="signs each body: `X-Streamer-Signature: sha256=HEX`, the "
+                                     "HMAC-SHA256 of the raw body; `${NAME}` is replaced by the environment variable NAME. "
+                                     "Never printed")
+    timeout_s: float = Field(default=5.0, gt=0, le=300, description="how long one POST may take; slower is a failure, retried")
+
+    @field_validator("secret", mode="before")
+    @classmethod
+    def _secret_from_environment(cls, value: object) -> object:
+        return _from_environment(value)
 
 
 class Events(Strict):
@@ -612,6 +643,17 @@ class Events(Strict):
                                 "pixels wide (the crop is cut from that picture)")
     snapshot_quality: int = Field(default=85, ge=1, le=100, description="JPEG quality of the snapshots (1-100)")
     mqtt: Mqtt = Field(default=Mqtt(), description="publish events to an MQTT broker")
+    webhooks: tuple[Webhook, ...] = Field(default=(), examples=[[{"url": "https://hooks.example.com/streamer", "secret": "${HOOK_SECRET}",
+                                                                  "kinds": ["line_crossing"]}]],
+                                          description="HTTP receivers: a JSON POST per event, in order, retried with backoff")
+
+    @field_validator("webhooks")
+    @classmethod
+    def _one_per_url(cls, webhooks: tuple[Webhook, ...]) -> tuple[Webhook, ...]:
+        urls = [w.url for w in webhooks]
+        if len(set(urls)) < len(urls):
+            raise ValueError("every webhook needs its own url (each keeps its place in the log by it)")
+        return webhooks
 
 
 SpeedUnit = Literal["kmh", "mph"]

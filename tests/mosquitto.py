@@ -107,10 +107,10 @@ class Subscriber:
             self.messages.append((message.topic, message.payload.decode(), bool(message.retain)))
 
     def events(self, kind: str | None = None) -> list[dict]:
-        """Every event message (not availability), in arrival order."""
+        """Every event message (not availability, occupancy or discovery), in arrival order."""
         with self._lock:
             got = list(self.messages)
-        out = [json.loads(p) for t, p, _ in got if not t.endswith("/availability") and p]
+        out = [json.loads(p) for t, p, _ in got if not t.endswith(("/availability", "/config")) and "/occupancy/" not in t and p]
         return [e for e in out if kind is None or e["kind"] == kind]
 
     def wait_for(self, predicate, timeout: float = 30.0) -> bool:

@@ -6,6 +6,7 @@ import json
 import logging
 import multiprocessing
 import os
+import re
 import signal
 import threading
 import time
@@ -58,7 +59,7 @@ def test_events_arrive_in_order_counts_retained_availability_online_then_offline
     try:
         stored = log.append(batch(200))
         log.append([NewEvent("counts", "cam0", 14.0, time.time(), {"objects_total": {"car": 3}, "lines": {"h": {}}, "zones": {}})])
-        sink = MqttSink(log, "cam0", MqttSettings("127.0.0.1", broker.port, topic_prefix="st"))
+        sink = MqttSink(log, MqttSettings("127.0.0.1", broker.port, topic_prefix="st"))
         assert sub.wait_for(lambda s: len(s.events()) == 201)
         check_delivery(sub.events(), list(range(1, 202)))
         first = sub.events()[0]
@@ -66,7 +67,7 @@ def test_events_arrive_in_order_counts_retained_availability_online_then_offline
         topics = {t for t, _, _ in sub.messages}
         assert topics == {"st/cam0/line_crossing", "st/cam0/counts", "st/availability"}
         assert ("st/availability", "online", False) in sub.messages or ("st/availability", "online", True) in sub.messages
-        assert sub.wait_for(lambda s: log.cursor("mqtt:cam0") == 201, 10), "the cursor follows the acknowledgements"
+        assert sub.wait_for(lambda s: log.cursor("mqtt") == 201, 10), "the cursor follows the acknowledgements"
         late = Subscriber(broker.port, "st/#")  # retained: what a new subscriber learns at once
         assert late.wait_for(lambda s: len(s.messages) >= 2, 10)
         retained = {t: (p, r) for t, p, r in late.messages}
@@ -101,7 +102,7 @@ def test_a_broker_down_at_start_then_killed_mid_stream_loses_nothing(tmp_path, c
     broker = Broker(tmp_path / "broker", persistent=True)
     broker.kill()  # down at start
     log = EventLog(tmp_path / "events")
-    sink = MqttSink(log, "cam0", MqttSettings("127.0.0.1", broker.port))
+    sink = MqttSink(log, MqttSettings("127.0.0.1", broker.port))
     stop = threading.Event()
     waits: list[float] = []
 
@@ -119,7 +120,7 @@ def test_a_broker_down_at_start_then_killed_mid_stream_loses_nothing(tmp_path, c
     producer.start()
     try:
         time.sleep(1.0)
-        assert log.cursor("mqtt:cam0") == 0 and log.count() > 0
+        assert log.cursor("mqtt") == 0 and log.count() > 0
         broker.start()
         sub = Subscriber(broker.port, durable=True)
         assert sub.wait_for(lambda s: len(s.events()) > 600, 30), "delivered once the broker is up"
@@ -129,13 +130,13 @@ def test_a_broker_down_at_start_then_killed_mid_stream_loses_nothing(tmp_path, c
         # the cursor once the sink has seen the broker go and settled the acknowledgements that had
         # arrived before the kill: with no broker it cannot move any more
         assert wait_until(lambda: any("lost the broker" in r.getMessage() for r in caplog.records), 10)
-        at_kill = steady(lambda: log.cursor("mqtt:cam0"))
+        at_kill = steady(lambda: log.cursor("mqtt"))
         assert at_kill < 2500, "killed mid-stream"
         time.sleep(1.5)
         broker.start()
         assert sub.resubscribed()
         producer.join(60)
-        assert sub.wait_for(lambda s: log.cursor("mqtt:cam0") == 3000, 60), log.cursor("mqtt:cam0")
+        assert sub.wait_for(lambda s: log.cursor("mqtt") == 3000, 60), log.cursor("mqtt")
         # What the killed broker had acknowledged but not yet passed on may have died with it (saved
         # every second only); everything after the sink's cursor at the kill was sent again and arrives,
         # a repeat always with its id. (The order on each connection: the other tests; a restarted broker
@@ -161,11 +162,11 @@ def test_every_event_arrives_across_a_broker_restart_with_a_persistent_subscribe
     broker = Broker(tmp_path / "broker", persistent=True)  # the subscriber's session outlives the kill
     sub = Subscriber(broker.port, "streamer/#", durable=True)
     log = EventLog(tmp_path / "events")
-    sink = MqttSink(log, "cam0", MqttSettings("127.0.0.1", broker.port))
+    sink = MqttSink(log, MqttSettings("127.0.0.1", broker.port))
     try:
         log.append(batch(1000))
         sink.wake()
-        assert sub.wait_for(lambda s: len(s.events()) == 1000 and log.cursor("mqtt:cam0") == 1000, 30)
+        assert sub.wait_for(lambda s: len(s.events()) == 1000 and log.cursor("mqtt") == 1000, 30)
         time.sleep(1.5)  # the session saved
         sub.forget()
         broker.kill()
@@ -174,7 +175,7 @@ def test_every_event_arrives_across_a_broker_restart_with_a_persistent_subscribe
         time.sleep(0.5)
         broker.start()
         assert sub.resubscribed()
-        assert sub.wait_for(lambda s: log.cursor("mqtt:cam0") == 2000 and len({e["seq"] for e in s.events()}) == 2000, 60)
+        assert sub.wait_for(lambda s: log.cursor("mqtt") == 2000 and len({e["seq"] for e in s.events()}) == 2000, 60)
         check_delivery(sub.events(), list(range(1, 2001)))
     finally:
         sink.close()
@@ -185,7 +186,7 @@ def test_every_event_arrives_across_a_broker_restart_with_a_persistent_subscribe
 
 def _deliver(folder: str, port: int) -> None:
     log = EventLog(folder)
-    MqttSink(log, "cam0", MqttSettings("127.0.0.1", port))
+    MqttSink(log, MqttSettings("127.0.0.1", port))
     time.sleep(600)
 
 
@@ -197,17 +198,17 @@ def test_a_sink_killed_with_sigkill_resumes_from_its_cursor(tmp_path):
     try:
         child = multiprocessing.get_context("spawn").Process(target=_deliver, args=(str(tmp_path / "events"), broker.port))
         child.start()
-        assert sub.wait_for(lambda s: log.cursor("mqtt:cam0") > 1000, 60)
+        assert sub.wait_for(lambda s: log.cursor("mqtt") > 1000, 60)
         os.kill(child.pid, signal.SIGKILL)
         child.join(10)
-        at_kill = log.cursor("mqtt:cam0")
+        at_kill = log.cursor("mqtt")
         assert at_kill < 5000, "killed mid-delivery"
         # the cursor is what the broker acknowledged: all of it reaches the subscriber, a moment later
         assert sub.wait_for(lambda s: len({e["seq"] for e in s.events()}) >= at_kill, 30), "the cursor never runs ahead"
         got_before = len(sub.events())
-        sink = MqttSink(log, "cam0", MqttSettings("127.0.0.1", broker.port))
+        sink = MqttSink(log, MqttSettings("127.0.0.1", broker.port))
         assert sink.cursor == at_kill
-        assert sub.wait_for(lambda s: log.cursor("mqtt:cam0") == 5000, 60)
+        assert sub.wait_for(lambda s: log.cursor("mqtt") == 5000, 60)
         assert sub.wait_for(lambda s: len({e["seq"] for e in s.events()}) == 5000, 30), "acknowledged, then passed on"
         sink.close()
         received = sub.events()
@@ -227,15 +228,15 @@ def test_a_password_broker_the_right_password_and_a_wrong_one_never_printed(tmp_
     log = EventLog(tmp_path / "events")
     log.append(batch(20))
     try:
-        wrong = MqttSink(log, "cam0", MqttSettings("127.0.0.1", broker.port, username="cam", password="wrong-pass"))
+        wrong = MqttSink(log, MqttSettings("127.0.0.1", broker.port, username="cam", password="wrong-pass"))
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline and not any("refused" in r.getMessage() for r in caplog.records):
             time.sleep(0.05)
         refused = [r.getMessage() for r in caplog.records if "refused" in r.getMessage()]
         assert refused and ("Not authorized" in refused[0] or "Bad user name or password" in refused[0]), refused
-        assert sub.events() == [] and log.cursor("mqtt:cam0") == 0, "nothing delivered, everything kept"
+        assert sub.events() == [] and log.cursor("mqtt") == 0, "nothing delivered, everything kept"
         wrong.close()
-        right = MqttSink(log, "cam0", MqttSettings("127.0.0.1", broker.port, username="cam", password="s3cret-pass"))
+        right = MqttSink(log, MqttSettings("127.0.0.1", broker.port, username="cam", password="s3cret-pass"))
         assert sub.wait_for(lambda s: len(s.events()) == 20, 20)
         check_delivery(sub.events(), list(range(1, 21)))
         right.close()
@@ -255,7 +256,7 @@ def test_a_broker_that_cannot_be_reached_is_one_warning_and_the_events_wait(tmp_
     settings = (MqttSettings("no-such-host.invalid", 1883) if case == "no such host"
                 else MqttSettings("127.0.0.1", broker.port, tls=True))
     try:
-        sink = MqttSink(log, "cam0", settings)
+        sink = MqttSink(log, settings)
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline and not any("cannot reach" in r.getMessage() for r in caplog.records):
             time.sleep(0.05)
@@ -264,7 +265,73 @@ def test_a_broker_that_cannot_be_reached_is_one_warning_and_the_events_wait(tmp_
         assert time.monotonic() - started < 3, "closing does not wait for a broker it never reached"
         warnings = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
         assert any(f"cannot reach {settings.host}:{settings.port}" in w for w in warnings), warnings
-        assert log.cursor("mqtt:cam0") == 0 and log.count() == 5, "the events wait in the log"
+        assert log.cursor("mqtt") == 0 and log.count() == 5, "the events wait in the log"
     finally:
+        log.close()
+        broker.stop()
+
+
+def render(template: str, payload: str) -> str:
+    """A discovery value_template as Home Assistant renders it: Jinja2 (sandboxed), `value` the payload, `value_json` its JSON."""
+    from jinja2.sandbox import SandboxedEnvironment
+
+    try:
+        parsed = json.loads(payload)
+    except ValueError:
+        parsed = None
+    return SandboxedEnvironment().from_string(template).render(value=payload, value_json=parsed).strip()
+
+
+def test_home_assistant_discovery_configs_are_retained_with_the_keys_it_needs_and_read_values_that_arrive(tmp_path):
+    """One connection for two sources; each source a device; every config's state topic carries a
+    retained value its template reads: the counts' totals and the zone's occupancy."""
+    from streamer.outputs.events.homeassistant import SourceLayout
+
+    broker = Broker(tmp_path / "broker")
+    log = EventLog(tmp_path / "events")
+    now = time.time()
+    counts = {"objects_total": {"car": 3}, "lines": {"h": {"car": {"in": 2, "out": 1}, "person": {"in": 0, "out": 1}}},
+              "zones": {"left zone": {"car": 2}}}
+    log.append([NewEvent("source_state", "cam0", 0.0, now, {"state": "connected", "connection": 0}),
+                NewEvent("source_state", "cam.1", 0.0, now, {"state": "connected", "connection": 0}),
+                NewEvent("zone_entry", "cam0", 1.0, now, {"zone": "left zone", "category": "car", "track_id": 4, "position": [1, 2],
+                                                          "counted": True, "occupancy": 1}),
+                NewEvent("counts", "cam0", 1.0, now, counts),
+                NewEvent("counts", "cam.1", 1.0, now, {"objects_total": {}, "lines": {}, "zones": {"z": {}}})])
+    layouts = [SourceLayout("cam0", ("h",), ("left zone",), ("car", "person")), SourceLayout("cam.1", (), ("z",), ("car",))]
+    sink = MqttSink(log, MqttSettings("127.0.0.1", broker.port, topic_prefix="st", client_id="d1", home_assistant=True,
+                                      discovery_prefix="ha"), layouts)
+    try:
+        assert wait_until(lambda: log.cursor("mqtt") == 5, 10)
+        sub = Subscriber(broker.port)  # after the fact: only what is retained
+        expected_configs = 2 * 1 + 2 + 2 + 1 + 2  # cam0: 2 categories, h in/out, zone entries + occupied; cam.1: 1 category, z both
+        assert sub.wait_for(lambda s: sum(t.startswith("ha/") for t, _, _ in s.messages) == expected_configs, 10)
+        time.sleep(0.3)
+        retained = {t: p for t, p, r in sub.messages if r}
+        sub.close()
+        configs = {t: json.loads(p) for t, p in retained.items() if t.startswith("ha/")}
+        assert len(configs) == expected_configs
+        values: dict[tuple[str, str], str] = {}
+        for topic, config in configs.items():
+            component = topic.split("/")[1]
+            assert re.fullmatch(r"ha/(sensor|binary_sensor)/[A-Za-z0-9_-]+/[A-Za-z0-9_-]+/config", topic), topic
+            assert {"name", "unique_id", "state_topic", "value_template", "device", "availability_topic"} <= set(config)
+            assert config["device"]["identifiers"] and isinstance(config["device"]["identifiers"], list)
+            assert config["availability_topic"] == "st/availability" and retained["st/availability"] == "online"
+            assert (config["payload_available"], config["payload_not_available"]) == ("online", "offline")
+            assert config["state_topic"] in retained, f"{config['state_topic']} carries a retained value"
+            value = render(config["value_template"], retained[config["state_topic"]])
+            if component == "binary_sensor":
+                assert config["device_class"] == "occupancy" and value in (config["payload_on"], config["payload_off"])
+            else:
+                assert config["state_class"] == "total_increasing" and value.isdigit(), (topic, value)
+            values[config["device"]["name"], config["name"]] = value
+        assert len({c["unique_id"] for c in configs.values()}) == len(configs), "unique ids"
+        assert len({c["device"]["identifiers"][0] for c in configs.values()}) == 2, "a device per source"
+        assert values == {("cam0", "car seen"): "3", ("cam0", "person seen"): "0", ("cam0", "h in"): "2", ("cam0", "h out"): "2",
+                          ("cam0", "left zone entries"): "2", ("cam0", "left zone occupied"): "ON",
+                          ("cam.1", "car seen"): "0", ("cam.1", "z entries"): "0", ("cam.1", "z occupied"): "OFF"}
+    finally:
+        sink.close()
         log.close()
         broker.stop()

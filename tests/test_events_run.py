@@ -71,7 +71,7 @@ def test_published_crossings_zone_entries_and_retained_counts_equal_the_runs_cou
         assert late.messages[0][2] and json.loads(late.messages[0][1])["lines"] == counts["lines"], "counts are retained"
         late.close()
         log = EventLog(tmp_path / "events")
-        assert log.count() == len(published) and log.cursor("mqtt:street") == len(published)
+        assert log.count() == len(published) and log.cursor("mqtt") == len(published)
         log.close()
     finally:
         sub.close()
@@ -101,7 +101,7 @@ def test_a_daemon_killed_with_sigkill_while_the_broker_is_down_delivers_everythi
         first.wait(10)
         log = EventLog(folder)
         kept = [e.seq for e in log.after(0, 10**6)]
-        assert log.cursor("mqtt:street") == 0 and kept == list(range(1, len(kept) + 1))
+        assert log.cursor("mqtt") == 0 and kept == list(range(1, len(kept) + 1))
         log.close()
 
         broker.start()
@@ -114,7 +114,7 @@ def test_a_daemon_killed_with_sigkill_while_the_broker_is_down_delivers_everythi
         assert sub.wait_for(lambda s: len(s.events()) >= total, 20)
         seqs = [e["seq"] for e in sub.events()]
         assert seqs == list(range(1, total + 1)), "the killed run's events first, then the new run's, in order, none lost"
-        assert total > len(kept) and log.cursor("mqtt:street") == total
+        assert total > len(kept) and log.cursor("mqtt") == total
         log.close()
         sub.close()
     finally:

@@ -6,6 +6,7 @@ only in `streamer.config`. The pipeline, `streamer eval` and `streamer bench` al
 from __future__ import annotations
 
 import logging
+import weakref
 from collections.abc import Callable
 from contextlib import ExitStack
 from dataclasses import dataclass
@@ -35,6 +36,8 @@ if TYPE_CHECKING:  # torch-heavy: imported when the pipeline builds them, after 
     from streamer.inference.counting import Counter
     from streamer.inference.fusion import FusionParams
     from streamer.inference.tracking import TrackingParams
+    from streamer.outputs.events.delivery import Delivery
+    from streamer.outputs.events.log import EventLog
     from streamer.outputs.live import LiveFeed
     from streamer.outputs.render import Renderer
     from streamer.service.metrics import WatchedSource
@@ -201,7 +204,7 @@ def outputs(config: Config, source: OpenedSource, locks: ExitStack) -> list[Outp
         (config.output.export_dir, lambda: export(config, source.settings, config.categories(), several, locks)),
         (config.output.display, DisplayOutput),
         (config.server.enabled, lambda: live_feed(config, source.settings.id)),  # its viewers' streams end when it closes
-        (config.events.enabled, lambda: events_output(config, source.settings)),
+        (config.events.enabled, lambda: events_output(config, source.settings, locks)),
     ]
     made: list[Output] = []
     with ExitStack() as undo:
@@ -213,37 +216,90 @@ def outputs(config: Config, source: OpenedSource, locks: ExitStack) -> list[Outp
     return made
 
 
-def events_output(config: Config, source: Source) -> Output:
-    """The source's events: logged in events.dir, delivered over MQTT when events.mqtt.host is set."""
+_deliveries: weakref.WeakKeyDictionary[ExitStack, Delivery] = weakref.WeakKeyDictionary()  # a run's stack -> its sinks
+
+
+def delivery_of(stack: ExitStack) -> Delivery | None:
+    """The sinks events_output made for the run whose stack is `stack` (None: events are off)."""
+    return _deliveries.get(stack)
+
+
+def event_log(config: Config) -> EventLog:
+    """A connection to the event log in events.dir (made if missing). Raises CannotCreate."""
     import sqlite3
 
     from streamer.errors import CannotCreate
-    from streamer.frames import Zone
     from streamer.outputs.events.log import EventLog
-    from streamer.outputs.events.output import EventsOutput, Sink
 
     settings = config.events
     try:
-        events_log = EventLog(settings.dir, settings.keep_days, settings.max_mb)
+        return EventLog(settings.dir, settings.keep_days, settings.max_mb)
     except (OSError, sqlite3.Error) as exc:
         raise CannotCreate(f"events.dir {settings.dir}: cannot open the event log: {exc}; choose a folder you can write") from None
-    sinks: list[Sink] = []
+
+
+def delivery(config: Config) -> Delivery:
+    """The run's sinks: one MQTT connection for every source (events.mqtt.host set), each of
+    events.webhooks. Raises ConfigError (exit 78) when paho-mqtt is needed and missing."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    from streamer.errors import ConfigError
+    from streamer.outputs.events.delivery import Delivery, DeliverySink
+    from streamer.outputs.events.webhook import WebhookSettings, WebhookSink
+
+    settings = config.events
+    mqtt = settings.mqtt
+    if mqtt.host is not None:
+        try:
+            import paho.mqtt  # noqa: F401
+        except ImportError:
+            raise ConfigError("events.mqtt.host is set but paho-mqtt is not installed: pip install 'streamer[mqtt]'") from None
+    events_log = event_log(config)
+    sinks: list[DeliverySink] = []
     try:
-        host = settings.mqtt.host
-        if host is not None:
+        if mqtt.host is not None:
+            from streamer.outputs.events.homeassistant import SourceLayout
             from streamer.outputs.events.mqtt import MqttSettings, MqttSink
 
-            mqtt = settings.mqtt
+            things = tuple(c.name for c in config.categories() if c.isthing)
+            layouts = [SourceLayout(s.id, tuple(s.lines), tuple(s.zones), things) for s in config.all_sources()]
             try:
-                import paho.mqtt  # noqa: F401
-            except ImportError:
-                raise StreamerError("events.mqtt needs paho-mqtt: pip install 'streamer[mqtt]'") from None
-            sinks.append(MqttSink(events_log, source.id, MqttSettings(
-                host, mqtt.port, mqtt.tls, mqtt.username, mqtt.password.get_secret_value() if mqtt.password else None,
-                mqtt.client_id, mqtt.topic_prefix, mqtt.qos)))
+                release = version("streamer")
+            except PackageNotFoundError:
+                release = ""
+            sinks.append(MqttSink(events_log, MqttSettings(
+                mqtt.host, mqtt.port, mqtt.tls, mqtt.username, mqtt.password.get_secret_value() if mqtt.password else None,
+                mqtt.client_id, mqtt.topic_prefix, mqtt.qos, mqtt.home_assistant, mqtt.discovery_prefix), layouts, release))
+        for hook in settings.webhooks:
+            sinks.append(WebhookSink(events_log, WebhookSettings(
+                hook.url, frozenset(hook.kinds) if hook.kinds is not None else None,
+                hook.secret.get_secret_value() if hook.secret else None, hook.timeout_s)))
     except BaseException:
-        events_log.close()
+        Delivery(events_log, sinks).close()
         raise
+    return Delivery(events_log, sinks)
+
+
+def events_output(config: Config, source: Source, locks: ExitStack) -> Output:
+    """The source's events: logged in events.dir (its lock joins `locks`: one daemon per event log),
+    delivered by the run's sinks (made with the first source's events, closed with `locks`)."""
+    from streamer.errors import CannotCreate
+    from streamer.frames import Zone
+    from streamer.outputs.events.output import EventsOutput
+
+    settings = config.events
+    folder = Path(settings.dir)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise CannotCreate(f"events.dir {folder}: cannot create it ({exc.strerror}); choose a folder you can write") from None
+    locks.enter_context(holding(folder, "event log"))
+    shared = _deliveries.get(locks)
+    if shared is None:
+        shared = _deliveries[locks] = delivery(config)
+        locks.callback(shared.close)  # after every source's outputs: they are closed before, in the stack's reverse order
+    events_log = event_log(config)
+    sinks = [shared.source_waker()]
     zones = [Zone(name, points) for name, points in source.zones.items()]
     return EventsOutput(source.id, events_log, zones, {c.id: c.name for c in config.categories()}, config.tracking.max_lost_s, sinks,
                         settings.snapshot_width if settings.snapshots else None, settings.snapshot_quality)
