@@ -10,7 +10,7 @@ import math
 import numpy as np
 import pytest
 import torch
-from helpers import run_cli, the_error
+from helpers import cli_env, run_cli, the_error
 
 from streamer.frames import Category
 from streamer.inference.fusion import FusionParams, fuse
@@ -24,7 +24,7 @@ from streamer.tools.bench.report import targets
 TINY = [
     "--size", "160x96", "--frames", "6", "--repeats", "1", "--memory-frames", "12",
     "--micro-sizes", "160x96,200x120", "--instances", "3,12", "--micro-repeats", "2", "--tracking-frames", "8",
-    "--detections", "200x120:20", "--semantic-frames", "2",
+    "--detections", "200x120:20", "--semantic-frames", "2", "--backends", "torch,onnxruntime",
     # the demo models, run small: Mask R-CNN and the Unet see 160x96
     "--set", "models.semantic.input_size=[160,96]", "--set", "models.instance.min_size=96",
     "--set", "models.instance.max_size=160",
@@ -38,8 +38,10 @@ def positive(stats: dict) -> bool:
 
 @pytest.fixture(scope="module")
 def report(tmp_path_factory) -> tuple[dict, str]:
-    path = tmp_path_factory.mktemp("bench") / "sub" / "bench.json"
-    result = run_cli("bench", *TINY, "--json", str(path), timeout=240)
+    folder = tmp_path_factory.mktemp("bench")
+    path = folder / "sub" / "bench.json"
+    # the ONNX Runtime export is made into this cache, not the user's
+    result = run_cli("bench", *TINY, "--json", str(path), timeout=240, env=cli_env(XDG_CACHE_HOME=str(folder / "cache")))
     assert result.returncode == 0, result.stderr[-3000:]
     assert "Traceback" not in result.stderr
     return json.loads(path.read_text()), result.stdout
@@ -137,6 +139,8 @@ def test_the_load_it_ran_under_and_the_semantic_network_per_backend(report):
     torch_row = backends["semantic"]["torch"]
     assert torch_row["ms"] > 0 and torch_row["ms_stats"]["n"] == 2 and len(torch_row["runs_ms"]) == 1
     assert torch_row["vs_torch"] == 1.0 and torch_row["dtype"] == "float32"
+    onnx_row = backends["semantic"]["onnxruntime"]  # the same frames through the export `run` would use
+    assert onnx_row["ms"] > 0 and onnx_row["ms_stats"]["n"] == 2 and onnx_row["vs_torch"] == round(torch_row["ms"] / onnx_row["ms"], 3)
     assert "semantic network alone at 160x96" in stdout
 
 

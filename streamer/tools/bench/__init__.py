@@ -72,7 +72,7 @@ def add_parser(commands: Any) -> None:
     parser.add_argument("--json", metavar="PATH", help="also write every number to this JSON file")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing --json file")
     parser.add_argument("--micro-sizes", type=size_list, default=MICRO_SIZES, metavar="WxH,...",
-                        help="fusion/overlay/tracking frame sizes (default 1280x720,1920x1080)")
+                        help="fusion/overlay/tracking frame sizes (default 1280x720,1920x1080; none: off)")
     parser.add_argument("--instances", type=count_list, default=MICRO_INSTANCES, metavar="N,...",
                         help="fusion/overlay instance counts, tracked objects (default 10,50,100)")
     parser.add_argument("--micro-repeats", type=positive_int, default=MICRO_REPEATS, metavar="R",
@@ -100,6 +100,8 @@ def add_parser(commands: Any) -> None:
 
 
 def size_list(text: str) -> tuple[tuple[int, int], ...]:
+    if text == "none":
+        return ()
     return tuple(frame_size(item) for item in text.split(","))
 
 

@@ -130,8 +130,8 @@ def targets(report: dict[str, Any]) -> list[dict[str, Any]]:
     growth = memory["growth_pct"] if memory else None
     out.append({"name": "RSS at frame N within 5% of frame N/10", "value": growth,
                 "met": abs(growth) <= RSS_GROWTH_PCT if growth is not None else None})
-    out.append({"name": "every fusion output identical to the reference loop", "value": all(r["identical"] for r in report["fusion"]),
-                "met": all(r["identical"] for r in report["fusion"])})
+    identical = all(r["identical"] for r in report["fusion"]) if report["fusion"] else None
+    out.append({"name": "every fusion output identical to the reference loop", "value": identical, "met": identical})
     return [judged(target, report.get("load")) for target in out]
 
 
@@ -235,6 +235,9 @@ def _backend_lines(backends: dict[str, Any] | None) -> list[str]:
     lines = ["", f"semantic network alone at {width}x{height} ({backends['frames']} frames, one at a time, backends in turn)",
              f"{'  backend':<28}{'ms/frame':>10}{'[min - max]':>19}{'vs torch':>10}  dtype"]
     for name, row in backends["semantic"].items():
+        if "error" in row:
+            lines.append(f"{'  ' + name:<28}  not run: {row['error']}")
+            continue
         stats = row["ms_stats"]
         spread = f"[{stats['min']:.1f} - {stats['max']:.1f}]"
         lines.append(f"{'  ' + name:<28}{row['ms']:>10.1f}{spread:>19}{row.get('vs_torch', float('nan')):>9.2f}x  {row['dtype']}")
