@@ -60,6 +60,26 @@ class Segment:
     track_id: int | None = None  # things: the object across frames (None: not tracked, or its track is too new)
 
 
+KMH_PER_MPS = 3.6
+MPH_PER_MPS = 3600.0 / 1609.344
+
+
+@dataclass(frozen=True)
+class Speed:
+    """A track's speed on one frame, from its ground points (streamer.analytics.speed)."""
+
+    mps: float  # metres per second, >= 0
+    plausible: bool  # False: above its category's cap; never reported as a measurement
+
+    @property
+    def kmh(self) -> float:
+        return self.mps * KMH_PER_MPS
+
+    def shown(self, unit: str) -> str:
+        """'43 km/h', or '27 mph' for `unit` 'mph'."""
+        return f"{self.mps * MPH_PER_MPS:.0f} mph" if unit == "mph" else f"{self.kmh:.0f} km/h"
+
+
 @dataclass(frozen=True)
 class Panoptic:
     """A frame with its fused panoptic segmentation."""
@@ -73,6 +93,7 @@ class Panoptic:
     events: tuple[Event, ...] = ()  # the line crossings and zone entries of this frame
     capped: bool = False  # the instance model returned its detections_per_image: there may have been more
     zone_times: ZoneVisits | None = None  # time in the source's zones after this frame (None: no zones, or not tracking)
+    speeds: Mapping[int, Speed] = field(default_factory=dict)  # track id -> its speed on this frame (tracks with one only)
 
 
 @dataclass(frozen=True)

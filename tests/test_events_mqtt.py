@@ -8,6 +8,7 @@ import multiprocessing
 import os
 import re
 import signal
+import sys
 import threading
 import time
 
@@ -335,3 +336,60 @@ def test_home_assistant_discovery_configs_are_retained_with_the_keys_it_needs_an
         sink.close()
         log.close()
         broker.stop()
+
+
+def test_a_wrong_password_and_a_dead_webhook_show_in_healthz_metrics_and_the_status_line_while_the_events_wait(tmp_path, caplog):
+    """The daemon's sinks as build makes them from the config: one line each at the first failure, their
+    state and last error in /healthz and /metrics, and the log keeps every event for them."""
+    import torch
+
+    from streamer import control as ctl
+    from streamer.config import validate
+    from streamer.service import build
+    from streamer.service.metrics import Metrics
+
+    broker = Broker(tmp_path / "broker", users={"cam": "right-pass"})
+    config = validate({"source": {"uri": "synthetic:street", "id": "street"}, "events": {
+        "enabled": True, "dir": str(tmp_path / "events"),
+        "webhooks": [{"url": "http://127.0.0.1:1/hook?key=k-secret", "secret": "s-secret"}],
+        "mqtt": {"host": "127.0.0.1", "port": broker.port, "username": "cam", "password": "wrong-pass"}}})
+    delivery = build.delivery(config)
+    log = EventLog(tmp_path / "events")
+    try:
+        log.append(batch(7))
+        delivery.wake()
+        wait_until(lambda: all(state.error for state in delivery.states()), 10, what=lambda: delivery.states())
+        metrics = Metrics([], ctl.Control(), 60.0, torch.device("cpu"))
+        metrics.watch_events(delivery)
+        ok, body = metrics.health()
+        mqtt, hook = body["events"]["sinks"]["mqtt"], body["events"]["sinks"]["webhook1"]
+        assert mqtt["state"] == "connecting" and mqtt["waiting"] == 7 and "refused" in mqtt["error"]
+        assert "Not authorized" in mqtt["error"] or "Bad user name or password" in mqtt["error"]
+        assert hook["state"] == "retrying" and hook["waiting"] == 7 and "cannot reach" in hook["error"]
+        assert body["events"]["dropped"] == 0
+        exposition = metrics.exposition()[1].decode()
+        assert 'streamer_event_sink_up{sink="mqtt"} 0.0' in exposition and 'streamer_events_waiting{sink="webhook1"} 7.0' in exposition
+        text = delivery.text()
+        assert text.startswith("events: mqtt connecting (refused: ") and ", 7 waiting; webhook http://127.0.0.1:1/hook?key=" in text
+        refusals = [r.getMessage() for r in caplog.records if "refused the connection" in r.getMessage()]
+        assert len(refusals) == 1, "one line, not one per retry"
+        shown = caplog.text + json.dumps(body) + exposition + text
+        assert not any(secret in shown for secret in ("wrong-pass", "right-pass", "k-secret", "s-secret"))
+        assert log.count() == 7 and log.cursor("mqtt") == 0, "the events wait in the log"
+    finally:
+        delivery.close()
+        log.close()
+        broker.stop()
+
+
+def test_mqtt_without_paho_is_one_line_naming_the_extra_exit_78(tmp_path, monkeypatch):
+    from streamer.config import validate
+    from streamer.errors import ConfigError
+    from streamer.service import build
+
+    config = validate({"source": {"uri": "synthetic:street"}, "events": {"enabled": True, "dir": str(tmp_path), "mqtt": {"host": "b"}}})
+    monkeypatch.setitem(sys.modules, "paho", None)  # as if it were not installed: importing it raises ImportError
+    monkeypatch.setitem(sys.modules, "paho.mqtt", None)
+    with pytest.raises(ConfigError, match=r"pip install 'streamer\[mqtt\]'") as caught:
+        build.delivery(config)
+    assert caught.value.exit_code == 78 and not (tmp_path / "events.sqlite").exists(), "refused before the log is touched"

@@ -3,15 +3,18 @@ the events published against the run's export counts; a daemon killed with SIGKI
 from __future__ import annotations
 
 import json
+import os
 import signal
 import sqlite3
 import subprocess
 import sys
 import time
+import urllib.error
+import urllib.request
 
 import pytest
 from helpers import cli_env, run_cli
-from mosquitto import Broker, Subscriber
+from mosquitto import Broker, Subscriber, free_port
 
 from streamer.outputs.events.log import EventLog
 
@@ -25,6 +28,15 @@ ZONE = "source.zones={left: [[0, 200], [320, 200], [320, 360], [0, 360]]}"
 def events_args(folder, port: int) -> list[str]:
     return ["--set", "events.enabled=true", "--set", f"events.dir={folder}", "--set", "events.mqtt.host=127.0.0.1",
             "--set", f"events.mqtt.port={port}", "--set", "events.mqtt.topic_prefix=st", "--set", "source.id=street"]
+
+
+def healthz(port: int) -> dict:
+    """The daemon's /healthz body (503 until its first frame, and when unhealthy: the same JSON)."""
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=10) as answer:
+            return json.loads(answer.read())
+    except urllib.error.HTTPError as exc:
+        return json.loads(exc.read())
 
 
 def crossings(events: list[dict]) -> dict:
@@ -82,8 +94,10 @@ def test_a_daemon_killed_with_sigkill_while_the_broker_is_down_delivers_everythi
     broker = Broker(tmp_path / "broker")
     broker.kill()  # down: the first run only logs
     folder = tmp_path / "events"
+    port = free_port()
     first = subprocess.Popen([sys.executable, "-m", "streamer", "run", "--source", "synthetic:street?seed=1026&frames=400",
-                              "--device", "cpu", "--set", LINE, "--set", ZONE, *events_args(folder, broker.port)],
+                              "--device", "cpu", "--set", LINE, "--set", ZONE, *events_args(folder, broker.port),
+                              "--set", "server.enabled=true", "--set", f"server.port={port}", "--set", "runtime.status_interval_s=0.5"],
                              cwd=tmp_path, env=cli_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
         deadline = time.monotonic() + 180
@@ -97,8 +111,13 @@ def test_a_daemon_killed_with_sigkill_while_the_broker_is_down_delivers_everythi
                 except sqlite3.OperationalError:
                     logged = 0
         assert logged >= 30, "the first run logged events"
+        health = healthz(port)["events"]
+        mqtt = health["sinks"]["mqtt"]
+        assert mqtt["state"] == "connecting" and "connection refused" in mqtt["error"] and mqtt["waiting"] >= 30, health
         first.send_signal(signal.SIGKILL)
         first.wait(10)
+        status = [line for line in first.stderr.read().splitlines() if "status:" in line] if first.stderr else []
+        assert any("events: mqtt connecting (connection refused" in line for line in status), status[-3:]
         log = EventLog(folder)
         kept = [e.seq for e in log.after(0, 10**6)]
         assert log.cursor("mqtt") == 0 and kept == list(range(1, len(kept) + 1))
@@ -121,3 +140,17 @@ def test_a_daemon_killed_with_sigkill_while_the_broker_is_down_delivers_everythi
         if first.poll() is None:
             first.kill()
         broker.stop()
+
+
+def test_a_second_daemon_on_the_same_event_log_is_refused_with_one_line_exit_73(tmp_path):
+    from streamer.outputs.locks import holding
+
+    folder = tmp_path / "events"
+    folder.mkdir()
+    with holding(folder, "event log"):  # this process holds it, as a running daemon would
+        result = run_cli("run", "--source", "synthetic:street?seed=1&frames=5", "--device", "cpu", "--set", "events.enabled=true",
+                         "--set", f"events.dir={folder}", cwd=tmp_path)
+    assert result.returncode == 73, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "event log is being written by another streamer" in lines[0] and f"PID {os.getpid()}" in lines[0], lines
+    assert not (folder / "events.sqlite").exists(), "refused before the log is touched"

@@ -9,8 +9,8 @@ Layout of an export folder:
                         (or rebuilt from segments.jsonl by `streamer export-json DIR`)
 `images[].file_name` is NNNNNN.jpg for frame NNNNNN of the source: the file in images/ when the
 frames are exported, the conventional name otherwise. With tracking, every thing's segments_info
-has its `track_id`, an annotation lists the frame's line crossings and zone entries as `events`,
-and panoptic.json adds `counts`: distinct tracks per category and the events' totals.
+has its `track_id` (and `speed_kmh` while it has a plausible speed), an annotation lists the
+frame's line crossings and zone entries as `events`, and panoptic.json adds `counts`: distinct tracks per category and the events' totals.
 Each PNG (and JPEG) is written under a temporary name and renamed, and its line in segments.jsonl
 is written after it, so every line names complete files.
 """
@@ -28,7 +28,7 @@ import numpy as np
 
 from streamer.boxes import to_coco
 from streamer.errors import CannotCreate, InputNotFound, StreamerError, WriteFailed
-from streamer.frames import Category, Event, Panoptic, Segment
+from streamer.frames import Category, Event, Panoptic, Segment, Speed
 from streamer.outputs import preflight
 
 log = logging.getLogger(__name__)
@@ -47,7 +47,9 @@ def id_to_rgb(ids: np.ndarray) -> np.ndarray:
     return np.stack([ids & 255, (ids >> 8) & 255, (ids >> 16) & 255], axis=-1).astype(np.uint8)
 
 
-def segment_info(segment: Segment) -> dict[str, Any]:
+def segment_info(segment: Segment, speed: Speed | None = None) -> dict[str, Any]:
+    """A segment's COCO `segments_info` entry, with `score`, `track_id` and `speed_kmh` (a plausible
+    speed only: absent when unknown or implausible) where it has them."""
     info: dict[str, Any] = {
         "id": segment.id,
         "category_id": segment.category_id,
@@ -59,6 +61,8 @@ def segment_info(segment: Segment) -> dict[str, Any]:
         info["score"] = round(segment.score, 4)
     if segment.track_id is not None:
         info["track_id"] = segment.track_id
+    if speed is not None and speed.plausible:
+        info["speed_kmh"] = round(speed.kmh, 1)
     return info
 
 
@@ -229,7 +233,8 @@ class PanopticExport:
             "height": height,
             "source_id": frame.source_id,
             "pts_ms": round(frame.pts_ms, 3),
-            "segments_info": [segment_info(s) for s in result.segments],
+            "segments_info": [segment_info(s, result.speeds.get(s.track_id) if s.track_id is not None else None)
+                              for s in result.segments],
         }
         if result.events:
             line["events"] = [event_info(e) for e in result.events]

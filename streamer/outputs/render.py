@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import colorsys
 import functools
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import cv2
@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from streamer.boxes import to_coco
-from streamer.frames import Category, Counts, Panoptic, Segment
+from streamer.frames import Category, Counts, Panoptic, Segment, Speed
 
 INSTANCE_COLORS = 256  # instance ids cycle through this many hues per category
 CONTOUR_COLOR = (255, 255, 255)
@@ -34,6 +34,7 @@ STRIP_ROWS = 32  # overlay works on strips this high: a 1080p strip's intermedia
 VOID, STUFF, THING = 0, 1, 2  # the kind of a panoptic value, the 4th byte of the value table
 
 FONT = cv2.FONT_HERSHEY_SIMPLEX
+DOT = "\u00b7"  # the middle dot between a label's track and its speed, drawn as a disc (label_patch)
 LINE_HEIGHT = 1 / 24  # a label's line (as cv2.getTextSize measures it) as a fraction of the frame's shorter side:
 MIN_LINE_HEIGHT = 12  # 15 px at 360p, 45 px at 1080p, but at least 12 px (capitals about 9 px: smaller is not legible)
 MIN_LABEL_SIDE = 1 / 36  # things of fewer pixels than a square of this side (fraction of the shorter side) get no label
@@ -98,10 +99,17 @@ def label_style(width: int, height: int) -> LabelStyle:
 def label_patch(text: str, style: LabelStyle) -> tuple[np.ndarray, np.ndarray]:
     """(letters, halo): two h x w uint8 coverage masks (0-255) of `text`, cut to the halo's extent,
     so that h x w is exactly the rectangle the label paints. Cached; read only."""
-    (width, height), baseline = cv2.getTextSize(text, FONT, style.scale, style.weight)
+    (width, height), baseline = cv2.getTextSize(text.replace(DOT, " "), FONT, style.scale, style.weight)
     margin = style.halo + 2
     letters = np.zeros((height + baseline + 2 * margin, width + 2 * margin), np.uint8)
-    cv2.putText(letters, text, (margin, margin + height), FONT, style.scale, 255, style.weight, cv2.LINE_AA)
+    x = margin
+    for i, part in enumerate(text.split(DOT)):  # Hershey fonts are ASCII: the middle dot is drawn as a disc
+        if i:
+            space = cv2.getTextSize(" ", FONT, style.scale, style.weight)[0][0]
+            cv2.circle(letters, (x + space // 2, margin + height // 2), max(1, style.weight), 255, -1, cv2.LINE_AA)
+            x += space
+        cv2.putText(letters, part, (x, margin + height), FONT, style.scale, 255, style.weight, cv2.LINE_AA)
+        x += cv2.getTextSize(part, FONT, style.scale, style.weight)[0][0] if part else 0
     disc = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * style.halo + 1, 2 * style.halo + 1))
     halo = cv2.dilate(letters, disc)
     x, y, w, h = cv2.boundingRect(halo)
@@ -110,10 +118,13 @@ def label_patch(text: str, style: LabelStyle) -> tuple[np.ndarray, np.ndarray]:
     return letters, halo
 
 
-def label_text(segment: Segment, categories: dict[int, Category]) -> str:
-    """What a thing's label says: its class name and track, e.g. "car 12"; untracked, its score, "car 0.87"."""
+def label_text(segment: Segment, categories: dict[int, Category], speed: Speed | None = None, unit: str = "kmh") -> str:
+    """What a thing's label says: its class name and track, e.g. "car 12", with its speed when it
+    has a plausible one ("car 12 · 43 km/h", `unit` 'kmh' or 'mph'); untracked, its score, "car 0.87"."""
     name = categories[segment.category_id].name
     if segment.track_id is not None:
+        if speed is not None and speed.plausible:
+            return f"{name} {segment.track_id} {DOT} {speed.shown(unit)}"
         return f"{name} {segment.track_id}"
     return f"{name} {segment.score:.2f}" if segment.score is not None else name
 
@@ -207,8 +218,9 @@ class Renderer:
     things, placed by `place_labels`."""
 
     def __init__(self, categories: tuple[Category, ...], label_divisor: int, alpha: float, contours: bool, labels: bool,
-                 stuff_alpha: float):
+                 stuff_alpha: float, speed_unit: str = "kmh"):
         self.categories = {c.id: c for c in categories}
+        self.speed_unit = speed_unit  # 'kmh' or 'mph': how label_text shows speeds
         self.divisor = label_divisor
         self.alpha = alpha
         self.stuff_alpha = stuff_alpha
@@ -226,9 +238,11 @@ class Renderer:
         colors = self._instances[category, instance % INSTANCE_COLORS]
         return np.where((instance > 0)[..., None], colors, self._stuff[category])
 
-    def overlay(self, image: np.ndarray, panoptic: np.ndarray, segments: tuple[Segment, ...]) -> np.ndarray:
+    def overlay(self, image: np.ndarray, panoptic: np.ndarray, segments: tuple[Segment, ...],
+                speeds: Mapping[int, Speed] | None = None) -> np.ndarray:
         """The frame with its segmentation drawn (H x W x 3 uint8 BGR, a new array); `image` H x W x 3
-        uint8 BGR, `panoptic` H x W integer values. Void pixels keep the original image."""
+        uint8 BGR, `panoptic` H x W integer values; `speeds`: track id -> speed, for the labels. Void
+        pixels keep the original image."""
         if self._table is None or panoptic.dtype.kind not in "iu":  # the plain (slow) way, same result
             colors = self.colorize(panoptic)
             things = panoptic % self.divisor > 0
@@ -246,29 +260,32 @@ class Renderer:
             out = np.empty_like(image)
             for top in range(0, panoptic.shape[0], STRIP_ROWS):
                 self._overlay_rows(self._table, image, panoptic, out, top, min(top + STRIP_ROWS, panoptic.shape[0]))
-        return self.draw_labels(out, segments)
+        return self.draw_labels(out, segments, speeds)
 
     def render(self, result: Panoptic) -> np.ndarray:
         """The frame with its segmentation drawn (H x W x 3 uint8 BGR): the whole overlay, or only
         the labels where the rest was drawn on the models' device (`result.drawn`); then the
         counting lines and zones, when the source has any."""
         if result.drawn is None:
-            out = self.overlay(result.frame.image, result.panoptic_map, result.segments)
+            out = self.overlay(result.frame.image, result.panoptic_map, result.segments, result.speeds)
         else:
-            out = self.draw_labels(result.drawn, result.segments)
+            out = self.draw_labels(result.drawn, result.segments, result.speeds)
         if result.counts is not None and (result.counts.lines or result.counts.zones):
             draw_counting(out, result.counts)
         return out
 
-    def draw_labels(self, image: np.ndarray, segments: tuple[Segment, ...]) -> np.ndarray:
-        """Things' labels ("car 12", `label_text`), sized for this frame by `label_style` and put where
-        `place_labels` says, drawn into `image` (H x W x 3 uint8 BGR, returned) when labels are on."""
+    def draw_labels(self, image: np.ndarray, segments: tuple[Segment, ...], speeds: Mapping[int, Speed] | None = None) -> np.ndarray:
+        """Things' labels ("car 12", "car 12 · 43 km/h" with a speed in `speeds`, `label_text`), sized
+        for this frame by `label_style` and put where `place_labels` says, drawn into `image`
+        (H x W x 3 uint8 BGR, returned) when labels are on."""
         if not self.labels:
             return image
         height, width = image.shape[:2]
         style = label_style(width, height)
         things = [s for s in segments if s.isthing]
-        patches = [label_patch(label_text(s, self.categories), style) for s in things]
+        speeds = speeds or {}
+        patches = [label_patch(label_text(s, self.categories, speeds.get(s.track_id) if s.track_id is not None else None,
+                                          self.speed_unit), style) for s in things]
         sizes = [(letters.shape[1], letters.shape[0]) for letters, _ in patches]
         for index, (x0, y0, _, _) in place_labels(things, sizes, (width, height), style.min_area, style.gap):
             _paste(image, *patches[index], x0, y0)

@@ -33,6 +33,8 @@ if TYPE_CHECKING:  # torch-heavy: imported when the pipeline builds them, after 
     import torch
 
     from streamer import control as ctl
+    from streamer.analytics.calibration import GroundPlane
+    from streamer.analytics.speed import SpeedEstimator
     from streamer.inference.counting import Counter
     from streamer.inference.fusion import FusionParams
     from streamer.inference.tracking import TrackingParams
@@ -80,6 +82,33 @@ def counter(config: Config, source: Source) -> Counter | None:
     return Counter(lines, zones, {c.id: c.name for c in config.categories()})
 
 
+def ground_plane(source: Source) -> GroundPlane | None:
+    """The source's calibration: its `calibration`, else a synthetic street's exact one, else None."""
+    from streamer.analytics.calibration import GroundPlane
+    from streamer.inputs.synthetic import StreetScene, parse_synthetic_uri
+
+    if source.calibration is not None:
+        return GroundPlane.from_points(source.calibration.image, source.calibration.ground)
+    if source.uri.startswith("synthetic:"):
+        options = parse_synthetic_uri(source.uri)  # the URI was checked at start-up
+        return GroundPlane.from_points(*StreetScene(options["seed"], options["size"], options["fps"]).ground_calibration())
+    return None
+
+
+def speed_estimator(config: Config, source: Source) -> SpeedEstimator | None:
+    """The source's speeds (`analytics.speed`); None when off, without tracking or without a ground plane."""
+    from streamer.analytics.speed import SpeedEstimator
+    from streamer.frames import KMH_PER_MPS
+
+    settings = config.analytics.speed
+    plane = ground_plane(source) if settings.enabled and config.tracking.enabled else None
+    if plane is None:
+        return None
+    ids = {c.name: c.id for c in config.categories()}
+    caps = {ids[name]: kmh / KMH_PER_MPS for name, kmh in settings.max_kmh_per_category.items()}
+    return SpeedEstimator(plane, settings.window_s, settings.min_span, settings.max_kmh / KMH_PER_MPS, caps, settings.max_error)
+
+
 def live_feed(config: Config, source_id: str) -> LiveFeed:
     """The source's live view for the server (the `server:` section's size, rate and viewer cap)."""
     from streamer.outputs.live import LiveFeed
@@ -99,7 +128,7 @@ def server(config: Config, watched: list[WatchedSource], outputs: dict[str, list
 
     feeds: dict[str, LiveFeed] = {source_id: o for source_id, listed in outputs.items() for o in listed if isinstance(o, LiveFeed)}
     settings = config.server
-    metrics = Metrics(watched, control, config.runtime.stage_timeout_s, device)
+    metrics = Metrics(watched, control, config.runtime.stage_timeout_s, device, {c.id: c.name for c in config.categories()})
     return Server(settings.host, settings.port, settings.bearer, metrics, feeds, MAX_CONNECTIONS + len(feeds) * settings.max_viewers,
                   settings.allowed_hosts, Path(config.events.dir) if config.events.enabled else None)
 
@@ -126,7 +155,7 @@ def renderer(config: Config) -> Renderer:
 
     render = config.render
     return Renderer(config.categories(), config.fusion.label_divisor, render.alpha, render.contours, render.labels,
-                    render.stuff_alpha)
+                    render.stuff_alpha, config.analytics.speed.unit)
 
 
 def live_options(source: Source) -> LiveOptions:

@@ -12,6 +12,7 @@ import queue
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Protocol
 
 import torch
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Histogram, generate_latest
@@ -20,6 +21,9 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from streamer import control as ctl
 from streamer.frames import Panoptic
 from streamer.inputs.capture import Connection
+
+if TYPE_CHECKING:
+    from streamer.outputs.events.delivery import SinkState
 
 log = logging.getLogger(__name__)
 
@@ -153,6 +157,7 @@ class Metrics:
         self.control = control
         self.stage_timeout_s = stage_timeout_s
         self.registry = CollectorRegistry()
+        self._events: Deliveries | None = None
         self.registry.register(StatsCollector(sources, device, build_labels(device)))
         self.stage_seconds = Histogram(
             "streamer_stage_seconds", "Time per frame in each stage", ["stage"], registry=self.registry, buckets=LATENCY_BUCKETS
@@ -169,8 +174,61 @@ class Metrics:
         self.latency.labels(result.frame.source_id).observe(time.monotonic() - result.frame.captured_mono)
 
     def health(self) -> tuple[bool, dict]:
-        return health(self.sources, self.control.stalled_stages(self.stage_timeout_s), time.monotonic())
+        """health() of the sources, and the event sinks' state under `events` when events are delivered
+        (never a reason to be unhealthy: a broker or receiver that is down only lets the log grow)."""
+        ok, body = health(self.sources, self.control.stalled_stages(self.stage_timeout_s), time.monotonic())
+        if self._events is not None:
+            body["events"] = events_health(self._events)
+        return ok, body
+
+    def watch_events(self, delivery: Deliveries) -> None:
+        """Show the event sinks of `delivery` (outputs.events.delivery.Delivery) in /healthz and /metrics."""
+        self._events = delivery
+        self.registry.register(EventsCollector(delivery))
 
     def exposition(self) -> tuple[str, bytes]:
         """(content type, body) of /metrics: the Prometheus text format 0.0.4."""
         return CONTENT_TYPE_LATEST, generate_latest(self.registry)
+
+
+class Deliveries(Protocol):
+    """What metrics read of outputs.events.delivery.Delivery."""
+
+    def states(self) -> list[SinkState]: ...
+
+    def dropped(self) -> int: ...
+
+
+def sink_label(states: list[SinkState], index: int) -> str:
+    """A sink's label: `mqtt`, or `webhook1`, `webhook2`... in the order of events.webhooks (never its URL)."""
+    state = states[index]
+    if state.kind != "webhook":
+        return state.kind
+    return f"webhook{sum(s.kind == 'webhook' for s in states[:index + 1])}"
+
+
+def events_health(delivery: Deliveries) -> dict:
+    """/healthz's `events`: each sink's label, state, last error (no host, URL or secret) and the events waiting for it."""
+    states = delivery.states()
+    return {"sinks": {sink_label(states, i): {"state": s.state, "error": None if s.up else s.error, "waiting": s.waiting}
+                      for i, s in enumerate(states)}, "dropped": delivery.dropped()}
+
+
+class EventsCollector:
+    """The event sinks at scrape time: up, events waiting, and the events the log's size cap removed."""
+
+    def __init__(self, delivery: Deliveries) -> None:
+        self.delivery = delivery
+
+    def collect(self):
+        states = self.delivery.states()
+        up = GaugeMetricFamily("streamer_event_sink_up", "1 while the sink delivers (MQTT connected, webhook answering)",
+                               labels=["sink"])
+        waiting = GaugeMetricFamily("streamer_events_waiting", "Events logged and not yet delivered by the sink", labels=["sink"])
+        for i, state in enumerate(states):
+            label = sink_label(states, i)
+            up.add_metric([label], 1.0 if state.up else 0.0)
+            waiting.add_metric([label], state.waiting)
+        dropped = CounterMetricFamily("streamer_events_dropped", "Events the log's size cap (events.max_mb) removed, all time")
+        dropped.add_metric([], self.delivery.dropped())
+        yield from (up, waiting, dropped)

@@ -127,6 +127,9 @@ class Pipeline:
             server = build.server(config, [run.watched() for run in runs], {run.settings.id: run.outputs for run in runs},
                                   self.control, device)
             stack.callback(server.close)
+        delivery = build.delivery_of(stack)  # the event sinks every source shares (None: events are off)
+        if server and delivery:
+            server.metrics.watch_events(delivery)
         pool, models = self.loaded or load_models(config, device)
         if not self.loaded:
             stack.callback(pool.close)
@@ -145,7 +148,7 @@ class Pipeline:
         stack.callback(self._stop, threads + sinks)
         for thread in threads + sinks:
             thread.start()
-        self._supervise(sinks, runs)
+        self._supervise(sinks, runs, delivery.text if delivery else None)
 
     def _stop(self, threads: list[threading.Thread]) -> None:
         """Every started thread told to stop and waited for (bounded)."""
@@ -212,15 +215,17 @@ class Pipeline:
 
     # -- main thread -----------------------------------------------------------------------
 
-    def _supervise(self, sinks: list[threading.Thread], runs: list[SourceRun]) -> None:
-        """Wait for every sink to finish, showing the windows, progress and talking to systemd meanwhile."""
+    def _supervise(self, sinks: list[threading.Thread], runs: list[SourceRun], events: Callable[[], str] | None = None) -> None:
+        """Wait for every sink to finish, showing the windows, progress and talking to systemd meanwhile.
+        `events`: the event sinks' part of the status line."""
         windows = {run.settings.id: Window(f"streamer - {run.settings.id}") for run in runs if run.display}
         totals = [run.stats.expected for run in runs]
         known = [total for total in totals if total]
         progress = Progress(
             [run.stats for run in runs], [q for run in runs for q in (run.frames, run.results)],
             sum(known) if len(known) == len(totals) else None, self.config.runtime.status_interval_s,
-            lambda: [run.capture.connection().text(run.settings.id) + counts_text(run.stats.counts) for run in runs],
+            lambda: [run.capture.connection().text(run.settings.id) + counts_text(run.stats.counts) for run in runs]
+            + ([events()] if events else []),
         )
         health = Health(self.control, self.notifier, watchdog_interval(), self.config.runtime.stage_timeout_s)
         drain_deadline = None

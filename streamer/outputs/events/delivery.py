@@ -93,6 +93,13 @@ class Delivery:
             last = 0
         return [SinkState(sink.kind, sink.target, sink.state, sink.error, max(0, last - sink.cursor)) for sink in self.sinks]
 
+    def dropped(self) -> int:
+        """Events the log's size cap removed, all time (0 once closed)."""
+        try:
+            return self.log.dropped if not self._closed else 0
+        except sqlite3.Error:
+            return 0
+
     def text(self) -> str:
         """The status line's part: `events: mqtt connected, 0 waiting`; "" without sinks."""
         states = self.states()

@@ -6,11 +6,12 @@ Kinds and their fields (besides every event's id, seq, kind, source, pts_s, wall
 - `source_state`: `state` ("connected" at the first frame, "reconnected" when the frame's connection
   number changes, "ended" when the source's output closes), `connection`.
 - `track_start`: `track_id`, `category`, `first_seen` (stream s), `position` (its ground point [x, y]).
-- `line_crossing`: `line`, `direction` ("in" / "out"), `category`, `track_id`, `position`.
+- `line_crossing`: `line`, `direction` ("in" / "out"), `category`, `track_id`, `position`, `speed_kmh`.
 - `zone_entry`: `zone`, `category`, `track_id`, `position`, `counted` (true the first time: what the
-  zone's count counts; a track that leaves and comes back enters again with false), `occupancy`.
+  zone's count counts; a track that leaves and comes back enters again with false), `occupancy`, `speed_kmh`.
 - `zone_exit`: `zone`, `category`, `track_id`, `position` (null when its track ended inside), `inside_s`,
-  `occupancy`. (`occupancy`: the tracks inside the zone once the frame's events are done.)
+  `occupancy`, `speed_kmh`. (`occupancy`: the tracks inside the zone once the frame's events are done;
+  `speed_kmh`: the track's plausible speed on that frame, streamer.analytics.speed, null when unknown.)
 - `loitering`: `zone`, `category`, `track_id`, `position`, `inside_s`: the first frame of a visit whose time
   inside (stream time since its zone_entry) reaches the zone's `loitering_s`; once per track and visit.
 - `track_end`: `track_id`, `category`, `first_seen`, `last_seen`, `duration_s`, `best_score`,
@@ -44,6 +45,7 @@ class Seen:
     category: str
     score: float | None
     position: Position  # its ground point, (x, y) pixels: the bottom centre of its box
+    speed_kmh: float | None = None  # its plausible speed on this frame (streamer.analytics.speed), None: unknown
 
 
 @dataclass(frozen=True)
@@ -124,11 +126,12 @@ class Events:
                 track.best_score, track.best_frame, track.best_pts_s = s.score, facts.index, t
 
         positions = {s.track_id: s.position for s in facts.seen}
+        speeds = {s.track_id: s.speed_kmh for s in facts.seen}
         counted = {(e.name, e.track_id) for e in facts.events if e.kind == "zone"}
         for e in facts.events:
             if e.kind == "line":
                 add("line_crossing", {"line": e.name, "direction": e.direction, "category": e.category, "track_id": e.track_id,
-                                      "position": _listed(positions.get(e.track_id))})
+                                      "position": _listed(positions.get(e.track_id)), "speed_kmh": speeds.get(e.track_id)})
         exits: list[tuple[str, dict[str, Any]]] = []
         loiters: list[tuple[str, dict[str, Any]]] = []
         held = self._inside(np.array([s.position for s in facts.seen], np.float64))  # N x Z
@@ -139,12 +142,13 @@ class Events:
                 if now and zone.name not in track.inside:
                     track.inside[zone.name] = t
                     add("zone_entry", {"zone": zone.name, "category": s.category, "track_id": s.track_id,
-                                       "position": list(s.position), "counted": (zone.name, s.track_id) in counted})
+                                       "position": list(s.position), "counted": (zone.name, s.track_id) in counted,
+                                       "speed_kmh": s.speed_kmh})
                 elif not now and zone.name in track.inside:
                     entered = track.inside.pop(zone.name)
                     track.loitered.discard(zone.name)
                     exits.append(("zone_exit", {"zone": zone.name, "category": s.category, "track_id": s.track_id,
-                                                "position": list(s.position), "inside_s": t - entered}))
+                                                "position": list(s.position), "inside_s": t - entered, "speed_kmh": s.speed_kmh}))
                 if (now and zone.loitering_s is not None and zone.name not in track.loitered
                         and t - track.inside[zone.name] >= zone.loitering_s):
                     track.loitered.add(zone.name)
@@ -185,7 +189,7 @@ class Events:
         for tid, track, _ in ending:
             for zone, entered in track.inside.items():
                 out.append(("zone_exit", t, wall, {"zone": zone, "category": track.category, "track_id": tid, "position": None,
-                                                   "inside_s": track.last_seen - entered}))
+                                                   "inside_s": track.last_seen - entered, "speed_kmh": None}))
             best = track.best_frame >= 0
             out.append(("track_end", t, wall, {
                 "track_id": tid, "category": track.category, "first_seen": track.first_seen, "last_seen": track.last_seen,

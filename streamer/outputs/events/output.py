@@ -27,7 +27,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from streamer.boxes import Box, ground_points
-from streamer.frames import Panoptic, Zone
+from streamer.frames import Panoptic, Speed, Zone
 from streamer.outputs.events.kinds import Events, FrameFacts, Seen, counts_fields
 from streamer.outputs.events.log import EventLog, NewEvent, StoredEvent
 from streamer.outputs.events.snapshots import Shot, SnapshotWriter, make_shot, scaled
@@ -43,6 +43,11 @@ PICTURES_HELD = 8  # frames whose picture the queue may reference at once (snaps
 SHOT_KINDS = frozenset({"track_start", "line_crossing", "zone_entry", "zone_exit"})  # pictured at their own frame
 
 Derived = list[tuple[str, float | None, float, dict[str, Any]]]
+
+
+def _kmh(speed: Speed | None) -> float | None:
+    """A plausible speed in km/h, rounded; None when unknown or implausible."""
+    return round(speed.kmh, 1) if speed is not None and speed.plausible else None
 
 
 @dataclass(frozen=True)
@@ -95,7 +100,7 @@ class EventsOutput:
         facts = FrameFacts(
             frame.index, frame.pts_ms / 1000.0, frame.captured_at, frame.connection,
             tuple(Seen(int(s.track_id), self.category_names.get(s.category_id, str(s.category_id)), s.score,  # type: ignore[arg-type]
-                       (float(p[0]), float(p[1]))) for s, p in zip(tracked, points)),
+                       (float(p[0]), float(p[1])), _kmh(result.speeds.get(int(s.track_id)))) for s, p in zip(tracked, points)),  # type: ignore[arg-type]
             tuple(result.events), counts_fields(result.counts))
         picture = None
         if self.snapshots is not None and tracked and self._pictures.acquire(blocking=False):
