@@ -7,7 +7,7 @@ thousands of frames), the frame's facts are dropped, counted and logged, and the
 
 Snapshots (snapshots.py), when on: `write` also keeps a reference to the frame's own picture and
 panoptic map (never a copy: nothing changes a result once the sink has it; never the overlay, so
-`needs_picture` stays False) for at most PICTURES_HELD frames at a time (a frame past that goes
+`needs_picture` stays False) for at most PICTURES_MB of frames at a time (a frame past that goes
 without, and an event of it that wanted a picture is counted as a skipped snapshot). The writer
 thread makes a Shot only for what needs one: the objects of the frame's track_start, line_crossing,
 zone_entry and zone_exit events, and each track's best-scoring frame so far (its track_end's
@@ -39,7 +39,7 @@ BATCH_FRAMES = 64  # at most this many frames per commit
 POLL_S = 0.2
 PRUNE_EVERY_S = 60.0
 CLOSE_TIMEOUT_S = 10.0
-PICTURES_HELD = 8  # frames whose picture the queue may reference at once (snapshots)
+PICTURES_MB = 256  # frames' pictures and panoptic maps the queue may reference at once (snapshots): 18 at 1080p
 SHOT_KINDS = frozenset({"track_start", "line_crossing", "zone_entry", "zone_exit"})  # pictured at their own frame
 
 Derived = list[tuple[str, float | None, float, dict[str, Any]]]
@@ -58,6 +58,10 @@ class _Picture:
     image: np.ndarray
     panoptic_map: np.ndarray
     objects: dict[int, tuple[int, Box, str]]
+
+    @property
+    def nbytes(self) -> int:
+        return self.image.nbytes + self.panoptic_map.nbytes
 
 
 class Sink(Protocol):
@@ -85,7 +89,8 @@ class EventsOutput:
         self._queue: queue.Queue[tuple[FrameFacts, _Picture | None] | None] = queue.Queue(QUEUE_FRAMES)
         self.snapshot_width = snapshot_width
         self.snapshots = None if snapshot_width is None else SnapshotWriter(events_log, snapshot_quality, f"snapshots-{source_id}")
-        self._pictures = threading.BoundedSemaphore(PICTURES_HELD)
+        self._held = 0  # bytes of the pictures in the queue
+        self._held_lock = threading.Lock()
         self._best: dict[int, tuple[float, Shot | None]] = {}  # track id -> its best score so far and that frame's shot
         self._connection: int | None = None
         self.dropped_frames = 0
@@ -103,14 +108,14 @@ class EventsOutput:
                        (float(p[0]), float(p[1])), _kmh(result.speeds.get(int(s.track_id)))) for s, p in zip(tracked, points)),  # type: ignore[arg-type]
             tuple(result.events), counts_fields(result.counts))
         picture = None
-        if self.snapshots is not None and tracked and self._pictures.acquire(blocking=False):
+        if self.snapshots is not None and tracked and self._hold(frame.image.nbytes + result.panoptic_map.nbytes):
             picture = _Picture(frame.image, result.panoptic_map, {
                 int(s.track_id): (s.id, s.box, f"{seen.category} {s.track_id}") for s, seen in zip(tracked, facts.seen)})  # type: ignore[arg-type]
         try:
             self._queue.put_nowait((facts, picture))
         except queue.Full:
             if picture is not None:
-                self._pictures.release()
+                self._hold(-picture.nbytes)
             self.dropped_frames += 1
             if self.dropped_frames == 1 or self.dropped_frames % 1000 == 0:
                 log.warning("%s: events: the log falls behind; %d frames' events dropped so far", self.source_id, self.dropped_frames)
@@ -162,7 +167,7 @@ class EventsOutput:
                     derived = self._events.frame(facts)
                     frames.append((derived, self._shots(facts, picture, derived) if self.snapshots is not None else []))
                     if picture is not None:
-                        self._pictures.release()
+                        self._hold(-picture.nbytes)
                 self._log(frames)
                 if time.monotonic() - pruned > PRUNE_EVERY_S:
                     pruned = time.monotonic()
@@ -172,6 +177,14 @@ class EventsOutput:
         except Exception as exc:  # noqa: BLE001  the disk: logged, and the pipeline goes on without events
             self._failed = exc
             log.error("%s: events: cannot write the event log %s: %s; no more events are logged", self.source_id, self.log.path, exc)
+
+    def _hold(self, nbytes: int) -> bool:
+        """Count `nbytes` more of pictures held (negative: given back); False (nothing counted) past PICTURES_MB."""
+        with self._held_lock:
+            if nbytes > 0 and self._held + nbytes > PICTURES_MB * 1e6:
+                return False
+            self._held += nbytes
+            return True
 
     def _log(self, frames: list[tuple[Derived, list[tuple[list[int], Shot]]]]) -> None:
         """Append the frames' events in one commit, wake the sinks, then queue their snapshots (the
