@@ -9,9 +9,14 @@ In one process, on the same frames of the synthetic street:
 plus micro-benchmarks (fusion against a plain per-instance numpy loop of the same rule and the
 naive loop; overlay at one thread; tracking + counting per frame at one thread; H.264 decode and
 encode alone), big frames with many detections through the models and the fusion with their peak
-memory (--detections) and, with --memory-frames,
-RSS over a long pipeline run. Modes (a)-(c) take turns within every repeat, so a change in the
-machine's load hits all three alike.
+memory (--detections), the semantic network alone through each inference backend installed
+(--semantic-frames, --backends) and, with --memory-frames, RSS over a long pipeline run. Modes
+(a)-(c) take turns within every repeat, and so do the backends, so a change in the machine's load
+hits all of them alike.
+
+The report says what load it ran under (the CPU time other processes took, per part), and a timing
+target missed while the machine was busy is "not measured: machine busy", not missed; --neighbour N
+keeps N CPU-bound processes running beside the measurements, to see what a busy machine costs.
 
 Nothing here asserts a timing: the report's `targets` says which goals were met. Without -c the
 packaged default configuration (the bundled demo models) is used, not ./config.yaml, so numbers
@@ -19,8 +24,9 @@ from different machines compare.
 
 This package: the command line and the whole run here; options.py (what to measure, the
 configuration), end_to_end.py (a)-(c), codecs and memory; micro.py (fusion, overlay, tracking + counting);
-detections.py (many detections, peak memory); measure.py
-(timing, RSS, CPU per thread); report.py (settings, targets, text). Importing it for the CLI loads
+detections.py (many detections, peak memory); backends.py (the semantic network per backend);
+load.py (the load, the verdicts, the neighbours); measure.py (timing, RSS, CPU per thread);
+report.py (settings, targets, text). Importing it for the CLI loads
 neither torch nor the models.
 """
 from __future__ import annotations
