@@ -15,8 +15,10 @@ compiled model of that many threads per calling thread.
 from __future__ import annotations
 
 import importlib
+import os
 import threading
 from pathlib import Path
+from types import ModuleType
 
 import numpy as np
 import torch
@@ -30,13 +32,22 @@ MODULES = {"onnxruntime": "onnxruntime", "openvino": "openvino"}  # the library 
 EXTRAS = {"onnxruntime": "onnx", "openvino": "openvino"}  # the pip extra that installs it
 
 
+def import_library(backend: str) -> ModuleType:
+    """The backend's library, imported. ONNX Runtime (1.2x on Linux) otherwise starts its telemetry,
+    which keeps a database in ~/.cache/Microsoft and may send events: streamer never sends anything,
+    so it is turned off (ORT_DISABLE_TELEMETRY) unless the environment says otherwise. Raises ImportError."""
+    if backend == "onnxruntime":
+        os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")
+    return importlib.import_module(MODULES[backend])
+
+
 def require_library(backend: str) -> None:
     """Nothing when `backend` can run here; ConfigError (exit 78) naming the extra to install when its
     library is not installed."""
     if backend not in EXPORTED:
         return
     try:
-        importlib.import_module(MODULES[backend])
+        import_library(backend)
     except ImportError:
         raise ConfigError(f"models.semantic.backend: {backend} is not installed; install it with "
                           f"pip install 'streamer[{EXTRAS[backend]}]', or set models.semantic.backend to torch") from None
@@ -46,8 +57,7 @@ def library_version(backend: str) -> str:
     """The installed version of the backend's library (torch's for `torch`)."""
     if backend == "torch":
         return torch.__version__
-    module = importlib.import_module(MODULES[backend])
-    return str(module.__version__)
+    return str(import_library(backend).__version__)
 
 
 def load_semantic(network: torch.nn.Module, settings: cfg.SemanticModel, threads: int, preset: str = "") -> SemanticNetwork:
@@ -83,8 +93,7 @@ class OnnxRuntimeNetwork:
     Sessions are safe to run from several threads at once."""
 
     def __init__(self, path: Path, threads: int):
-        import onnxruntime as ort
-
+        ort = import_library("onnxruntime")
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
