@@ -667,7 +667,7 @@ class Speed(Strict):
     window_s: float = Field(default=1.0, ge=0.1, le=60, description="stream time over which a track's ground positions are fitted "
                             "(least squares): longer is steadier and slower to follow a change of speed")
     min_span: Unit = Field(default=0.6, description="a speed is reported once the positions seen span this fraction of `window_s`")
-    max_error: float = Field(default=0.1, gt=0, le=10, description="a speed is reported only while its standard error is at most "
+    max_error: float = Field(default=0.05, gt=0, le=10, description="a speed is reported only while its standard error is at most "
                              "this fraction of it: the fit's own, or what half a pixel of each ground point gives if larger (far "
                              "away one pixel spans metres, and no speed is shown there)")
     max_kmh: float = Field(default=250.0, gt=0, le=2000, description="plausibility cap: a faster estimate is marked implausible and "
