@@ -52,10 +52,10 @@ def yellow(image: np.ndarray) -> np.ndarray:
 @pytest.fixture(scope="module")
 def street(tmp_path_factory):
     """The street's events and snapshots, logged with snapshots at most 160 pixels wide (scale 0.8):
-    the car enters the zone at frame 3, crosses the line at 6, leaves the zone at 8."""
+    the car enters the zone at frame 3, loiters from 5, crosses the line at 6, leaves the zone at 8."""
     folder = tmp_path_factory.mktemp("events")
     log = EventLog(folder, keep_days=None)
-    output = EventsOutput("cam0", log, [Zone("middle", ((60, 0), (120, 0), (120, 120), (60, 120)))], {1: "car"}, 5.0,
+    output = EventsOutput("cam0", log, [Zone("middle", ((60, 0), (120, 0), (120, 120), (60, 120)), loitering_s=0.15)], {1: "car"}, 5.0,
                           snapshot_width=160, snapshot_quality=95)
     for index in range(len(SCORES)):
         output.write(result(index), None)
@@ -75,9 +75,10 @@ def decoded(data: bytes) -> np.ndarray:
 def test_every_event_about_the_object_has_its_picture_and_crop(street):
     folder, logged, output = street
     kinds = [e.kind for e in logged]
-    assert kinds == ["source_state", "track_start", "zone_entry", "line_crossing", "zone_exit", "track_end", "source_state"]
+    assert kinds == ["source_state", "track_start", "zone_entry", "loitering", "line_crossing", "zone_exit", "track_end",
+                     "source_state"]
     pictured = {e.kind: e for e in logged if e.kind not in ("source_state", "counts")}
-    assert set(pictured) == {"track_start", "line_crossing", "zone_entry", "zone_exit", "track_end"}
+    assert set(pictured) == {"track_start", "line_crossing", "zone_entry", "loitering", "zone_exit", "track_end"}
     for event in pictured.values():
         picture, crop = (decoded(path.read_bytes()) for path in snapshot_paths(folder, event.id))
         assert picture.shape == (96, 160, 3), "scaled to snapshot_width"
@@ -85,7 +86,7 @@ def test_every_event_about_the_object_has_its_picture_and_crop(street):
         assert yellow(crop).any(), "the outline is in the crop"
         assert read_snapshot(folder, event.id) == snapshot_paths(folder, event.id)[0].read_bytes()
         assert read_snapshot(folder, event.id, crop=True) == snapshot_paths(folder, event.id)[1].read_bytes()
-    assert output.snapshots is not None and output.snapshots.skipped == 0 and output.snapshots.written == 5
+    assert output.snapshots is not None and output.snapshots.skipped == 0 and output.snapshots.written == 6
     for event in (e for e in logged if e.kind == "source_state"):
         assert not any(p.exists() for p in snapshot_paths(folder, event.id)) and read_snapshot(folder, event.id) is None
     assert read_snapshot(folder, "not-an-id") is None and read_snapshot(folder, "../events.sqlite") is None

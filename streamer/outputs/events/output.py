@@ -10,7 +10,7 @@ panoptic map (never a copy: nothing changes a result once the sink has it; never
 `needs_picture` stays False) for at most PICTURES_MB of frames at a time (a frame past that goes
 without, and an event of it that wanted a picture is counted as a skipped snapshot). The writer
 thread makes a Shot only for what needs one: the objects of the frame's track_start, line_crossing,
-zone_entry and zone_exit events, and each track's best-scoring frame so far (its track_end's
+zone_entry, zone_exit and loitering events, and each track's best-scoring frame so far (its track_end's
 picture; the frame scaled once to `snapshot_width` and shared). The snapshot writer draws, encodes
 and writes them after the events are committed, on its own thread.
 """
@@ -40,7 +40,7 @@ POLL_S = 0.2
 PRUNE_EVERY_S = 60.0
 CLOSE_TIMEOUT_S = 10.0
 PICTURES_MB = 256  # frames' pictures and panoptic maps the queue may reference at once (snapshots): 18 at 1080p
-SHOT_KINDS = frozenset({"track_start", "line_crossing", "zone_entry", "zone_exit"})  # pictured at their own frame
+SHOT_KINDS = frozenset({"track_start", "line_crossing", "zone_entry", "zone_exit", "loitering"})  # pictured at their own frame
 
 Derived = list[tuple[str, float | None, float, dict[str, Any]]]
 

@@ -29,11 +29,12 @@ import sqlite3
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
+from streamer.config import EventKind
 from streamer.outputs.events.log import BUSY_TIMEOUT_S, FILE_NAME, snapshot_paths
 
-KINDS = ("source_state", "track_start", "line_crossing", "zone_entry", "zone_exit", "track_end", "counts")
+KINDS: tuple[str, ...] = get_args(EventKind)
 DEFAULT_LIMIT = 50
 MAX_LIMIT = 500
 EVENT_ID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")  # log.uuid7's form

@@ -1,5 +1,5 @@
 """Snapshots: the picture of an event that concerns an object (track start and end, line crossing,
-zone entry and exit): the frame with the object's outline (from its mask) and label, and a crop around it.
+zone entry and exit, loitering): the frame with the object's outline (from its mask) and label, and a crop around it.
 
 Files, beside the log (log.snapshot_paths): `snapshots/<event id>.jpg` (the frame, at most
 `max_width` pixels wide) and `snapshots/<event id>-crop.jpg` (the object's box, widened by
