@@ -32,7 +32,7 @@ from pydantic import (
 
 from streamer import presets
 from streamer.errors import ConfigError, InputNotFound
-from streamer.frames import LABEL_DIVISOR, Category
+from streamer.frames import LABEL_DIVISOR, Category, Zone
 from streamer.uris import redact_uri, redact_url
 
 log = logging.getLogger(__name__)
@@ -322,6 +322,12 @@ class Calibration(Strict):
         return self
 
 
+class ZoneSettings(Strict):
+    points: tuple[Point, ...] = Field(description="the zone's polygon, `[[x, y], ...]` in pixels of the frames, 3 points or more")
+    loitering_s: float | None = Field(default=None, ge=0, le=DAY_S, description="a visit this long (stream seconds) raises a "
+                                      "`loitering` event, once per track and visit; `null`: never")
+
+
 class Source(Strict):
     uri: str = Field(
         min_length=1, examples=["synthetic:street?seed=1000&frames=150", "rtsp://${CAM_USER}:${CAM_PASSWORD}@192.168.1.20/stream"],
@@ -352,10 +358,12 @@ class Source(Strict):
         description="counting lines of this source, `name: [[x, y], [x, y]]` in pixels of its frames: every track whose ground point (the "
         "bottom centre of its box) crosses one is counted once, `in` when it crosses to the right-hand side looking from the first point "
         "to the second (a line drawn left to right: moving down the frame is `in`), else `out`. Needs `tracking.enabled`")
-    zones: dict[CountName, tuple[Point, ...]] = Field(
-        default_factory=dict, examples=[{"crosswalk": [[100, 200], [300, 200], [300, 260], [100, 260]]}],
-        description="counting zones, `name: [[x, y], ...]` (3 points or more): every track whose ground point is inside one is counted "
-        "once (objects already inside when first seen too). Needs `tracking.enabled`")
+    zones: dict[CountName, tuple[Point, ...] | ZoneSettings] = Field(
+        default_factory=dict, examples=[{"crosswalk": [[100, 200], [300, 200], [300, 260], [100, 260]],
+                                         "entrance": {"points": [[400, 200], [600, 200], [600, 300]], "loitering_s": 30}}],
+        description="counting zones, `name: [[x, y], ...]` (3 points or more), or `name: {points: [...], loitering_s: S}`: every track "
+        "whose ground point is inside one is counted once (objects already inside when first seen too), its time inside is measured "
+        "(stream time), and a visit of `loitering_s` seconds raises a `loitering` event. Needs `tracking.enabled`")
 
     calibration: Calibration | None = Field(
         default=None, examples=[{"image": [[250, 320], [590, 320], [450, 203], [315, 203]],
@@ -388,13 +396,19 @@ class Source(Strict):
             raise ValueError(f"{short[0]}: its two points are the same")
         return lines
 
+    def counting_zones(self) -> list[Zone]:
+        """The zones as streamer.frames.Zone, in order."""
+        return [Zone(name, zone.points, zone.loitering_s) if isinstance(zone, ZoneSettings) else Zone(name, zone)
+                for name, zone in self.zones.items()]
+
     @field_validator("zones")
     @classmethod
-    def _zones_are_polygons(cls, zones: dict[str, tuple]) -> dict[str, tuple]:
-        small = sorted(name for name, points in zones.items() if len(set(points)) < 3)
+    def _zones_are_polygons(cls, zones: dict[str, tuple | ZoneSettings]) -> dict[str, tuple | ZoneSettings]:
+        shapes = {name: zone.points if isinstance(zone, ZoneSettings) else zone for name, zone in zones.items()}
+        small = sorted(name for name, points in shapes.items() if len(set(points)) < 3)
         if small:
             raise ValueError(f"{small[0]}: a zone needs 3 distinct points or more")
-        flat = sorted(name for name, points in zones.items() if _thickness(points) < MIN_ZONE_THICKNESS)
+        flat = sorted(name for name, points in shapes.items() if _thickness(points) < MIN_ZONE_THICKNESS)
         if flat:
             raise ValueError(f"{flat[0]}: its points lie on one line, so nothing can ever be inside it; "
                              "a zone needs an area")
@@ -676,8 +690,26 @@ class Speed(Strict):
         default_factory=dict, examples=[{"person": 40}], description="the cap for some categories, by name (others: `max_kmh`)")
 
 
+class ZoneTime(Strict):
+    overlay: bool = Field(default=False, description="show each tracked thing's time in the zones it is in on its label "
+                          "(`person 4 · crosswalk 12 s`)")
+
+
+class Heatmap(Strict):
+    enabled: bool = Field(default=True, description="per source and category, how often each place was covered by a thing's mask "
+                          "(and where ground points passed): served as `/live/{source}/heatmap.png`, written to the export folder at "
+                          "the end of a run")
+    max_width: int = Field(default=480, ge=8, le=8192, description="cells across the frame at most: a cell is the smallest whole "
+                           "number of pixels that keeps the grid this narrow (4 x 4 at 1920x1080)")
+    half_life_s: float | None = Field(default=600.0, gt=0, le=10**8, description="exponential decay in stream time: what happened "
+                                      "this long ago counts half; `null`: every frame counts for ever")
+    overlay: bool = Field(default=False, description="draw the heatmap of every category over the overlay (video, window, live view)")
+
+
 class Analytics(Strict):
     speed: Speed = Field(default=Speed(), description="speeds from a calibrated ground plane")
+    zone_time: ZoneTime = Field(default=ZoneTime(), description="time in zones (each source's `zones`), in stream time")
+    heatmap: Heatmap = Field(default=Heatmap(), description="occupancy heatmaps")
 
 
 class Runtime(Strict):

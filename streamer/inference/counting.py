@@ -35,6 +35,7 @@ import numpy as np
 from streamer.boxes import ground_points
 from streamer.frames import Counts, Event, Line, Segment, Zone
 
+
 class ZoneTest:
     """Which zones hold which points: the one definition of "inside" (module docstring), for counting,
     the events and the time in zones. Each zone's edges are laid out once; a call is a few vector

@@ -29,6 +29,7 @@ import torch
 
 from streamer import control as ctl
 from streamer.analytics.speed import SpeedEstimator
+from streamer.analytics.zone_time import ZoneTimes
 from streamer.config import Config
 from streamer.frames import Frame, Panoptic
 from streamer.inference.counting import Counter
@@ -200,18 +201,21 @@ def infer(models: PanopticModels, params: FusionParams, frames: list[Frame], tak
 class Follow:
     """What happens to each source's results in frame order, on the coordinating thread: tracking
     (`tracking`, None: off), counting (`counters`: source id -> its Counter; sources without one do
-    not count), speeds (`speeds`: source id -> its SpeedEstimator, for sources with a ground plane) and
-    the overlay drawn on the models' device (`overlay`), after the tracker has given
-    every thing its instance id, so that colours follow tracks. A reconnect (Frame.connection) or a
+    not count), speeds (`speeds`: source id -> its SpeedEstimator, for sources with a ground plane),
+    time in zones (`zone_times`: source id -> its ZoneTimes, for sources with zones) and the overlay
+    drawn on the models' device (`overlay`), after the tracker has given every thing its instance id,
+    so that colours follow tracks. A reconnect (Frame.connection) or a
     timestamp that goes back ends every track of that source."""
 
     def __init__(self, tracking: TrackingParams | None, label_divisor: int, counters: Mapping[str, Counter | None] | None = None,
-                 overlay: Overlay | None = None, speeds: Mapping[str, SpeedEstimator | None] | None = None):
+                 overlay: Overlay | None = None, speeds: Mapping[str, SpeedEstimator | None] | None = None,
+                 zone_times: Mapping[str, ZoneTimes | None] | None = None):
         self.tracking = tracking if tracking and tracking.enabled else None
         self.divisor = label_divisor
         self.counters = {source: counter for source, counter in (counters or {}).items() if counter}
         self.overlay = overlay
         self.speeds = {source: speed for source, speed in (speeds or {}).items() if speed} if self.tracking else {}
+        self.zone_times = {source: times for source, times in (zone_times or {}).items() if times} if self.tracking else {}
         self._trackers: dict[str, SourceTracker] = {}
         self._last: dict[str, tuple[int, float]] = {}  # source id -> (connection, pts_ms) of its previous frame
 
@@ -221,23 +225,29 @@ class Follow:
         started = time.perf_counter()
         source = frame.source_id
         tracker, counter, speed = self._tracker(source), self.counters.get(source), self.speeds.get(source)
+        zone_times = self.zone_times.get(source)
         last = self._last.get(source)
+        ended: list[tuple[str, str, float]] = []
         if last is not None and (frame.connection != last[0] or frame.pts_ms < last[1]):
             for state in (tracker, counter, speed):
                 if state:
                     state.reset()
+            ended = zone_times.reset() if zone_times else []
         self._last[source] = (frame.connection, frame.pts_ms)
         panoptic, segments = result.panoptic_map, result.segments
         if tracker:
             panoptic, segments = tracker.update(panoptic, segments, frame.pts_ms / 1000.0)
         events = tuple(counter.update(segments, frame.pts_ms / 1000.0)) if counter else ()
         speeds = speed.update(panoptic, segments, frame.pts_ms / 1000.0) if speed else {}
+        visits = zone_times.update(segments, frame.pts_ms / 1000.0) if zone_times else None
+        if visits is not None and ended:
+            visits = replace(visits, ended=(*ended, *visits.ended))
         timings = {**result.timings, "tracking": time.perf_counter() - started}
         drawn = None
         if self.overlay and fused.image is not None and fused.panoptic is not None:  # on the device: both or neither
             drawn = self.overlay(fused.image, _renumber(fused.panoptic, result.segments, segments)).cpu().numpy()
         return replace(result, panoptic_map=panoptic, segments=segments, timings=timings, drawn=drawn,
-                       counts=counter.counts() if counter else None, events=events, speeds=speeds)
+                       counts=counter.counts() if counter else None, events=events, speeds=speeds, zone_times=visits)
 
     def _tracker(self, source: str) -> SourceTracker | None:
         if self.tracking and source not in self._trackers:

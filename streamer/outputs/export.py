@@ -9,7 +9,8 @@ Layout of an export folder:
                         (or rebuilt from segments.jsonl by `streamer export-json DIR`)
 `images[].file_name` is NNNNNN.jpg for frame NNNNNN of the source: the file in images/ when the
 frames are exported, the conventional name otherwise. With tracking, every thing's segments_info
-has its `track_id` (and `speed_kmh` while it has a plausible speed), an annotation lists the
+has its `track_id` (and `speed_kmh` while it has a plausible speed; `zones`, {zone: seconds}, once
+its track has been in one of the source's zones), an annotation lists the
 frame's line crossings and zone entries as `events`, and panoptic.json adds `counts`: distinct tracks per category and the events' totals.
 Each PNG (and JPEG) is written under a temporary name and renamed, and its line in segments.jsonl
 is written after it, so every line names complete files.
@@ -47,9 +48,10 @@ def id_to_rgb(ids: np.ndarray) -> np.ndarray:
     return np.stack([ids & 255, (ids >> 8) & 255, (ids >> 16) & 255], axis=-1).astype(np.uint8)
 
 
-def segment_info(segment: Segment, speed: Speed | None = None) -> dict[str, Any]:
-    """A segment's COCO `segments_info` entry, with `score`, `track_id` and `speed_kmh` (a plausible
-    speed only: absent when unknown or implausible) where it has them."""
+def segment_info(segment: Segment, speed: Speed | None = None, zones: dict[str, float] | None = None) -> dict[str, Any]:
+    """A segment's COCO `segments_info` entry, with `score`, `track_id`, `speed_kmh` (a plausible
+    speed only: absent when unknown or implausible) and `zones` ({zone: seconds inside so far, stream
+    time}, for the zones its track has been in) where it has them."""
     info: dict[str, Any] = {
         "id": segment.id,
         "category_id": segment.category_id,
@@ -63,6 +65,8 @@ def segment_info(segment: Segment, speed: Speed | None = None) -> dict[str, Any]
         info["track_id"] = segment.track_id
     if speed is not None and speed.plausible:
         info["speed_kmh"] = round(speed.kmh, 1)
+    if zones:
+        info["zones"] = {zone: round(seconds, 3) for zone, seconds in zones.items()}
     return info
 
 
@@ -233,7 +237,8 @@ class PanopticExport:
             "height": height,
             "source_id": frame.source_id,
             "pts_ms": round(frame.pts_ms, 3),
-            "segments_info": [segment_info(s, result.speeds.get(s.track_id) if s.track_id is not None else None)
+            "segments_info": [segment_info(s, result.speeds.get(s.track_id) if s.track_id is not None else None,
+                                           result.zone_times.of(s.track_id) if result.zone_times and s.track_id is not None else None)
                               for s in result.segments],
         }
         if result.events:

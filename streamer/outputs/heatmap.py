@@ -19,9 +19,10 @@ import logging
 import re
 from pathlib import Path
 
+import cv2
 import numpy as np
 
-from streamer.analytics.heatmap import Heatmap, png
+from streamer.analytics.heatmap import Heatmap, colorize, png
 from streamer.errors import WriteFailed
 from streamer.frames import Panoptic
 from streamer.outputs.export import write_atomic
@@ -29,6 +30,7 @@ from streamer.outputs.export import write_atomic
 log = logging.getLogger(__name__)
 
 LAYERS = ("masks", "ground")
+OVERLAY_ALPHA = 0.5
 
 
 def file_stem(category: str) -> str:
@@ -36,19 +38,35 @@ def file_stem(category: str) -> str:
 
 
 class HeatmapOutput:
-    """A source's heatmaps as one of its outputs; `folder` (None: none) receives the files at close."""
+    """A source's heatmaps as one of its outputs; `folder` (None: none) receives the files at close.
+    With `overlay` the maps of every category are blended into the overlay the outputs after it get
+    (in place), the picture redrawn every `refresh_s` of stream time."""
 
     stage = "heatmap"
-    needs_picture = False
 
-    def __init__(self, source_id: str, heatmap: Heatmap, folder: str | Path | None = None) -> None:
+    def __init__(self, source_id: str, heatmap: Heatmap, folder: str | Path | None = None, overlay: bool = False,
+                 refresh_s: float = 1.0) -> None:
         self.source_id = source_id
         self.heatmap = heatmap
         self.folder = Path(folder) if folder is not None else None
+        self.needs_picture = overlay
+        self.refresh_s = refresh_s
+        self._picture: tuple[float, np.ndarray, np.ndarray] | None = None  # (stream time, colours, where > 0) at the frame's size
         self._closed = False
 
     def write(self, result: Panoptic, rendered: np.ndarray | None) -> None:
-        self.heatmap.add(result.panoptic_map, result.segments, result.frame.pts_ms / 1000.0)
+        t = result.frame.pts_ms / 1000.0
+        self.heatmap.add(result.panoptic_map, result.segments, t)
+        if self.needs_picture and rendered is not None:
+            if self._picture is None or not 0 <= t - self._picture[0] < self.refresh_s or self._picture[1].shape != rendered.shape:
+                snap = self.heatmap.snapshot()
+                if snap is None:
+                    return
+                size = (rendered.shape[1], rendered.shape[0])
+                occupancy = snap.occupancy()
+                self._picture = (t, colorize(occupancy, size), cv2.resize(occupancy, size, interpolation=cv2.INTER_NEAREST) > 0)
+            _, colours, where = self._picture
+            rendered[where] = cv2.addWeighted(rendered, 1.0 - OVERLAY_ALPHA, colours, OVERLAY_ALPHA, 0.0)[where]
 
     def picture(self, category: str | None = None, layer: str = "masks", size: tuple[int, int] | None = None) -> bytes | None:
         """PNG bytes of one category's map (None: every category's together) of `layer` ("masks" or

@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from streamer.boxes import to_coco
-from streamer.frames import Category, Counts, Panoptic, Segment, Speed
+from streamer.frames import Category, Counts, Panoptic, Segment, Speed, ZoneVisits
 
 INSTANCE_COLORS = 256  # instance ids cycle through this many hues per category
 CONTOUR_COLOR = (255, 255, 255)
@@ -118,14 +118,17 @@ def label_patch(text: str, style: LabelStyle) -> tuple[np.ndarray, np.ndarray]:
     return letters, halo
 
 
-def label_text(segment: Segment, categories: dict[int, Category], speed: Speed | None = None, unit: str = "kmh") -> str:
+def label_text(segment: Segment, categories: dict[int, Category], speed: Speed | None = None, unit: str = "kmh",
+               zones: Mapping[str, float] | None = None) -> str:
     """What a thing's label says: its class name and track, e.g. "car 12", with its speed when it
-    has a plausible one ("car 12 · 43 km/h", `unit` 'kmh' or 'mph'); untracked, its score, "car 0.87"."""
+    has a plausible one ("car 12 · 43 km/h", `unit` 'kmh' or 'mph') and its time in `zones` (zone ->
+    seconds: "person 4 · crosswalk 12 s"); untracked, its score, "car 0.87"."""
     name = categories[segment.category_id].name
     if segment.track_id is not None:
+        times = "".join(f" {DOT} {zone} {seconds:.0f} s" for zone, seconds in (zones or {}).items())
         if speed is not None and speed.plausible:
-            return f"{name} {segment.track_id} {DOT} {speed.shown(unit)}"
-        return f"{name} {segment.track_id}"
+            return f"{name} {segment.track_id} {DOT} {speed.shown(unit)}{times}"
+        return f"{name} {segment.track_id}{times}"
     return f"{name} {segment.score:.2f}" if segment.score is not None else name
 
 
@@ -218,8 +221,9 @@ class Renderer:
     things, placed by `place_labels`."""
 
     def __init__(self, categories: tuple[Category, ...], label_divisor: int, alpha: float, contours: bool, labels: bool,
-                 stuff_alpha: float, speed_unit: str = "kmh"):
+                 stuff_alpha: float, speed_unit: str = "kmh", zone_times: bool = False):
         self.categories = {c.id: c for c in categories}
+        self.zone_times = zone_times  # labels show each track's time in zones
         self.speed_unit = speed_unit  # 'kmh' or 'mph': how label_text shows speeds
         self.divisor = label_divisor
         self.alpha = alpha
@@ -239,7 +243,7 @@ class Renderer:
         return np.where((instance > 0)[..., None], colors, self._stuff[category])
 
     def overlay(self, image: np.ndarray, panoptic: np.ndarray, segments: tuple[Segment, ...],
-                speeds: Mapping[int, Speed] | None = None) -> np.ndarray:
+                speeds: Mapping[int, Speed] | None = None, zone_times: ZoneVisits | None = None) -> np.ndarray:
         """The frame with its segmentation drawn (H x W x 3 uint8 BGR, a new array); `image` H x W x 3
         uint8 BGR, `panoptic` H x W integer values; `speeds`: track id -> speed, for the labels. Void
         pixels keep the original image."""
@@ -260,21 +264,23 @@ class Renderer:
             out = np.empty_like(image)
             for top in range(0, panoptic.shape[0], STRIP_ROWS):
                 self._overlay_rows(self._table, image, panoptic, out, top, min(top + STRIP_ROWS, panoptic.shape[0]))
-        return self.draw_labels(out, segments, speeds)
+        return self.draw_labels(out, segments, speeds, zone_times)
 
     def render(self, result: Panoptic) -> np.ndarray:
         """The frame with its segmentation drawn (H x W x 3 uint8 BGR): the whole overlay, or only
         the labels where the rest was drawn on the models' device (`result.drawn`); then the
         counting lines and zones, when the source has any."""
+        visits = result.zone_times if self.zone_times else None
         if result.drawn is None:
-            out = self.overlay(result.frame.image, result.panoptic_map, result.segments, result.speeds)
+            out = self.overlay(result.frame.image, result.panoptic_map, result.segments, result.speeds, visits)
         else:
-            out = self.draw_labels(result.drawn, result.segments, result.speeds)
+            out = self.draw_labels(result.drawn, result.segments, result.speeds, visits)
         if result.counts is not None and (result.counts.lines or result.counts.zones):
             draw_counting(out, result.counts)
         return out
 
-    def draw_labels(self, image: np.ndarray, segments: tuple[Segment, ...], speeds: Mapping[int, Speed] | None = None) -> np.ndarray:
+    def draw_labels(self, image: np.ndarray, segments: tuple[Segment, ...], speeds: Mapping[int, Speed] | None = None,
+                    zone_times: ZoneVisits | None = None) -> np.ndarray:
         """Things' labels ("car 12", "car 12 · 43 km/h" with a speed in `speeds`, `label_text`), sized
         for this frame by `label_style` and put where `place_labels` says, drawn into `image`
         (H x W x 3 uint8 BGR, returned) when labels are on."""
@@ -285,7 +291,8 @@ class Renderer:
         things = [s for s in segments if s.isthing]
         speeds = speeds or {}
         patches = [label_patch(label_text(s, self.categories, speeds.get(s.track_id) if s.track_id is not None else None,
-                                          self.speed_unit), style) for s in things]
+                                          self.speed_unit, zone_times.of(s.track_id) if zone_times and s.track_id is not None else None),
+                               style) for s in things]
         sizes = [(letters.shape[1], letters.shape[0]) for letters, _ in patches]
         for index, (x0, y0, _, _) in place_labels(things, sizes, (width, height), style.min_area, style.gap):
             _paste(image, *patches[index], x0, y0)

@@ -35,6 +35,7 @@ if TYPE_CHECKING:  # torch-heavy: imported when the pipeline builds them, after 
     from streamer import control as ctl
     from streamer.analytics.calibration import GroundPlane
     from streamer.analytics.speed import SpeedEstimator
+    from streamer.analytics.zone_time import ZoneTimes
     from streamer.inference.counting import Counter
     from streamer.inference.fusion import FusionParams
     from streamer.inference.tracking import TrackingParams
@@ -72,14 +73,33 @@ def tracking_params(config: Config) -> TrackingParams:
 
 def counter(config: Config, source: Source) -> Counter | None:
     """The source's counts (objects, its lines and zones); None when tracking is off: counting needs tracks."""
-    from streamer.frames import Line, Zone
+    from streamer.frames import Line
     from streamer.inference.counting import Counter
 
     if not config.tracking.enabled:
         return None
     lines = [Line(name, a, b) for name, (a, b) in source.lines.items()]
-    zones = [Zone(name, points) for name, points in source.zones.items()]
-    return Counter(lines, zones, {c.id: c.name for c in config.categories()})
+    return Counter(lines, source.counting_zones(), {c.id: c.name for c in config.categories()})
+
+
+def zone_times(config: Config, source: Source) -> ZoneTimes | None:
+    """The source's time in zones; None without zones or tracking."""
+    from streamer.analytics.zone_time import ZoneTimes
+
+    if not (config.tracking.enabled and source.zones):
+        return None
+    return ZoneTimes(source.counting_zones(), {c.id: c.name for c in config.categories()})
+
+
+def heatmap_output(config: Config, source: Source, several: bool) -> Output:
+    """The source's occupancy heatmaps (analytics.heatmap), written into its export folder when there is one."""
+    from streamer.analytics.heatmap import Heatmap
+    from streamer.outputs.heatmap import HeatmapOutput
+
+    settings = config.analytics.heatmap
+    folder = output_path(config.output.export_dir, source.id, several) if config.output.export_dir else None
+    things = {c.id: c.name for c in config.categories() if c.isthing}
+    return HeatmapOutput(source.id, Heatmap(things, settings.max_width, settings.half_life_s), folder, settings.overlay)
 
 
 def ground_plane(source: Source) -> GroundPlane | None:
@@ -119,18 +139,20 @@ def live_feed(config: Config, source_id: str) -> LiveFeed:
 
 def server(config: Config, watched: list[WatchedSource], outputs: dict[str, list[Output]], control: ctl.Control,
            device: torch.device) -> Server:
-    """The HTTP server: metrics and health of `watched`, the live views among `outputs` (source id ->
+    """The HTTP server: metrics and health of `watched`, the live views and heatmaps among `outputs` (source id ->
     its outputs), the event log's `/api/events` when events are on; listening when returned."""
+    from streamer.outputs.heatmap import HeatmapOutput
     from streamer.outputs.live import LiveFeed
     from streamer.service.http import MAX_CONNECTIONS
     from streamer.service.metrics import Metrics
     from streamer.service.server import Server
 
     feeds: dict[str, LiveFeed] = {source_id: o for source_id, listed in outputs.items() for o in listed if isinstance(o, LiveFeed)}
+    heatmaps = {source_id: o for source_id, listed in outputs.items() for o in listed if isinstance(o, HeatmapOutput)}
     settings = config.server
     metrics = Metrics(watched, control, config.runtime.stage_timeout_s, device, {c.id: c.name for c in config.categories()})
     return Server(settings.host, settings.port, settings.bearer, metrics, feeds, MAX_CONNECTIONS + len(feeds) * settings.max_viewers,
-                  settings.allowed_hosts, Path(config.events.dir) if config.events.enabled else None)
+                  settings.allowed_hosts, Path(config.events.dir) if config.events.enabled else None, heatmaps)
 
 
 def announce_models(config: Config, specs: list[SourceSpec] | None = None) -> None:
@@ -155,7 +177,7 @@ def renderer(config: Config) -> Renderer:
 
     render = config.render
     return Renderer(config.categories(), config.fusion.label_divisor, render.alpha, render.contours, render.labels,
-                    render.stuff_alpha, config.analytics.speed.unit)
+                    render.stuff_alpha, config.analytics.speed.unit, config.analytics.zone_time.overlay)
 
 
 def live_options(source: Source) -> LiveOptions:
@@ -223,12 +245,14 @@ def output_path(template: str, source_id: str, several: bool) -> str:
 
 
 def outputs(config: Config, source: OpenedSource, locks: ExitStack) -> list[Output]:
-    """Every output of one source, in the order the sink hands them each frame: its video, its
-    export, the window, the live view, its events. Each output's lock joins `locks`, taken before
+    """Every output of one source, in the order the sink hands them each frame: its heatmaps (first:
+    with analytics.heatmap.overlay they draw into the overlay the others get), its video, its export,
+    the window, the live view, its events. Each output's lock joins `locks`, taken before
     any leftover is touched. The caller closes them; when one cannot be made, those made before are
     closed here. A new kind of output is added here, and nowhere else."""
     several = len(config.all_sources()) > 1
     wanted: list[tuple[object, Callable[[], Output]]] = [
+        (config.analytics.heatmap.enabled, lambda: heatmap_output(config, source.settings, several)),  # first: drawn over the overlay
         (config.output.video, lambda: video_output(config, source, several, locks)),
         (config.output.export_dir, lambda: export(config, source.settings, config.categories(), several, locks)),
         (config.output.display, DisplayOutput),
@@ -313,7 +337,6 @@ def events_output(config: Config, source: Source, locks: ExitStack) -> Output:
     """The source's events: logged in events.dir (its lock joins `locks`: one daemon per event log),
     delivered by the run's sinks (made with the first source's events, closed with `locks`)."""
     from streamer.errors import CannotCreate
-    from streamer.frames import Zone
     from streamer.outputs.events.output import EventsOutput
 
     settings = config.events
@@ -329,7 +352,7 @@ def events_output(config: Config, source: Source, locks: ExitStack) -> Output:
         locks.callback(shared.close)  # after every source's outputs: they are closed before, in the stack's reverse order
     events_log = event_log(config)
     sinks = [shared.source_waker()]
-    zones = [Zone(name, points) for name, points in source.zones.items()]
+    zones = source.counting_zones()
     return EventsOutput(source.id, events_log, zones, {c.id: c.name for c in config.categories()}, config.tracking.max_lost_s, sinks,
                         settings.snapshot_width if settings.snapshots else None, settings.snapshot_quality)
 

@@ -2,7 +2,8 @@
 
 Endpoints: `/healthz` (always open), `/metrics`, `/api/status`, `/` (every source), `/live/{source}`
 (one source, large), `/live/{source}.jpg` (the newest frame), `/live/{source}.mjpg` (MJPEG),
-`/live/{source}.mp4` (H.264 in fragmented MP4, for the page's Media Source Extensions player);
+`/live/{source}.mp4` (H.264 in fragmented MP4, for the page's Media Source Extensions player),
+`/live/{source}/heatmap.png` (its occupancy heatmap: ?category=NAME, ?layer=masks|ground);
 with events on, `/api/events` (the event log, filtered and paged: streamer.outputs.events.query),
 `/api/events/{id}/snapshot.jpg` and `/api/events/{id}/crop.jpg` (an event's pictures; 404 for an
 unknown id, 400 with one line for a bad parameter).
@@ -45,6 +46,7 @@ from pathlib import Path
 
 from streamer.control import latency_summary
 from streamer.errors import ConfigError, StreamerError
+from streamer.outputs.heatmap import LAYERS, HeatmapOutput
 from streamer.outputs.live import LiveFeed, LiveFrame, ViewersFull
 from streamer.service.http import IO_TIMEOUT_S, BoundedHandler, BoundedHTTPServer
 from streamer.service.metrics import Metrics, WatchedSource
@@ -58,6 +60,7 @@ LOOPBACK_NAMES = ("localhost",)
 BOUNDARY = "streamer-frame"
 LIVE_PATH = re.compile(r"^/live/([^/]+?)(\.jpg|\.mjpg|\.mp4)?$")
 SNAPSHOT_PATH = re.compile(r"^/api/events/([^/]+)/(snapshot|crop)\.jpg$")
+HEATMAP_PATH = re.compile(r"^/live/([^/]+)/heatmap\.png$")
 PAGES = {name: (resources.files("streamer.service") / "web" / name).read_bytes() for name in ("index.html", "live.html", "common.js")}
 FPS_WINDOW_S = 5.0
 JOIN_TIMEOUT_S = 10.0  # a video viewer waits this long for its first keyframe
@@ -69,8 +72,10 @@ class Server:
     events are off, /api/events is 404)."""
 
     def __init__(self, host: str, port: int, token: str | None, metrics: Metrics, feeds: dict[str, LiveFeed],
-                 max_connections: int, allowed_hosts: tuple[str, ...] = (), events_dir: Path | None = None):
+                 max_connections: int, allowed_hosts: tuple[str, ...] = (), events_dir: Path | None = None,
+                 heatmaps: dict[str, HeatmapOutput] | None = None):
         self.token = token
+        self.heatmaps = heatmaps or {}
         self.events_dir = events_dir
         self.cookie = None if token is None else hmac.new(token.encode(), COOKIE_LABEL, hashlib.sha256).hexdigest()
         self.allowed_hosts = {_host_name(host), *(name.lower().rstrip(".") for name in allowed_hosts)}
@@ -206,6 +211,9 @@ class Handler(BoundedHandler):
             return self._send(200, "text/html; charset=utf-8", PAGES["index.html"])
         if path == "/common.js":
             return self._send(200, "text/javascript; charset=utf-8", PAGES["common.js"])
+        heatmap = HEATMAP_PATH.match(path)
+        if heatmap:
+            return self._heatmap(heatmap.group(1), query)
         feed = self.app.feeds.get(live.group(1)) if live else None
         if feed is None or live is None:
             return self._send(404, "text/plain; charset=utf-8", b"not found: see / for the sources\n")
@@ -214,6 +222,25 @@ class Handler(BoundedHandler):
         if live.group(2) == ".jpg":
             return self._snapshot(feed)
         return self._mjpeg(feed) if live.group(2) == ".mjpg" else self._mp4(feed)
+
+    def _heatmap(self, source_id: str, query: dict[str, list[str]]) -> None:
+        """/live/{source}/heatmap.png[?category=NAME][&layer=masks|ground]: the source's occupancy heatmap
+        (every thing category together unless one is named) at the frame's size."""
+        output = self.app.heatmaps.get(source_id)
+        if output is None:
+            return self._send(404, "text/plain; charset=utf-8", b"not found: no heatmap for this source (analytics.heatmap)\n")
+        layer = (query.get("layer") or ["masks"])[0]
+        if layer not in LAYERS:
+            return self._send(400, "text/plain; charset=utf-8", f"layer must be one of {', '.join(LAYERS)}\n".encode())
+        categories = query.get("category")
+        category = categories[0] if categories else None
+        snap = output.heatmap.snapshot()
+        body = output.picture(category, layer, snap.size) if snap else None
+        if body is None:
+            if snap is None:
+                return self._send(503, "text/plain; charset=utf-8", b"no frame yet\n", {"Retry-After": "1"})
+            return self._send(404, "text/plain; charset=utf-8", b"not found: no such category in the heatmap yet\n")
+        self._send(200, "image/png", body, {"Cache-Control": "no-store"})
 
     def _cookie(self) -> str | None:
         for part in (self.headers.get("Cookie") or "").split(";"):

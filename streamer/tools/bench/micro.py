@@ -1,7 +1,7 @@
 """Micro-benchmarks of the bench: fusion (ours, the reference loop, the naive loop; with an
 identical-output check) and the overlay on one thread, on random street-like scenes; tracking and
 counting per frame on one thread, on objects that move smoothly (with a check that they kept their
-tracks)."""
+tracks), and the scene analytics after them (speed, time in zones, heatmaps)."""
 from __future__ import annotations
 
 import logging
@@ -12,9 +12,13 @@ from typing import Any
 import numpy as np
 import torch
 
+from streamer.analytics.calibration import GroundPlane
+from streamer.analytics.heatmap import Heatmap
+from streamer.analytics.speed import SpeedEstimator
+from streamer.analytics.zone_time import ZoneTimes
 from streamer.boxes import of_xywh, window
 from streamer.config import Config
-from streamer.frames import Category, Line, Segment, Zone
+from streamer.frames import KMH_PER_MPS, Category, Line, Segment, Zone
 from streamer.inference.counting import Counter
 from streamer.inference.fusion import FusionParams, fuse
 from streamer.inference.masks import BoxMasks
@@ -216,13 +220,30 @@ def counting_layout(width: int, height: int) -> tuple[list[Line], list[Zone]]:
     return lines, zones
 
 
+def analytics_state(width: int, height: int, zones: list[Zone], categories: tuple[Category, ...]
+                    ) -> tuple[SpeedEstimator, ZoneTimes, Heatmap]:
+    """The scene analytics as a source runs them (default settings): speeds over a ground plane that
+    maps the frame onto 20 x 40 m of road, time in `zones`, and the heatmaps."""
+    from streamer.config import Analytics
+
+    settings = Analytics()
+    image = np.array([[0, height], [width, height], [0.75 * width, 0.4 * height], [0.25 * width, 0.4 * height]], np.float64)
+    plane = GroundPlane.from_points(image, [[-10, 5], [10, 5], [10, 45], [-10, 45]])
+    speed, heat = settings.speed, settings.heatmap
+    speeds = SpeedEstimator(plane, speed.window_s, speed.min_span, speed.max_kmh / KMH_PER_MPS, {}, speed.max_error)
+    names = {c.id: c.name for c in categories}
+    return (speeds, ZoneTimes(zones, names),
+            Heatmap({c.id: c.name for c in categories if c.isthing}, heat.max_width, heat.half_life_s))
+
+
 def tracking_case(
     size: tuple[int, int], count: int, options: BenchOptions, categories: tuple[Category, ...], params: TrackingParams,
     divisor: int,
 ) -> dict[str, Any]:
     """One size and object count over --tracking-frames frames: each frame's map and segments are
     drawn before its clock starts, then SourceTracker.update and Counter.update are timed, each
-    alone; the first TRACKING_WARMUP frames (at most half) are left out of the timings. Also counts
+    alone, and the scene analytics after them (speed, time in zones, heatmap: `analytics_ms`, and
+    each part's); the first TRACKING_WARMUP frames (at most half) are left out of the timings. Also counts
     the objects that kept one track id throughout (from their min_hits-th frame on)."""
     width, height = size
     frames = options.tracking_frames
@@ -235,8 +256,10 @@ def tracking_case(
     lines, zones = counting_layout(width, height)
     tracker = SourceTracker(params, divisor)
     counter = Counter(lines, zones, {c.id: c.name for c in categories})
+    speeds, zone_times, heatmap = analytics_state(width, height, zones, categories)
     panoptic = np.empty((height, width), np.int32)
     track_s, count_s, events = [], [], 0
+    parts: dict[str, list[float]] = {"speed": [], "zone_time": [], "heatmap": []}
     tracks_of: list[set[int | None]] = [set() for _ in range(count)]
     with single_thread():
         for index in range(frames):
@@ -247,9 +270,18 @@ def tracking_case(
             between = time.perf_counter()
             events += len(counter.update(tracked, pts_s))
             ended = time.perf_counter()
+            steps = [time.perf_counter()]
+            speeds.update(panoptic, tracked, pts_s)
+            steps.append(time.perf_counter())
+            zone_times.update(tracked, pts_s)
+            steps.append(time.perf_counter())
+            heatmap.add(panoptic, tracked, pts_s)
+            steps.append(time.perf_counter())
             if index >= warmup:
                 track_s.append(between - started)
                 count_s.append(ended - between)
+                for name, a, b in zip(parts, steps[:-1], steps[1:]):
+                    parts[name].append(b - a)
             if index >= params.min_hits - 1:  # with min_hits 1 from the first frame on
                 for obj, segment in zip(objects.tolist(), tracked):  # things come first, in the order drawn
                     tracks_of[obj].add(segment.track_id)
@@ -260,6 +292,8 @@ def tracking_case(
         "size": [width, height], "instances": count, "tracker": params.tracker, "frames": frames, "timed_frames": len(total_s),
         "lines": len(lines), "zones": len(zones),
         "ms": ms_summary(total_s), "tracking_ms": ms_summary(track_s), "counting_ms": ms_summary(count_s),
+        "analytics_ms": ms_summary([sum(step) for step in zip(*parts.values())]),
+        **{f"{name}_ms": ms_summary(seconds) for name, seconds in parts.items()},
         "tracks": len(set().union(*tracks_of) - {None}), "kept_tracks": kept,
         "objects_counted": sum(counted.objects_total.values()), "events": events, "threads": 1,
     }
