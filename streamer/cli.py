@@ -71,11 +71,18 @@ def build_parser() -> argparse.ArgumentParser:
     rebuild.add_argument("folder", metavar="DIR")
     rebuild.set_defaults(handler=cmd_export_json)
 
-    from streamer.tools import annotate, bench, config_docs, models  # define their own flags; torch is imported only when they run
+    from streamer.tools import (  # define their own flags; torch is imported only when they run
+        annotate,
+        bench,
+        calibrate,
+        config_docs,
+        models,
+    )
 
     annotate.add_parser(commands)
     bench.add_parser(commands)
     models.add_parser(commands)
+    calibrate.add_parser(commands)
 
     check = commands.add_parser("check-config", help="validate a configuration and print it resolved")
     add_config_arguments(check)

@@ -71,3 +71,22 @@ def test_a_degenerate_calibration_stops_start_up_with_exit_78(tmp_path):
     assert done.returncode == 78
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1 and "source.calibration" in lines[0] and "lie on one line" in lines[0]
+
+
+def test_calibrate_prints_a_synthetic_street_s_exact_calibration_and_draws_its_grid(tmp_path, capsys):
+    import cv2
+    import yaml
+
+    from streamer.cli import main
+
+    uri = "synthetic:street?seed=1003&frames=2&size=320x180"
+    out = tmp_path / "grid.png"
+    assert main(["calibrate", "--source", uri, "--out", str(out)]) == 0
+    printed = yaml.safe_load(capsys.readouterr().out)["calibration"]
+    image, ground = StreetScene(1003, (320, 180)).ground_calibration()
+    np.testing.assert_allclose(printed["image"], image, atol=0.05)
+    np.testing.assert_allclose(printed["ground"], ground, atol=0.0005)
+    homography(printed["image"], printed["ground"])  # what it prints is a calibration the config takes
+    picture, frame = cv2.imread(str(out)), StreetScene(1003, (320, 180)).render(0).image
+    assert picture.shape == frame.shape and (np.abs(picture.astype(int) - frame).sum(axis=2) > 60).mean() > 0.02  # the grid is drawn
+    assert main(["calibrate", "--source", uri, "--out", str(tmp_path / "no" / "such" / "dir.png")]) == 73
