@@ -1,5 +1,6 @@
 """The `streamer` command makes torch's OpenMP threads sleep while they wait (OMP_WAIT_POLICY=PASSIVE)
-unless the user said how they should wait; libgomp itself is asked what it read."""
+unless the user said how they should wait; libgomp itself is asked what it read. ONNX Runtime's
+threads do not spin either."""
 from __future__ import annotations
 
 import subprocess
@@ -36,3 +37,18 @@ def test_passive_unless_the_environment_says_how_to_wait():
 @pytest.mark.system
 def test_libgomp_reads_the_policy_the_command_set():
     assert "GOMP_SPINCOUNT = '0'" in openmp_settings()  # threads sleep at once (the user's own value: the test above)
+
+
+def test_onnx_runtime_threads_sleep_while_they_wait_too(tmp_path):
+    onnx = pytest.importorskip("onnx")
+    pytest.importorskip("onnxruntime")
+    from onnx import helper
+
+    from streamer.inference.backends import OnnxRuntimeNetwork
+
+    shape = [1, 3, 4, 4]
+    tensor = lambda name: helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, shape)  # noqa: E731
+    graph = helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "relu", [tensor("x")], [tensor("y")])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)]), tmp_path / "relu.onnx")
+    network = OnnxRuntimeNetwork(tmp_path / "relu.onnx", 2)
+    assert network.session.get_session_options().get_session_config_entry("session.intra_op.allow_spinning") == "0"

@@ -97,6 +97,9 @@ class OnnxRuntimeNetwork:
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
+        # its threads sleep while they wait, as torch's do (streamer.openmp): spinning ones made a busy machine's 640x352
+        # U-Net 1.3-1.7x slower (docs/benchmarks.md, "Sharing the machine")
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         options.log_severity_level = 3  # errors only: its notes on graph rewrites are not the user's business
