@@ -7,7 +7,9 @@ import signal
 import sqlite3
 import time
 
+import numpy as np
 import pytest
+from helpers import wait_until
 
 from streamer.frames import Event, Zone
 from streamer.outputs.events.kinds import Events, FrameFacts, Seen, inside
@@ -254,3 +256,56 @@ def test_events_output_logs_a_synthetic_streets_crossings_as_its_counter_counts(
     assert kinds[0] == "source_state" and kinds[-1] == "source_state" and logged[-1].payload["state"] == "ended"
     last_counts = [e.payload for e in logged if e.kind == "counts"][-1]
     assert last_counts == {k: counts[k] for k in ("objects_total", "lines", "zones")}
+
+
+# -- a source's connection
+
+
+def test_a_live_source_whose_stream_drops_logs_reconnecting_at_once_and_a_file_that_ends_does_not(tmp_path):
+    import functools
+    import queue
+    import threading
+
+    from streamer import control as ctl
+    from streamer.config import BufferPolicy
+    from streamer.inputs.capture import Capture, Liveness
+    from streamer.outputs.events.delivery import Delivery
+
+    class Reader:
+        """Three tiny frames, then the end of the stream."""
+
+        description, fps = "three", 25.0
+
+        def __init__(self, live: bool) -> None:
+            self.live, self.left = live, 3
+
+        def read(self):
+            self.left -= 1
+            return None if self.left < 0 else (np.zeros((4, 4, 3), np.uint8), 0.0)
+
+        def close(self) -> None:
+            pass
+
+    def capture(source_id: str, live: bool, control: ctl.Control) -> Capture:
+        return Capture(lambda: Reader(live), source_id, "three", queue.Queue(maxsize=2), BufferPolicy.DROP_OLDEST,
+                       Liveness(live, 15.0, None, 0.01, 0.02, 30.0), control, ctl.Stats(),
+                       on_state=functools.partial(delivery.source_state, source_id))
+
+    delivery = Delivery(EventLog(tmp_path))
+    control = ctl.Control()
+    thread = threading.Thread(target=capture("cam", True, control).run)
+    try:
+        capture("file", False, ctl.Control()).run()
+        thread.start()
+        wait_until(lambda: len(delivery.log.after(0, 10)) >= 2, 10)
+        control.stop.set()
+        thread.join(10)
+        logged = delivery.log.after(0, 100)
+        assert {e.source for e in logged} == {"cam"}, "a file's end is no outage"
+        assert all(e.kind == "source_state" and e.payload == {"state": "reconnecting", "reason": "ended"} and e.pts_s is None
+                   for e in logged)
+    finally:
+        control.stop.set()
+        if thread.ident is not None:
+            thread.join(10)
+        delivery.close()

@@ -141,8 +141,12 @@ class Capture:
         stats: ctl.Stats,
         max_frames: int | None = None,
         seed: int | None = None,
+        on_state: Callable[[str, str | None], None] | None = None,
     ):
+        """`on_state(state, reason)`: told each state change (`reconnecting` with why: `ended`, `stalled`,
+        `failed`), from this thread; its failures are logged, never the capture's."""
         self.open_reader = open_reader
+        self.on_state = on_state
         self.source_id = source_id
         self.description = description
         self.frames = frames
@@ -206,7 +210,7 @@ class Capture:
                 self.attempt = 0
             self._down_since = time.monotonic()
             self.stats.reconnects += 1
-            self._set_state(State.RECONNECTING)
+            self._set_state(State.RECONNECTING, outcome)
             if not self._wait_before_retry(None):
                 return
 
@@ -289,7 +293,7 @@ class Capture:
         self.control.first_frame.set()
         return offer(self.frames, frame, self.policy, self.control, self.stats)
 
-    def _set_state(self, state: State) -> None:
+    def _set_state(self, state: State, reason: str | None = None) -> None:
         if state == self.state:
             return
         outage = ""
@@ -298,3 +302,8 @@ class Capture:
             self._down_since = None
         log.info("%s: %s -> %s%s (%s)", self.source_id, self.state.value, state.value, outage, self.description)
         self.state = state
+        if self.on_state is not None:
+            try:
+                self.on_state(state.value, reason)
+            except Exception as exc:  # noqa: BLE001  telling others never stops the capture
+                log.error("%s: the state change %s could not be told: %s", self.source_id, state.value, exc)

@@ -10,7 +10,7 @@ import logging
 import platform
 import queue
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
@@ -28,6 +28,8 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+ZONE_TIME_BUCKETS_S = (0.5, 1.0, 2.0, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0)
+SPEED_BUCKETS_KMH = (5.0, 10.0, 20.0, 30.0, 40.0, 50.0, 60.0, 70.0, 80.0, 100.0, 120.0, 150.0)
 
 
 @dataclass
@@ -152,8 +154,10 @@ class Metrics:
     """The registry behind /metrics (the counters read at scrape time, the latency histograms
     observed per frame) and the /healthz verdict; streamer.service.server serves both."""
 
-    def __init__(self, sources: list[WatchedSource], control: ctl.Control, stage_timeout_s: float, device: torch.device):
+    def __init__(self, sources: list[WatchedSource], control: ctl.Control, stage_timeout_s: float, device: torch.device,
+                 category_names: Mapping[int, str] | None = None):
         self.sources = sources
+        self.category_names = dict(category_names or {})  # category id -> name, for the speed histogram's label
         self.control = control
         self.stage_timeout_s = stage_timeout_s
         self.registry = CollectorRegistry()
@@ -166,12 +170,30 @@ class Metrics:
             "streamer_latency_seconds", "End-to-end latency, frame read to outputs written", ["source"],
             registry=self.registry, buckets=LATENCY_BUCKETS,
         )
+        self.zone_time = Histogram(
+            "streamer_zone_time_seconds", "Time tracked things spent in each zone, stream seconds: one observation per visit, "
+            "when it ends (the thing left, its track ended, or the source reconnected)",
+            ["source", "zone"], registry=self.registry, buckets=ZONE_TIME_BUCKETS_S,
+        )
+        self.speed = Histogram(
+            "streamer_speed_kmh", "Speeds of tracked things, km/h: one observation per thing and frame with a plausible speed",
+            ["source", "category"], registry=self.registry, buckets=SPEED_BUCKETS_KMH,
+        )
 
     def observe(self, result: Panoptic, timings: dict[str, float]) -> None:
         """Called by the sink thread once a result is written, with every stage's seconds."""
         for stage, seconds in timings.items():
             self.stage_seconds.labels(stage).observe(seconds)
         self.latency.labels(result.frame.source_id).observe(time.monotonic() - result.frame.captured_mono)
+        if result.zone_times is not None:
+            for zone, _, seconds in result.zone_times.ended:
+                self.zone_time.labels(result.frame.source_id, zone).observe(seconds)
+        if result.speeds:
+            categories = {s.track_id: s.category_id for s in result.segments if s.isthing and s.track_id is not None}
+            for track, speed in result.speeds.items():
+                if speed.plausible and track in categories:
+                    category = categories[track]
+                    self.speed.labels(result.frame.source_id, self.category_names.get(category, str(category))).observe(speed.kmh)
 
     def health(self) -> tuple[bool, dict]:
         """health() of the sources, and the event sinks' state under `events` when events are delivered

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import functools
 import logging
 import queue
 import signal
@@ -206,8 +207,10 @@ class Pipeline:
             """A file's reader, opened at start-up; a live source (re)connected in its capture thread."""
             return reader or open_source(spec, settings.fps, live_options, force_live=True)
 
+        delivery = build.delivery_of(stack)  # a source that reconnects is an event (None: events are off)
         capture = Capture(opener, settings.id, description, frames, policy, build.liveness(settings, source.live),
-                          self.control, stats, config.runtime.max_frames)
+                          self.control, stats, config.runtime.max_frames,
+                          on_state=functools.partial(delivery.source_state, settings.id) if delivery else None)
         count, limit = reader.frame_count if reader else None, config.runtime.max_frames  # count None: live, or not said
         stats.expected = min(count, limit) if count and limit else count or limit
         display = next((output for output in outputs if isinstance(output, DisplayOutput)), None)

@@ -11,11 +11,12 @@ from __future__ import annotations
 
 import logging
 import sqlite3
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-from streamer.outputs.events.log import EventLog
+from streamer.outputs.events.log import EventLog, NewEvent
 
 log = logging.getLogger(__name__)
 
@@ -85,6 +86,20 @@ class Delivery:
     def wake(self) -> None:
         for sink in self.sinks:
             sink.wake()
+
+    def source_state(self, source_id: str, state: str, reason: str | None = None) -> None:
+        """A source's capture changed state (inputs.capture.Capture's `on_state`, its thread): `reconnecting`
+        is logged at once as a `source_state` event (`reason`: why the connection ended: `ended`, `stalled`,
+        `failed`), so receivers learn of an outage while no frame comes; it may come before the events of
+        the last frames read before the drop, still in the models. The other states come with the frames (kinds.py)."""
+        if state != "reconnecting":
+            return
+        try:
+            self.log.append([NewEvent("source_state", source_id, None, time.time(), {"state": state, "reason": reason})])
+        except sqlite3.Error as exc:
+            log.error("%s: events: cannot log that the source is reconnecting: %s", source_id, exc)
+            return
+        self.wake()
 
     def states(self) -> list[SinkState]:
         try:

@@ -4,7 +4,9 @@ counting events (streamer.inference.counting) and its counts. Pure: no threads, 
 Kinds and their fields (besides every event's id, seq, kind, source, pts_s, wall):
 
 - `source_state`: `state` ("connected" at the first frame, "reconnected" when the frame's connection
-  number changes, "ended" when the source's output closes), `connection`.
+  number changes, "ended" when the source's output closes), `connection`. (A live source whose
+  connection drops also logs `state` "reconnecting" with `reason` at once, from its capture thread:
+  delivery.Delivery.source_state.)
 - `track_start`: `track_id`, `category`, `first_seen` (stream s), `position` (its ground point [x, y]).
 - `line_crossing`: `line`, `direction` ("in" / "out"), `category`, `track_id`, `position`, `speed_kmh`.
 - `zone_entry`: `zone`, `category`, `track_id`, `position`, `counted` (true the first time: what the
