@@ -109,3 +109,22 @@ def test_the_label_the_export_and_the_units_show_plausible_speeds_only():
     assert segment_info(car, fast)["speed_kmh"] == 43.0
     assert "speed_kmh" not in segment_info(car, Speed(400 / 3.6, False))
     assert "speed_kmh" not in segment_info(car)
+
+
+def test_eval_scores_speeds_against_the_truth_and_counts_implausible_ones():
+    from streamer.tools import speed_eval
+
+    scene = StreetScene(1001, (640, 360))
+    same_class = {c: c for c in range(1, 7)}  # the predictions here are the truth's own masks and ids
+    plane = GroundPlane.from_points(*scene.ground_calibration())
+    honest = speed_eval.SpeedScore(SpeedEstimator(plane, 1.0, 0.6, 250 / 3.6, max_error=0.1), same_class, {CAR: 250.0})
+    capless = speed_eval.SpeedScore(SpeedEstimator(plane, 1.0, 0.6, 1e9, max_error=0.1), same_class, {CAR: 1.0})  # caps nothing
+    for index in range(24):
+        frame = scene.render(index)
+        for score in (honest, capless):
+            score.observe(index / scene.fps, frame.panoptic, frame.segments, frame)
+    figures = honest.figures()
+    assert figures["samples"] > 0 and figures["median_rel_error"] < 0.05 and figures["implausible_reported"] == 0
+    assert 0 < figures["coverage"] <= 1 and figures["tracks"] >= 1
+    assert capless.figures()["implausible_reported"] == capless.figures()["samples"] > 0  # every car is over a 1 km/h cap
+    assert "median" in speed_eval.text(figures) and "implausible speeds reported: 0" in speed_eval.text(figures)
