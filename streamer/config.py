@@ -162,8 +162,8 @@ class InstanceModel(Strict):
     proposals: int | None = Field(default=None, ge=1, le=100_000, description="region proposals the box head scores per frame "
                                   "(fewer: faster, may miss objects in crowded frames); `null`: the model's own (torchvision 1000, "
                                   "demo 300)")
-    backend: Backend = Field(default="torch", description="what runs Mask R-CNN: `torch` only for now (its exports "
-                             "to ONNX Runtime and OpenVINO do not give torch's masks; see [Faster on a CPU](#faster-on-a-cpu))")
+    backend: str = Field(default="torch", description="what runs Mask R-CNN: `torch` only for now (an export is not wired in; "
+                         "see [Faster on a CPU](#faster-on-a-cpu))")
     class_map: dict[str, str | tuple[str, ...]] = Field(
         default_factory=dict,
         description="instance class (COCO or demo name) -> panoptic category, or a list of categories: the one the semantic model shows "
@@ -184,8 +184,8 @@ class InstanceModel(Strict):
     @classmethod
     def _torch_only(cls, backend: str) -> str:
         if backend != "torch":
-            raise ValueError(f"{backend}: Mask R-CNN runs in torch only (its ONNX export breaks on dynamic shapes, "
-                             "torchvision issues 2311 and 8937); `models.semantic.backend` takes onnxruntime and openvino")
+            raise ValueError(f"{backend}: Mask R-CNN runs in torch only for now (its ONNX export breaks on dynamic shapes, "
+                             "torchvision issues 2311 and 8937); models.semantic.backend takes onnxruntime and openvino")
         return backend
 
     @field_validator("class_map")
