@@ -16,7 +16,7 @@ import torch
 from helpers import run_in_process, the_error, tmpfs
 
 from streamer.config import Models, SemanticModel, load_config
-from streamer.errors import CannotCreate, DataError
+from streamer.errors import CannotCreate, ConfigError, DataError
 from streamer.inference import backends, exports
 from streamer.inference.models import build_models, build_semantic, create_semantic
 from streamer.inputs.synthetic import StreetScene
@@ -222,3 +222,8 @@ def test_a_full_cache_keeps_nothing_half_written_and_a_read_only_one_names_the_c
         with pytest.raises(CannotCreate, match=r"Read-only file system.*run `streamer models export demo --backend openvino` "
                                                "as a user who can write that cache"):
             exports.ensure(module, settings, "openvino", threads=1, preset="demo")
+
+
+def test_mask_rcnn_stays_in_torch():
+    with pytest.raises(ConfigError, match=r"models.instance.backend: openvino: Mask R-CNN runs in torch only for now"):
+        load_config(None, ["models.instance.backend=openvino"])
