@@ -186,12 +186,14 @@ def sample(panoptic_map: np.ndarray, cell: int) -> np.ndarray:
 
 def colorize(values: np.ndarray, size: tuple[int, int] | None = None, background: np.ndarray | None = None,
              alpha: float = 0.6) -> np.ndarray:
-    """A map (rows x cols, >= 0) as a picture: scaled to its maximum, OpenCV's INFERNO colour map,
+    """A map (rows x cols, >= 0) as a picture: the square root of each value's fraction of the maximum
+    (so that places visited rarely still show beside a busy one), OpenCV's INFERNO colour map,
     resized to `size` (width, height; nearest neighbour, so cells stay cells) and, over `background`
     (H x W x 3 uint8 BGR of that size), blended with `alpha` where the map is above zero. Returns
     H x W x 3 uint8 BGR."""
     peak = float(values.max()) if values.size else 0.0
-    scaled: np.ndarray = np.zeros(values.shape, np.uint8) if peak <= 0 else np.clip(values * (255.0 / peak), 0, 255).astype(np.uint8)
+    scaled: np.ndarray = np.zeros(values.shape, np.uint8) if peak <= 0 else \
+        np.clip(np.sqrt(np.maximum(values, 0) / peak) * 255.0, 0, 255).astype(np.uint8)
     picture = cv2.applyColorMap(scaled, cv2.COLORMAP_INFERNO)
     if size is not None and (picture.shape[1], picture.shape[0]) != tuple(size):
         picture = cv2.resize(picture, tuple(size), interpolation=cv2.INTER_NEAREST)
