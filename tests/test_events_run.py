@@ -15,6 +15,7 @@ import urllib.request
 import pytest
 from helpers import cli_env, run_cli
 from mosquitto import Broker, Subscriber, free_port
+from receiver import Receiver
 
 from streamer.outputs.events.log import EventLog
 
@@ -48,12 +49,15 @@ def crossings(events: list[dict]) -> dict:
 
 
 def test_published_crossings_zone_entries_and_retained_counts_equal_the_runs_counts(tmp_path):
+    """Over one MQTT connection and to a webhook: the same events, in log order."""
     broker = Broker(tmp_path / "broker")
     sub = Subscriber(broker.port, "st/#")
+    receiver = Receiver()
     try:
         export = tmp_path / "export"
+        hook = f"events.webhooks=[{{url: '{receiver.url}/hook', secret: s3cret}}]"
         result = run_cli("run", "--source", SOURCE, "--device", "cpu", "--set", LINE, "--set", ZONE, "--export-dir", str(export),
-                         *events_args(tmp_path / "events", broker.port), cwd=tmp_path)
+                         *events_args(tmp_path / "events", broker.port), "--set", hook, cwd=tmp_path)
         assert result.returncode == 0, result.stderr
         counts = json.loads((export / "panoptic.json").read_text())["counts"]
         assert sub.wait_for(lambda s: ("st/availability", "offline", False) in s.messages, 10), "offline at a clean stop"
@@ -85,7 +89,10 @@ def test_published_crossings_zone_entries_and_retained_counts_equal_the_runs_cou
         log = EventLog(tmp_path / "events")
         assert log.count() == len(published) and log.cursor("mqtt") == len(published)
         log.close()
+        assert receiver.events("/hook") == published, "the webhook got every event, in order, once"
+        assert "s3cret" not in result.stderr
     finally:
+        receiver.close()
         sub.close()
         broker.stop()
 
