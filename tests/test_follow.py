@@ -96,3 +96,19 @@ def test_each_source_has_its_own_tracks_and_untracked_sources_pass_through():
     out = off(step)
     assert all(s.track_id is None for s in out.segments) and out.segments == step.result.segments
     assert np.array_equal(out.panoptic_map, step.result.panoptic_map) and out.counts is None
+
+
+def test_speeds_follow_each_track_in_stream_time_and_end_with_a_reconnect():
+    from streamer.analytics.calibration import GroundPlane
+    from streamer.analytics.speed import SpeedEstimator
+
+    plane = GroundPlane.from_points([[0, 0], [200, 0], [200, 120], [0, 120]], [[0, 0], [20, 0], [20, 12], [0, 12]])  # 0.1 m a pixel
+    follow = Follow(TRACKING, LABEL_DIVISOR, speeds={"cam0": SpeedEstimator(plane, 1.0, 0.6, 250 / 3.6)})
+    shown = []
+    for index in range(12):  # 2 px down the frame every 100 ms: 2 m/s
+        out = follow(fused(index, [(CAR, 90, 10 + 2 * index, 20, 10)]))
+        (car,) = [s for s in out.segments if s.isthing]
+        shown.append(out.speeds.get(car.track_id))
+    assert shown[:6] == [None] * 6 and all(s is not None and s.mps == pytest.approx(2.0) for s in shown[6:])
+    after = follow(fused(12, [(CAR, 90, 34, 20, 10)], connection=1, pts_ms=1200.0))
+    assert after.speeds == {}  # a reconnect: no speed across the gap
