@@ -184,8 +184,13 @@ def export(network: torch.nn.Module, settings: cfg.SemanticModel, backend: str, 
     (73) when the cache cannot be written (nothing half-written kept)."""
     key = export_key(network, settings, backend)
     with Folder.root(cache_root()) as root, root.hold("the semantic network's export"):
-        if root.lstat(key.name) is not None:
-            return root.path / key.name, Agreement(**json.loads((root.path / key.name / RECORD_FILE).read_text())["agreement"])
+        if root.lstat(key.name) is not None:  # made before (or meanwhile, by another process)
+            folder_path = root.path / key.name
+            load(folder_path, key, backend, threads)  # refuses one that is corrupt or another model's (65, removed)
+            try:
+                return folder_path, Agreement(**json.loads((folder_path / RECORD_FILE).read_text())["agreement"])
+            except (KeyError, TypeError, ValueError) as exc:
+                refuse(folder_path, f"its {RECORD_FILE} lacks the agreement found ({type(exc).__name__}: {first_line(exc)})")
         staging = f".{key.name}.{os.getpid()}.staging"
         discard(root, staging)  # a crashed export's leftover
         try:
