@@ -12,8 +12,8 @@ from __future__ import annotations
 import collections
 import logging
 import time
-from collections.abc import Iterable
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -27,11 +27,14 @@ from streamer.inference.tracking import SourceTracker, TrackingParams
 from streamer.inference.worker import InferencePool, load_models
 from streamer.inputs.sources import open_source
 from streamer.inputs.spec import parse_source
-from streamer.inputs.synthetic import CATEGORIES, SceneFrame, SyntheticReader
+from streamer.inputs.synthetic import CATEGORIES, SceneFrame, StreetScene, SyntheticReader
 from streamer.outputs.export import PanopticExport
 from streamer.service.build import fusion_params, tracking_params
+from streamer.tools import speed_eval
+from streamer.tools.analytics_eval import HeatmapScore, ZoneTimeScore, scene_zones
 from streamer.tools.baselines import naive_fusion, semantic_only
 from streamer.tools.pq import PQAccumulator, PQResult, format_pq_table
+from streamer.tools.speed_eval import SpeedScore, speed_score
 from streamer.tools.vps import VideoPanopticAccumulator, VideoPanopticResult, oracle_relabel
 
 log = logging.getLogger(__name__)
@@ -50,6 +53,7 @@ class EvalReport:
     results: dict[str, PQResult]  # method -> PQ
     video: dict[str, VideoPanopticResult]  # `fused` (tracked ids) and `per_frame_ids` -> video metrics
     oracle_aq: float | None  # AQ with the oracle association: the practical ceiling of the tracker's
+    analytics: dict[str, Any] = field(default_factory=dict)  # scene analytics: kind -> its figures (streamer.tools.analytics_eval)
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {"source": self.source, "device": self.device, "seconds": round(self.seconds, 1)}
@@ -57,6 +61,8 @@ class EvalReport:
             out[method] = result.to_dict()
             if method in self.video:
                 out[method]["video"] = {**self.video[method].to_dict(), "oracle_aq": self.oracle_aq}
+        if self.analytics:
+            out["analytics"] = self.analytics
         return out
 
     def text(self) -> str:
@@ -77,6 +83,18 @@ class EvalReport:
                          + f"  {video.id_switches} of {video.matched_track_frames} ({100 * share:.1f} %)")
         oracle = "-" if self.oracle_aq is None else f"{100 * self.oracle_aq:.1f}"
         parts.append(f"  oracle AQ {oracle} (a perfect tracker's association of these masks)")
+        zone_time, heatmap, speed = self.analytics.get("zone_time"), self.analytics.get("heatmap"), self.analytics.get("speed")
+        if zone_time or heatmap or speed:
+            parts += ["", "analytics:"]
+        if speed:
+            parts.append(speed_eval.text(speed))
+        if zone_time:
+            within = zone_time["within_0_2s"]
+            parts.append(f"  time in zones within 0.2 s of the truth: {'-' if within is None else f'{100 * within:.1f} %'} "
+                         f"of {zone_time['pairs']} track-zone pairs ({', '.join(zone_time['zones'])})")
+        if heatmap:
+            r = heatmap["correlation"]
+            parts.append(f"  heatmap correlation with the true occupancy: {'-' if r is None else f'{r:.3f}'}")
         return "\n".join(parts)
 
 
@@ -94,23 +112,51 @@ def evaluate_synthetic(config: Config, uri: str, export_dir: str | None = None) 
     export = PanopticExport(export_dir, config.categories(), images=False, overwrite=config.output.overwrite) if export_dir else None
     pool, models = load_models(config, device)
     started = time.monotonic()
+    zones, heatmap = scene_scores(config, reader.scene)
+    speed = scene_speed(config, reader.scene)
     try:
         scenes = iter(reader.read_frame, None)
-        scores = score(scenes, pool, models, fusion_params(config), config.categories(), tracking_params(config), export, reader.fps)
+        scores = score(scenes, pool, models, fusion_params(config), config.categories(), tracking_params(config), export, reader.fps,
+                       observe=(zones.observe, heatmap.observe, speed.observe))
     finally:
         pool.close()
-    return EvalReport(uri, str(device), time.monotonic() - started, *scores)
+    analytics = {"speed": speed.figures(), "zone_time": zones.figures(), "heatmap": heatmap.figures()}
+    return EvalReport(uri, str(device), time.monotonic() - started, *scores, analytics=analytics)
+
+
+def scene_scores(config: Config, scene: StreetScene) -> tuple[ZoneTimeScore, HeatmapScore]:
+    """The time-in-zone and heatmap scorers of `scene`: the first configured source's zones if it has
+    any, else the scene's own (streamer.tools.analytics_eval)."""
+    named = next((s.counting_zones() for s in config.all_sources() if s.zones), [])
+    image, ground = scene_zones(scene, named)
+    lut = ground_truth_lut(config.categories())
+    same_class = {c.id: int(lut[c.id]) for c in CATEGORIES}
+    things = {c.id: c.name for c in config.categories() if c.isthing}
+    return ZoneTimeScore(image, ground, same_class), HeatmapScore(things, {c.id: c.name for c in CATEGORIES if c.isthing})
+
+
+def scene_speed(config: Config, scene: StreetScene) -> SpeedScore:
+    """The speed scorer of `scene`: through the first configured source's calibration if one has it,
+    else the scene camera's exact one (streamer.tools.speed_eval)."""
+    from streamer.analytics.calibration import GroundPlane
+
+    named = next((s.calibration for s in config.all_sources() if s.calibration), None)
+    plane = GroundPlane.from_points(*((named.image, named.ground) if named else scene.ground_calibration()))
+    lut = ground_truth_lut(config.categories())
+    return speed_score(plane, config.analytics.speed, {c.name: c.id for c in config.categories()},
+                       {c.id: int(lut[c.id]) for c in CATEGORIES})
 
 
 def score(
     scenes: Iterable[SceneFrame], pool: InferencePool, models: PanopticModels, params: FusionParams,
     categories: tuple[Category, ...], tracking: TrackingParams | None = None, export: PanopticExport | None = None,
-    fps: float = 1.0,
+    fps: float = 1.0, observe: Sequence[Callable[[float, np.ndarray, Sequence[Segment], SceneFrame], None]] = (),
 ) -> tuple[dict[str, PQResult], dict[str, VideoPanopticResult], float | None]:
     """Over synthetic frames with their ground truth, scored in order, `pool.size` frames in the
     models at once: PQ of each of METHODS, the video metrics of TRACKED, and the oracle AQ. Without
     `tracking` (or with it disabled) `fused` keeps the per-frame ids. Frame i is at i / fps seconds
-    (the tracker's clock); the fused predictions also go to `export`.
+    (the tracker's clock); the fused predictions also go to `export`, and each frame's (time, fused map,
+    its segments, scene frame) to every `observe`.
     Raises UsageError when the classes lack one the ground truth has."""
     lut = ground_truth_lut(categories)
     divisor = params.label_divisor
@@ -141,6 +187,8 @@ def score(
             video["fused"].add(per_frame if tracked is None else tracked, truth_tracks)
             video["per_frame_ids"].add(per_frame, truth_tracks)
             video["oracle"].add(oracle_relabel(per_frame, truth_tracks, categories, oracle_tracks, VIDEO_DIVISOR), truth_tracks)
+            for watch in observe:
+                watch(index / fps, fused, segments, scene)
             if export is not None:
                 frame = Frame("synthetic", index, scene.image, index * 1000.0 / fps, time.time(), time.monotonic())
                 export.write(Panoptic(frame, fused, tuple(segments)), scene.image)
