@@ -128,3 +128,27 @@ def test_eval_scores_speeds_against_the_truth_and_counts_implausible_ones():
     assert 0 < figures["coverage"] <= 1 and figures["tracks"] >= 1
     assert capless.figures()["implausible_reported"] == capless.figures()["samples"] > 0  # every car is over a 1 km/h cap
     assert "median" in speed_eval.text(figures) and "implausible speeds reported: 0" in speed_eval.text(figures)
+
+
+def test_metrics_count_plausible_speeds_per_source_and_category():
+    import time
+
+    import torch
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from streamer import control as ctl
+    from streamer.frames import Frame, Panoptic
+    from streamer.service.metrics import Metrics
+
+    metrics = Metrics([], ctl.Control(), 60.0, torch.device("cpu"), {CAR_ID: "car"})
+    car = Segment(CAR_ID * 1000 + 1, CAR_ID, True, 0.9, 100, (0, 0, 10, 10), 12)
+    other = Segment(CAR_ID * 1000 + 2, CAR_ID, True, 0.9, 100, (20, 0, 30, 10), 13)
+    frame = Frame("cam0", 0, np.zeros((10, 30, 3), np.uint8), 0.0, time.time(), time.monotonic())
+    result = Panoptic(frame, np.zeros((10, 30), np.int32), (car, other), speeds={12: Speed(43 / 3.6, True), 13: Speed(400 / 3.6, False)})
+    metrics.observe(result, {})
+    samples = {(s.name, s.labels.get("le")): s.value for family in text_string_to_metric_families(metrics.exposition()[1].decode())
+               for s in family.samples if s.name.startswith("streamer_speed_kmh") and s.labels.get("source") == "cam0"
+               and s.labels.get("category") == "car"}
+    assert samples[("streamer_speed_kmh_count", None)] == 1  # the implausible one is not a measurement
+    assert samples[("streamer_speed_kmh_sum", None)] == pytest.approx(43.0)
+    assert samples[("streamer_speed_kmh_bucket", "40.0")] == 0 and samples[("streamer_speed_kmh_bucket", "50.0")] == 1
