@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import http.client
 import json
 import logging
 import threading
@@ -183,6 +184,6 @@ class WebhookSink:
         except urllib.error.URLError as exc:
             reason = exc.reason
             return f"cannot reach the receiver ({getattr(reason, 'strerror', None) or reason})"
-        except (OSError, ValueError) as exc:  # a timeout, a reset connection, a malformed answer
+        except (OSError, ValueError, http.client.HTTPException) as exc:  # a timeout, a reset connection, a malformed answer
             return f"no answer ({type(exc).__name__}: {exc})" if str(exc) else f"no answer ({type(exc).__name__})"
         return None if 200 <= status < 300 else f"HTTP {status}"
