@@ -180,6 +180,17 @@ def test_the_cookie_holds_a_value_derived_from_the_token_never_the_token(token_d
     assert get(token_daemon.port, "/api/status", headers={"Cookie": f"streamer_token={TOKEN}"})[0] == 401, "nor the token a cookie"
 
 
+def test_the_heatmap_follows_the_live_views_token_rules(token_daemon):
+    port = token_daemon.port
+    assert get(port, "/live/cam0/heatmap.png")[0] == 401
+    status, headers, body = get(port, "/live/cam0/heatmap.png", headers=AUTH)
+    assert status == 200 and headers["Content-Type"] == "image/png" and body.startswith(b"\x89PNG"), (status, body[:80])
+    assert get(port, "/live/cam0/heatmap.png?layer=ground", headers=AUTH)[0] == 200
+    assert get(port, "/live/cam0/heatmap.png?layer=bogus", headers=AUTH)[0] == 400
+    assert get(port, "/live/cam1/heatmap.png", headers=AUTH)[0] == 404  # not a configured source
+    assert get(port, "/live/cam0/heatmap.png?category=unicorn", headers=AUTH)[0] == 404
+
+
 # --- IPv6 ---
 
 def ipv6_loopback() -> bool:
