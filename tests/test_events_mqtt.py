@@ -261,6 +261,8 @@ def test_a_broker_that_cannot_be_reached_is_one_warning_and_the_events_wait(tmp_
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline and not any("cannot reach" in r.getMessage() for r in caplog.records):
             time.sleep(0.05)
+        assert sink.state == "connecting" and sink.error is not None
+        assert ("no such host" if case == "no such host" else "TLS failed") in sink.error, sink.error
         started = time.monotonic()
         sink.close()
         assert time.monotonic() - started < 3, "closing does not wait for a broker it never reached"

@@ -60,12 +60,13 @@ class MqttSettings:
         return f"{self.topic_prefix}/availability"
 
 
-def failure_text(exc: BaseException | None) -> str:
-    """Why a connection attempt failed, in a few words, without the host."""
+def failure_text(exc: BaseException | None, tls: bool = False) -> str:
+    """Why a connection attempt failed, in a few words, without the host. `tls`: the attempt was a TLS
+    handshake (a plain port answers it by resetting or closing the connection)."""
     if isinstance(exc, socket.gaierror):
         return f"no such host ({exc.strerror or exc})"
-    if isinstance(exc, ssl.SSLError):
-        return f"TLS failed ({exc.reason or exc}; is the port a TLS one?)"
+    if isinstance(exc, ssl.SSLError) or (tls and isinstance(exc, (ConnectionResetError, ConnectionAbortedError, EOFError))):
+        return f"TLS failed ({getattr(exc, 'reason', None) or getattr(exc, 'strerror', None) or exc}; is the port a TLS one?)"
     if isinstance(exc, ConnectionRefusedError):
         return "connection refused (no broker listening there)"
     if isinstance(exc, OSError):
@@ -189,7 +190,7 @@ class MqttSink:
 
     def _on_connect_fail(self, client, userdata) -> None:
         self._refusals += 1
-        self.error = failure_text(sys.exc_info()[1])  # paho calls this while handling the attempt's OSError
+        self.error = failure_text(sys.exc_info()[1], self.settings.tls)  # paho calls this while handling the attempt's OSError
         if self._refusals == 1 or self._refusals % 100 == 0:
             log.warning("events: mqtt: cannot reach %s:%d: %s; retrying with backoff (events wait in the log)",
                         self.settings.host, self.settings.port, self.error)
