@@ -152,3 +152,16 @@ def test_metrics_count_plausible_speeds_per_source_and_category():
     assert samples[("streamer_speed_kmh_count", None)] == 1  # the implausible one is not a measurement
     assert samples[("streamer_speed_kmh_sum", None)] == pytest.approx(43.0)
     assert samples[("streamer_speed_kmh_bucket", "40.0")] == 0 and samples[("streamer_speed_kmh_bucket", "50.0")] == 1
+
+
+def test_events_carry_the_track_s_speed_when_it_has_one():
+    from streamer.frames import Event, Zone
+    from streamer.outputs.events.kinds import Events, FrameFacts, Seen
+
+    events = Events([Zone("box", ((0, 0), (50, 0), (50, 50), (0, 50)))], track_end_s=2.0)
+    crossing = Event("line", "gate", 12, "car", "in", 0.5)
+    facts = FrameFacts(5, 0.5, 1000.0, 0, (Seen(12, "car", 0.9, (10.0, 10.0), 43.0), Seen(13, "car", 0.8, (20.0, 20.0))),
+                       (crossing,), None)
+    out = {(kind, fields["track_id"]): fields for kind, _, _, fields in events.frame(facts) if "track_id" in fields}
+    assert out[("line_crossing", 12)]["speed_kmh"] == 43.0
+    assert out[("zone_entry", 12)]["speed_kmh"] == 43.0 and out[("zone_entry", 13)]["speed_kmh"] is None
