@@ -165,7 +165,8 @@ def test_check_config_prints_the_resolved_config(fast_config):
     assert printed["runtime"]["device"] == "cpu"  # from the file
     assert printed["models"]["instance"]["min_size"] == 96
     assert printed["models"]["semantic"]["input_size"] == [128, 96]
-    assert set(printed) == {"source", "sources", "models", "fusion", "render", "tracking", "output", "server", "runtime", "events", "analytics"}
+    assert set(printed) == {"source", "sources", "models", "fusion", "render", "tracking", "output", "server", "runtime", "events",
+                            "analytics"}
     # What it prints is itself a valid configuration that resolves to the same thing.
     again = write_yaml(fast_config.parent / "again.yaml", printed)
     assert check_config("-c", str(again)).stdout == result.stdout
