@@ -11,7 +11,10 @@ speed example and Frigate's zones differentiate the same mapped point over a win
 
 A ground point is not taken when it cannot be seen: the mask reaches the frame's bottom border
 (the car's contact is below the picture) or the pixel under its lowest pixels belongs to another
-thing (hidden behind it). An estimate above the category's plausibility cap is marked implausible
+thing (hidden behind it). A speed is only given while its standard error is within `max_error` of
+it (the fit's residuals, or half a pixel of each point mapped to metres if larger): far up the
+street one pixel spans metres, and no speed is better than a wrong one there. An estimate above
+the category's plausibility cap is marked implausible
 and never reported as a measurement (Ultralytics' pixels-per-metre shortcut gave "1536 km/h",
 ultralytics#20342, and gained a `max_speed` cap).
 """
