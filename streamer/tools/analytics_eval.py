@@ -3,8 +3,10 @@
 Zones. Unless the config names its own, a synthetic street is given two zones laid out on the road
 in metres and projected into the image through the scene's exact camera (a homography maps the
 straight edges of a ground polygon to straight edges, so the image polygon is exactly the ground
-one): `crosswalk`, a 4 m band across the road at 1.6 times the depth of the frame's bottom row, and
-`lane`, the right half of the road from 1.3 to 2.5 times that depth. Config zones (pixels) are
+one): `crosswalk`, a 4 m band across the road (kerb to kerb) at 1.6 times the depth of the frame's
+bottom row, and `lane`, the right half of the road from 1.3 to 2.5 times that depth. Both keep to
+the road: a walker's ground point (the bottom of its box) swings with its stride by about 0.3 m,
+a quarter of a second at walking pace, which the sidewalks would measure rather than the rule. Config zones (pixels) are
 mapped to the ground through the inverse homography.
 
 Time in zone. The pipeline's figure is streamer.analytics.zone_time over the tracked segments and
@@ -53,7 +55,7 @@ def scene_zones(scene: StreetScene, image_zones: Sequence[Zone] = ()) -> tuple[l
     _, corners = scene.ground_calibration()
     half, near = float(corners[1, 0]), float(corners[0, 1]) / 1.2
     ground = [
-        Zone("crosswalk", ((-half - 3, 1.6 * near), (half + 3, 1.6 * near), (half + 3, 1.6 * near + 4.0), (-half - 3, 1.6 * near + 4.0))),
+        Zone("crosswalk", ((-half, 1.6 * near), (half, 1.6 * near), (half, 1.6 * near + 4.0), (-half, 1.6 * near + 4.0))),
         Zone("lane", ((0.0, 1.3 * near), (half, 1.3 * near), (half, 2.5 * near), (0.0, 2.5 * near))),
     ]
     image = [Zone(z.name, tuple(map(tuple, apply_homography(to_image, np.array(z.points))))) for z in ground]
