@@ -22,9 +22,11 @@ from pydantic import (
     BaseModel,
     ByteSize,
     ConfigDict,
+    Discriminator,
     Field,
     PrivateAttr,
     SecretStr,
+    Tag,
     ValidationError,
     field_validator,
     model_validator,
@@ -328,6 +330,14 @@ class ZoneSettings(Strict):
                                       "`loitering` event, once per track and visit; `null`: never")
 
 
+def _zone_form(value: Any) -> str:
+    return "settings" if isinstance(value, (dict, ZoneSettings)) else "points"
+
+
+# a zone is its points, or {points, loitering_s}; the form picks the type, so an error names only that one's problem
+ZoneShape = Annotated[Annotated[tuple[Point, ...], Tag("points")] | Annotated[ZoneSettings, Tag("settings")], Discriminator(_zone_form)]
+
+
 class Source(Strict):
     uri: str = Field(
         min_length=1, examples=["synthetic:street?seed=1000&frames=150", "rtsp://${CAM_USER}:${CAM_PASSWORD}@192.168.1.20/stream"],
@@ -358,7 +368,7 @@ class Source(Strict):
         description="counting lines of this source, `name: [[x, y], [x, y]]` in pixels of its frames: every track whose ground point (the "
         "bottom centre of its box) crosses one is counted once, `in` when it crosses to the right-hand side looking from the first point "
         "to the second (a line drawn left to right: moving down the frame is `in`), else `out`. Needs `tracking.enabled`")
-    zones: dict[CountName, tuple[Point, ...] | ZoneSettings] = Field(
+    zones: dict[CountName, ZoneShape] = Field(
         default_factory=dict, examples=[{"crosswalk": [[100, 200], [300, 200], [300, 260], [100, 260]],
                                          "entrance": {"points": [[400, 200], [600, 200], [600, 300]], "loitering_s": 30}}],
         description="counting zones, `name: [[x, y], ...]` (3 points or more), or `name: {points: [...], loitering_s: S}`: every track "

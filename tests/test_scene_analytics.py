@@ -106,7 +106,7 @@ def test_a_zone_takes_loitering_s_and_refuses_a_bad_one():
                                 '"road": [[0, 0], [20, 0], [0, 20]]}'])
     zones = config.source.counting_zones()
     assert [(z.name, z.loitering_s) for z in zones] == [("door", 30.0), ("road", None)]
-    with pytest.raises(ConfigError):
+    with pytest.raises(ConfigError, match=r"source.zones.door.settings.loitering_s: Input should be greater than or equal to 0"):
         load_config(None, ['source.zones={"door": {"points": [[0, 0], [10, 0], [0, 10]], "loitering_s": -1}}'])
     with pytest.raises(ConfigError):
         load_config(None, ['source.zones={"door": {"points": [[0, 0], [10, 0], [20, 0]]}}'])  # on one line
