@@ -28,6 +28,7 @@ ROOT = Path(__file__).resolve().parents[1]
 PRESETS = ("cityscapes-fast", "ade20k", "cityscapes")
 MARGIN_S = 15  # kept back from the budget for writing the report
 MIN_RUN_S = 45  # a run is not started with less than this left
+GPU_BACKENDS = "torch,onnxruntime-cuda,onnxruntime-tensorrt"  # those not installed get a row saying so
 # the fp32 runs and the presets' runs leave out what does not depend on the models or the dtype
 LIGHT = ["--micro-sizes", "none", "--detections", "none"]
 QUICK = ["--micro-sizes", "320x180", "--instances", "5", "--micro-repeats", "1", "--tracking-frames", "6", "--detections", "none",
@@ -104,6 +105,8 @@ def main() -> int:
             return 64
         runs = [run for run in runs if run[0] in wanted]
     common = ["--device", args.device, "--size", args.size, "--frames", str(args.frames), "--repeats", str(args.repeats)]
+    if args.device.startswith("cuda"):  # the GPU's backends only: the CPU ones would spend the budget on CPU numbers
+        common += ["--backends", GPU_BACKENDS]
     report: dict[str, Any] = {"device": args.device, "gpu": gpu_facts(), "size": args.size, "budget_s": args.budget,
                               "quick": args.quick, "runs": [], "summary": []}
     with tempfile.TemporaryDirectory(prefix="streamer-gpu-bench-") as folder:
