@@ -106,7 +106,7 @@ def test_max_bytes_that_holds_no_segment_is_a_configuration_error(fast_config):
     ({"lines": {"north": [[0, 10], [5, math.nan]]}}, "source.lines.north.1.1"),
     ({"lines": {"../x": [[0, 10], [5, 10]]}}, "source.lines.../x.[key]"),
     ({"zones": {"walk": [[0, 0], [10, 0], [0, 0]]}}, "source.zones: walk: a zone needs 3 distinct points or more"),
-    ({"zones": {"walk": [[0, 0], [10, 0], [1e9, 5]]}}, "source.zones.walk.2.0"),
+    ({"zones": {"walk": [[0, 0], [10, 0], [1e9, 5]]}}, "source.zones.walk.points.2.0"),
     ({"zones": {"walk": [[0, 0], [10, 10], [20, 20], [5, 5]]}}, "source.zones: walk: its points lie on one line"),
     ({"zones": {"walk": [[0, 100], [300, 100.2], [600, 100]]}}, "source.zones: walk: its points lie on one line"),
     ({"lines": {"north": [[0, 10], [5, 10]]}, "tracking": False},
