@@ -13,8 +13,8 @@ SAME = {c.id: c.id for c in CATEGORIES}
 
 @pytest.fixture(scope="module")
 def street():
-    scene = StreetScene(2, (320, 180))
-    return scene, [scene.render(i) for i in range(0, 40)]
+    scene = StreetScene(3, (320, 180))
+    return scene, [scene.render(i) for i in range(0, 90)]
 
 
 def test_the_scenes_zones_are_the_ground_zones_seen_through_its_camera(street):
@@ -39,7 +39,7 @@ def test_the_truth_scored_against_itself_agrees(street):
     assert heat.figures() == {"correlation": 1.0}
     figures = zones.figures()
     assert figures["zones"] == ["crosswalk", "lane"] and figures["pairs"] > 0
-    assert figures["within_0_2s"] is not None and figures["within_0_2s"] >= 0.5  # the box's bottom is not the true ground point
+    assert figures["within_0_2s"] == 1.0  # cars on the road: the box's bottom and the true centre differ by a constant
 
 
 def test_tracks_match_by_class_and_iou_of_one_half():
@@ -56,3 +56,21 @@ def test_tracks_match_by_class_and_iou_of_one_half():
     predicted[0:3, 0:2] = 5001  # IoU 6 / 16
     smaller = [Segment(5001, 5, True, 0.9, 6, (0, 0, 2, 3), 1)]
     assert match_tracks(predicted, smaller, truth, truth_segments, SAME) == {}
+
+
+def test_visits_the_run_cut_are_left_out():
+    from streamer.inputs.synthetic import GroundTruth
+
+    square = [Zone("z", ((0, 0), (10, 0), (10, 10), (0, 10)))]
+    score = ZoneTimeScore(square, square, SAME)
+    paths = {7: (5, 5, 20, 20), 8: (20, 5, 5, 20)}  # 7 starts inside (cut), 8 enters and leaves while the run goes on
+    for index in range(4):
+        panoptic = np.zeros((30, 30), np.int64)
+        segments, ground = [], []
+        for n, (track, path) in enumerate(paths.items()):
+            x, y = path[index], 3 + 3 * n  # its ground point: the bottom centre of a 2 x 2 box
+            panoptic[y - 2:y, x - 1:x + 1] = 5000 + track
+            segments.append(Segment(5000 + track, 5, True, 0.9, 4, (x - 1, y - 2, x + 1, y), track))
+            ground.append(GroundTruth(track, 5, (float(x), float(y)), (0.0, 0.0)))
+        score.add(index / 10, panoptic, segments, panoptic, segments, ground)
+    assert score.figures() == {"within_0_2s": 1.0, "pairs": 1, "cut": 1, "zones": ["z"]}

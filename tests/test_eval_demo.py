@@ -44,7 +44,7 @@ def test_demo_models_reach_the_pq_floor_and_the_fusion_beats_both_baselines(tmp_
     assert tracked["vpq"]["15"] > per_frame["vpq"]["15"]
     assert report["per_frame_ids"]["all"]["pq"] == fused, "tracking leaves PQ as it was"
     zone_time, heatmap = report["analytics"]["zone_time"], report["analytics"]["heatmap"]
-    assert zone_time["zones"] == ["crosswalk", "lane"] and set(zone_time) == {"within_0_2s", "pairs", "zones"}
+    assert zone_time["zones"] == ["crosswalk", "lane"] and set(zone_time) == {"within_0_2s", "pairs", "cut", "zones"}
     assert heatmap["correlation"] > 0.5, heatmap  # the masks' occupancy follows the truth's
 
 

@@ -14,7 +14,8 @@ the image zones; the truth is the same rule over each object's exact ground posi
 the ground zones, over the frames the object is drawn in. Each true object is paired with the
 predicted track that matched it (same class, IoU >= 0.5) in most frames; `within_0_2s` is the
 fraction of (object, zone) pairs, with a time > 0 in either, whose times differ by <= 0.2 s (an
-object no track matched counts as wrong).
+object no track matched counts as wrong), leaving out visits the run cut (`cut`: the object was
+inside at the run's first or last frame, so its entry or exit was never seen).
 
 Heatmap. streamer.analytics.heatmap over the fused segmentation's things and over the ground
 truth's, without decay, on the same grid; `correlation` is Pearson's r of the two occupancies,
@@ -96,6 +97,9 @@ class ZoneTimeScore:
         self._est: dict[int, dict[str, float]] = {}  # predicted track -> zone -> seconds (through its last sample)
         self._true: dict[int, dict[str, float]] = {}
         self._pairs: collections.Counter[tuple[int, int]] = collections.Counter()  # (true, predicted) -> frames matched
+        self._cut: set[tuple[int, str]] = set()  # (true object, zone) inside at the run's first frame
+        self._inside_last: set[tuple[int, str]] = set()  # ... and at the latest frame
+        self._frames = 0
 
     def add(self, pts_s: float, predicted: np.ndarray, segments: Sequence[Segment], truth: np.ndarray,
             truth_segments: Sequence[Segment], ground: Sequence[GroundTruth]) -> None:
@@ -105,6 +109,10 @@ class ZoneTimeScore:
         ids = [g.track_id for g in ground]
         inside = self._ground_test(np.array([g.position for g in ground], np.float64).reshape(-1, 2))
         truth_visits = self._truth.advance(ids, inside, pts_s)
+        self._inside_last = {(ids[n], self.names[z]) for n, z in zip(*np.nonzero(inside))}
+        if self._frames == 0:
+            self._cut = set(self._inside_last)
+        self._frames += 1
         for track in truth_visits.tracks:
             self._true[track] = truth_visits.of(track)
         for mine, theirs in match_tracks(predicted, segments, truth, truth_segments, self.same_class).items():
@@ -115,12 +123,17 @@ class ZoneTimeScore:
         self.add(pts_s, predicted, segments, scene.panoptic, scene.segments, scene.ground)
 
     def figures(self) -> dict[str, Any]:
-        """{"within_0_2s": fraction or None, "pairs": n, "zones": [names]}: eval's `analytics.zone_time`."""
+        """{"within_0_2s": fraction or None, "pairs": n, "cut": visits left out, "zones": [names]}: eval's `analytics.zone_time`."""
         within, pairs = self.result()
-        return {"within_0_2s": None if within is None else round(within, 4), "pairs": pairs, "zones": list(self.names)}
+        cut = len(self._cut | self._inside_last)
+        return {"within_0_2s": None if within is None else round(within, 4), "pairs": pairs, "cut": cut, "zones": list(self.names)}
 
     def result(self) -> tuple[float | None, int]:
-        """(fraction of (object, zone) pairs within WITHIN_S, number of pairs); None when there are none."""
+        """(fraction of (object, zone) pairs within WITHIN_S, number of pairs); None when there are none.
+        Visits the run cut (the object inside at its first or last frame) are left out: the box's
+        bottom and the object's true centre are half a car apart, which cancels only between an
+        entry and an exit both seen."""
+        cut = self._cut | self._inside_last
         best: dict[int, tuple[int, int]] = {}
         for (theirs, mine), frames in self._pairs.items():
             if frames > best.get(theirs, (0, -1))[0]:
@@ -131,7 +144,7 @@ class ZoneTimeScore:
             estimated = self._est.get(paired, {}) if paired is not None else {}
             for zone in self.names:
                 true_s, est_s = times.get(zone, 0.0), estimated.get(zone, 0.0)
-                if true_s > 0 or est_s > 0:
+                if (true_s > 0 or est_s > 0) and (theirs, zone) not in cut:
                     total += 1
                     good += paired is not None and abs(true_s - est_s) <= WITHIN_S + 1e-9
         return (good / total if total else None), total

@@ -91,7 +91,8 @@ class EvalReport:
         if zone_time:
             within = zone_time["within_0_2s"]
             parts.append(f"  time in zones within 0.2 s of the truth: {'-' if within is None else f'{100 * within:.1f} %'} "
-                         f"of {zone_time['pairs']} track-zone pairs ({', '.join(zone_time['zones'])})")
+                         f"of {zone_time['pairs']} track-zone pairs ({', '.join(zone_time['zones'])}; "
+                         f"{zone_time['cut']} visits cut by the run's ends left out)")
         if heatmap:
             r = heatmap["correlation"]
             parts.append(f"  heatmap correlation with the true occupancy: {'-' if r is None else f'{r:.3f}'}")
