@@ -2,11 +2,13 @@
 contact of a mask, and the whole estimator on hand-made maps and on a synthetic street's exact masks."""
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 
 from streamer.analytics.calibration import GroundPlane
-from streamer.analytics.speed import SpeedEstimator, fit_velocity, ground_contact, window_speed
+from streamer.analytics.speed import SpeedEstimator, fit_velocity, ground_contact, thing_table, window_speed
 from streamer.frames import Category, Segment, Speed
 from streamer.inputs.synthetic import CAR, StreetScene
 from streamer.outputs.export import segment_info
@@ -64,11 +66,13 @@ def test_the_ground_contact_is_the_bottom_of_the_mask_unless_hidden():
     panoptic = np.full((100, 100), 1000, np.int32)  # road
     car = _thing(panoptic, CAR_ID * 1000 + 1, slice(20, 40), slice(10, 30), 7)
     panoptic[39, 10:20] = 1000  # the lowest row holds columns 20-29 only
-    assert ground_contact(panoptic, car, {car.id}) == (24.5, 39.5)
+    assert ground_contact(panoptic, car, thing_table([car])) == (24.5, 39.5)
     other = _thing(panoptic, CAR_ID * 1000 + 2, slice(40, 50), slice(0, 40), 8)  # a car right under it, nearer
-    assert ground_contact(panoptic, car, {car.id, other.id}) is None
+    assert ground_contact(panoptic, car, thing_table([car, other])) is None
     edge = _thing(panoptic, CAR_ID * 1000 + 3, slice(90, 100), slice(60, 70), 9)  # cut by the frame's bottom
-    assert ground_contact(panoptic, edge, {edge.id}) is None
+    assert ground_contact(panoptic, edge, thing_table([edge])) is None
+    loose = replace(car, box=(10, 20, 30, 45))  # a box larger than the mask: the contact is still found
+    assert ground_contact(panoptic, loose, thing_table([loose])) == (24.5, 39.5)
 
 
 def test_the_estimator_follows_a_mask_moving_at_constant_speed():

@@ -20,7 +20,6 @@ ultralytics#20342, and gained a `max_speed` cap).
 """
 from __future__ import annotations
 
-import collections
 import math
 from collections.abc import Iterable, Mapping
 
@@ -33,30 +32,36 @@ from streamer.frames import Segment, Speed
 MIN_POINTS = 3  # a fit needs at least this many ground points in its window
 
 
-def ground_contact(panoptic: np.ndarray, segment: Segment, things: set[int]) -> tuple[float, float] | None:
+def ground_contact(panoptic: np.ndarray, segment: Segment, is_thing: np.ndarray) -> tuple[float, float] | None:
     """Where a thing's mask touches the ground, (u, v) in pixels (pixel centres at integers, as
     OpenCV), or None when that point is out of view.
 
-    panoptic: H x W int map holding the segment's pixels as `segment.id`; things: the ids of every
-    thing segment of the frame. u is the mean column of the mask's lowest row, v that row's lower
+    panoptic: H x W int map holding the segment's pixels as `segment.id`; is_thing: a bool lookup
+    table, True at the ids of the frame's thing segments (`thing_table`). u is the mean column of the mask's lowest row, v that row's lower
     edge (row + 0.5). None when the mask is empty, reaches the bottom row of the frame, or any pixel
     right under its lowest pixels belongs to another thing.
     """
-    box = window(segment.box)
-    mask = panoptic[box] == segment.id
-    rows = np.flatnonzero(mask.any(axis=1))
-    if rows.size == 0:
+    rows, cols = window(segment.box)
+    y = min(rows.stop, panoptic.shape[0]) - 1
+    line = panoptic[y, cols] == segment.id  # a segment's box is that of its pixels: its last row holds some
+    while not line.any() and y > rows.start:  # (any other box: search upwards)
+        y -= 1
+        line = panoptic[y, cols] == segment.id
+    hit = np.flatnonzero(line)
+    if hit.size == 0 or y + 1 >= panoptic.shape[0]:
         return None
-    row = int(rows[-1])
-    cols = np.flatnonzero(mask[row])
-    y = box[0].start + row
-    x0 = box[1].start
-    if y + 1 >= panoptic.shape[0]:
+    below = panoptic[y + 1, cols.start + hit]  # never the segment's own: no row under y holds it
+    if is_thing[below[(below >= 0) & (below < len(is_thing))]].any():
         return None
-    below = panoptic[y + 1, x0 + cols]
-    if np.isin(below, list(things - {segment.id})).any():
-        return None
-    return float(x0 + cols.mean()), y + 0.5
+    return float(cols.start + hit.sum() / hit.size), y + 0.5
+
+
+def thing_table(segments: Iterable[Segment]) -> np.ndarray:
+    """A bool lookup table over panoptic values: True at the ids of the thing segments."""
+    ids = [s.id for s in segments if s.isthing]
+    table = np.zeros(max(ids, default=0) + 1, bool)
+    table[ids] = True
+    return table
 
 
 def fit_velocity(times: np.ndarray, points: np.ndarray) -> tuple[float, float]:
@@ -106,6 +111,9 @@ class SpeedEstimator:
 
     plane: the source's calibration; window_s, min_span, max_error: as `window_speed`; caps_mps:
     category id -> plausibility cap in metres per second, `default_cap_mps` for the others.
+    Every track's ground points of the last `window_s` seconds are held in flat arrays and fitted
+    all at once (per-track sums by np.bincount): the same fit as `window_speed`, without a Python
+    loop over tracks.
     """
 
     def __init__(self, plane: GroundPlane, window_s: float, min_span: float, default_cap_mps: float,
@@ -115,44 +123,63 @@ class SpeedEstimator:
         self.plane, self.window_s, self.min_span = plane, float(window_s), float(min_span)
         self.default_cap_mps, self.caps_mps = float(default_cap_mps), dict(caps_mps or {})
         self.max_error = float(max_error)
-        self._points: dict[int, collections.deque] = {}  # track id -> (pts_s, x, y, metres per pixel) within the window
-        self._seen: dict[int, float] = {}  # track id -> last pts_s it was in a frame
+        self.reset()
 
     def reset(self) -> None:
         """Forget every track (a reconnect)."""
-        self._points.clear()
-        self._seen.clear()
+        self._track = np.zeros(0, np.int64)  # per ground point within the window: its track id,
+        self._t = np.zeros(0)  # stream time (s),
+        self._xy = np.zeros((0, 2))  # position (metres)
+        self._resolution = np.zeros(0)  # and metres per pixel there
 
     def update(self, panoptic: np.ndarray, segments: Iterable[Segment], pts_s: float) -> dict[int, Speed]:
         """track id -> its Speed on this frame, for the tracked things with enough ground points in
         the window (implausible ones included, marked). panoptic: H x W int map of the segments."""
         segments = tuple(segments)
-        things = {s.id for s in segments if s.isthing}
+        is_thing = thing_table(segments)
         tracked = [s for s in segments if s.isthing and s.track_id is not None]
-        contacts = [(s, ground_contact(panoptic, s, things)) for s in tracked]
-        seen = [(s, c) for s, c in contacts if c is not None]
-        pixels = np.array([c for _, c in seen], np.float64).reshape(-1, 2)
-        metres = self.plane.to_ground(pixels)
-        step = np.linalg.norm(self.plane.to_ground(pixels + [0.0, 1.0]) - metres, axis=1)  # metres per pixel down the frame
-        out: dict[int, Speed] = {}
-        for (segment, _), (x, y), resolution in zip(seen, metres, step):
-            track = segment.track_id
-            assert track is not None
-            points = self._points.setdefault(track, collections.deque())
-            if np.isfinite(x) and np.isfinite(y) and np.isfinite(resolution):
-                points.append((pts_s, float(x), float(y), float(resolution)))
-            while points and points[0][0] < pts_s - self.window_s - 1e-9:
-                points.popleft()
-            if points:
-                data = np.array(points, np.float64)
-                speed = window_speed(data[:, 0], data[:, 1:3], self.window_s, self.min_span,
-                                     self.caps_mps.get(segment.category_id, self.default_cap_mps), data[:, 3], self.max_error)
-                if speed is not None:
-                    out[track] = speed
+        seen, pixels = [], []
         for segment in tracked:
-            assert segment.track_id is not None
-            self._seen[segment.track_id] = pts_s
-        for track in [t for t, last in self._seen.items() if last < pts_s - self.window_s]:
-            del self._seen[track]
-            self._points.pop(track, None)
+            contact = ground_contact(panoptic, segment, is_thing)
+            if contact is not None:
+                seen.append(segment.track_id)
+                pixels.append(contact)
+        uv = np.array(pixels, np.float64).reshape(-1, 2)
+        metres = self.plane.to_ground(uv)
+        resolution = np.linalg.norm(self.plane.to_ground(uv + [0.0, 1.0]) - metres, axis=1)  # metres per pixel down the frame
+        ok = np.isfinite(metres).all(axis=1) & np.isfinite(resolution)
+        keep = self._t >= pts_s - self.window_s - 1e-9
+        self._track = np.concatenate([self._track[keep], np.array(seen, np.int64)[ok]])
+        self._t = np.concatenate([self._t[keep], np.full(int(ok.sum()), float(pts_s))])
+        self._xy = np.concatenate([self._xy[keep], metres[ok]])
+        self._resolution = np.concatenate([self._resolution[keep], resolution[ok]])
+        if not tracked or not self._t.size:
+            return {}
+        ids, index = np.unique(self._track, return_inverse=True)
+        n = np.bincount(index).astype(np.float64)
+        t = self._t - pts_s
+        mean_t = np.bincount(index, t) / n
+        mean_xy = np.stack([np.bincount(index, self._xy[:, k]) / n for k in (0, 1)], axis=1)
+        dt, dxy = t - mean_t[index], self._xy - mean_xy[index]
+        stt = np.bincount(index, dt * dt)
+        stx = np.stack([np.bincount(index, dt * dxy[:, k]) for k in (0, 1)], axis=1)
+        sxx = np.stack([np.bincount(index, dxy[:, k] ** 2) for k in (0, 1)], axis=1)
+        first, last = np.full(len(ids), np.inf), np.full(len(ids), -np.inf)
+        np.minimum.at(first, index, t)
+        np.maximum.at(last, index, t)
+        span = last - first
+        with np.errstate(divide="ignore", invalid="ignore"):
+            velocity = stx / stt[:, None]
+            rss = np.maximum((sxx - stx ** 2 / stt[:, None]).sum(axis=1), 0.0)
+            error = np.where(n > 2, np.sqrt(rss / (2 * (n - 2)) / stt), np.inf)
+            error = np.maximum(error, 0.5 * np.sqrt(np.bincount(index, self._resolution ** 2) / n / stt))
+        mps = np.hypot(velocity[:, 0], velocity[:, 1])
+        ready = (n >= MIN_POINTS) & (span >= self.min_span * self.window_s - 1e-9) & (stt > 0) & (error <= self.max_error * mps)
+        row = {int(track): k for k, track in enumerate(ids)}
+        out: dict[int, Speed] = {}
+        for segment in tracked:
+            k = row.get(segment.track_id)  # type: ignore[arg-type]  # tracked: never None
+            if k is not None and ready[k]:  # a thing whose contact is hidden this frame keeps its window's speed
+                cap = self.caps_mps.get(segment.category_id, self.default_cap_mps)
+                out[segment.track_id] = Speed(float(mps[k]), float(mps[k]) <= cap)  # type: ignore[index]
         return out
