@@ -179,7 +179,7 @@ class SpeedEstimator:
         out: dict[int, Speed] = {}
         for segment in tracked:
             k = row.get(segment.track_id)  # type: ignore[arg-type]  # tracked: never None
-            if k is not None and ready[k]:  # a thing whose contact is hidden this frame keeps its window's speed
+            if k is not None and ready[k] and last[k] == 0:  # a ground point on this frame: its contact is in view
                 cap = self.caps_mps.get(segment.category_id, self.default_cap_mps)
                 out[segment.track_id] = Speed(float(mps[k]), float(mps[k]) <= cap)  # type: ignore[index]
         return out
