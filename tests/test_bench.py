@@ -80,7 +80,7 @@ def test_micro_benchmarks_and_identical_fusion(report):
         ((160, 96), 3), ((160, 96), 12), ((200, 120), 3), ((200, 120), 12)]
     for row in data["tracking"]:
         assert row["frames"] == 8 and row["timed_frames"] == 4 and row["threads"] == 1, row
-        for key in ("ms", "tracking_ms", "counting_ms"):
+        for key in ("ms", "tracking_ms", "counting_ms", "analytics_ms", "speed_ms", "zone_time_ms", "heatmap_ms"):
             assert positive(row[key]) and row[key]["n"] == 4, (key, row)
         assert row["tracks"] == row["kept_tracks"] == row["objects_counted"] == row["instances"], row
     (detections,) = data["detections"]
@@ -109,7 +109,7 @@ def test_memory_environment_and_targets(report):
     assert settings["device"] == "cpu" and settings["dtype"] == "float32"
     assert settings["size"] == [160, 96] and settings["source"].startswith("synthetic:street?seed=1000&frames=6")
     names = [t["name"] for t in data["targets"]]
-    assert len(names) == 9
+    assert len(names) == 10
     assert settings["tracking_frames"] == 8
     assert all(t["met"] in (True, False, None) for t in data["targets"])
     assert all(t["verdict"] in ("met", "missed", "busy", "not measured") for t in data["targets"])
