@@ -2,9 +2,10 @@
 
 `models.semantic.backend` picks one. `torch` runs the module itself; `onnxruntime` and `openvino`
 run an ONNX export of it that streamer.inference.exports makes, verifies against torch and keeps in
-the user's cache. Each backend's library is imported only when it is chosen (extras
-`streamer[onnx]`, `streamer[openvino]`); whichever ran, the result is the same `SemanticNetwork`
-(inference.prediction): logits as a torch tensor on the input's device.
+the user's cache (exports.load_semantic gives the network as the configured backend runs it). Each
+backend's library is imported only when it is chosen (extras `streamer[onnx]`, `streamer[openvino]`);
+whichever ran, the result is the same `SemanticNetwork` (inference.prediction): logits as a torch
+tensor on the input's device.
 
 Threads: each frame in the models runs on as many threads as torch would give it
 (runtime.parallel_frames and runtime.torch_threads, worker.thread_layout), so the backends share
@@ -23,7 +24,6 @@ from types import ModuleType
 import numpy as np
 import torch
 
-from streamer import config as cfg
 from streamer.errors import ConfigError
 from streamer.inference.prediction import SemanticNetwork
 
@@ -58,20 +58,6 @@ def library_version(backend: str) -> str:
     if backend == "torch":
         return torch.__version__
     return str(import_library(backend).__version__)
-
-
-def load_semantic(network: torch.nn.Module, settings: cfg.SemanticModel, threads: int, preset: str = "") -> SemanticNetwork:
-    """The semantic network as `settings.backend` runs it, on `threads` intra-op threads per frame:
-    `network` itself for torch, else its verified export from the cache, made first when missing
-    (exports.ensure: a progress line; CannotCreate, exit 73, naming `streamer models export PRESET`
-    when the cache cannot be written). Raises ConfigError (78) when the backend's library is missing,
-    DataError (65) for a corrupt export (removed from the cache)."""
-    if settings.backend == "torch":
-        return network
-    require_library(settings.backend)
-    from streamer.inference import exports
-
-    return exports.ensure(network, settings, settings.backend, threads, preset)
 
 
 def open_exported(path: Path, backend: str, threads: int) -> SemanticNetwork:

@@ -36,8 +36,8 @@ import torch
 from streamer import config as cfg
 from streamer.errors import CannotCreate, DataError
 from streamer.inference import backends
+from streamer.inference.cache_files import Folder, write_all
 from streamer.inference.prediction import SemanticNetwork
-from streamer.tools.cache_files import Folder, write_all
 
 log = logging.getLogger("streamer.models")
 
@@ -307,3 +307,15 @@ def ensure(network: torch.nn.Module, settings: cfg.SemanticModel, backend: str, 
                                "or set XDG_CACHE_HOME to a writable folder") from None
         log.info("exported %s: %s", folder, agreement.describe())
     return load(folder, key, backend, threads)
+
+
+def load_semantic(network: torch.nn.Module, settings: cfg.SemanticModel, threads: int, preset: str = "") -> SemanticNetwork:
+    """The semantic network as `settings.backend` runs it, on `threads` intra-op threads per frame:
+    `network` itself for torch, else its verified export from the cache, made first when missing
+    (`ensure`: a progress line; CannotCreate, exit 73, naming `streamer models export PRESET` when
+    the cache cannot be written). Raises ConfigError (78) when the backend's library is missing,
+    DataError (65) for a corrupt export (removed from the cache)."""
+    if settings.backend == "torch":
+        return network
+    backends.require_library(settings.backend)
+    return ensure(network, settings, settings.backend, threads, preset)

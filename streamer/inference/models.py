@@ -27,7 +27,7 @@ from torchvision.ops import FrozenBatchNorm2d
 from streamer import config as cfg
 from streamer.errors import DataError, InputNotFound, UsageError
 from streamer.frames import Category
-from streamer.inference import backends, checkpoints, demo_models
+from streamer.inference import backends, checkpoints, demo_models, exports
 from streamer.inference.checkpoints import Kind
 from streamer.inference.fusion import vote_categories
 from streamer.inference.masks import paste_in_boxes
@@ -351,7 +351,7 @@ def detect(model: MaskRCNN, images: list[torch.Tensor], kept: torch.Tensor) -> l
 def build_models(settings: cfg.Models, categories: tuple[Category, ...], device: torch.device, half: str) -> PanopticModels:
     """Both networks built and loaded as the config says (see build_semantic, build_instance), the
     semantic one run by models.semantic.backend (an export made and verified first when the cache
-    has none: streamer.inference.backends). Raises InputNotFound (exit 66) naming the `streamer
+    has none: streamer.inference.exports). Raises InputNotFound (exit 66) naming the `streamer
     models` command when cached weights are missing, ConfigError (78) when the backend's library is
     not installed, DataError (65) for a corrupt export, CannotCreate (73) when an export cannot be written."""
     checkpoints.require(settings)
@@ -361,7 +361,7 @@ def build_models(settings: cfg.Models, categories: tuple[Category, ...], device:
         network = build_semantic(settings.semantic)
         instance, class_names = build_instance(settings.instance)
     # the threads torch runs this frame on (InferencePool set them on this thread): the backend's too
-    semantic = backends.load_semantic(network, settings.semantic, torch.get_num_threads(), preset=settings.preset)
+    semantic = exports.load_semantic(network, settings.semantic, torch.get_num_threads(), preset=settings.preset)
     return PanopticModels(semantic, instance, class_names, settings, categories, device, half)
 
 

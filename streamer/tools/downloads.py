@@ -39,7 +39,7 @@ from urllib.parse import unquote, urljoin, urlsplit
 
 from streamer import __version__
 from streamer.errors import CannotCreate, DataError, Unavailable, UsageError
-from streamer.tools.cache_files import Folder, write_all
+from streamer.inference.cache_files import Folder, write_all
 
 log = logging.getLogger("streamer.models")
 

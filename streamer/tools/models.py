@@ -27,8 +27,8 @@ from streamer import presets
 from streamer.config import Models
 from streamer.errors import EXIT_OK, DataError, InputNotFound, Unavailable
 from streamer.inference import checkpoints
+from streamer.inference.cache_files import Folder, copy_into
 from streamer.inference.checkpoints import Kind, Weights
-from streamer.tools.cache_files import Folder, copy_into
 from streamer.tools.downloads import MIRROR_ENV, STALL_S, DownloadFailed, Site, Unreachable, download, quoted
 from streamer.uris import redact_url
 

@@ -20,6 +20,7 @@ import torch.nn.functional as F
 
 from streamer.config import Config
 from streamer.inference import backends as inference_backends
+from streamer.inference import exports
 from streamer.inference.models import RANDOM_INIT_SEED, build_semantic, uses_autocast
 from streamer.tools.bench.measure import ms_summary
 from streamer.tools.bench.options import BenchOptions
@@ -60,12 +61,12 @@ def torch_semantic(config: Config, device: torch.device, frames: list[torch.Tens
 
 def exported_semantic(backend: str) -> Callable[[Config, torch.device, list[torch.Tensor]], tuple[SemanticRun, dict[str, Any]]]:
     """ONNX Runtime or OpenVINO on the CPU, as `run` with models.semantic.backend set runs them
-    (inference.backends.load_semantic, on this thread's torch thread count)."""
+    (inference.exports.load_semantic, on this thread's torch thread count)."""
 
     def build(config: Config, device: torch.device, frames: list[torch.Tensor]) -> tuple[SemanticRun, dict[str, Any]]:
         settings = config.models.semantic.model_copy(update={"backend": backend})
         threads = torch.get_num_threads()
-        network = inference_backends.load_semantic(seeded_network(config), settings, threads, config.models.preset)
+        network = exports.load_semantic(seeded_network(config), settings, threads, config.models.preset)
 
         @torch.inference_mode()
         def run(index: int) -> object:
@@ -85,7 +86,6 @@ def ort_gpu_semantic(name: str) -> Callable[[Config, torch.device, list[torch.Te
     def build(config: Config, device: torch.device, frames: list[torch.Tensor]) -> tuple[SemanticRun, dict[str, Any]]:
         import onnxruntime as ort
 
-        from streamer.inference import exports
 
         network = seeded_network(config)
         settings = config.models.semantic.model_copy(update={"backend": "onnxruntime"})
