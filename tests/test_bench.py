@@ -133,7 +133,8 @@ def test_the_load_it_ran_under_and_the_semantic_network_per_backend(report):
     assert load["run"]["seconds"] >= sum(w["seconds"] for w in load["sections"].values()) - 0.1
     assert "load: other processes kept" in stdout
     timing = [t for t in data["targets"] if "others_cores" in t]
-    assert {t["name"].split(" ")[0] for t in timing} == {"pipeline", "fusion", "overlay", "tracking"}
+    assert {"pipeline", "fusion", "overlay", "tracking"} <= {t["name"].split(" ")[0] for t in timing}
+    assert not any("RSS" in t["name"] or "identical to" in t["name"] for t in timing)  # memory and identity do not depend on load
     backends = data["backends"]
     assert backends["input_size"] == [160, 96] and backends["frames"] == 2
     torch_row = backends["semantic"]["torch"]
