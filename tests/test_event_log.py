@@ -153,7 +153,8 @@ def test_a_track_starts_crosses_enters_leaves_and_ends():
                                                                   Event("zone", "square", 7, "car", None, 0.1)],
                              counts={"objects_total": {"car": 1}, "lines": {"l": {"car": {"in": 1, "out": 0}}}, "zones": {}}))
     assert kinds_of(out) == ["line_crossing", "zone_entry", "counts"]
-    assert out[0][3] == {"line": "l", "direction": "in", "category": "car", "track_id": 7, "position": [50, 50]}
+    assert out[0][3] == {"line": "l", "direction": "in", "category": "car", "track_id": 7, "position": [50, 50],
+                         "speed_kmh": None}
     assert out[1][3]["counted"] is True
     out = derive.frame(facts(3, [Seen(7, "car", 0.7, (150, 50))]))
     assert kinds_of(out) == ["zone_exit"] and out[0][3]["inside_s"] == pytest.approx(0.2)
