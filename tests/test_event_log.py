@@ -288,18 +288,19 @@ def test_a_live_source_whose_stream_drops_logs_reconnecting_at_once_and_a_file_t
             pass
 
     def capture(source_id: str, live: bool, control: ctl.Control) -> Capture:
-        return Capture(lambda: Reader(live), source_id, "three", queue.Queue(maxsize=2), BufferPolicy.DROP_OLDEST,
+        return Capture(lambda: Reader(live), source_id, "three", queue.Queue(maxsize=8), BufferPolicy.DROP_OLDEST,
                        Liveness(live, 15.0, None, 0.01, 0.02, 30.0), control, ctl.Stats(),
                        on_state=functools.partial(delivery.source_state, source_id))
 
     delivery = Delivery(EventLog(tmp_path))
     control = ctl.Control()
-    thread = threading.Thread(target=capture("cam", True, control).run)
+    thread = threading.Thread(target=capture("cam", True, control).run, daemon=True)
     try:
         capture("file", False, ctl.Control()).run()
         thread.start()
         wait_until(lambda: len(delivery.log.after(0, 10)) >= 2, 10)
         control.stop.set()
+        control.abort.set()  # nobody takes its frames: its END would wait for room
         thread.join(10)
         logged = delivery.log.after(0, 100)
         assert {e.source for e in logged} == {"cam"}, "a file's end is no outage"
@@ -307,6 +308,7 @@ def test_a_live_source_whose_stream_drops_logs_reconnecting_at_once_and_a_file_t
                    for e in logged)
     finally:
         control.stop.set()
+        control.abort.set()
         if thread.ident is not None:
             thread.join(10)
         delivery.close()
