@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 
 from streamer.analytics.zone_time import ZoneTimes, hold_times
+from streamer.analytics.zones import ZoneTest
 from streamer.frames import Segment, Zone
-from streamer.inference.counting import ZoneTest
 from streamer.outputs.events.kinds import Events, FrameFacts, Seen
 
 SQUARE = Zone("square", ((0, 0), (10, 0), (10, 10), (0, 10)))

@@ -15,9 +15,9 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
+from streamer.analytics.zones import ZoneTest
 from streamer.boxes import ground_points
 from streamer.frames import Segment, Zone, ZoneVisits
-from streamer.inference.counting import ZoneTest
 
 
 def hold_times(times: Sequence[float], inside: np.ndarray) -> np.ndarray:

@@ -31,8 +31,8 @@ import numpy as np
 
 from streamer.analytics.heatmap import Heatmap
 from streamer.analytics.zone_time import ZoneTimes
+from streamer.analytics.zones import ZoneTest
 from streamer.frames import Segment, Zone
-from streamer.inference.counting import ZoneTest
 from streamer.inputs.synthetic import GroundTruth, SceneFrame, StreetScene
 
 WITHIN_S = 0.2

@@ -33,8 +33,8 @@ from typing import Any
 
 import numpy as np
 
+from streamer.analytics.zones import ZoneTest
 from streamer.frames import Counts, Event, Zone
-from streamer.inference.counting import ZoneTest
 
 Position = tuple[float, float]
 
@@ -134,29 +134,8 @@ class Events:
             if e.kind == "line":
                 add("line_crossing", {"line": e.name, "direction": e.direction, "category": e.category, "track_id": e.track_id,
                                       "position": _listed(positions.get(e.track_id)), "speed_kmh": speeds.get(e.track_id)})
-        exits: list[tuple[str, dict[str, Any]]] = []
-        loiters: list[tuple[str, dict[str, Any]]] = []
-        held = self._inside(np.array([s.position for s in facts.seen], np.float64))  # N x Z
-        for n, s in enumerate(facts.seen):
-            track = self._tracks[s.track_id]
-            for z, zone in enumerate(self.zones):
-                now = (zone.name, s.track_id) in counted or bool(held[n, z])
-                if now and zone.name not in track.inside:
-                    track.inside[zone.name] = t
-                    add("zone_entry", {"zone": zone.name, "category": s.category, "track_id": s.track_id,
-                                       "position": list(s.position), "counted": (zone.name, s.track_id) in counted,
-                                       "speed_kmh": s.speed_kmh})
-                elif not now and zone.name in track.inside:
-                    entered = track.inside.pop(zone.name)
-                    track.loitered.discard(zone.name)
-                    exits.append(("zone_exit", {"zone": zone.name, "category": s.category, "track_id": s.track_id,
-                                                "position": list(s.position), "inside_s": t - entered, "speed_kmh": s.speed_kmh}))
-                if (now and zone.loitering_s is not None and zone.name not in track.loitered
-                        and t - track.inside[zone.name] >= zone.loitering_s):
-                    track.loitered.add(zone.name)
-                    loiters.append(("loitering", {"zone": zone.name, "category": s.category, "track_id": s.track_id,
-                                                  "position": list(s.position), "inside_s": t - track.inside[zone.name]}))
-        out.extend((kind, t, wall, fields) for kind, fields in (*loiters, *exits))
+        entries, loiters, exits = self._zones(facts, counted)
+        out.extend((kind, t, wall, fields) for kind, fields in (*entries, *loiters, *exits))
 
         for tid, track in list(self._tracks.items()):
             if t - track.last_seen > self.track_end_s:
@@ -169,6 +148,34 @@ class Events:
             self._counts = facts.counts
             add("counts", facts.counts)
         return out
+
+    def _zones(self, facts: FrameFacts, counted: set[tuple[str, int]]) -> tuple[list, list, list]:
+        """The frame's zone entries, loitering events and zone exits, each as (kind, fields)."""
+        t = facts.pts_s
+        entries: list[tuple[str, dict[str, Any]]] = []
+        exits: list[tuple[str, dict[str, Any]]] = []
+        loiters: list[tuple[str, dict[str, Any]]] = []
+        held = self._inside(np.array([s.position for s in facts.seen], np.float64))  # N x Z
+        for n, s in enumerate(facts.seen):
+            track = self._tracks[s.track_id]
+            for z, zone in enumerate(self.zones):
+                now = (zone.name, s.track_id) in counted or bool(held[n, z])
+                if now and zone.name not in track.inside:
+                    track.inside[zone.name] = t
+                    entries.append(("zone_entry", {"zone": zone.name, "category": s.category, "track_id": s.track_id,
+                                                   "position": list(s.position), "counted": (zone.name, s.track_id) in counted,
+                                                   "speed_kmh": s.speed_kmh}))
+                elif not now and zone.name in track.inside:
+                    entered = track.inside.pop(zone.name)
+                    track.loitered.discard(zone.name)
+                    exits.append(("zone_exit", {"zone": zone.name, "category": s.category, "track_id": s.track_id,
+                                                "position": list(s.position), "inside_s": t - entered, "speed_kmh": s.speed_kmh}))
+                if (now and zone.loitering_s is not None and zone.name not in track.loitered
+                        and t - track.inside[zone.name] >= zone.loitering_s):
+                    track.loitered.add(zone.name)
+                    loiters.append(("loitering", {"zone": zone.name, "category": s.category, "track_id": s.track_id,
+                                                  "position": list(s.position), "inside_s": t - track.inside[zone.name]}))
+        return entries, loiters, exits
 
     def close(self, wall: float) -> list[tuple[str, float | None, float, dict[str, Any]]]:
         """The source ended: every track ends, then the source."""

@@ -236,6 +236,19 @@ def analytics_state(width: int, height: int, zones: list[Zone], categories: tupl
             Heatmap({c.id: c.name for c in categories if c.isthing}, heat.max_width, heat.half_life_s))
 
 
+def time_analytics(speeds: SpeedEstimator, zone_times: ZoneTimes, heatmap: Heatmap, panoptic: np.ndarray,
+                   tracked: tuple[Segment, ...], pts_s: float) -> list[float]:
+    """One frame through speed, time in zones and the heatmap: the seconds of each."""
+    stamps = [time.perf_counter()]
+    speeds.update(panoptic, tracked, pts_s)
+    stamps.append(time.perf_counter())
+    zone_times.update(tracked, pts_s)
+    stamps.append(time.perf_counter())
+    heatmap.add(panoptic, tracked, pts_s)
+    stamps.append(time.perf_counter())
+    return [b - a for a, b in zip(stamps[:-1], stamps[1:])]
+
+
 def tracking_case(
     size: tuple[int, int], count: int, options: BenchOptions, categories: tuple[Category, ...], params: TrackingParams,
     divisor: int,
@@ -270,18 +283,12 @@ def tracking_case(
             between = time.perf_counter()
             events += len(counter.update(tracked, pts_s))
             ended = time.perf_counter()
-            steps = [time.perf_counter()]
-            speeds.update(panoptic, tracked, pts_s)
-            steps.append(time.perf_counter())
-            zone_times.update(tracked, pts_s)
-            steps.append(time.perf_counter())
-            heatmap.add(panoptic, tracked, pts_s)
-            steps.append(time.perf_counter())
+            steps = time_analytics(speeds, zone_times, heatmap, panoptic, tracked, pts_s)
             if index >= warmup:
                 track_s.append(between - started)
                 count_s.append(ended - between)
-                for name, a, b in zip(parts, steps[:-1], steps[1:]):
-                    parts[name].append(b - a)
+                for name, seconds in zip(parts, steps):
+                    parts[name].append(seconds)
             if index >= params.min_hits - 1:  # with min_hits 1 from the first frame on
                 for obj, segment in zip(objects.tolist(), tracked):  # things come first, in the order drawn
                     tracks_of[obj].add(segment.track_id)
