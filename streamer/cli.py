@@ -71,18 +71,10 @@ def build_parser() -> argparse.ArgumentParser:
     rebuild.add_argument("folder", metavar="DIR")
     rebuild.set_defaults(handler=cmd_export_json)
 
-    from streamer.tools import (  # define their own flags; torch is imported only when they run
-        annotate,
-        bench,
-        calibrate,
-        config_docs,
-        models,
-    )
+    from streamer.tools import annotate, bench, calibrate, config_docs, models  # own flags; torch only imported when they run
 
-    annotate.add_parser(commands)
-    bench.add_parser(commands)
-    models.add_parser(commands)
-    calibrate.add_parser(commands)
+    for tool in (annotate, bench, models, calibrate):
+        tool.add_parser(commands)
 
     check = commands.add_parser("check-config", help="validate a configuration and print it resolved")
     add_config_arguments(check)

@@ -11,7 +11,7 @@ from collections.abc import Callable
 from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from streamer import presets
 from streamer.config import Config, Source
@@ -113,6 +113,12 @@ def ground_plane(source: Source) -> GroundPlane | None:
         options = parse_synthetic_uri(source.uri)  # the URI was checked at start-up
         return GroundPlane.from_points(*StreetScene(options["seed"], options["size"], options["fps"]).ground_calibration())
     return None
+
+
+def analytics(config: Config) -> dict[str, Any]:
+    """Follow's per-source analytics as keyword arguments: `speeds` and `zone_times` (None where a source has none)."""
+    return {"speeds": {s.id: speed_estimator(config, s) for s in config.all_sources()},
+            "zone_times": {s.id: zone_times(config, s) for s in config.all_sources()}}
 
 
 def speed_estimator(config: Config, source: Source) -> SpeedEstimator | None:

@@ -137,9 +137,7 @@ class Pipeline:
         pictures = any(output.needs_picture for run in runs for output in run.outputs)
         follow = Follow(build.tracking_params(config), config.fusion.label_divisor,
                         {source.id: build.counter(config, source) for source in config.all_sources()},
-                        self._device_overlay(renderer, device) if pictures else None,
-                        speeds={source.id: build.speed_estimator(config, source) for source in config.all_sources()},
-                        zone_times={source.id: build.zone_times(config, source) for source in config.all_sources()})
+                        self._device_overlay(renderer, device) if pictures else None, **build.analytics(config))
         threads = [threading.Thread(target=run.capture.run, name=f"capture-{run.settings.id}", daemon=True) for run in runs]
         threads.append(threading.Thread(target=worker_loop, name="worker", daemon=True, args=(
             pool, models, build.fusion_params(config), [(run.frames, run.results) for run in runs], self.control,
