@@ -736,7 +736,7 @@ class Runtime(Strict):
     max_frames: int | None = Field(default=None, ge=1, le=10**12, description="stop after this many frames; `null`: at the source's end")
     parallel_frames: int | None = Field(
         default=None, ge=1, le=16, description="frames in the models at the same time, each on its own thread; results keep each "
-        "source's order (see [Speed](#speed)); `null`: 1 on CUDA, 2 on a CPU with 2+ cores"
+        "source's order (see [Frames per second](#frames-per-second)); `null`: 1 on CUDA, 2 on a CPU with 2+ cores"
     )
     torch_threads: int | None = Field(default=None, ge=1, le=1024, description="torch CPU threads for each frame in "
                                          "the models; `null`: the cores shared out between those frames")
