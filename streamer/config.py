@@ -67,6 +67,7 @@ FIRST_CONNECT_S = 30.0  # how long a never-connected source keeps trying, by def
 MIN_BUDGET = 1_000_000  # bytes: output.max_bytes below this cannot hold one segment of a real camera
 TOKEN_VARIABLE = "STREAMER_TOKEN"  # the server's token, when server.token is not set
 LIVE_SEGMENT_SECONDS = 60.0  # a live source records in segments this long unless output.segment_seconds says otherwise
+PER_CAMERA = ("calibration", "lines", "zones")  # source keys in the pixels of one camera: never shared by `source:` beside `sources:`
 
 Coordinate = Annotated[float, Field(ge=-MAX_INPUT_SIDE, le=2 * MAX_INPUT_SIDE)]
 Point = tuple[Coordinate, Coordinate]  # x, y in pixels of the source's frames, y down
@@ -788,6 +789,10 @@ class Config(Strict):
         if not isinstance(raw, dict) or not raw.get("sources"):
             return raw
         shared = {k: v for k, v in (raw.get("source") or {}).items() if k not in ("uri", "id")}
+        per_camera = sorted(set(shared) & set(PER_CAMERA))
+        if per_camera:  # pixels of one camera's frames mean nothing in another's
+            raise ValueError(f"source.{per_camera[0]} beside sources: belongs to one camera; give it under that camera's "
+                             "entry of sources:")
         listed = raw["sources"]
         if not isinstance(listed, list):
             return raw

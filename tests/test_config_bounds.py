@@ -124,3 +124,17 @@ def test_good_lines_and_zones_become_points():
     source = validate({"source": {"uri": "synthetic:street", "lines": {"north gate": [[0, 10.5], [640, 10.5]]},
                                   "zones": {"walk": [[0, 0], [10, 0], [10, 10]]}}}).source
     assert source.lines == {"north gate": ((0.0, 10.5), (640.0, 10.5))} and source.zones["walk"][2] == (10.0, 10.0)
+
+
+@pytest.mark.parametrize("key, value", [
+    ("calibration", {"image": [[250, 320], [590, 320], [450, 203], [315, 203]],
+                     "ground": [[-6.1, 15.2], [6.1, 15.2], [6.1, 38.0], [-6.1, 38.0]]}),
+    ("lines", {"north": [[0, 10], [640, 10]]}),
+    ("zones", {"walk": [[0, 0], [10, 0], [10, 10]]}),
+])
+def test_a_single_cameras_pixels_are_never_shared_by_source_beside_sources(key, value):
+    raw = {"source": {key: value}, "sources": [{"id": "a", "uri": "synthetic:street"}, {"id": "b", "uri": "synthetic:street"}]}
+    with pytest.raises(ConfigError, match=re.escape(f"source.{key} beside sources: belongs to one camera")):
+        validate(raw)
+    shared = validate({"source": {"fps": 5}, "sources": raw["sources"]})  # what is not a camera's own is still shared
+    assert [s.fps for s in shared.sources] == [5, 5]
