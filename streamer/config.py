@@ -789,7 +789,7 @@ class Config(Strict):
         if not isinstance(raw, dict) or not raw.get("sources"):
             return raw
         shared = {k: v for k, v in (raw.get("source") or {}).items() if k not in ("uri", "id")}
-        per_camera = sorted(set(shared) & set(PER_CAMERA))
+        per_camera = [key for key in PER_CAMERA if shared.get(key)]  # null or {}: what config.yaml writes
         if per_camera:  # pixels of one camera's frames mean nothing in another's
             raise ValueError(f"source.{per_camera[0]} beside sources: belongs to one camera; give it under that camera's "
                              "entry of sources:")
