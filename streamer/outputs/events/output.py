@@ -65,7 +65,8 @@ class _Picture:
 
 
 class Sink(Protocol):
-    """What EventsOutput stops beside itself (mqtt.MqttSink): `wake()` after each append, `close()` at its end."""
+    """What EventsOutput wakes after each append and closes at its end: the run's shared delivery
+    (delivery.Delivery.source_waker: one per source; the MQTT connection and webhooks close with the run)."""
 
     def wake(self) -> None: ...
 
